@@ -93,22 +93,27 @@ def reference(u, delta, A, B, C, D, z, bias, softplus):
 
 
 def sweep(lines):
-    """Tile sizes for the forward and backward kernels: (BLOCK_D, num_warps, chunk)."""
-    configs = [(4, 4, 128), (8, 4, 128), (16, 8, 128), (4, 4, 256), (8, 4, 64)]
-    for shape in [(4, 2048, 2048, 16), (4, 2048, 2048, 64)]:
+    """Tile sizes of the forward (BLOCK_D, num_warps, SEGS, ITEMS, UNROLL) and backward (BLOCK_D,
+    num_warps, SEGS, ITEMS) kernels; a chunk is SEGS segments of ITEMS steps (bf16 here), one segment
+    per thread when BLOCK_D * SEGS = 32 * num_warps. The backward reads states stored every chunk, so
+    each backward candidate runs after a forward with its chunk length."""
+    fwd_configs = [(8, 4, 16, 8, 1), (8, 4, 16, 8, 2), (4, 2, 16, 8, 2), (2, 1, 16, 8, 2), (1, 4, 128, 8, 2)]
+    bwd_configs = [(4, 2, 16, 8), (8, 4, 16, 8), (2, 1, 16, 8), (4, 2, 32, 4), (2, 1, 32, 4)]
+    for shape in [(4, 2048, 2048, 16), (1, 4096, 2048, 16), (4, 2048, 2048, 64)]:
         x = make(*shape)
         args = (x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], x["z"], x["delta_bias"])
-        for bd, nw, ch in configs:
-            f = lambda: _selective_scan_fwd(*args, None, True, True, block_d=bd, num_warps=nw, chunk=ch)  # noqa: E731
-            _, _, states = f()
-            dout = torch.randn_like(x["u"])
-            b = lambda: _selective_scan_bwd(dout, None, *args, states, True,  # noqa: E731
-                                            block_d=bd, num_warps=nw, chunk=ch)
-            tf = triton.testing.do_bench(f, return_mode="median")
-            tb = triton.testing.do_bench(b, return_mode="median")
-            line = f"sweep {shape} BLOCK_D={bd} warps={nw} chunk={ch}: fwd {tf:.3f} ms  bwd {tb:.3f} ms"
-            print(line, flush=True)
-            lines.append(line)
+        dout = torch.randn_like(x["u"])
+        for cfg in fwd_configs:
+            tf = triton.testing.do_bench(lambda: _selective_scan_fwd(*args, None, True, False, config=cfg),  # noqa: B023
+                                         return_mode="median")
+            lines.append(f"sweep {shape} forward BLOCK_D, warps, SEGS, ITEMS, UNROLL = {cfg}: {tf:.3f} ms")
+            print(lines[-1], flush=True)
+        for cfg in bwd_configs:
+            _, _, states = _selective_scan_fwd(*args, None, True, True, config=(*cfg, 1))
+            tb = triton.testing.do_bench(lambda: _selective_scan_bwd(dout, None, *args, states, True, config=cfg),  # noqa: B023
+                                         return_mode="median")
+            lines.append(f"sweep {shape} backward BLOCK_D, warps, SEGS, ITEMS = {cfg}: {tb:.3f} ms")
+            print(lines[-1], flush=True)
 
 
 def main():
