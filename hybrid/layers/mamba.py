@@ -110,11 +110,16 @@ class Mamba(nn.Module):
     def forward(self, hidden: Tensor, state: MambaState | None = None) -> Tensor:
         batch, length, _ = hidden.shape
         c = self.config
-        xz = self.in_proj(hidden).transpose(1, 2)  # (batch, 2 * d_inner, length)
+        # Projections straight into (batch, channels, length) with the length contiguous: the scan
+        # kernels read each channel's steps as vectors, and a transposed view would make every step
+        # its own memory transaction.
+        xz = torch.matmul(self.in_proj.weight, hidden.transpose(1, 2))  # (batch, 2 * d_inner, length)
+        if self.in_proj.bias is not None:
+            xz = xz + self.in_proj.bias[:, None].to(xz.dtype)
         x, z = xz.chunk(2, dim=1)
         x = F.silu(self._conv(x, state))  # (batch, d_inner, length)
         dt, B, C = self.x_proj(x.transpose(1, 2)).split([self.dt_rank, c.d_state, c.d_state], dim=-1)
-        dt = (dt @ self.dt_proj.weight.t()).transpose(1, 2)  # (batch, d_inner, length); bias added in the scan
+        dt = torch.matmul(self.dt_proj.weight, dt.transpose(1, 2))  # (batch, d_inner, length); bias added in the scan
         A = -torch.exp(self.A_log.float())  # (d_inner, d_state)
         if state is not None and length == 1:  # decoding: one recurrent step
             y = selective_state_update(state.ssm, x[..., 0], dt[..., 0], A, B[:, 0], C[:, 0], self.D.float(),
