@@ -28,11 +28,16 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
+    # torch wants CPU byte tensors here, and a checkpoint loaded with map_location="cuda" has moved them
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
+    torch.set_rng_state(_cpu_bytes(state["torch"]))
     if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([_cpu_bytes(s) for s in state["cuda"]])
+
+
+def _cpu_bytes(t: torch.Tensor) -> torch.Tensor:
+    return t.to(device="cpu", dtype=torch.uint8)
 
 
 def atomic_write(path: Path, write) -> None:

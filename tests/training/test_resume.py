@@ -94,3 +94,14 @@ def test_vocab_too_small_is_a_clear_error(tiny):
 
     with pytest.raises(ConfigError, match=r"model.vocab_size.*set model.vocab_size: 32"):
         train(load_config(tiny(), ["model.vocab_size=16", "name=v"]))
+
+
+def test_rng_state_restores_from_a_checkpoint_mapped_to_another_device():
+    # A GPU run loads its checkpoint with map_location="cuda", which moves the RNG byte tensors onto
+    # the GPU; torch only accepts CPU byte tensors back. Simulated with a float copy of the state.
+    from hybrid.training.checkpoint import rng_state, set_rng_state
+    saved = rng_state()
+    expected = torch.rand(4)
+    moved = dict(saved, torch=saved["torch"].to(torch.float32))
+    set_rng_state(moved)
+    assert torch.equal(torch.rand(4), expected)
