@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The three GPU studies and their reports, about 12 minutes on one H100:
+# The three GPU studies and their reports, about 20 minutes on one H100:
 #   experiments/run_gpu_studies.sh OUT_DIR            (JOBS=4 runs share the GPU at a time; small
 #                                                      models leave it mostly waiting on the host)
 # writes OUT_DIR/<study>/{runs/,sweep.json,report/} for mqar_layouts, selective_copying, induction_heads.
@@ -22,7 +22,7 @@ study() {  # name, time cap in seconds
   echo "== $name took $((SECONDS - start))s"
 }
 
-study mqar_layouts "${CAP_MQAR:-280}"
+study mqar_layouts "${CAP_MQAR:-900}"
 study selective_copying "${CAP_SELCOPY:-130}"
 study induction_heads "${CAP_INDUCTION:-140}"
 echo "all studies: ${SECONDS}s; reports in $OUT/*/report/"
