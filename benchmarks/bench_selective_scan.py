@@ -194,8 +194,8 @@ def main():
         f"# Selective scan on {device}",
         "",
         f"torch {torch.__version__}, triton {triton.__version__}; bf16 inputs, fp32 A/D/delta_bias, softplus, "
-        "z and D given. Peer: mamba_ssm `selective_scan_fn` (CUDA), measured in the same run "
-        f"({'NOT measured in this run: --no-peer' if peer is None else 'measured'}). "
+        "z and D given. Peer: mamba_ssm `selective_scan_fn` (CUDA), "
+        f"{'NOT measured in this run (--no-peer)' if peer is None else 'measured in the same run'}. "
         "Median of triton.testing.do_bench; speedup = peer ms / ms.",
         "",
         "| (batch, dim, length, state) | pass | implementation | ms | vs peer | GB/s | peak MiB |",

@@ -1,6 +1,6 @@
 """Mamba-1 block (Gu & Dao 2023, Fig. 3): the selective state-space mixer.
 
-    x, z   = in_proj(u)                                  (batch, length, 2 * d_inner)
+    x, z   = in_proj(u)                                  (batch, 2 * d_inner, length)
     x      = silu(causal depthwise conv1d(x))
     dt, B, C = x_proj(x);  dt = dt_proj(dt)              input-dependent step and projections
     y      = selective_scan(x, dt, A = -exp(A_log), B, C, D, z, dt bias, softplus)

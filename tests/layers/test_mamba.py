@@ -19,7 +19,7 @@ def block_reference(m: Mamba, u: torch.Tensor) -> torch.Tensor:
     c = m.config
     u = u.double()
     W = {k: v.double() for k, v in m.state_dict().items()}
-    xz = u @ W["in_proj.weight"].T
+    xz = u @ W["in_proj.weight"].T + W.get("in_proj.bias", 0.0)
     x, z = xz.chunk(2, dim=-1)  # (batch, length, d_inner)
     length = x.shape[1]
     xp = F.pad(x.transpose(1, 2), (c.d_conv - 1, 0))  # causal: only past inputs
@@ -35,7 +35,7 @@ def block_reference(m: Mamba, u: torch.Tensor) -> torch.Tensor:
         h = torch.exp(dt[:, t, :, None] * A) * h + dt[:, t, :, None] * B[:, t, None, :] * x[:, :, t, None]
         ys.append((h * C[:, t, None, :]).sum(-1) + W["D"] * x[:, :, t])
     y = torch.stack(ys, 1) * F.silu(z)
-    return y @ W["out_proj.weight"].T
+    return y @ W["out_proj.weight"].T + W.get("out_proj.bias", 0.0)
 
 
 # (d_model, length, batch, d_state); odd sizes on purpose
@@ -49,6 +49,15 @@ def test_block_matches_reference(d_model, length, batch, d_state, backend):
     m = Mamba(d_model, MambaConfig(d_state=d_state, scan_backend=backend))
     u = torch.randn(batch, length, d_model)
     # fp32 against an fp64 reference: errors are accumulated rounding over length steps
+    torch.testing.assert_close(m(u).double(), block_reference(m, u), rtol=1e-4, atol=1e-5)
+
+
+def test_block_with_projection_biases_matches_reference():
+    m = Mamba(24, MambaConfig(d_state=8, bias=True, scan_backend="ref"))
+    with torch.no_grad():  # zero-initialised; random values so that a dropped bias shows
+        m.in_proj.bias.normal_()
+        m.out_proj.bias.normal_()
+    u = torch.randn(2, 11, 24)
     torch.testing.assert_close(m(u).double(), block_reference(m, u), rtol=1e-4, atol=1e-5)
 
 

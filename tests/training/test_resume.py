@@ -105,3 +105,14 @@ def test_rng_state_restores_from_a_checkpoint_mapped_to_another_device():
     moved = dict(saved, torch=saved["torch"].to(torch.float32))
     set_rng_state(moved)
     assert torch.equal(torch.rand(4), expected)
+
+
+@pytest.mark.cuda
+def test_rng_states_restore_from_a_checkpoint_loaded_onto_the_gpu(tmp_path):
+    from hybrid.training.checkpoint import rng_state, set_rng_state
+    torch.save({"rng": rng_state()}, tmp_path / "state.pt")
+    expected_cpu, expected_gpu = torch.rand(4), torch.rand(4, device="cuda")
+    state = torch.load(tmp_path / "state.pt", map_location="cuda", weights_only=False)
+    set_rng_state(state["rng"])
+    assert torch.equal(torch.rand(4), expected_cpu)
+    assert torch.equal(torch.rand(4, device="cuda"), expected_gpu)

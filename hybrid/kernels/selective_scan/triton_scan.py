@@ -6,12 +6,12 @@ What it computes (reference.py has the sequential oracle): for channel d, state 
     h_t[n]    = exp(dt_t A[n]) h_{t-1}[n] + dt_t u_t B_t[n]       (ZOH for A, Euler for B; Mamba eq. 4)
     y_t       = sum_n C_t[n] h_t[n] + D u_t,   out_t = y_t silu(z_t)
 
-Layout of the work. One program owns (batch b, a block of BLOCK_D channels) and walks the length
-in chunks of 128 steps, carrying the (BLOCK_D, state) fp32 state from chunk to chunk. A chunk is a
-(BLOCK_D, SEGS, ITEMS) register tile: each thread holds ITEMS consecutive steps (one 16-byte load)
-of one channel. Inside a chunk the program loops over the state index n, forms the pairs
-(a_t, b_t) = (exp(dt_t A[n]), dt_t u_t B_t[n]) and solves h_t = a_t h_{t-1} + b_t in two levels
-(_scan_chunk) with the affine-map composition
+Layout of the work. One program owns (batch b, a block of BLOCK_D channels) and walks the length in
+chunks of SEGS * ITEMS steps (128 on the GPU, 32 under the interpreter), carrying the (BLOCK_D,
+state) fp32 state from chunk to chunk. A chunk is a (BLOCK_D, SEGS, ITEMS) register tile: on the GPU
+each thread holds ITEMS consecutive steps of one channel, one 16-byte load. Inside a chunk the
+program loops over the state index n, forms the pairs (a_t, b_t) = (exp(dt_t A[n]), dt_t u_t B_t[n])
+and solves h_t = a_t h_{t-1} + b_t in two levels (_scan_chunk) with the affine-map composition
 
     (a1, b1) then (a2, b2)  =  (a1 a2, a2 b1 + b2):
 
@@ -20,29 +20,31 @@ and a fix-up h_t = h^loc_t + (prod of a within the segment up to t) h_segment_st
 work is paid once per segment, not once per step. Every factor a_t = exp(dt A) is <= 1 for A <= 0,
 dt >= 0, so nothing overflows however long the sequence. y accumulates in registers over n, so no
 (batch, dim, length, state) tensor is ever written: memory traffic is the inputs once, the output
-once, and the state at each chunk boundary (1/128 of one state tensor), which the forward stores
+once, and the state at each chunk boundary (one state tensor per chunk), which the forward stores
 for the backward.
 
 Backward, chunks in reverse, from the stored boundary state of each chunk:
   * recompute h_t inside the chunk (the forward scan again);
   * dh_t = C_t g_t + exp(dt_{t+1} A) dh_{t+1}, with g = d out / d y = dout silu(z): the same two
     levels run in reverse (_scan_chunk_reverse) over the pairs (exp(dt_{t+1} A), C_t g_t), the
-    state gradient of the next chunk entering after the chunk's last step. The factor uses the next step's dt, which is loaded shifted
-    by one (one extra exp per element: cheaper than a three-term scan operator);
+    state gradient of the next chunk entering after the chunk's last step. The factor uses the
+    next step's dt, which is loaded shifted by one (one extra exp per element: cheaper than a
+    three-term scan operator);
   * with a_t h_{t-1} = h_t - dt_t u_t B_t (no shift of h needed):
-        du_t  += sum_n dh_t dt_t B_t          dB_t += sum_d dh_t dt_t u_t     dC_t += sum_d g_t h_t
-        ddt_t += sum_n dh_t (u_t B_t + A a_t h_{t-1})                       dA   += sum_t dh_t dt_t a_t h_{t-1}
+        du_t  += sum_n dh_t dt_t B_t                   dB_t += sum_d dh_t dt_t u_t
+        ddt_t += sum_n dh_t (u_t B_t + A a_t h_{t-1})   dC_t += sum_d g_t h_t
+        dA    += sum_t dh_t dt_t a_t h_{t-1}
         d h_init = a_0 dh_0.
 dB and dC are summed over the channels of a block in registers, then over blocks with relaxed fp32
 atomics (no ordering is needed between them, and the default acquire-release order puts a memory
-fence before each);
-dA, dD and d delta_bias are written per batch row and summed over the batch in PyTorch.
+fence before each). dA, dD and d delta_bias are written per batch row and summed over the batch
+in PyTorch.
 
-Tile sizes (_default_config) come from `benchmarks/bench_selective_scan.py`'s sweep on an H100. B
-and C are loaded per row (so that a block may straddle two groups); rows of one group hit the same
-cache lines. Both kernels need unit stride along the length to vectorise their loads (Triton
-specialises a stride of 1); the mamba layer produces x, z and delta that way.
-"""
+Tile sizes (_default_config) are the fastest of `benchmarks/bench_selective_scan.py`'s sweep on an
+H100 among those with 128-step chunks in both passes, at state 16. B and C are loaded per row (so
+that a block may straddle two groups); rows of one group hit the same cache lines. Both kernels need
+unit stride along the length to vectorise their loads (Triton specialises a stride of 1); the mamba
+layer produces x, z and delta that way."""
 from __future__ import annotations
 
 import os
@@ -356,7 +358,9 @@ def _default_config(batch: int, dim: int, dstate: int, itemsize: int, backward: 
     # forward 0.45 ms at (8, 4, 16, 8, 2) against 0.49 without unrolling; backward 1.97 ms with one
     # warp per program (2, 1, 16, 8) against 2.18 with two: no barriers for the dB, dC sums over
     # channels. Both use chunks of 128 steps: the backward starts each chunk from the state the
-    # forward stored there.
+    # forward stored there. Not adopted yet: a 1024-step forward chunk (1, 4, 128, 8, 2) measured
+    # 0.41 ms but has no matching backward, and at state 64 one-warp forwards were faster
+    # (2.09 against 2.76 ms), a case this heuristic does not yet tune.
     items = 16 // itemsize
     segs = 128 // items
     num_warps = 1 if backward else 4
@@ -421,8 +425,9 @@ def _selective_scan_bwd(dout, dhT, u, delta, A, B, C, D, z, delta_bias, states, 
     block_d, num_warps, segs, items = config or _default_config(batch, dim, dstate, u.element_size(), True)
     n_chunks = triton.cdiv(length, segs * items)
     if states.shape[1] != n_chunks:  # the forward's chunk length must match: it stored one state per chunk
-        raise ValueError(f"selective_scan (triton): backward chunks of {segs * items} steps need {n_chunks} stored "
-                         f"states, the forward stored {states.shape[1]}")
+        raise ValueError(f"selective_scan (triton): the backward's chunks of {segs * items} steps need {n_chunks} "
+                         f"stored states, but the forward stored {states.shape[1]}; forward and backward configs "
+                         f"must have the same SEGS * ITEMS")
     dev = u.device
     du = torch.empty((batch, dim, length), device=dev, dtype=u.dtype)
     ddelta = torch.empty((batch, dim, length), device=dev, dtype=delta.dtype)
