@@ -353,7 +353,7 @@ def _default_config(batch: int, dim: int, dstate: int, itemsize: int, backward: 
     operation, not per element: few large chunks."""
     if INTERPRET:
         cfg = (min(4, triton.next_power_of_2(dim)), 1, 8, 4)
-        return cfg if backward else cfg + (2 if dstate % 2 == 0 else 1,)
+        return cfg if backward else cfg + (2,)  # the launcher falls back to 1 where 2 does not divide dstate
     # Measured on an H100 (benchmarks/bench_selective_scan.py --sweep), bf16, (4, 2048, 2048, 16):
     # forward 0.45 ms at (8, 4, 16, 8, 2) against 0.49 without unrolling; backward 1.97 ms with one
     # warp per program (2, 1, 16, 8) against 2.18 with two: no barriers for the dB, dC sums over
