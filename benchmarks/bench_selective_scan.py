@@ -97,8 +97,8 @@ def sweep(lines):
     num_warps, SEGS, ITEMS) kernels; a chunk is SEGS segments of ITEMS steps (bf16 here), one segment
     per thread when BLOCK_D * SEGS = 32 * num_warps. The backward reads states stored every chunk, so
     each backward candidate runs after a forward with its chunk length."""
-    fwd_configs = [(8, 4, 16, 8, 1), (8, 4, 16, 8, 2), (4, 2, 16, 8, 2), (2, 1, 16, 8, 2), (1, 4, 128, 8, 2)]
-    bwd_configs = [(4, 2, 16, 8), (8, 4, 16, 8), (2, 1, 16, 8), (4, 2, 32, 4), (2, 1, 32, 4)]
+    fwd_configs = [(1, 1, 32, 8, 1), (1, 1, 32, 8, 2), (2, 1, 16, 8, 1), (1, 2, 64, 8, 1), (1, 4, 128, 8, 1)]
+    bwd_configs = [(1, 1, 32, 8), (2, 1, 16, 8), (1, 2, 64, 8)]
     for shape in [(4, 2048, 2048, 16), (1, 4096, 2048, 16), (4, 2048, 2048, 64)]:
         x = make(*shape)
         args = (x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], x["z"], x["delta_bias"])

@@ -6,10 +6,10 @@ What it computes (reference.py has the sequential oracle): for channel d, state 
     h_t[n]    = exp(dt_t A[n]) h_{t-1}[n] + dt_t u_t B_t[n]       (ZOH for A, Euler for B; Mamba eq. 4)
     y_t       = sum_n C_t[n] h_t[n] + D u_t,   out_t = y_t silu(z_t)
 
-Layout of the work. One program owns (batch b, a block of BLOCK_D channels) and walks the length in
-chunks of SEGS * ITEMS steps (128 on the GPU, 32 under the interpreter), carrying the (BLOCK_D,
-state) fp32 state from chunk to chunk. A chunk is a (BLOCK_D, SEGS, ITEMS) register tile: on the GPU
-each thread holds ITEMS consecutive steps of one channel, one 16-byte load. Inside a chunk the
+Layout of the work. One program owns (batch b, a block of BLOCK_D channels; one channel and one
+warp on the GPU) and walks the length in chunks of SEGS * ITEMS steps (256 on the GPU, 32 under the
+interpreter). A chunk is a (BLOCK_D, SEGS, 8) register tile: each thread holds 8 consecutive steps
+of one channel, one 16-byte load of bf16. Inside a chunk the
 program loops over the state index n, forms the pairs (a_t, b_t) = (exp(dt_t A[n]), dt_t u_t B_t[n])
 and solves h_t = a_t h_{t-1} + b_t in two levels (_scan_chunk) with the affine-map composition
 
@@ -21,13 +21,17 @@ work is paid once per segment, not once per step. Every factor a_t = exp(dt A) i
 dt >= 0, so nothing overflows however long the sequence. y accumulates in registers over n, so no
 (batch, dim, length, state) tensor is ever written: memory traffic is the inputs once, the output
 once, and the state at each chunk boundary (one state tensor per chunk), which the forward stores
-for the backward.
+for the backward. The state passes from chunk to chunk through those stores: the lanes of the last
+segment write it, every lane of the next chunk reads it, a barrier between. Picking it out of a
+register tile instead costs a cross-lane reduction per state index.
 
 Backward, chunks in reverse, from the stored boundary state of each chunk:
   * recompute h_t inside the chunk (the forward scan again);
   * dh_t = C_t g_t + exp(dt_{t+1} A) dh_{t+1}, with g = d out / d y = dout silu(z): the same two
     levels run in reverse (_scan_chunk_reverse) over the pairs (exp(dt_{t+1} A), C_t g_t), the
-    state gradient of the next chunk entering after the chunk's last step. The factor uses the
+    state gradient of the next chunk entering after the chunk's last step (through memory, as the
+    forward's state). Triton's own reversed scans are avoided: they mirror every register of the
+    tile across lanes on the way in and out, which was most of the backward's shuffles. The factor uses the
     next step's dt, which is loaded shifted by one (one extra exp per element: cheaper than a
     three-term scan operator);
   * with a_t h_{t-1} = h_t - dt_t u_t B_t (no shift of h needed):
@@ -35,16 +39,15 @@ Backward, chunks in reverse, from the stored boundary state of each chunk:
         ddt_t += sum_n dh_t (u_t B_t + A a_t h_{t-1})   dC_t += sum_d g_t h_t
         dA    += sum_t dh_t dt_t a_t h_{t-1}
         d h_init = a_0 dh_0.
-dB and dC are summed over the channels of a block in registers, then over blocks with relaxed fp32
-atomics (no ordering is needed between them, and the default acquire-release order puts a memory
-fence before each). dA, dD and d delta_bias are written per batch row and summed over the batch
-in PyTorch.
+dB and dC are summed over channels with relaxed fp32 atomics (no ordering is needed between them,
+and the default acquire-release order puts a memory fence before each), laid out so that each warp
+instruction covers 512 contiguous bytes. dA, dD and d delta_bias are written per batch row and
+summed over the batch in PyTorch.
 
 Tile sizes (_default_config) are the fastest of `benchmarks/bench_selective_scan.py`'s sweep on an
-H100 among those with 128-step chunks in both passes, at state 16. B and C are loaded per row (so
-that a block may straddle two groups); rows of one group hit the same cache lines. Both kernels need
-unit stride along the length to vectorise their loads (Triton specialises a stride of 1); the mamba
-layer produces x, z and delta that way."""
+H100 with Triton 3.6. B and C are converted to fp32 once per call and loaded per row (so that a
+block may straddle two groups). Both kernels need unit stride along the length to vectorise their
+loads (Triton specialises a stride of 1); the mamba layer produces x, z and delta that way."""
 from __future__ import annotations
 
 import os
@@ -76,28 +79,34 @@ def _softplus(x):
 
 
 @triton.jit
-def _column(x, cols, j):
-    # x[:, j] of a 2D register tile, as a (rows,) tensor
-    return tl.sum(tl.where(cols[None, :] == j, x, 0.0), axis=1)
+def _load_dt(rows, t, mask, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+    """delta (+ bias, softplus) at row pointers + step offsets; 0 where masked, so that padded steps are
+    identities."""
+    dt = tl.load(rows + t, mask=mask, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        dt = dt + bias  # broadcast by the caller to the tile's rank
+    if SOFTPLUS:
+        dt = _softplus(dt)
+    return tl.where(mask, dt, 0.0)
 
 
 @triton.jit
-def _load_dt(rows, t, mask, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
-    """delta (+ bias, softplus) at row pointers + step offsets; 0 where masked, so that padded steps are
-    identities. Also returns delta + bias, before softplus."""
-    raw = tl.load(rows + t, mask=mask, other=0.0).to(tl.float32)
-    if HAS_BIAS:
-        raw = raw + bias  # broadcast by the caller to the tile's rank
-    dt = raw
-    if SOFTPLUS:
-        dt = _softplus(raw)
-    return tl.where(mask, dt, 0.0), raw
+def _atomic_add_rows(rows, t0, vals, row_mask, length):
+    """Relaxed fp32 atomic adds of a (BLOCK_D, SEGS, ITEMS) tile at row pointers + steps t0, t0 + 1, ...
+    Flattened to (BLOCK_D, steps), Triton first moves the values across lanes so that each warp
+    instruction adds 512 contiguous bytes; left in place (8 steps a thread, 32 bytes apart between
+    lanes), every sector took two half-sector atomics and the backward was 1.6x slower (H100)."""
+    BD: tl.constexpr = vals.shape[0]
+    STEPS: tl.constexpr = vals.shape[1] * vals.shape[2]
+    t = t0 + tl.arange(0, STEPS)[None, :]
+    tl.atomic_add(rows + t, tl.reshape(vals, (BD, STEPS)), mask=row_mask & (t < length), sem="relaxed")
 
 
 @triton.jit
 def _scan_chunk(a, x, h_in, offs_s, offs_i, SEGS: tl.constexpr, ITEMS: tl.constexpr):
     """h_t = a_t h_{t-1} + x_t over one chunk laid out (BLOCK_D, SEGS, ITEMS), entering with h_in
-    (BLOCK_D,). Returns h and the state after the chunk.
+    (BLOCK_D,). Returns h and the state at the end of each segment, (BLOCK_D, SEGS): its last column
+    is the state after the chunk.
 
     Two levels, so that cross-lane work is paid once per segment and not once per step: each
     thread scans its ITEMS consecutive steps in registers, the segment totals are scanned across the
@@ -113,24 +122,77 @@ def _scan_chunk(a, x, h_in, offs_s, offs_i, SEGS: tl.constexpr, ITEMS: tl.conste
     h_end = h_acc + P_acc * h_in[:, None]  # state at the end of each segment
     prev = tl.gather(h_end, tl.broadcast_to(tl.maximum(offs_s - 1, 0)[None, :], h_end.shape), 1)
     h_start = tl.where(offs_s[None, :] == 0, h_in[:, None], prev)
-    h_last = tl.sum(tl.where(offs_s[None, :] == SEGS - 1, h_end, 0.0), 1)
-    return h_loc + P * h_start[:, :, None], h_last
+    return h_loc + P * h_start[:, :, None], h_end
 
 
 @triton.jit
-def _scan_chunk_reverse(a, x, d_out, offs_s, offs_i, SEGS: tl.constexpr):
-    """The adjoint recurrence d_t = x_t + a_t d_{t+1} over one chunk, d after the chunk = d_out.
-    Returns d and d at the chunk's first step. Same two levels as _scan_chunk, run backwards."""
-    P, d_loc = tl.associative_scan((a, x), 2, _affine_combine, reverse=True)
-    first = offs_i[None, None, :] == 0
-    P_seg = tl.sum(tl.where(first, P, 0.0), 2)
-    d_seg = tl.sum(tl.where(first, d_loc, 0.0), 2)
-    P_acc, d_acc = tl.associative_scan((P_seg, d_seg), 1, _affine_combine, reverse=True)
-    d_start = d_acc + P_acc * d_out[:, None]  # d at the first step of each segment
-    nxt = tl.gather(d_start, tl.broadcast_to(tl.minimum(offs_s + 1, SEGS - 1)[None, :], d_start.shape), 1)
-    d_after = tl.where(offs_s[None, :] == SEGS - 1, d_out[:, None], nxt)
-    d_first = tl.sum(tl.where(offs_s[None, :] == 0, d_start, 0.0), 1)
-    return d_loc + P * d_after[:, :, None], d_first
+def _items8(x):
+    """The 8 items of a (BLOCK_D, SEGS, 8) tile as eight (BLOCK_D, SEGS) tensors, in order. Reshapes
+    and splits along the in-thread axis only rename registers."""
+    BD: tl.constexpr = x.shape[0]
+    S: tl.constexpr = x.shape[1]
+    even, odd = tl.split(tl.reshape(x, (BD, S, 4, 2)))  # items 0 2 4 6 and 1 3 5 7
+    x04, x26 = tl.split(tl.reshape(even, (BD, S, 2, 2)))
+    x15, x37 = tl.split(tl.reshape(odd, (BD, S, 2, 2)))
+    x0, x4 = tl.split(x04)
+    x2, x6 = tl.split(x26)
+    x1, x5 = tl.split(x15)
+    x3, x7 = tl.split(x37)
+    return x0, x1, x2, x3, x4, x5, x6, x7
+
+
+@triton.jit
+def _join8(x0, x1, x2, x3, x4, x5, x6, x7):
+    # the inverse of _items8
+    BD: tl.constexpr = x0.shape[0]
+    S: tl.constexpr = x0.shape[1]
+    even = tl.reshape(tl.join(tl.join(x0, x4), tl.join(x2, x6)), (BD, S, 4))
+    odd = tl.reshape(tl.join(tl.join(x1, x5), tl.join(x3, x7)), (BD, S, 4))
+    return tl.reshape(tl.join(even, odd), (BD, S, 8))
+
+
+@triton.jit
+def _scan_chunk_reverse(a, x, d_out, offs_s, SEGS: tl.constexpr):
+    """The adjoint recurrence d_t = x_t + a_t d_{t+1} over one chunk of (BLOCK_D, SEGS, 8) steps,
+    d after the chunk = d_out. Returns d and d at the chunk's first step, held by the lanes of the
+    last column of a (BLOCK_D, SEGS) tile (the others hold d at other segments' starts).
+
+    The same two levels as _scan_chunk, run backwards, but without Triton's reversed scans, which
+    mirror every register of the tile across lanes on the way in and out: each thread runs its 8
+    items backwards in straight-line code, and the segment totals are mirrored across the lanes
+    (two shuffles), scanned forwards, and mirrored back."""
+    a0, a1, a2, a3, a4, a5, a6, a7 = _items8(a)
+    x0, x1, x2, x3, x4, x5, x6, x7 = _items8(x)
+    # suffix products P_i = a_i ... a_7 and local solutions d_i (d after the segment = 0)
+    d6 = x6 + a6 * x7
+    P6 = a6 * a7
+    d5 = x5 + a5 * d6
+    P5 = a5 * P6
+    d4 = x4 + a4 * d5
+    P4 = a4 * P5
+    d3 = x3 + a3 * d4
+    P3 = a3 * P4
+    d2 = x2 + a2 * d3
+    P2 = a2 * P3
+    d1 = x1 + a1 * d2
+    P1 = a1 * P2
+    d0 = x0 + a0 * d1
+    P0 = a0 * P1
+    # segment j of the mirrored order is segment SEGS - 1 - j: there the recurrence runs forwards
+    mirror = tl.broadcast_to((SEGS - 1 - offs_s)[None, :], d0.shape)
+    P_acc, d_acc = tl.associative_scan((tl.gather(P0, mirror, 1), tl.gather(d0, mirror, 1)), 1, _affine_combine)
+    d_start = d_acc + P_acc * d_out[:, None]  # mirrored: d at the first step of segment SEGS - 1 - j
+    prev = tl.gather(d_start, tl.broadcast_to(tl.maximum(offs_s - 1, 0)[None, :], d_start.shape), 1)
+    d_after = tl.gather(tl.where(offs_s[None, :] == 0, d_out[:, None], prev), mirror, 1)
+    d = _join8(d0 + P0 * d_after, d1 + P1 * d_after, d2 + P2 * d_after, d3 + P3 * d_after,
+               d4 + P4 * d_after, d5 + P5 * d_after, d6 + P6 * d_after, x7 + a7 * d_after)
+    return d, d_start
+
+
+@triton.jit
+def _store_segment(ptrs, tile, offs_s, mask, SEG: tl.constexpr):
+    # store column SEG of a (BLOCK_D, SEGS) tile at (BLOCK_D,) pointers: only that segment's lanes write
+    tl.store(ptrs[:, None] + offs_s[None, :] * 0, tile, mask=mask[:, None] & (offs_s[None, :] == SEG))
 
 
 @triton.jit
@@ -146,11 +208,11 @@ def _gate_grad(dout_ptrs, z_ptr, z_offsets, mask, HAS_Z: tl.constexpr):
 @triton.jit
 def _scan_fwd_kernel(
     u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, out_ptr, hT_ptr, states_ptr,
-    dim, length, dstate, per_group, n_chunks,
+    batch, dim, length, dstate, per_group, n_chunks, n_slots,
     s_u_b, s_u_d, s_u_l, s_dt_b, s_dt_d, s_dt_l, s_z_b, s_z_d, s_z_l, s_o_b, s_o_d, s_o_l,
     s_A_d, s_A_n, s_B_b, s_B_g, s_B_n, s_B_l, s_C_b, s_C_g, s_C_n, s_C_l,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    HAS_H0: tl.constexpr, STORE_STATES: tl.constexpr,
+    HAS_H0: tl.constexpr,
     BLOCK_D: tl.constexpr, SEGS: tl.constexpr, ITEMS: tl.constexpr, BLOCK_N: tl.constexpr, UNROLL: tl.constexpr,
 ):
     CHUNK: tl.constexpr = SEGS * ITEMS
@@ -170,25 +232,32 @@ def _scan_fwd_kernel(
     dt_rows = dt_ptr + b * s_dt_b + rows3 * s_dt_d
     B_rows = B_ptr + b * s_B_b + grp[:, None, None] * s_B_g
     C_rows = C_ptr + b * s_C_b + grp[:, None, None] * s_C_g
-    dn = (b * dim + offs_d[:, None]) * dstate + offs_n[None, :]  # (batch, dim, state) contiguous index
+    state_rows = (b * dim + offs_d) * dstate  # (batch, dim, state) contiguous index of (b, d, 0)
+    dn = state_rows[:, None] + offs_n[None, :]
+    slot_size = batch * dim * dstate
 
     bias = tl.zeros((BLOCK_D,), tl.float32)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0)
-    H = tl.zeros((BLOCK_D, BLOCK_N), tl.float32)  # state entering the chunk
+    # The state between chunks goes through memory, slot c holding the state entering chunk c: each
+    # state index's scan reads its entry and its last segment's lanes write the exit, with no
+    # cross-lane reduction to pick one column of a register tile. With a backward to follow there is
+    # one slot per chunk (the backward restarts every chunk from its slot), else two in turn.
+    H0 = tl.zeros((BLOCK_D, BLOCK_N), tl.float32)
     if HAS_H0:
-        H = tl.load(h0_ptr + dn, mask=mask_dn, other=0.0)
+        H0 = tl.load(h0_ptr + dn, mask=mask_dn, other=0.0)
+    tl.store(states_ptr + dn, H0, mask=mask_dn)
+    tl.debug_barrier()
 
     for c in range(0, n_chunks):
         t = (c * CHUNK + step)[None, :, :]
         m3 = mask_d[:, None, None] & (t < length)
         u = tl.load(u_rows + t * s_u_l, mask=m3, other=0.0).to(tl.float32)
-        dt, dt_raw = _load_dt(dt_rows, t * s_dt_l, m3, bias[:, None, None], HAS_BIAS, SOFTPLUS)
+        dt = _load_dt(dt_rows, t * s_dt_l, m3, bias[:, None, None], HAS_BIAS, SOFTPLUS)
         dtu = dt * u
-        if STORE_STATES:
-            tl.store(states_ptr + (b * n_chunks + c) * dim * dstate + dn - b * dim * dstate, H, mask=mask_dn)
+        carry_in = states_ptr + (c % n_slots) * slot_size + state_rows
+        carry_out = states_ptr + ((c + 1) % n_slots) * slot_size + state_rows
         y = tl.zeros((BLOCK_D, SEGS, ITEMS), tl.float32)
-        H_next = tl.zeros((BLOCK_D, BLOCK_N), tl.float32)
         # UNROLL state indices per iteration (UNROLL divides dstate): independent scans the compiler
         # can interleave, hiding one scan's shuffle and load latency behind another's arithmetic
         for n0 in range(0, dstate, UNROLL):
@@ -197,12 +266,12 @@ def _scan_fwd_kernel(
                 A2 = tl.load(A_ptr + offs_d * s_A_d + n * s_A_n, mask=mask_d, other=0.0) * LOG2E
                 Bn = tl.load(B_rows + n * s_B_n + t * s_B_l, mask=m3, other=0.0).to(tl.float32)
                 Cn = tl.load(C_rows + n * s_C_n + t * s_C_l, mask=m3, other=0.0).to(tl.float32)
-                a = tl.exp2(dt * A2[:, None, None])
-                # padded steps have dt = 0: identities, so the chunk's last state is the state after it
-                h, h_last = _scan_chunk(a, dtu * Bn, _column(H, offs_n, n), offs_s, offs_i, SEGS, ITEMS)
+                h_in = tl.load(carry_in + n, mask=mask_d, other=0.0)
+                # padded steps have dt = 0: identities, so the last segment ends on the state after the chunk
+                h, h_end = _scan_chunk(tl.exp2(dt * A2[:, None, None]), dtu * Bn, h_in, offs_s, offs_i, SEGS, ITEMS)
                 y += h * Cn
-                H_next = tl.where(offs_n[None, :] == n, h_last[:, None], H_next)
-        H = H_next
+                _store_segment(carry_out + n, h_end, offs_s, mask_d, SEGS - 1)
+        tl.debug_barrier()  # the next chunk reads what this one's last lanes wrote
         if HAS_D:
             Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0)
             y += u * Dv[:, None, None]
@@ -210,20 +279,22 @@ def _scan_fwd_kernel(
             zv = tl.load(z_ptr + b * s_z_b + rows3 * s_z_d + t * s_z_l, mask=m3, other=0.0).to(tl.float32)
             y *= zv * tl.sigmoid(zv)
         tl.store(out_ptr + b * s_o_b + rows3 * s_o_d + t * s_o_l, y, mask=m3)
-    tl.store(hT_ptr + dn, H, mask=mask_dn)
+    hT = tl.load(states_ptr + (n_chunks % n_slots) * slot_size + dn, mask=mask_dn, other=0.0)
+    tl.store(hT_ptr + dn, hT, mask=mask_dn)
 
 
 @triton.jit
 def _scan_bwd_kernel(
-    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, states_ptr, dout_ptr, dhT_ptr,
+    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, states_ptr, dout_ptr, dhT_ptr, dh_carry_ptr,
     du_ptr, ddt_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr, dh0_ptr,
-    dim, length, dstate, per_group, groups, n_chunks,
+    batch, dim, length, dstate, per_group, groups, n_chunks,
     s_u_b, s_u_d, s_u_l, s_dt_b, s_dt_d, s_dt_l, s_z_b, s_z_d, s_z_l, s_do_b, s_do_d, s_do_l,
     s_A_d, s_A_n, s_B_b, s_B_g, s_B_n, s_B_l, s_C_b, s_C_g, s_C_n, s_C_l,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_DHT: tl.constexpr,
     BLOCK_D: tl.constexpr, SEGS: tl.constexpr, ITEMS: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
+    tl.static_assert(ITEMS == 8, "the backward's reverse scan is written out for 8 items a thread")
     CHUNK: tl.constexpr = SEGS * ITEMS
     pid_d = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
@@ -235,21 +306,18 @@ def _scan_bwd_kernel(
     mask_d = offs_d < dim
     mask_dn = mask_d[:, None] & (offs_n[None, :] < dstate)
     grp = tl.minimum(offs_d, dim - 1) // per_group
-    # A block inside one group sums dB, dC over its channels before the atomics; else one atomic per row.
-    grp_first = (pid_d * BLOCK_D) // per_group
-    one_group = grp_first == (tl.minimum(pid_d * BLOCK_D + BLOCK_D, dim) - 1) // per_group
 
     rows3 = offs_d[:, None, None]
     u_rows = u_ptr + b * s_u_b + rows3 * s_u_d
     dt_rows = dt_ptr + b * s_dt_b + rows3 * s_dt_d
     B_rows = B_ptr + b * s_B_b + grp[:, None, None] * s_B_g
     C_rows = C_ptr + b * s_C_b + grp[:, None, None] * s_C_g
-    # (batch, groups, state, length) contiguous fp32 accumulators for dB, dC
-    dBC_rows = (b * groups + grp[:, None, None]) * dstate * length
-    dBC_first = (b * groups + grp_first) * dstate * length
+    dBC_rows = (b * groups + grp[:, None]) * dstate * length  # dB, dC: (batch, groups, state, length) fp32
     do_rows = dout_ptr + b * s_do_b + rows3 * s_do_d
     g_rows = (b * dim + rows3) * length  # du, ddelta, dz: contiguous (batch, dim, length)
-    dn = (b * dim + offs_d[:, None]) * dstate + offs_n[None, :]
+    state_rows = (b * dim + offs_d) * dstate
+    dn = state_rows[:, None] + offs_n[None, :]
+    slot_size = batch * dim * dstate
 
     bias = tl.zeros((BLOCK_D,), tl.float32)
     if HAS_BIAS:
@@ -258,10 +326,13 @@ def _scan_bwd_kernel(
     Dv = tl.zeros((BLOCK_D,), tl.float32)
     if HAS_D:
         Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0)
-    # gradient w.r.t. the state after the chunk being processed (the final state's gradient at first)
-    dH = tl.zeros((BLOCK_D, BLOCK_N), tl.float32)
+    # The gradient w.r.t. the state between chunks goes through two memory slots in turn, as the
+    # forward's state does: slot c % 2 receives the gradient w.r.t. the state entering chunk c.
+    dHT = tl.zeros((BLOCK_D, BLOCK_N), tl.float32)
     if HAS_DHT:
-        dH = tl.load(dhT_ptr + dn, mask=mask_dn, other=0.0)
+        dHT = tl.load(dhT_ptr + dn, mask=mask_dn, other=0.0)
+    tl.store(dh_carry_ptr + (n_chunks % 2) * slot_size + dn, dHT, mask=mask_dn)
+    tl.debug_barrier()
     dA_acc = tl.zeros((BLOCK_D, BLOCK_N), tl.float32)
     dD_acc = tl.zeros((BLOCK_D,), tl.float32)
     dbias_acc = tl.zeros((BLOCK_D,), tl.float32)
@@ -269,24 +340,23 @@ def _scan_bwd_kernel(
     for cc in range(0, n_chunks):
         c = n_chunks - 1 - cc
         t = (c * CHUNK + step)[None, :, :]
-        t2 = c * CHUNK + step
         m3 = mask_d[:, None, None] & (t < length)
-        m3_next = mask_d[:, None, None] & (t + 1 < length)
         u = tl.load(u_rows + t * s_u_l, mask=m3, other=0.0).to(tl.float32)
-        dt, dt_raw = _load_dt(dt_rows, t * s_dt_l, m3, bias3, HAS_BIAS, SOFTPLUS)
+        dt = _load_dt(dt_rows, t * s_dt_l, m3, bias3, HAS_BIAS, SOFTPLUS)
         # the adjoint recurrence decays by the next step's factor: one extra exp per element is cheaper
         # than shifting a register tile by one step across threads
-        dt_next, dt_next_raw = _load_dt(dt_rows, (t + 1) * s_dt_l, m3_next, bias3, HAS_BIAS, SOFTPLUS)
+        dt_next = _load_dt(dt_rows, (t + 1) * s_dt_l, m3 & (t + 1 < length), bias3, HAS_BIAS, SOFTPLUS)
         dtu = dt * u
         # Only what the loop over n needs stays in registers; dout and z are loaded again after it
         # (from cache), which leaves registers for more resident warps.
         g = _gate_grad(do_rows + t * s_do_l, z_ptr, b * s_z_b + rows3 * s_z_d + t * s_z_l, m3, HAS_Z)
-        H = tl.load(states_ptr + (b * n_chunks + c) * dim * dstate + dn - b * dim * dstate, mask=mask_dn, other=0.0)
+        h_rows = states_ptr + c * slot_size + state_rows  # the state entering this chunk, from the forward
+        dh_in = dh_carry_ptr + ((c + 1) % 2) * slot_size + state_rows
+        dh_out = dh_carry_ptr + (c % 2) * slot_size + state_rows
 
         y = tl.zeros((BLOCK_D, SEGS, ITEMS), tl.float32)
         du = tl.zeros((BLOCK_D, SEGS, ITEMS), tl.float32)
         ddt = tl.zeros((BLOCK_D, SEGS, ITEMS), tl.float32)
-        dH_prev = tl.zeros((BLOCK_D, BLOCK_N), tl.float32)
         for n in range(0, dstate):
             A_n = tl.load(A_ptr + offs_d * s_A_d + n * s_A_n, mask=mask_d, other=0.0)
             A2 = A_n[:, None, None] * LOG2E
@@ -294,28 +364,24 @@ def _scan_bwd_kernel(
             Cn = tl.load(C_rows + n * s_C_n + t * s_C_l, mask=m3, other=0.0).to(tl.float32)
             # forward again: h_t, and bx_t = dt_t u_t B_t so that a_t h_{t-1} = h_t - bx_t
             bx = dtu * Bn
-            h, h_last = _scan_chunk(tl.exp2(dt * A2), bx, _column(H, offs_n, n), offs_s, offs_i, SEGS, ITEMS)
+            h_in = tl.load(h_rows + n, mask=mask_d, other=0.0)
+            h, _h_end = _scan_chunk(tl.exp2(dt * A2), bx, h_in, offs_s, offs_i, SEGS, ITEMS)
             if HAS_Z:
                 y += h * Cn
             # dh_t = C_t g_t + exp(dt_{t+1} A) dh_{t+1}, entering from the next chunk with its dh
-            dh, dh_first = _scan_chunk_reverse(tl.exp2(dt_next * A2), g * Cn, _column(dH, offs_n, n), offs_s, offs_i, SEGS)
+            dh_next = tl.load(dh_in + n, mask=mask_d, other=0.0)
+            dh, dh_first = _scan_chunk_reverse(tl.exp2(dt_next * A2), g * Cn, dh_next, offs_s, SEGS)
+            _store_segment(dh_out + n, dh_first, offs_s, mask_d, SEGS - 1)
             dh_ah = dh * (h - bx)  # dh_t a_t h_{t-1}
             dhB = dh * Bn
             du += dhB * dt
             ddt += dhB * u + dh_ah * A_n[:, None, None]
             dA_n = tl.sum(tl.sum(dh_ah * dt, axis=2), axis=1)
             dA_acc += tl.where(offs_n[None, :] == n, dA_n[:, None], 0.0)
-            dH_prev = tl.where(offs_n[None, :] == n, dh_first[:, None], dH_prev)
-            dB_n = dh * dtu
-            dC_n = g * h
-            if one_group:
-                tmask = t2 < length
-                tl.atomic_add(dB_ptr + dBC_first + n * length + t2, tl.sum(dB_n, axis=0), mask=tmask, sem="relaxed")
-                tl.atomic_add(dC_ptr + dBC_first + n * length + t2, tl.sum(dC_n, axis=0), mask=tmask, sem="relaxed")
-            else:
-                tl.atomic_add(dB_ptr + dBC_rows + n * length + t, dB_n, mask=m3, sem="relaxed")
-                tl.atomic_add(dC_ptr + dBC_rows + n * length + t, dC_n, mask=m3, sem="relaxed")
-        dH = dH_prev  # gradient w.r.t. h_{t0}, the first state of this chunk
+            # summed over channels by atomics, one per channel (the default tile holds one channel)
+            _atomic_add_rows(dB_ptr + dBC_rows + n * length, c * CHUNK, dh * dtu, mask_d[:, None], length)
+            _atomic_add_rows(dC_ptr + dBC_rows + n * length, c * CHUNK, g * h, mask_d[:, None], length)
+        tl.debug_barrier()  # the previous chunk reads what this one's first lanes wrote
 
         if HAS_D:
             du += g * Dv[:, None, None]
@@ -330,16 +396,20 @@ def _scan_bwd_kernel(
             tl.store(dz_ptr + g_rows + t, dz, mask=m3)
         ddt = tl.where(m3, ddt, 0.0)
         if SOFTPLUS:
-            dt_again, dt_raw_again = _load_dt(dt_rows, t * s_dt_l, m3, bias3, HAS_BIAS, SOFTPLUS)
-            ddt = ddt * tl.sigmoid(dt_raw_again)
+            # d softplus(x) / dx = sigmoid(x), at x = delta + bias
+            raw = tl.load(dt_rows + t * s_dt_l, mask=m3, other=0.0).to(tl.float32)
+            if HAS_BIAS:
+                raw = raw + bias3
+            ddt = ddt * tl.sigmoid(raw)
         dbias_acc += tl.sum(tl.sum(ddt, axis=2), axis=1)
         tl.store(du_ptr + g_rows + t, du, mask=m3)
         tl.store(ddt_ptr + g_rows + t, ddt, mask=m3)
 
-    # d h_init = a_0 dh_0 = exp(dt_0 A) dH
+    # d h_init = a_0 dh_0 = exp(dt_0 A) dH, dH being the gradient w.r.t. the state entering chunk 0
+    dH = tl.load(dh_carry_ptr + dn, mask=mask_dn, other=0.0)
     A_tile = tl.load(A_ptr + offs_d[:, None] * s_A_d + offs_n[None, :] * s_A_n, mask=mask_dn, other=0.0)
-    dt0, _ = _load_dt(dt_ptr + b * s_dt_b + offs_d[:, None] * s_dt_d, tl.zeros((1, 1), tl.int32), mask_d[:, None],
-                      bias[:, None], HAS_BIAS, SOFTPLUS)
+    dt0 = _load_dt(dt_ptr + b * s_dt_b + offs_d[:, None] * s_dt_d, tl.zeros((1, 1), tl.int32), mask_d[:, None],
+                   bias[:, None], HAS_BIAS, SOFTPLUS)
     tl.store(dh0_ptr + dn, tl.exp2(dt0 * A_tile * LOG2E) * dH, mask=mask_dn)
     tl.store(dA_ptr + dn, dA_acc, mask=mask_dn)
     tl.store(dD_ptr + b * dim + offs_d, dD_acc, mask=mask_d)
@@ -347,27 +417,17 @@ def _scan_bwd_kernel(
 
 
 def _default_config(batch: int, dim: int, dstate: int, itemsize: int, backward: bool) -> tuple[int, ...]:
-    """(BLOCK_D, num_warps, SEGS, ITEMS[, UNROLL]) for a chunk of SEGS segments of ITEMS consecutive
-    steps, one segment per thread (BLOCK_D * SEGS = 32 * num_warps), ITEMS filling one 16-byte load,
-    with fewer channels per program where the grid would leave SMs idle. The interpreter pays per
+    """(BLOCK_D, num_warps, SEGS, ITEMS[, UNROLL]) for a chunk of SEGS segments of ITEMS = 8 consecutive
+    steps, one segment per thread (BLOCK_D * SEGS = 32 * num_warps). The interpreter pays per
     operation, not per element: few large chunks."""
     if INTERPRET:
-        cfg = (min(4, triton.next_power_of_2(dim)), 1, 8, 4)
+        cfg = (min(4, triton.next_power_of_2(dim)), 1, 4, 8)
         return cfg if backward else cfg + (2,)  # the launcher falls back to 1 where 2 does not divide dstate
-    # Measured on an H100 (benchmarks/bench_selective_scan.py --sweep), bf16, (4, 2048, 2048, 16):
-    # forward 0.45 ms at (8, 4, 16, 8, 2) against 0.49 without unrolling; backward 1.97 ms with one
-    # warp per program (2, 1, 16, 8) against 2.18 with two: no barriers for the dB, dC sums over
-    # channels. Both use chunks of 128 steps: the backward starts each chunk from the state the
-    # forward stored there. Not adopted yet: a 1024-step forward chunk (1, 4, 128, 8, 2) measured
-    # 0.41 ms but has no matching backward, and at state 64 one-warp forwards were faster
-    # (2.09 against 2.76 ms), a case this heuristic does not yet tune.
-    items = 16 // itemsize
-    segs = 128 // items
-    num_warps = 1 if backward else 4
-    block_d = max(1, 32 * num_warps // segs)
-    while block_d > 1 and num_warps > 1 and batch * triton.cdiv(dim, block_d) < 4 * 132:
-        block_d, num_warps = block_d // 2, num_warps // 2
-    return (block_d, num_warps, segs, items) if backward else (block_d, num_warps, segs, items, 2 if dstate <= 32 else 1)
+    # One channel per program and one warp, a chunk of 256 steps across its 32 lanes. With more than
+    # one channel per program Triton 3.6 orders the lanes channel-first, so that the scans across
+    # segments need butterfly shuffles or shared memory (and a barrier) instead of 5 shuffles.
+    # Timings: benchmarks/results/selective_scan_*.md and `bench_selective_scan.py --sweep`.
+    return (1, 1, 32, 8) if backward else (1, 1, 32, 8, 1)
 
 
 def _check_dtypes(**tensors) -> None:
@@ -384,6 +444,12 @@ def _bc_strides(t: Tensor) -> tuple[int, int, int, int]:
     return t.stride(0), t.stride(1), t.stride(2), t.stride(3)
 
 
+def _fp32(t: Tensor | None) -> Tensor | None:
+    # B and C are read once per state index and channel block: converted once here rather than in the
+    # kernels' innermost loops, where the conversions were a sixth of the forward's instructions
+    return t.float() if t is not None else None
+
+
 def _selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, store_states,
                         config=None):
     batch, dim, length = u.shape
@@ -395,22 +461,24 @@ def _selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, initial_state, delt
     n_chunks = triton.cdiv(length, segs * items)
     out = torch.empty((batch, dim, length), device=u.device, dtype=u.dtype)
     hT = torch.empty((batch, dim, dstate), device=u.device, dtype=torch.float32)
-    # states[b, c] = the state entering chunk c, kept for the backward: (batch, chunks, dim, state)
-    states = (torch.empty((batch, n_chunks, dim, dstate), device=u.device, dtype=torch.float32)
-              if store_states else hT)
+    # states[c] = the state entering chunk c, (slots, batch, dim, state): every chunk's (and the final
+    # state) when a backward will restart from them, else two slots used in turn
+    n_slots = n_chunks + 1 if store_states else 2
+    states = torch.empty((n_slots, batch, dim, dstate), device=u.device, dtype=torch.float32)
     h0 = initial_state.float().contiguous() if initial_state is not None else hT
     A = A.float()
     D = D.float().contiguous() if D is not None else None
     delta_bias = delta_bias.float().contiguous() if delta_bias is not None else None
+    Bf, Cf = _fp32(B), _fp32(C)
     zz = z if z is not None else u
     grid = (triton.cdiv(dim, block_d), batch)
     _scan_fwd_kernel[grid](
-        u, delta, A, B, C, D, z, delta_bias, h0, out, hT, states,
-        dim, length, dstate, dim // groups, n_chunks,
+        u, delta, A, Bf, Cf, D, z, delta_bias, h0, out, hT, states,
+        batch, dim, length, dstate, dim // groups, n_chunks, n_slots,
         *u.stride(), *delta.stride(), *zz.stride(), *out.stride(),
-        *A.stride(), *_bc_strides(B), *_bc_strides(C),
+        *A.stride(), *_bc_strides(Bf), *_bc_strides(Cf),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
-        HAS_H0=initial_state is not None, STORE_STATES=store_states,
+        HAS_H0=initial_state is not None,
         BLOCK_D=block_d, SEGS=segs, ITEMS=items, BLOCK_N=triton.next_power_of_2(dstate), UNROLL=unroll,
         num_warps=num_warps,
     )
@@ -424,10 +492,10 @@ def _selective_scan_bwd(dout, dhT, u, delta, A, B, C, D, z, delta_bias, states, 
     groups = 1 if B.dim() == 3 else B.shape[1]
     block_d, num_warps, segs, items = config or _default_config(batch, dim, dstate, u.element_size(), True)
     n_chunks = triton.cdiv(length, segs * items)
-    if states.shape[1] != n_chunks:  # the forward's chunk length must match: it stored one state per chunk
+    if states.shape[0] != n_chunks + 1:  # the forward's chunk length must match: it stored one state per chunk
         raise ValueError(f"selective_scan (triton): the backward's chunks of {segs * items} steps need {n_chunks} "
-                         f"stored states, but the forward stored {states.shape[1]}; forward and backward configs "
-                         f"must have the same SEGS * ITEMS")
+                         f"stored states, but the forward stored {states.shape[0] - 1}; forward and backward "
+                         f"configs must have the same SEGS * ITEMS")
     dev = u.device
     du = torch.empty((batch, dim, length), device=dev, dtype=u.dtype)
     ddelta = torch.empty((batch, dim, length), device=dev, dtype=delta.dtype)
@@ -438,18 +506,20 @@ def _selective_scan_bwd(dout, dhT, u, delta, A, B, C, D, z, delta_bias, states, 
     dD = torch.empty((batch, dim), device=dev, dtype=torch.float32)
     dbias = torch.empty((batch, dim), device=dev, dtype=torch.float32)
     dh0 = torch.empty((batch, dim, dstate), device=dev, dtype=torch.float32)
+    dh_carry = torch.empty((2, batch, dim, dstate), device=dev, dtype=torch.float32)
     A = A.float()
     Dc = D.float().contiguous() if D is not None else None
     biasc = delta_bias.float().contiguous() if delta_bias is not None else None
     dhT = dhT.float().contiguous() if dhT is not None else None
+    Bf, Cf = _fp32(B), _fp32(C)
     zz = z if z is not None else u
     grid = (triton.cdiv(dim, block_d), batch)
     _scan_bwd_kernel[grid](
-        u, delta, A, B, C, Dc, z, biasc, states, dout, dhT,
+        u, delta, A, Bf, Cf, Dc, z, biasc, states, dout, dhT, dh_carry,
         du, ddelta, dz, dA, dB, dC, dD, dbias, dh0,
-        dim, length, dstate, dim // groups, groups, n_chunks,
+        batch, dim, length, dstate, dim // groups, groups, n_chunks,
         *u.stride(), *delta.stride(), *zz.stride(), *dout.stride(),
-        *A.stride(), *_bc_strides(B), *_bc_strides(C),
+        *A.stride(), *_bc_strides(Bf), *_bc_strides(Cf),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
         HAS_DHT=dhT is not None,
         BLOCK_D=block_d, SEGS=segs, ITEMS=items, BLOCK_N=triton.next_power_of_2(dstate), num_warps=num_warps,
