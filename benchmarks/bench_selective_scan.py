@@ -93,11 +93,10 @@ def reference(u, delta, A, B, C, D, z, bias, softplus):
 
 
 def sweep(lines):
-    """Tile sizes of the forward (BLOCK_D, num_warps, SEGS, ITEMS, UNROLL) and backward (BLOCK_D,
-    num_warps, SEGS, ITEMS) kernels; a chunk is SEGS segments of ITEMS steps (bf16 here), one segment
-    per thread when BLOCK_D * SEGS = 32 * num_warps. The backward reads states stored every chunk, so
+    """Tile sizes (BLOCK_D, num_warps, SEGS, ITEMS) of the forward and backward kernels; a chunk is
+    SEGS segments of ITEMS steps, one segment per thread when BLOCK_D * SEGS = 32 * num_warps. The backward reads states stored every chunk, so
     each backward candidate runs after a forward with its chunk length."""
-    fwd_configs = [(1, 1, 32, 8, 1), (1, 1, 32, 8, 2), (2, 1, 16, 8, 1), (1, 2, 64, 8, 1), (1, 4, 128, 8, 1)]
+    fwd_configs = [(1, 1, 32, 8), (2, 1, 16, 8), (1, 2, 64, 8), (1, 4, 128, 8)]
     bwd_configs = [(1, 1, 32, 8), (2, 1, 16, 8), (1, 2, 64, 8)]
     for shape in [(4, 2048, 2048, 16), (1, 4096, 2048, 16), (4, 2048, 2048, 64)]:
         x = make(*shape)
@@ -106,10 +105,10 @@ def sweep(lines):
         for cfg in fwd_configs:
             tf = triton.testing.do_bench(lambda: _selective_scan_fwd(*args, None, True, False, config=cfg),  # noqa: B023
                                          return_mode="median")
-            lines.append(f"sweep {shape} forward BLOCK_D, warps, SEGS, ITEMS, UNROLL = {cfg}: {tf:.3f} ms")
+            lines.append(f"sweep {shape} forward BLOCK_D, warps, SEGS, ITEMS = {cfg}: {tf:.3f} ms")
             print(lines[-1], flush=True)
         for cfg in bwd_configs:
-            _, _, states = _selective_scan_fwd(*args, None, True, True, config=(*cfg, 1))
+            _, _, states = _selective_scan_fwd(*args, None, True, True, config=cfg)
             tb = triton.testing.do_bench(lambda: _selective_scan_bwd(dout, None, *args, states, True, config=cfg),  # noqa: B023
                                          return_mode="median")
             lines.append(f"sweep {shape} backward BLOCK_D, warps, SEGS, ITEMS = {cfg}: {tb:.3f} ms")

@@ -317,6 +317,6 @@ def test_triton_backward_rejects_a_forward_of_another_chunk_length():
     from hybrid.kernels.selective_scan.triton_scan import _selective_scan_bwd, _selective_scan_fwd
     x = make_inputs(1, 4, 40, 4, D=False, z=False, bias=False, h0=False, softplus=False)
     args = [x[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]
-    out, _, states = _selective_scan_fwd(*args, None, False, True, config=(4, 1, 8, 4, 1))  # 32-step chunks
+    out, _, states = _selective_scan_fwd(*args, None, False, True, config=(4, 1, 8, 4))  # 32-step chunks
     with pytest.raises(ValueError, match="same SEGS \\* ITEMS"):
         _selective_scan_bwd(torch.ones_like(out), None, *args, states, False, config=(4, 1, 4, 4))  # 16-step

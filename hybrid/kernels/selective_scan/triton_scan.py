@@ -91,7 +91,7 @@ def _load_dt(rows, t, mask, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr
 
 
 @triton.jit
-def _atomic_add_rows(rows, t0, vals, row_mask, length):
+def _atomic_add_rows(rows, t0, vals):
     """Relaxed fp32 atomic adds of a (BLOCK_D, SEGS, ITEMS) tile at row pointers + steps t0, t0 + 1, ...
     Flattened to (BLOCK_D, steps), Triton first moves the values across lanes so that each warp
     instruction adds 512 contiguous bytes; left in place (8 steps a thread, 32 bytes apart between
@@ -99,7 +99,7 @@ def _atomic_add_rows(rows, t0, vals, row_mask, length):
     BD: tl.constexpr = vals.shape[0]
     STEPS: tl.constexpr = vals.shape[1] * vals.shape[2]
     t = t0 + tl.arange(0, STEPS)[None, :]
-    tl.atomic_add(rows + t, tl.reshape(vals, (BD, STEPS)), mask=row_mask & (t < length), sem="relaxed")
+    tl.atomic_add(rows + t, tl.reshape(vals, (BD, STEPS)), sem="relaxed")
 
 
 @triton.jit
@@ -213,7 +213,7 @@ def _scan_fwd_kernel(
     s_A_d, s_A_n, s_B_b, s_B_g, s_B_n, s_B_l, s_C_b, s_C_g, s_C_n, s_C_l,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_H0: tl.constexpr,
-    BLOCK_D: tl.constexpr, SEGS: tl.constexpr, ITEMS: tl.constexpr, BLOCK_N: tl.constexpr, UNROLL: tl.constexpr,
+    BLOCK_D: tl.constexpr, SEGS: tl.constexpr, ITEMS: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     CHUNK: tl.constexpr = SEGS * ITEMS
     pid_d = tl.program_id(0)
@@ -258,19 +258,21 @@ def _scan_fwd_kernel(
         carry_in = states_ptr + (c % n_slots) * slot_size + state_rows
         carry_out = states_ptr + ((c + 1) % n_slots) * slot_size + state_rows
         y = tl.zeros((BLOCK_D, SEGS, ITEMS), tl.float32)
-        # UNROLL state indices per iteration (UNROLL divides dstate): independent scans the compiler
-        # can interleave, hiding one scan's shuffle and load latency behind another's arithmetic
-        for n0 in range(0, dstate, UNROLL):
-            for k in tl.static_range(UNROLL):
-                n = n0 + k
-                A2 = tl.load(A_ptr + offs_d * s_A_d + n * s_A_n, mask=mask_d, other=0.0) * LOG2E
-                Bn = tl.load(B_rows + n * s_B_n + t * s_B_l, mask=m3, other=0.0).to(tl.float32)
-                Cn = tl.load(C_rows + n * s_C_n + t * s_C_l, mask=m3, other=0.0).to(tl.float32)
-                h_in = tl.load(carry_in + n, mask=mask_d, other=0.0)
-                # padded steps have dt = 0: identities, so the last segment ends on the state after the chunk
-                h, h_end = _scan_chunk(tl.exp2(dt * A2[:, None, None]), dtu * Bn, h_in, offs_s, offs_i, SEGS, ITEMS)
-                y += h * Cn
-                _store_segment(carry_out + n, h_end, offs_s, mask_d, SEGS - 1)
+        # B and C (fp32, padded to whole chunks: no mask) are loaded one state index ahead, so that
+        # their latency hides behind a scan
+        Bn = tl.load(B_rows + t * s_B_l)
+        Cn = tl.load(C_rows + t * s_C_l)
+        for n in range(0, dstate):
+            n_next = tl.minimum(n + 1, dstate - 1)
+            B_next = tl.load(B_rows + n_next * s_B_n + t * s_B_l)
+            C_next = tl.load(C_rows + n_next * s_C_n + t * s_C_l)
+            A2 = tl.load(A_ptr + offs_d * s_A_d + n * s_A_n, mask=mask_d, other=0.0) * LOG2E
+            h_in = tl.load(carry_in + n, mask=mask_d, other=0.0)
+            # padded steps have dt = 0: identities, so the last segment ends on the state after the chunk
+            h, h_end = _scan_chunk(tl.exp2(dt * A2[:, None, None]), dtu * Bn, h_in, offs_s, offs_i, SEGS, ITEMS)
+            y += h * Cn
+            _store_segment(carry_out + n, h_end, offs_s, mask_d, SEGS - 1)
+            Bn, Cn = B_next, C_next
         tl.debug_barrier()  # the next chunk reads what this one's last lanes wrote
         if HAS_D:
             Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0)
@@ -312,7 +314,8 @@ def _scan_bwd_kernel(
     dt_rows = dt_ptr + b * s_dt_b + rows3 * s_dt_d
     B_rows = B_ptr + b * s_B_b + grp[:, None, None] * s_B_g
     C_rows = C_ptr + b * s_C_b + grp[:, None, None] * s_C_g
-    dBC_rows = (b * groups + grp[:, None]) * dstate * length  # dB, dC: (batch, groups, state, length) fp32
+    padded_length = n_chunks * CHUNK
+    dBC_rows = (b * groups + grp[:, None]) * dstate * padded_length  # dB, dC: (batch, groups, state, padded) fp32
     do_rows = dout_ptr + b * s_do_b + rows3 * s_do_d
     g_rows = (b * dim + rows3) * length  # du, ddelta, dz: contiguous (batch, dim, length)
     state_rows = (b * dim + offs_d) * dstate
@@ -357,11 +360,14 @@ def _scan_bwd_kernel(
         y = tl.zeros((BLOCK_D, SEGS, ITEMS), tl.float32)
         du = tl.zeros((BLOCK_D, SEGS, ITEMS), tl.float32)
         ddt = tl.zeros((BLOCK_D, SEGS, ITEMS), tl.float32)
+        Bn = tl.load(B_rows + t * s_B_l)  # one state index ahead, as in the forward
+        Cn = tl.load(C_rows + t * s_C_l)
         for n in range(0, dstate):
+            n_next = tl.minimum(n + 1, dstate - 1)
+            B_next = tl.load(B_rows + n_next * s_B_n + t * s_B_l)
+            C_next = tl.load(C_rows + n_next * s_C_n + t * s_C_l)
             A_n = tl.load(A_ptr + offs_d * s_A_d + n * s_A_n, mask=mask_d, other=0.0)
             A2 = A_n[:, None, None] * LOG2E
-            Bn = tl.load(B_rows + n * s_B_n + t * s_B_l, mask=m3, other=0.0).to(tl.float32)
-            Cn = tl.load(C_rows + n * s_C_n + t * s_C_l, mask=m3, other=0.0).to(tl.float32)
             # forward again: h_t, and bx_t = dt_t u_t B_t so that a_t h_{t-1} = h_t - bx_t
             bx = dtu * Bn
             h_in = tl.load(h_rows + n, mask=mask_d, other=0.0)
@@ -378,9 +384,12 @@ def _scan_bwd_kernel(
             ddt += dhB * u + dh_ah * A_n[:, None, None]
             dA_n = tl.sum(tl.sum(dh_ah * dt, axis=2), axis=1)
             dA_acc += tl.where(offs_n[None, :] == n, dA_n[:, None], 0.0)
-            # summed over channels by atomics, one per channel (the default tile holds one channel)
-            _atomic_add_rows(dB_ptr + dBC_rows + n * length, c * CHUNK, dh * dtu, mask_d[:, None], length)
-            _atomic_add_rows(dC_ptr + dBC_rows + n * length, c * CHUNK, g * h, mask_d[:, None], length)
+            # summed over channels by atomics, one per channel (the default tile holds one channel).
+            # No mask: rows past dim and steps past length add zeros (their u, dt and dout load as 0)
+            # at valid addresses (a clamped group, buffers padded to whole chunks).
+            _atomic_add_rows(dB_ptr + dBC_rows + n * padded_length, c * CHUNK, dh * dtu)
+            _atomic_add_rows(dC_ptr + dBC_rows + n * padded_length, c * CHUNK, g * h)
+            Bn, Cn = B_next, C_next
         tl.debug_barrier()  # the previous chunk reads what this one's first lanes wrote
 
         if HAS_D:
@@ -416,18 +425,17 @@ def _scan_bwd_kernel(
     tl.store(dbias_ptr + b * dim + offs_d, dbias_acc, mask=mask_d)
 
 
-def _default_config(batch: int, dim: int, dstate: int, itemsize: int, backward: bool) -> tuple[int, ...]:
-    """(BLOCK_D, num_warps, SEGS, ITEMS[, UNROLL]) for a chunk of SEGS segments of ITEMS = 8 consecutive
-    steps, one segment per thread (BLOCK_D * SEGS = 32 * num_warps). The interpreter pays per
-    operation, not per element: few large chunks."""
+def _default_config(batch: int, dim: int, dstate: int) -> tuple[int, int, int, int]:
+    """(BLOCK_D, num_warps, SEGS, ITEMS) for a chunk of SEGS segments of ITEMS = 8 consecutive steps, one
+    segment per thread (BLOCK_D * SEGS = 32 * num_warps); forward and backward use the same chunk.
+    The interpreter pays per operation, not per element: few large chunks."""
     if INTERPRET:
-        cfg = (min(4, triton.next_power_of_2(dim)), 1, 4, 8)
-        return cfg if backward else cfg + (2,)  # the launcher falls back to 1 where 2 does not divide dstate
+        return (min(4, triton.next_power_of_2(dim)), 1, 4, 8)
     # One channel per program and one warp, a chunk of 256 steps across its 32 lanes. With more than
     # one channel per program Triton 3.6 orders the lanes channel-first, so that the scans across
     # segments need butterfly shuffles or shared memory (and a barrier) instead of 5 shuffles.
     # Timings: benchmarks/results/selective_scan_*.md and `bench_selective_scan.py --sweep`.
-    return (1, 1, 32, 8) if backward else (1, 1, 32, 8, 1)
+    return (1, 1, 32, 8)
 
 
 def _check_dtypes(**tensors) -> None:
@@ -444,10 +452,13 @@ def _bc_strides(t: Tensor) -> tuple[int, int, int, int]:
     return t.stride(0), t.stride(1), t.stride(2), t.stride(3)
 
 
-def _fp32(t: Tensor | None) -> Tensor | None:
-    # B and C are read once per state index and channel block: converted once here rather than in the
-    # kernels' innermost loops, where the conversions were a sixth of the forward's instructions
-    return t.float() if t is not None else None
+def _padded_fp32(t: Tensor, padded_length: int) -> Tensor:
+    """B or C in fp32 with the length zero-padded to whole chunks. The kernels read them once per
+    state index: converted once here rather than in their innermost loops (where the conversions
+    were a sixth of the forward's instructions), and padded so that those loads need no mask."""
+    out = t.new_zeros((*t.shape[:-1], padded_length), dtype=torch.float32)
+    out[..., :t.shape[-1]] = t
+    return out
 
 
 def _selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, store_states,
@@ -455,9 +466,7 @@ def _selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, initial_state, delt
     batch, dim, length = u.shape
     dstate = A.shape[1]
     groups = 1 if B.dim() == 3 else B.shape[1]
-    block_d, num_warps, segs, items, unroll = config or _default_config(batch, dim, dstate, u.element_size(), False)
-    if dstate % unroll:
-        unroll = 1
+    block_d, num_warps, segs, items = config or _default_config(batch, dim, dstate)
     n_chunks = triton.cdiv(length, segs * items)
     out = torch.empty((batch, dim, length), device=u.device, dtype=u.dtype)
     hT = torch.empty((batch, dim, dstate), device=u.device, dtype=torch.float32)
@@ -469,7 +478,7 @@ def _selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, initial_state, delt
     A = A.float()
     D = D.float().contiguous() if D is not None else None
     delta_bias = delta_bias.float().contiguous() if delta_bias is not None else None
-    Bf, Cf = _fp32(B), _fp32(C)
+    Bf, Cf = _padded_fp32(B, n_chunks * segs * items), _padded_fp32(C, n_chunks * segs * items)
     zz = z if z is not None else u
     grid = (triton.cdiv(dim, block_d), batch)
     _scan_fwd_kernel[grid](
@@ -479,8 +488,7 @@ def _selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, initial_state, delt
         *A.stride(), *_bc_strides(Bf), *_bc_strides(Cf),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
         HAS_H0=initial_state is not None,
-        BLOCK_D=block_d, SEGS=segs, ITEMS=items, BLOCK_N=triton.next_power_of_2(dstate), UNROLL=unroll,
-        num_warps=num_warps,
+        BLOCK_D=block_d, SEGS=segs, ITEMS=items, BLOCK_N=triton.next_power_of_2(dstate), num_warps=num_warps,
     )
     return out, hT, (states if store_states else None)
 
@@ -490,7 +498,7 @@ def _selective_scan_bwd(dout, dhT, u, delta, A, B, C, D, z, delta_bias, states, 
     batch, dim, length = u.shape
     dstate = A.shape[1]
     groups = 1 if B.dim() == 3 else B.shape[1]
-    block_d, num_warps, segs, items = config or _default_config(batch, dim, dstate, u.element_size(), True)
+    block_d, num_warps, segs, items = config or _default_config(batch, dim, dstate)
     n_chunks = triton.cdiv(length, segs * items)
     if states.shape[0] != n_chunks + 1:  # the forward's chunk length must match: it stored one state per chunk
         raise ValueError(f"selective_scan (triton): the backward's chunks of {segs * items} steps need {n_chunks} "
@@ -500,8 +508,9 @@ def _selective_scan_bwd(dout, dhT, u, delta, A, B, C, D, z, delta_bias, states, 
     du = torch.empty((batch, dim, length), device=dev, dtype=u.dtype)
     ddelta = torch.empty((batch, dim, length), device=dev, dtype=delta.dtype)
     dz = torch.empty((batch, dim, length), device=dev, dtype=z.dtype) if z is not None else None
-    dB = torch.zeros((batch, groups, dstate, length), device=dev, dtype=torch.float32)
-    dC = torch.zeros((batch, groups, dstate, length), device=dev, dtype=torch.float32)
+    padded_length = n_chunks * segs * items
+    dB = torch.zeros((batch, groups, dstate, padded_length), device=dev, dtype=torch.float32)
+    dC = torch.zeros((batch, groups, dstate, padded_length), device=dev, dtype=torch.float32)
     dA = torch.empty((batch, dim, dstate), device=dev, dtype=torch.float32)  # per batch row, summed below
     dD = torch.empty((batch, dim), device=dev, dtype=torch.float32)
     dbias = torch.empty((batch, dim), device=dev, dtype=torch.float32)
@@ -511,7 +520,7 @@ def _selective_scan_bwd(dout, dhT, u, delta, A, B, C, D, z, delta_bias, states, 
     Dc = D.float().contiguous() if D is not None else None
     biasc = delta_bias.float().contiguous() if delta_bias is not None else None
     dhT = dhT.float().contiguous() if dhT is not None else None
-    Bf, Cf = _fp32(B), _fp32(C)
+    Bf, Cf = _padded_fp32(B, padded_length), _padded_fp32(C, padded_length)
     zz = z if z is not None else u
     grid = (triton.cdiv(dim, block_d), batch)
     _scan_bwd_kernel[grid](
@@ -524,6 +533,7 @@ def _selective_scan_bwd(dout, dhT, u, delta, A, B, C, D, z, delta_bias, states, 
         HAS_DHT=dhT is not None,
         BLOCK_D=block_d, SEGS=segs, ITEMS=items, BLOCK_N=triton.next_power_of_2(dstate), num_warps=num_warps,
     )
+    dB, dC = dB[..., :length], dC[..., :length]
     dB = dB.to(B.dtype) if B.dim() == 4 else dB[:, 0].to(B.dtype)
     dC = dC.to(C.dtype) if C.dim() == 4 else dC[:, 0].to(C.dtype)
     return (du, ddelta, dA.sum(0), dB, dC, dD.sum(0) if D is not None else None, dz,
