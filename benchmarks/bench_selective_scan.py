@@ -94,8 +94,9 @@ def reference(u, delta, A, B, C, D, z, bias, softplus):
 
 def sweep(lines):
     """Tile sizes (BLOCK_D, num_warps, SEGS, ITEMS) of the forward and backward kernels; a chunk is
-    SEGS segments of ITEMS steps, one segment per thread when BLOCK_D * SEGS = 32 * num_warps. The backward reads states stored every chunk, so
-    each backward candidate runs after a forward with its chunk length."""
+    SEGS segments of ITEMS steps, one segment per thread when BLOCK_D * SEGS = 32 * num_warps. The
+    backward reads states stored every chunk, so each backward candidate runs after a forward with
+    its chunk length."""
     fwd_configs = [(1, 1, 32, 8), (2, 1, 16, 8), (1, 2, 64, 8), (1, 4, 128, 8)]
     bwd_configs = [(1, 1, 32, 8), (2, 1, 16, 8), (1, 2, 64, 8)]
     for shape in [(4, 2048, 2048, 16), (1, 4096, 2048, 16), (4, 2048, 2048, 64)]:

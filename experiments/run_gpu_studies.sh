@@ -2,6 +2,7 @@
 # The three GPU studies and their reports, about 20 minutes on one H100:
 #   experiments/run_gpu_studies.sh OUT_DIR            (JOBS=4 runs share the GPU at a time; small
 #                                                      models leave it mostly waiting on the host)
+# The checked-in MQAR results come from `hybrid sweep ... --jobs 12`: all 12 runs at once, 160 s.
 # writes OUT_DIR/<study>/{runs/,sweep.json,report/} for mqar_layouts, selective_copying, induction_heads.
 # Each study has a time cap so that one slow study cannot eat the others' time; a study cut off by
 # its cap keeps its checkpoints, and running this script again resumes it (finished runs are skipped).
