@@ -152,16 +152,22 @@ def _join8(x0, x1, x2, x3, x4, x5, x6, x7):
 
 
 @triton.jit
-def _scan_chunk_reverse(a, x, d_out, offs_s, SEGS: tl.constexpr):
-    """The adjoint recurrence d_t = x_t + a_t d_{t+1} over one chunk of (BLOCK_D, SEGS, 8) steps,
-    d after the chunk = d_out. Returns d and d at the chunk's first step, held by the lanes of the
-    last column of a (BLOCK_D, SEGS) tile (the others hold d at other segments' starts).
+def _scan_chunk_reverse(a, a_after, x, d_out, offs_s, SEGS: tl.constexpr):
+    """The adjoint recurrence d_t = x_t + a_{t+1} d_{t+1} over one chunk of (BLOCK_D, SEGS, 8) steps,
+    given the forward's factors a_t of the chunk and a_after (BLOCK_D,), the factor of the step
+    after it; d after the chunk = d_out. Returns d and d at the chunk's first step, held by the
+    lanes of the last column of a (BLOCK_D, SEGS) tile (the others hold d at other segments' starts).
 
     The same two levels as _scan_chunk, run backwards, but without Triton's reversed scans, which
     mirror every register of the tile across lanes on the way in and out: each thread runs its 8
     items backwards in straight-line code, and the segment totals are mirrored across the lanes
     (two shuffles), scanned forwards, and mirrored back."""
-    a0, a1, a2, a3, a4, a5, a6, a7 = _items8(a)
+    # The factors shifted one step (below, a_i is the factor of item i's successor): in the thread
+    # for 7 of 8 items, from the next segment's lane for the last (one shuffle), and a_after for the
+    # chunk's last step. Recomputing exp(dt_{t+1} A) instead cost a multiply and an exp per element.
+    _a0, a0, a1, a2, a3, a4, a5, a6 = _items8(a)
+    nxt = tl.broadcast_to(tl.minimum(offs_s + 1, SEGS - 1)[None, :], _a0.shape)
+    a7 = tl.where(offs_s[None, :] == SEGS - 1, a_after[:, None], tl.gather(_a0, nxt, 1))
     x0, x1, x2, x3, x4, x5, x6, x7 = _items8(x)
     # suffix products P_i = a_i ... a_7 and local solutions d_i (d after the segment = 0)
     d6 = x6 + a6 * x7
@@ -346,9 +352,11 @@ def _scan_bwd_kernel(
         m3 = mask_d[:, None, None] & (t < length)
         u = tl.load(u_rows + t * s_u_l, mask=m3, other=0.0).to(tl.float32)
         dt = _load_dt(dt_rows, t * s_dt_l, m3, bias3, HAS_BIAS, SOFTPLUS)
-        # the adjoint recurrence decays by the next step's factor: one extra exp per element is cheaper
-        # than shifting a register tile by one step across threads
-        dt_next = _load_dt(dt_rows, (t + 1) * s_dt_l, m3 & (t + 1 < length), bias3, HAS_BIAS, SOFTPLUS)
+        # the adjoint recurrence decays by the next step's factor: the forward's factors shifted by
+        # one step, and for the chunk's last step the factor of the next chunk's first
+        t_after = (c + 1) * CHUNK + offs_d * 0  # (BLOCK_D,), so that the mask is a tensor
+        dt_after = _load_dt(dt_ptr + b * s_dt_b + offs_d * s_dt_d, t_after * s_dt_l, mask_d & (t_after < length),
+                            bias, HAS_BIAS, SOFTPLUS)
         dtu = dt * u
         # Only what the loop over n needs stays in registers; dout and z are loaded again after it
         # (from cache), which leaves registers for more resident warps.
@@ -371,12 +379,14 @@ def _scan_bwd_kernel(
             # forward again: h_t, and bx_t = dt_t u_t B_t so that a_t h_{t-1} = h_t - bx_t
             bx = dtu * Bn
             h_in = tl.load(h_rows + n, mask=mask_d, other=0.0)
-            h, _h_end = _scan_chunk(tl.exp2(dt * A2), bx, h_in, offs_s, offs_i, SEGS, ITEMS)
+            a = tl.exp2(dt * A2)
+            h, _h_end = _scan_chunk(a, bx, h_in, offs_s, offs_i, SEGS, ITEMS)
             if HAS_Z:
                 y += h * Cn
             # dh_t = C_t g_t + exp(dt_{t+1} A) dh_{t+1}, entering from the next chunk with its dh
             dh_next = tl.load(dh_in + n, mask=mask_d, other=0.0)
-            dh, dh_first = _scan_chunk_reverse(tl.exp2(dt_next * A2), g * Cn, dh_next, offs_s, SEGS)
+            a_after = tl.exp2(dt_after * A_n * LOG2E)
+            dh, dh_first = _scan_chunk_reverse(a, a_after, g * Cn, dh_next, offs_s, SEGS)
             _store_segment(dh_out + n, dh_first, offs_s, mask_d, SEGS - 1)
             dh_ah = dh * (h - bx)  # dh_t a_t h_{t-1}
             dhB = dh * Bn
