@@ -80,6 +80,8 @@ CASES = [
     pytest.param(1, 16, 129, 4, 2, False, True, True, False, True, id="B1-D16-L129-N4-G2-D-bias-h0"),
     pytest.param(1, 3, 1000, 4, 1, True, True, True, True, True, id="B1-D3-L1000-N4-G1-all"),
     pytest.param(1, 2, 40, 64, None, True, True, False, True, True, id="B1-D2-L40-N64-z-D-softplus-h0"),
+    # whole chunks (32 steps under the interpreter): B and C need no padding
+    pytest.param(2, 4, 64, 4, 2, True, True, True, True, True, id="B2-D4-L64-N4-G2-all-whole-chunks"),
 ]
 
 # float32 kernels against float64: the scan is a sum of <= length decayed terms in fp32 (1e-7 each),
@@ -94,15 +96,16 @@ def test_triton_matches_reference(batch, dim, length, dstate, groups, z, D, bias
     compare(selective_scan, inputs, softplus, FP32_TOL, backend="triton")
 
 
-def test_triton_non_contiguous_inputs():
+@pytest.mark.parametrize("length", [37, 32], ids=["padded", "whole-chunk"])
+def test_triton_non_contiguous_inputs(length):
     """Strided views (length not innermost, every other channel) give the same result as contiguous copies."""
-    inputs = make_inputs(2, 4, 37, 4, groups=2)
+    inputs = make_inputs(2, 4, length, 4, groups=2)
     views = {}
     for k, v in inputs.items():
         if v is not None and v.dim() >= 3 and k != "initial_state":
             v = v.transpose(-1, -2).contiguous().transpose(-1, -2)  # length stride != 1
         views[k] = v
-    views["u"] = torch.randn(2, 8, 37, device=DEV)[:, ::2]  # channel stride 2 * length
+    views["u"] = torch.randn(2, 8, length, device=DEV)[:, ::2]  # channel stride 2 * length
     compare(selective_scan, views, True, FP32_TOL, backend="triton")
 
 

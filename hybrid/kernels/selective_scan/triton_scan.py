@@ -31,9 +31,8 @@ Backward, chunks in reverse, from the stored boundary state of each chunk:
     levels run in reverse (_scan_chunk_reverse) over the pairs (exp(dt_{t+1} A), C_t g_t), the
     state gradient of the next chunk entering after the chunk's last step (through memory, as the
     forward's state). Triton's own reversed scans are avoided: they mirror every register of the
-    tile across lanes on the way in and out, which was most of the backward's shuffles. The factor uses the
-    next step's dt, which is loaded shifted by one (one extra exp per element: cheaper than a
-    three-term scan operator);
+    tile across lanes on the way in and out, which was most of the backward's shuffles. The
+    factors exp(dt_{t+1} A) are the forward's, shifted one step (one shuffle per segment);
   * with a_t h_{t-1} = h_t - dt_t u_t B_t (no shift of h needed):
         du_t  += sum_n dh_t dt_t B_t                   dB_t += sum_d dh_t dt_t u_t
         ddt_t += sum_n dh_t (u_t B_t + A a_t h_{t-1})   dC_t += sum_d g_t h_t
@@ -466,6 +465,8 @@ def _padded_fp32(t: Tensor, padded_length: int) -> Tensor:
     """B or C in fp32 with the length zero-padded to whole chunks. The kernels read them once per
     state index: converted once here rather than in their innermost loops (where the conversions
     were a sixth of the forward's instructions), and padded so that those loads need no mask."""
+    if padded_length == t.shape[-1]:  # one launch (none for contiguous fp32): the kernels only read it
+        return t.to(torch.float32, memory_format=torch.contiguous_format)
     out = t.new_zeros((*t.shape[:-1], padded_length), dtype=torch.float32)
     out[..., :t.shape[-1]] = t
     return out
