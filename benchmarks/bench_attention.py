@@ -86,6 +86,9 @@ def layer_rows(dtype, device, length: int = 4096, head_dim: int = 128) -> list[s
     batch, d_model = TOKENS // length, WIDTH
     heads = d_model // head_dim
     layer = Attention(d_model, AttentionConfig(n_heads=heads, head_dim=head_dim)).to(device, dtype)
+    layer_triton_rope = Attention(d_model, AttentionConfig(n_heads=heads, head_dim=head_dim, rope_backend="triton"))
+    layer_triton_rope = layer_triton_rope.to(device, dtype)
+    layer_triton_rope.load_state_dict(layer.state_dict())
     x = torch.randn(batch, length, d_model, device=device, dtype=dtype, requires_grad=True)
     q, k, v = (torch.randn(batch, length, heads, head_dim, device=device, dtype=dtype, requires_grad=True)
                for _ in range(3))
@@ -108,11 +111,12 @@ def layer_rows(dtype, device, length: int = 4096, head_dim: int = 128) -> list[s
                     return bench(fn)
             return bench(lambda: fn().backward(g if grad_of is None else grad_of))
 
-        t_layer = timed(lambda: layer(x))
         t_kernel = timed(bare_kernel, torch.randn_like(q))
         t_parts = timed(kernel_and_matmuls)
-        out.append(f"| {mode} | {t_layer:.3f} | {t_kernel:.3f} | {t_parts:.3f} | "
-                   f"{100 * (t_layer / t_kernel - 1):+.0f}% | {100 * (t_layer / t_parts - 1):+.0f}% |")
+        for name, lay in (("compiled", layer), ("triton", layer_triton_rope)):
+            t_layer = timed(lambda: lay(x))  # noqa: B023
+            out.append(f"| {mode} | {name} | {t_layer:.3f} | {t_kernel:.3f} | {t_parts:.3f} | "
+                       f"{100 * (t_layer / t_kernel - 1):+.0f}% | {100 * (t_layer / t_parts - 1):+.0f}% |")
     return out
 
 
@@ -155,8 +159,9 @@ def main() -> None:
         out.write_text("\n".join(lines + summary) + "\n")  # partial results survive a timeout
     lines += summary
     lines += ["", "## Layer overhead at L=4096, head_dim 128, d_model 2048, batch 4 (ms)", "",
-              "| mode | layer | bare kernel | kernel + projection matmuls | layer vs kernel | layer vs kernel + matmuls |",
-              "|---|---|---|---|---|---|"]
+              "| mode | RoPE | layer | bare kernel | kernel + projection matmuls | layer vs kernel | "
+              "layer vs kernel + matmuls |",
+              "|---|---|---|---|---|---|---|"]
     lines += layer_rows(dtype, device)
     lines += ["", f"({time.time() - t0:.0f} s)"]
     text = "\n".join(lines) + "\n"

@@ -21,7 +21,7 @@ from torch import Tensor
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "compiled", "torch")
+BACKENDS = ("auto", "compiled", "torch", "triton")
 
 
 def rotary_tables(positions: Tensor, dim: int, theta: float) -> tuple[Tensor, Tensor]:
@@ -49,9 +49,14 @@ def _compiled() -> Callable:
 
 
 def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor, backend: str = "auto") -> Tensor:
-    """`apply_rotary_ref`, compiled for CUDA tensors when backend is "auto" or "compiled"."""
+    """`apply_rotary_ref`, compiled for CUDA tensors when backend is "auto" or "compiled"; "triton" is
+    the hand-written kernel of `hybrid.kernels.rotary` (on an H100 the compiled function ran at a
+    sixth of the memory bound: benchmarks/results/attention_*.md)."""
     if backend not in BACKENDS:
         raise ValueError(f"rope backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "triton":
+        from hybrid.kernels.rotary import apply_rotary_triton  # noqa: PLC0415 (Triton only when asked for)
+        return apply_rotary_triton(x, cos, sin)
     if backend == "torch" or (backend == "auto" and not x.is_cuda) or torch.compiler.is_compiling():
         return apply_rotary_ref(x, cos, sin)
     return _compiled()(x, cos, sin)
