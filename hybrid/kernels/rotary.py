@@ -8,6 +8,8 @@ and key heads sliced out of a fused projection); the output is contiguous. Arith
 """
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -51,7 +53,7 @@ def _rotate(x: Tensor, cos: Tensor, sin: Tensor, inverse: bool) -> Tensor:
         x = x.contiguous()
     cos, sin = cos.contiguous(), sin.contiguous()
     out = torch.empty((batch, length, heads, head_dim), device=x.device, dtype=x.dtype)
-    s_c_b = cos.stride(0) if cos.dim() == 3 else 0  # tables per batch row, or shared
+    s_c_b = cos.stride(0) if cos.dim() == 3 and cos.shape[0] > 1 else 0  # tables per batch row, or shared
     block_r = triton.next_power_of_2(half)
     n_pass = head_dim - 2 * half
     block_h = max(1, min(triton.next_power_of_2(heads), 4096 // (2 * block_r)))
@@ -79,11 +81,15 @@ class _RotaryFn(torch.autograd.Function):
 
 def apply_rotary_triton(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     """x (batch, length, heads, head_dim) rotated as `apply_rotary_ref`; cos, sin (length, r / 2) or
-    (batch, length, r / 2). The tables get no gradient."""
-    if x.dim() != 4 or cos.shape != sin.shape or cos.shape[-1] * 2 > x.shape[-1] or cos.shape[-2] != x.shape[1]:
+    (batch or 1, length, r / 2). The tables get no gradient."""
+    if (x.dim() != 4 or cos.shape != sin.shape or cos.dim() not in (2, 3) or cos.shape[-1] * 2 > x.shape[-1]
+            or cos.shape[-2] != x.shape[1] or (cos.dim() == 3 and cos.shape[0] not in (1, x.shape[0]))):
         raise ValueError(f"rotary (triton): x must be (batch, length, heads, head_dim) and cos, sin (length, r/2) or "
-                         f"(batch, length, r/2) with r <= head_dim; got x {tuple(x.shape)}, cos {tuple(cos.shape)}, "
-                         f"sin {tuple(sin.shape)}")
+                         f"(batch or 1, length, r/2) with r <= head_dim; got x {tuple(x.shape)}, cos "
+                         f"{tuple(cos.shape)}, sin {tuple(sin.shape)}")
+    if not x.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ValueError("rotary (triton): needs CUDA tensors (or TRITON_INTERPRET=1); use the 'torch' backend "
+                         "on the CPU")
     if x.dtype == torch.float64:
         raise TypeError("rotary (triton): float64 is not supported; use the 'torch' backend")
     return _RotaryFn.apply(x, cos.detach(), sin.detach())

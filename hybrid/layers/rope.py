@@ -8,7 +8,8 @@ p * theta^(-2i / r) at position p:
 
 so q_m . k_n depends on m - n only. The remaining head_dim - r dims pass through (partial RoPE).
 The rotation runs in float32 (float64 for float64 inputs). On CUDA the same function is compiled (one fused elementwise kernel
-forward and one backward instead of ~8 memory-bound launches); on the CPU it runs eagerly.
+forward and one backward instead of ~8 memory-bound launches); on the CPU it runs eagerly. The
+"triton" backend is a hand-written kernel (`hybrid.kernels.rotary`), opt-in until measured.
 """
 from __future__ import annotations
 
@@ -54,9 +55,9 @@ def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor, backend: str = "auto") -> 
     sixth of the memory bound: benchmarks/results/attention_*.md)."""
     if backend not in BACKENDS:
         raise ValueError(f"rope backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "torch" or (backend == "auto" and not x.is_cuda) or torch.compiler.is_compiling():
+        return apply_rotary_ref(x, cos, sin)  # inside torch.compile, the compiler fuses the reference
     if backend == "triton":
         from hybrid.kernels.rotary import apply_rotary_triton  # noqa: PLC0415 (Triton only when asked for)
         return apply_rotary_triton(x, cos, sin)
-    if backend == "torch" or (backend == "auto" and not x.is_cuda) or torch.compiler.is_compiling():
-        return apply_rotary_ref(x, cos, sin)
     return _compiled()(x, cos, sin)

@@ -42,6 +42,12 @@ def test_triton_rotary_matches_reference(batch, length, heads, head_dim, rot, pe
     torch.testing.assert_close(grads(out, x, g), grads(ref, x, g), atol=tol, rtol=tol)
 
 
+def test_triton_rotary_tables_with_batch_one_broadcast():
+    x = torch.randn(3, 5, 2, 8, device=DEV)
+    cos, sin = rotary_tables(torch.arange(5, device=DEV)[None], 8, 10000.0)  # (1, length, r / 2)
+    torch.testing.assert_close(apply_rotary_triton(x, cos, sin), apply_rotary_ref(x, cos, sin), atol=1e-6, rtol=1e-6)
+
+
 def test_triton_rotary_strided_slice_of_fused_projection():
     """The layer rotates the query and key heads in place in the fused qkv output: a strided view."""
     batch, length, h, hkv, d = 2, 11, 4, 2, 16
@@ -71,5 +77,7 @@ def test_triton_rotary_rejects_bad_shapes():
         apply_rotary_triton(torch.randn(5, 2, 8), cos, sin)
     with pytest.raises(ValueError, match="r <= head_dim"):
         apply_rotary_triton(torch.randn(1, 5, 2, 4), cos, sin)
+    with pytest.raises(ValueError, match="batch or 1"):
+        apply_rotary_triton(torch.randn(3, 5, 2, 8), cos[None].expand(2, -1, -1), sin[None].expand(2, -1, -1))
     with pytest.raises(TypeError, match="float64"):
         apply_rotary_triton(torch.randn(1, 5, 2, 8, dtype=torch.float64), cos, sin)

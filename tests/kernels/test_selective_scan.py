@@ -118,6 +118,44 @@ def test_triton_without_return_last_state_and_no_grad():
     assert isinstance(out, torch.Tensor) and rel(out, ref) <= FP32_TOL
 
 
+def test_triton_no_grad_over_many_chunks_keeps_the_state():
+    """Without a backward the state between chunks alternates between two slots: several chunks and
+    the final state check the alternation."""
+    inputs = make_inputs(2, 3, 100, 4)
+    args = [inputs[k] for k in ("u", "delta", "A", "B", "C")]
+    kw = dict(D=inputs["D"], z=inputs["z"], delta_bias=inputs["delta_bias"], delta_softplus=True,
+              initial_state=inputs["initial_state"], return_last_state=True)
+    with torch.no_grad():
+        out, last = selective_scan(*args, backend="triton", **kw)
+    ref, ref_last = selective_scan_ref(*args, **kw)
+    assert rel(out, ref) <= FP32_TOL and rel(last, ref_last) <= FP32_TOL
+
+
+@pytest.mark.parametrize("config", [(1, 1, 32, 8), (2, 1, 16, 8)], ids=["gpu-default", "two-channels"])
+def test_triton_gpu_tiles_under_the_interpreter(config, monkeypatch):
+    """The GPU's tile (one channel, 32 segments) and a two-channel one, on CPU-sized inputs: the
+    interpreter otherwise only runs its own small tile."""
+    from hybrid.kernels.selective_scan import triton_scan
+    monkeypatch.setattr(triton_scan, "_default_config", lambda *a: config)
+    compare(selective_scan, make_inputs(1, 3, 300, 4, groups=None), True, FP32_TOL, backend="triton")
+
+
+def test_triton_leaves_b_and_c_unchanged():
+    """fp32 contiguous B and C at whole chunks reach the kernels without a copy; they must only read them."""
+    from hybrid.kernels.selective_scan.triton_scan import _default_config
+    _, _, segs, items = _default_config(1, 4, 4)
+    inputs = make_inputs(1, 4, 2 * segs * items, 4, groups=2)
+    B, C = inputs["B"].clone(), inputs["C"].clone()
+    run(selective_scan, inputs, True, backend="triton")
+    assert torch.equal(inputs["B"], B) and torch.equal(inputs["C"], C)
+
+
+def test_triton_half_precision_inputs():
+    """fp16 u, delta, z, B, C (converted in the launcher and the kernels): against the float64 reference
+    on the same rounded inputs, the output is rounded once to fp16 (1e-3 relative)."""
+    compare(selective_scan, make_inputs(1, 4, 45, 4, groups=2, dtype=torch.float16), True, 2e-3, backend="triton")
+
+
 def test_triton_rejects_float64():
     inputs = make_inputs(1, 2, 4, 2, dtype=torch.float64)
     with pytest.raises(TypeError, match="float16, bfloat16 or float32"):
@@ -322,4 +360,4 @@ def test_triton_backward_rejects_a_forward_of_another_chunk_length():
     args = [x[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]
     out, _, states = _selective_scan_fwd(*args, None, False, True, config=(4, 1, 8, 4))  # 32-step chunks
     with pytest.raises(ValueError, match="same SEGS \\* ITEMS"):
-        _selective_scan_bwd(torch.ones_like(out), None, *args, states, False, config=(4, 1, 4, 4))  # 16-step
+        _selective_scan_bwd(torch.ones_like(out), None, *args, states, False, config=(4, 1, 2, 8))  # 16-step

@@ -8,10 +8,10 @@ What it computes (reference.py has the sequential oracle): for channel d, state 
 
 Layout of the work. One program owns (batch b, a block of BLOCK_D channels; one channel and one
 warp on the GPU) and walks the length in chunks of SEGS * ITEMS steps (256 on the GPU, 32 under the
-interpreter). A chunk is a (BLOCK_D, SEGS, 8) register tile: each thread holds 8 consecutive steps
-of one channel, one 16-byte load of bf16. Inside a chunk the
-program loops over the state index n, forms the pairs (a_t, b_t) = (exp(dt_t A[n]), dt_t u_t B_t[n])
-and solves h_t = a_t h_{t-1} + b_t in two levels (_scan_chunk) with the affine-map composition
+interpreter). A chunk is a (BLOCK_D, SEGS, ITEMS) register tile, ITEMS = 8 (the backward requires
+it): each thread holds 8 consecutive steps of one channel, one 16-byte load of bf16. Inside a chunk the program loops over the state index n,
+forms the pairs (a_t, b_t) = (exp(dt_t A[n]), dt_t u_t B_t[n]) and solves h_t = a_t h_{t-1} + b_t
+in two levels (_scan_chunk) with the affine-map composition
 
     (a1, b1) then (a2, b2)  =  (a1 a2, a2 b1 + b2):
 
@@ -19,11 +19,12 @@ a scan of each thread's ITEMS steps in registers, a scan of the SEGS segment tot
 and a fix-up h_t = h^loc_t + (prod of a within the segment up to t) h_segment_start. Cross-lane
 work is paid once per segment, not once per step. Every factor a_t = exp(dt A) is <= 1 for A <= 0,
 dt >= 0, so nothing overflows however long the sequence. y accumulates in registers over n, so no
-(batch, dim, length, state) tensor is ever written: memory traffic is the inputs once, the output
-once, and the state at each chunk boundary (one state tensor per chunk), which the forward stores
-for the backward. The state passes from chunk to chunk through those stores: the lanes of the last
-segment write it, every lane of the next chunk reads it, a barrier between. Picking it out of a
-register tile instead costs a cross-lane reduction per state index.
+(batch, dim, length, state) tensor is ever written: memory traffic is the inputs once (B and C
+twice: the launcher makes padded fp32 copies), the output once, and the state at each chunk
+boundary (one state tensor per chunk), which the forward keeps for the backward. The state passes
+from chunk to chunk through memory: the lanes of the last segment write it, every lane of the next
+chunk reads it, a barrier between (cached reads: one load per state index and chunk). Picking it out
+of a register tile instead costs a cross-lane reduction per state index.
 
 Backward, chunks in reverse, from the stored boundary state of each chunk:
   * recompute h_t inside the chunk (the forward scan again);
@@ -154,8 +155,8 @@ def _join8(x0, x1, x2, x3, x4, x5, x6, x7):
 def _scan_chunk_reverse(a, a_after, x, d_out, offs_s, SEGS: tl.constexpr):
     """The adjoint recurrence d_t = x_t + a_{t+1} d_{t+1} over one chunk of (BLOCK_D, SEGS, 8) steps,
     given the forward's factors a_t of the chunk and a_after (BLOCK_D,), the factor of the step
-    after it; d after the chunk = d_out. Returns d and d at the chunk's first step, held by the
-    lanes of the last column of a (BLOCK_D, SEGS) tile (the others hold d at other segments' starts).
+    after it; d after the chunk = d_out. Returns d and d at the start of every segment in mirrored
+    order, (BLOCK_D, SEGS): column j holds segment SEGS - 1 - j, so the last is the chunk's first step.
 
     The same two levels as _scan_chunk, run backwards, but without Triton's reversed scans, which
     mirror every register of the tile across lanes on the way in and out: each thread runs its 8
@@ -186,12 +187,12 @@ def _scan_chunk_reverse(a, a_after, x, d_out, offs_s, SEGS: tl.constexpr):
     # segment j of the mirrored order is segment SEGS - 1 - j: there the recurrence runs forwards
     mirror = tl.broadcast_to((SEGS - 1 - offs_s)[None, :], d0.shape)
     P_acc, d_acc = tl.associative_scan((tl.gather(P0, mirror, 1), tl.gather(d0, mirror, 1)), 1, _affine_combine)
-    d_start = d_acc + P_acc * d_out[:, None]  # mirrored: d at the first step of segment SEGS - 1 - j
-    prev = tl.gather(d_start, tl.broadcast_to(tl.maximum(offs_s - 1, 0)[None, :], d_start.shape), 1)
+    d_starts = d_acc + P_acc * d_out[:, None]  # mirrored: d at the first step of segment SEGS - 1 - j
+    prev = tl.gather(d_starts, tl.broadcast_to(tl.maximum(offs_s - 1, 0)[None, :], d_starts.shape), 1)
     d_after = tl.gather(tl.where(offs_s[None, :] == 0, d_out[:, None], prev), mirror, 1)
     d = _join8(d0 + P0 * d_after, d1 + P1 * d_after, d2 + P2 * d_after, d3 + P3 * d_after,
                d4 + P4 * d_after, d5 + P5 * d_after, d6 + P6 * d_after, x7 + a7 * d_after)
-    return d, d_start
+    return d, d_starts
 
 
 @triton.jit
@@ -239,7 +240,7 @@ def _scan_fwd_kernel(
     C_rows = C_ptr + b * s_C_b + grp[:, None, None] * s_C_g
     state_rows = (b * dim + offs_d) * dstate  # (batch, dim, state) contiguous index of (b, d, 0)
     dn = state_rows[:, None] + offs_n[None, :]
-    slot_size = batch * dim * dstate
+    slot_size = b * 0 + batch * dim * dstate  # int64, as b: slot offsets pass 2^31 on long sequences
 
     bias = tl.zeros((BLOCK_D,), tl.float32)
     if HAS_BIAS:
@@ -325,7 +326,7 @@ def _scan_bwd_kernel(
     g_rows = (b * dim + rows3) * length  # du, ddelta, dz: contiguous (batch, dim, length)
     state_rows = (b * dim + offs_d) * dstate
     dn = state_rows[:, None] + offs_n[None, :]
-    slot_size = batch * dim * dstate
+    slot_size = b * 0 + batch * dim * dstate  # int64, as b: slot offsets pass 2^31 on long sequences
 
     bias = tl.zeros((BLOCK_D,), tl.float32)
     if HAS_BIAS:
@@ -334,8 +335,9 @@ def _scan_bwd_kernel(
     Dv = tl.zeros((BLOCK_D,), tl.float32)
     if HAS_D:
         Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0)
-    # The gradient w.r.t. the state between chunks goes through two memory slots in turn, as the
-    # forward's state does: slot c % 2 receives the gradient w.r.t. the state entering chunk c.
+    # dh at chunk boundaries goes through two memory slots in turn, as the forward's state does:
+    # slot c % 2 receives dh at chunk c's first step (d loss / d h_t there), slot n_chunks % 2 starts
+    # with the final state's gradient.
     dHT = tl.zeros((BLOCK_D, BLOCK_N), tl.float32)
     if HAS_DHT:
         dHT = tl.load(dhT_ptr + dn, mask=mask_dn, other=0.0)
@@ -374,7 +376,8 @@ def _scan_bwd_kernel(
             B_next = tl.load(B_rows + n_next * s_B_n + t * s_B_l)
             C_next = tl.load(C_rows + n_next * s_C_n + t * s_C_l)
             A_n = tl.load(A_ptr + offs_d * s_A_d + n * s_A_n, mask=mask_d, other=0.0)
-            A2 = A_n[:, None, None] * LOG2E
+            A2_row = A_n * LOG2E
+            A2 = A2_row[:, None, None]
             # forward again: h_t, and bx_t = dt_t u_t B_t so that a_t h_{t-1} = h_t - bx_t
             bx = dtu * Bn
             h_in = tl.load(h_rows + n, mask=mask_d, other=0.0)
@@ -384,9 +387,9 @@ def _scan_bwd_kernel(
                 y += h * Cn
             # dh_t = C_t g_t + exp(dt_{t+1} A) dh_{t+1}, entering from the next chunk with its dh
             dh_next = tl.load(dh_in + n, mask=mask_d, other=0.0)
-            a_after = tl.exp2(dt_after * A_n * LOG2E)
-            dh, dh_first = _scan_chunk_reverse(a, a_after, g * Cn, dh_next, offs_s, SEGS)
-            _store_segment(dh_out + n, dh_first, offs_s, mask_d, SEGS - 1)
+            a_after = tl.exp2(dt_after * A2_row)  # rounded as the forward's factors
+            dh, dh_starts = _scan_chunk_reverse(a, a_after, g * Cn, dh_next, offs_s, SEGS)
+            _store_segment(dh_out + n, dh_starts, offs_s, mask_d, SEGS - 1)  # the chunk's first step
             dh_ah = dh * (h - bx)  # dh_t a_t h_{t-1}
             dhB = dh * Bn
             du += dhB * dt
@@ -423,7 +426,7 @@ def _scan_bwd_kernel(
         tl.store(du_ptr + g_rows + t, du, mask=m3)
         tl.store(ddt_ptr + g_rows + t, ddt, mask=m3)
 
-    # d h_init = a_0 dh_0 = exp(dt_0 A) dH, dH being the gradient w.r.t. the state entering chunk 0
+    # d h_init = a_0 dh_0 = exp(dt_0 A) dH, dH being dh at step 0
     dH = tl.load(dh_carry_ptr + dn, mask=mask_dn, other=0.0)
     A_tile = tl.load(A_ptr + offs_d[:, None] * s_A_d + offs_n[None, :] * s_A_n, mask=mask_dn, other=0.0)
     dt0 = _load_dt(dt_ptr + b * s_dt_b + offs_d[:, None] * s_dt_d, tl.zeros((1, 1), tl.int32), mask_d[:, None],
