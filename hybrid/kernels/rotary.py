@@ -88,8 +88,8 @@ def apply_rotary_triton(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
                          f"(batch or 1, length, r/2) with r <= head_dim; got x {tuple(x.shape)}, cos "
                          f"{tuple(cos.shape)}, sin {tuple(sin.shape)}")
     if not x.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
-        raise ValueError("rotary (triton): needs CUDA tensors (or TRITON_INTERPRET=1); use the 'torch' backend "
-                         "on the CPU")
+        raise ValueError("rotary (triton): needs CUDA tensors (or TRITON_INTERPRET=1); on the CPU set the "
+                         "attention layer's rope_backend to 'auto' or 'torch'")
     if x.dtype == torch.float64:
         raise TypeError("rotary (triton): float64 is not supported; use the 'torch' backend")
     return _RotaryFn.apply(x, cos.detach(), sin.detach())

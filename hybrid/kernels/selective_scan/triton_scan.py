@@ -492,7 +492,8 @@ def _selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, initial_state, delt
     A = A.float()
     D = D.float().contiguous() if D is not None else None
     delta_bias = delta_bias.float().contiguous() if delta_bias is not None else None
-    Bf, Cf = _padded_fp32(B, n_chunks * segs * items), _padded_fp32(C, n_chunks * segs * items)
+    padded_length = n_chunks * segs * items
+    Bf, Cf = _padded_fp32(B, padded_length), _padded_fp32(C, padded_length)
     zz = z if z is not None else u
     grid = (triton.cdiv(dim, block_d), batch)
     _scan_fwd_kernel[grid](
