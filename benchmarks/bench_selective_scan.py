@@ -22,7 +22,8 @@ import torch
 import triton
 
 from hybrid.kernels.selective_scan import selective_scan_chunked, selective_scan_ref
-from hybrid.kernels.selective_scan.triton_scan import _selective_scan_bwd, _selective_scan_fwd, selective_scan_triton
+from hybrid.kernels.selective_scan.triton_scan import (_forward_config, _selective_scan_bwd, _selective_scan_fwd,
+                                                       selective_scan_triton)
 from hybrid.kernels.selective_scan.triton_step import selective_state_update_triton
 
 SHAPES = [(4, 2048, 512, 16), (4, 2048, 2048, 16), (4, 2048, 8192, 16), (4, 2048, 32768, 16),
@@ -93,26 +94,28 @@ def reference(u, delta, A, B, C, D, z, bias, softplus):
 
 
 def sweep(lines):
-    """Tile sizes (BLOCK_D, num_warps, SEGS, ITEMS) of the forward and backward kernels; a chunk is
-    SEGS segments of ITEMS steps, one segment per thread when BLOCK_D * SEGS = 32 * num_warps. The
-    backward reads states stored every chunk, so each backward candidate runs after a forward with
-    its chunk length."""
-    fwd_configs = [(1, 1, 32, 8), (2, 1, 16, 8), (1, 2, 64, 8), (1, 4, 128, 8)]
-    bwd_configs = [(1, 1, 32, 8), (2, 1, 16, 8), (1, 2, 64, 8)]
-    for shape in [(4, 2048, 2048, 16), (1, 4096, 2048, 16), (4, 2048, 2048, 64)]:
+    """Tile settings (BLOCK_D, num_warps, SEGS, ITEMS, MAXNREG) of the forward and backward kernels: a
+    chunk is SEGS segments of ITEMS steps, one segment per thread when BLOCK_D * SEGS = 32 * num_warps;
+    MAXNREG caps the registers (None: no cap). Each backward candidate runs on states that the default
+    forward saved every chunk of that backward."""
+    fwd_configs = [(1, 1, 32, 8, None), (1, 1, 32, 8, 96), (1, 1, 32, 8, 64), (2, 1, 16, 8, None), (4, 1, 8, 8, None)]
+    bwd_configs = [(1, 1, 32, 8, None), (1, 1, 32, 8, 200), (2, 1, 16, 8, None), (4, 1, 8, 8, None),
+                   (8, 1, 4, 8, None)]
+    for shape in [(4, 2048, 2048, 16), (1, 4096, 2048, 16), (4, 2048, 2048, 64), (4, 2048, 8192, 16)]:
         x = make(*shape)
         args = (x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], x["z"], x["delta_bias"])
         dout = torch.randn_like(x["u"])
         for cfg in fwd_configs:
             tf = triton.testing.do_bench(lambda: _selective_scan_fwd(*args, None, True, False, config=cfg),  # noqa: B023
                                          return_mode="median")
-            lines.append(f"sweep {shape} forward BLOCK_D, warps, SEGS, ITEMS = {cfg}: {tf:.3f} ms")
+            lines.append(f"sweep {shape} forward BLOCK_D, warps, SEGS, ITEMS, MAXNREG = {cfg}: {tf:.3f} ms")
             print(lines[-1], flush=True)
+        fwd_default = _forward_config(shape[1], shape[3])
         for cfg in bwd_configs:
-            _, _, states = _selective_scan_fwd(*args, None, True, True, config=cfg)
+            _, _, states = _selective_scan_fwd(*args, None, True, True, config=fwd_default, save_every=cfg[2] * cfg[3])
             tb = triton.testing.do_bench(lambda: _selective_scan_bwd(dout, None, *args, states, True, config=cfg),  # noqa: B023
                                          return_mode="median")
-            lines.append(f"sweep {shape} backward BLOCK_D, warps, SEGS, ITEMS = {cfg}: {tb:.3f} ms")
+            lines.append(f"sweep {shape} backward BLOCK_D, warps, SEGS, ITEMS, MAXNREG = {cfg}: {tb:.3f} ms")
             print(lines[-1], flush=True)
 
 

@@ -43,7 +43,7 @@ class AttentionConfig:
     qk_norm: bool = field(default=False, metadata={"help": "RMSNorm over head_dim on queries and keys before RoPE"})
     dropout: float = field(default=0.0, metadata={"help": "dropout on the attention probabilities (training only)"})
     backend: AttentionBackend = field(default="auto", metadata={"help": "attention kernel; auto picks the fastest that accepts the case"})
-    rope_backend: Literal["auto", "compiled", "torch", "triton"] = field(default="auto", metadata={"help": "RoPE: compiled on CUDA (auto), eager PyTorch, or the Triton kernel"})
+    rope_backend: Literal["auto", "compiled", "torch", "triton"] = field(default="auto", metadata={"help": "RoPE: the Triton kernel on CUDA (auto), the torch.compile'd reference, or eager PyTorch"})
 
     def __post_init__(self):
         kv = self.n_kv_heads or self.n_heads

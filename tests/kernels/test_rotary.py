@@ -72,12 +72,12 @@ def test_triton_rotary_layer_matches_torch_backend():
 
 
 def test_triton_rotary_rejects_bad_shapes():
-    cos, sin = rotary_tables(torch.arange(5), 8, 10000.0)
+    cos, sin = rotary_tables(torch.arange(5, device=DEV), 8, 10000.0)
     with pytest.raises(ValueError, match="rotary \\(triton\\): x must be"):
-        apply_rotary_triton(torch.randn(5, 2, 8), cos, sin)
+        apply_rotary_triton(torch.randn(5, 2, 8, device=DEV), cos, sin)
     with pytest.raises(ValueError, match="r <= head_dim"):
-        apply_rotary_triton(torch.randn(1, 5, 2, 4), cos, sin)
+        apply_rotary_triton(torch.randn(1, 5, 2, 4, device=DEV), cos, sin)
     with pytest.raises(ValueError, match="batch or 1"):
-        apply_rotary_triton(torch.randn(3, 5, 2, 8), cos[None].expand(2, -1, -1), sin[None].expand(2, -1, -1))
+        apply_rotary_triton(torch.randn(3, 5, 2, 8, device=DEV), cos[None].expand(2, -1, -1), sin[None].expand(2, -1, -1))
     with pytest.raises(TypeError, match="float64"):
-        apply_rotary_triton(torch.randn(1, 5, 2, 8, dtype=torch.float64), cos, sin)
+        apply_rotary_triton(torch.randn(1, 5, 2, 8, dtype=torch.float64, device=DEV), cos, sin)

@@ -131,19 +131,22 @@ def test_triton_no_grad_over_many_chunks_keeps_the_state():
     assert rel(out, ref) <= FP32_TOL and rel(last, ref_last) <= FP32_TOL
 
 
-@pytest.mark.parametrize("config", [(1, 1, 32, 8), (2, 1, 16, 8)], ids=["gpu-default", "two-channels"])
-def test_triton_gpu_tiles_under_the_interpreter(config, monkeypatch):
-    """The GPU's tile (one channel, 32 segments) and a two-channel one, on CPU-sized inputs: the
-    interpreter otherwise only runs its own small tile."""
+@pytest.mark.parametrize("backward_config", [(4, 1, 8, 8, None), (2, 1, 16, 8, None), (1, 1, 32, 8, None)],
+                         ids=["4-channels", "2-channels", "1-channel"])
+def test_triton_gpu_tiles_under_the_interpreter(backward_config, monkeypatch):
+    """The GPU's tiles on CPU-sized inputs (the interpreter otherwise only runs its own small ones): the
+    forward's 256-step chunk with states saved for the backward's 64, 128 or 256-step chunks, whose
+    programs sum dB and dC over 4, 2 or 1 channels."""
     from hybrid.kernels.selective_scan import triton_scan
-    monkeypatch.setattr(triton_scan, "_default_config", lambda *a: config)
-    compare(selective_scan, make_inputs(1, 3, 300, 4, groups=None), True, FP32_TOL, backend="triton")
+    monkeypatch.setattr(triton_scan, "_forward_config", lambda *a: (1, 1, 32, 8, 64))
+    monkeypatch.setattr(triton_scan, "_backward_config", lambda *a: backward_config)
+    compare(selective_scan, make_inputs(1, 8, 300, 4, groups=2), True, FP32_TOL, backend="triton")
 
 
 def test_triton_leaves_b_and_c_unchanged():
     """fp32 contiguous B and C at whole chunks reach the kernels without a copy; they must only read them."""
-    from hybrid.kernels.selective_scan.triton_scan import _default_config
-    _, _, segs, items = _default_config(1, 4, 4)
+    from hybrid.kernels.selective_scan.triton_scan import _forward_config
+    _, _, segs, items, _ = _forward_config(4, 4)
     inputs = make_inputs(1, 4, 2 * segs * items, 4, groups=2)
     B, C = inputs["B"].clone(), inputs["C"].clone()
     run(selective_scan, inputs, True, backend="triton")
@@ -352,12 +355,20 @@ def test_step_gpu_equals_scan_step(batch):
     assert rel(torch.stack([y0, y1], -1), out) <= FP32_TOL and rel(state, last) <= FP32_TOL
 
 
-def test_triton_backward_rejects_a_forward_of_another_chunk_length():
-    # The backward restarts each chunk from a state the forward stored there; other chunk lengths
-    # would silently read the wrong states.
+def test_triton_backward_rejects_states_saved_at_another_interval():
+    # The backward restarts each chunk from a state the forward saved there; states saved at another
+    # interval would silently be the wrong ones.
     from hybrid.kernels.selective_scan.triton_scan import _selective_scan_bwd, _selective_scan_fwd
     x = make_inputs(1, 4, 40, 4, D=False, z=False, bias=False, h0=False, softplus=False)
     args = [x[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]
-    out, _, states = _selective_scan_fwd(*args, None, False, True, config=(4, 1, 8, 4))  # 32-step chunks
-    with pytest.raises(ValueError, match="same SEGS \\* ITEMS"):
-        _selective_scan_bwd(torch.ones_like(out), None, *args, states, False, config=(4, 1, 2, 8))  # 16-step
+    out, _, states = _selective_scan_fwd(*args, None, False, True, config=(4, 1, 8, 4, None))  # every 32 steps
+    with pytest.raises(ValueError, match="save_every must be the backward's chunk length"):
+        _selective_scan_bwd(torch.ones_like(out), None, *args, states, False, config=(4, 1, 2, 8, None))  # 16
+    with pytest.raises(ValueError, match="must be a multiple of save_every"):
+        _selective_scan_fwd(*args, None, False, True, config=(4, 1, 8, 4, None), save_every=24)
+    # a program's channels share one B/C group: 2 do not divide a group of 3
+    x = make_inputs(1, 6, 40, 4, groups=2, D=False, z=False, bias=False, h0=False, softplus=False)
+    args = [x[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]
+    out, _, states = _selective_scan_fwd(*args, None, False, True, config=(2, 1, 4, 8, None))
+    with pytest.raises(ValueError, match="must divide the 3 channels"):
+        _selective_scan_bwd(torch.ones_like(out), None, *args, states, False, config=(2, 1, 4, 8, None))

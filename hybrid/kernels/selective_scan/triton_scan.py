@@ -6,10 +6,12 @@ What it computes (reference.py has the sequential oracle): for channel d, state 
     h_t[n]    = exp(dt_t A[n]) h_{t-1}[n] + dt_t u_t B_t[n]       (ZOH for A, Euler for B; Mamba eq. 4)
     y_t       = sum_n C_t[n] h_t[n] + D u_t,   out_t = y_t silu(z_t)
 
-Layout of the work. One program owns (batch b, a block of BLOCK_D channels; one channel and one
-warp on the GPU) and walks the length in chunks of SEGS * ITEMS steps (256 on the GPU, 32 under the
-interpreter). A chunk is a (BLOCK_D, SEGS, ITEMS) register tile, ITEMS = 8 (the backward requires
-it): each thread holds 8 consecutive steps of one channel, one 16-byte load of bf16. Inside a chunk the program loops over the state index n,
+Layout of the work. One program owns (batch b, a block of BLOCK_D channels) and walks the length in
+chunks of SEGS * ITEMS steps. A chunk is a (BLOCK_D, SEGS, ITEMS) register tile, ITEMS = 8 (the
+backward requires it): each thread holds 8 consecutive steps of one channel, one 16-byte load of
+bf16, the segments lie across the lanes and the channels above them (_load_tile). On the GPU the
+forward runs one channel per warp (chunks of 256 steps), the backward four channels per warp
+(chunks of 64). Inside a chunk the program loops over the state index n,
 forms the pairs (a_t, b_t) = (exp(dt_t A[n]), dt_t u_t B_t[n]) and solves h_t = a_t h_{t-1} + b_t
 in two levels (_scan_chunk) with the affine-map composition
 
@@ -20,13 +22,13 @@ and a fix-up h_t = h^loc_t + (prod of a within the segment up to t) h_segment_st
 work is paid once per segment, not once per step. Every factor a_t = exp(dt A) is <= 1 for A <= 0,
 dt >= 0, so nothing overflows however long the sequence. y accumulates in registers over n, so no
 (batch, dim, length, state) tensor is ever written: memory traffic is the inputs once (B and C
-twice: the launcher makes padded fp32 copies), the output once, and the state at each chunk
-boundary (one state tensor per chunk), which the forward keeps for the backward. The state passes
+twice: the launcher makes padded fp32 copies), the output once, and the state at the start of
+each of the backward's chunks, which the forward saves for it. The state passes
 from chunk to chunk through memory: the lanes of the last segment write it, every lane of the next
 chunk reads it, a barrier between (cached reads: one load per state index and chunk). Picking it out
 of a register tile instead costs a cross-lane reduction per state index.
 
-Backward, chunks in reverse, from the stored boundary state of each chunk:
+Backward, chunks in reverse, from the saved state at the start of each chunk:
   * recompute h_t inside the chunk (the forward scan again);
   * dh_t = C_t g_t + exp(dt_{t+1} A) dh_{t+1}, with g = d out / d y = dout silu(z): the same two
     levels run in reverse (_scan_chunk_reverse) over the pairs (exp(dt_{t+1} A), C_t g_t), the
@@ -39,15 +41,15 @@ Backward, chunks in reverse, from the stored boundary state of each chunk:
         ddt_t += sum_n dh_t (u_t B_t + A a_t h_{t-1})   dC_t += sum_d g_t h_t
         dA    += sum_t dh_t dt_t a_t h_{t-1}
         d h_init = a_0 dh_0.
-dB and dC are summed over channels with relaxed fp32 atomics (no ordering is needed between them,
-and the default acquire-release order puts a memory fence before each), laid out so that each warp
-instruction covers 512 contiguous bytes. dA, dD and d delta_bias are written per batch row and
-summed over the batch in PyTorch.
+dB and dC are summed over the program's channels (one B/C group: a few shuffles), then over
+programs with relaxed fp32 atomics (no ordering is needed between them, and the default
+acquire-release order puts a memory fence before each). dA, dD and d delta_bias are written per
+batch row and summed over the batch in PyTorch.
 
-Tile sizes (_default_config) are the fastest of `benchmarks/bench_selective_scan.py`'s sweep on an
-H100 with Triton 3.6. B and C are converted to fp32 once per call and loaded per row (so that a
-block may straddle two groups). Both kernels need unit stride along the length to vectorise their
-loads (Triton specialises a stride of 1); the mamba layer produces x, z and delta that way."""
+Tile settings (_forward_config, _backward_config) are the fastest of `benchmarks/bench_selective_scan.py`'s
+sweep on an H100 with Triton 3.6. B and C are converted to fp32 once per call and loaded per row.
+Both kernels need unit stride along the length to vectorise their loads (Triton specialises a
+stride of 1); the mamba layer produces x, z and delta that way."""
 from __future__ import annotations
 
 import os
@@ -79,10 +81,9 @@ def _softplus(x):
 
 
 @triton.jit
-def _load_dt(rows, t, mask, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
-    """delta (+ bias, softplus) at row pointers + step offsets; 0 where masked, so that padded steps are
-    identities."""
-    dt = tl.load(rows + t, mask=mask, other=0.0).to(tl.float32)
+def _dt_from_raw(raw, mask, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+    """delta (+ bias, softplus) from the loaded delta; 0 where masked, so that padded steps are identities."""
+    dt = raw.to(tl.float32)
     if HAS_BIAS:
         dt = dt + bias  # broadcast by the caller to the tile's rank
     if SOFTPLUS:
@@ -91,15 +92,42 @@ def _load_dt(rows, t, mask, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr
 
 
 @triton.jit
-def _atomic_add_rows(rows, t0, vals):
-    """Relaxed fp32 atomic adds of a (BLOCK_D, SEGS, ITEMS) tile at row pointers + steps t0, t0 + 1, ...
-    Flattened to (BLOCK_D, steps), Triton first moves the values across lanes so that each warp
-    instruction adds 512 contiguous bytes; left in place (8 steps a thread, 32 bytes apart between
-    lanes), every sector took two half-sector atomics and the backward was 1.6x slower (H100)."""
-    BD: tl.constexpr = vals.shape[0]
+def _load_dt(rows, t, mask, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+    # delta at row pointers + step offsets, for tensors other than a chunk tile
+    return _dt_from_raw(tl.load(rows + t, mask=mask, other=0.0), mask, bias, HAS_BIAS, SOFTPLUS)
+
+
+@triton.jit
+def _load_tile(ptrs, mask):
+    """tl.load of a (BLOCK_D, SEGS, ITEMS) chunk tile, issued as (SEGS, BLOCK_D, ITEMS). Triton orders
+    the axes of equal contiguity across the lanes by their index: this way segments come first (the
+    scans across them are plain shuffles) and channels after, in further lanes or registers. Loaded
+    as (BLOCK_D, SEGS, ITEMS), several channels per warp took butterfly shuffles or shared memory
+    for every scan."""
+    x = tl.load(tl.permute(ptrs, (1, 0, 2)), mask=tl.permute(mask, (1, 0, 2)), other=0.0)
+    return tl.permute(x, (1, 0, 2))
+
+
+@triton.jit
+def _load_tile_unmasked(ptrs):
+    # _load_tile where every address is valid (B and C, padded to whole chunks)
+    return tl.permute(tl.load(tl.permute(ptrs, (1, 0, 2))), (1, 0, 2))
+
+
+@triton.jit
+def _store_tile(ptrs, vals, mask):
+    # tl.store of a chunk tile, laid out as _load_tile
+    tl.store(tl.permute(ptrs, (1, 0, 2)), tl.permute(vals, (1, 0, 2)), mask=tl.permute(mask, (1, 0, 2)))
+
+
+@triton.jit
+def _atomic_add_channel_sum(row, t0, vals):
+    """Relaxed fp32 atomic adds of a (BLOCK_D, SEGS, ITEMS) tile summed over its channels at row + t0,
+    t0 + 1, ...: one atomic per step and program, not per channel (the atomics were a third of the
+    backward's time with one channel per program, H100). The channels sit in the lanes above the
+    segments, so the sum is a few shuffles."""
     STEPS: tl.constexpr = vals.shape[1] * vals.shape[2]
-    t = t0 + tl.arange(0, STEPS)[None, :]
-    tl.atomic_add(rows + t, tl.reshape(vals, (BD, STEPS)), sem="relaxed")
+    tl.atomic_add(row + t0 + tl.arange(0, STEPS), tl.reshape(tl.sum(vals, 0), (STEPS,)), sem="relaxed")
 
 
 @triton.jit
@@ -204,9 +232,9 @@ def _store_segment(ptrs, tile, offs_s, mask, SEG: tl.constexpr):
 @triton.jit
 def _gate_grad(dout_ptrs, z_ptr, z_offsets, mask, HAS_Z: tl.constexpr):
     # d out / d y for out = y silu(z)
-    g = tl.load(dout_ptrs, mask=mask, other=0.0).to(tl.float32)
+    g = _load_tile(dout_ptrs, mask).to(tl.float32)
     if HAS_Z:
-        zv = tl.load(z_ptr + z_offsets, mask=mask, other=0.0).to(tl.float32)
+        zv = _load_tile(z_ptr + z_offsets, mask).to(tl.float32)
         g = g * zv * tl.sigmoid(zv)
     return g
 
@@ -214,14 +242,16 @@ def _gate_grad(dout_ptrs, z_ptr, z_offsets, mask, HAS_Z: tl.constexpr):
 @triton.jit
 def _scan_fwd_kernel(
     u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, out_ptr, hT_ptr, states_ptr,
-    batch, dim, length, dstate, per_group, n_chunks, n_slots,
+    batch, dim, length, dstate, per_group, n_chunks, n_slots, last_slot,
     s_u_b, s_u_d, s_u_l, s_dt_b, s_dt_d, s_dt_l, s_z_b, s_z_d, s_z_l, s_o_b, s_o_d, s_o_l,
     s_A_d, s_A_n, s_B_b, s_B_g, s_B_n, s_B_l, s_C_b, s_C_g, s_C_n, s_C_l,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_H0: tl.constexpr,
     BLOCK_D: tl.constexpr, SEGS: tl.constexpr, ITEMS: tl.constexpr, BLOCK_N: tl.constexpr,
+    SAVE_SEGS: tl.constexpr,
 ):
     CHUNK: tl.constexpr = SEGS * ITEMS
+    SAVES: tl.constexpr = SEGS // SAVE_SEGS  # states saved per chunk
     pid_d = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -245,10 +275,12 @@ def _scan_fwd_kernel(
     bias = tl.zeros((BLOCK_D,), tl.float32)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0)
-    # The state between chunks goes through memory, slot c holding the state entering chunk c: each
-    # state index's scan reads its entry and its last segment's lanes write the exit, with no
-    # cross-lane reduction to pick one column of a register tile. With a backward to follow there is
-    # one slot per chunk (the backward restarts every chunk from its slot), else two in turn.
+    # The state between chunks goes through memory: each state index's scan reads its entry and the
+    # lanes of segment ends write exits, with no cross-lane reduction to pick one column of a
+    # register tile. With a backward to follow, slot k holds the state after k * SAVE_SEGS segments
+    # (the backward restarts each of its chunks, SAVE_SEGS segments long, from one), slots past
+    # last_slot are not written, and chunk c enters from slot c * SAVES. Without, SAVE_SEGS = SEGS and
+    # two slots take turns (last_slot = n_chunks masks nothing).
     H0 = tl.zeros((BLOCK_D, BLOCK_N), tl.float32)
     if HAS_H0:
         H0 = tl.load(h0_ptr + dn, mask=mask_dn, other=0.0)
@@ -258,36 +290,38 @@ def _scan_fwd_kernel(
     for c in range(0, n_chunks):
         t = (c * CHUNK + step)[None, :, :]
         m3 = mask_d[:, None, None] & (t < length)
-        u = tl.load(u_rows + t * s_u_l, mask=m3, other=0.0).to(tl.float32)
-        dt = _load_dt(dt_rows, t * s_dt_l, m3, bias[:, None, None], HAS_BIAS, SOFTPLUS)
+        u = _load_tile(u_rows + t * s_u_l, m3).to(tl.float32)
+        dt = _dt_from_raw(_load_tile(dt_rows + t * s_dt_l, m3), m3, bias[:, None, None], HAS_BIAS, SOFTPLUS)
         dtu = dt * u
-        carry_in = states_ptr + (c % n_slots) * slot_size + state_rows
-        carry_out = states_ptr + ((c + 1) % n_slots) * slot_size + state_rows
+        carry_in = states_ptr + ((c * SAVES) % n_slots) * slot_size + state_rows
+        save_slot = c * SAVES + (offs_s + 1) // SAVE_SEGS  # (SEGS,): the slot after each segment
+        save = ((offs_s + 1) % SAVE_SEGS == 0) & (save_slot <= last_slot)
+        saves = states_ptr + ((save_slot % n_slots) * slot_size)[None, :] + state_rows[:, None]
         y = tl.zeros((BLOCK_D, SEGS, ITEMS), tl.float32)
         # B and C (fp32, padded to whole chunks: no mask) are loaded one state index ahead, so that
         # their latency hides behind a scan
-        Bn = tl.load(B_rows + t * s_B_l)
-        Cn = tl.load(C_rows + t * s_C_l)
+        Bn = _load_tile_unmasked(B_rows + t * s_B_l)
+        Cn = _load_tile_unmasked(C_rows + t * s_C_l)
         for n in range(0, dstate):
             n_next = tl.minimum(n + 1, dstate - 1)
-            B_next = tl.load(B_rows + n_next * s_B_n + t * s_B_l)
-            C_next = tl.load(C_rows + n_next * s_C_n + t * s_C_l)
+            B_next = _load_tile_unmasked(B_rows + n_next * s_B_n + t * s_B_l)
+            C_next = _load_tile_unmasked(C_rows + n_next * s_C_n + t * s_C_l)
             A2 = tl.load(A_ptr + offs_d * s_A_d + n * s_A_n, mask=mask_d, other=0.0) * LOG2E
             h_in = tl.load(carry_in + n, mask=mask_d, other=0.0)
             # padded steps have dt = 0: identities, so the last segment ends on the state after the chunk
             h, h_end = _scan_chunk(tl.exp2(dt * A2[:, None, None]), dtu * Bn, h_in, offs_s, offs_i, SEGS, ITEMS)
             y += h * Cn
-            _store_segment(carry_out + n, h_end, offs_s, mask_d, SEGS - 1)
+            tl.store(saves + n, h_end, mask=mask_d[:, None] & save[None, :])
             Bn, Cn = B_next, C_next
         tl.debug_barrier()  # the next chunk reads what this one's last lanes wrote
         if HAS_D:
             Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0)
             y += u * Dv[:, None, None]
         if HAS_Z:
-            zv = tl.load(z_ptr + b * s_z_b + rows3 * s_z_d + t * s_z_l, mask=m3, other=0.0).to(tl.float32)
+            zv = _load_tile(z_ptr + b * s_z_b + rows3 * s_z_d + t * s_z_l, m3).to(tl.float32)
             y *= zv * tl.sigmoid(zv)
-        tl.store(out_ptr + b * s_o_b + rows3 * s_o_d + t * s_o_l, y, mask=m3)
-    hT = tl.load(states_ptr + (n_chunks % n_slots) * slot_size + dn, mask=mask_dn, other=0.0)
+        _store_tile(out_ptr + b * s_o_b + rows3 * s_o_d + t * s_o_l, y, m3)
+    hT = tl.load(states_ptr + (last_slot % n_slots) * slot_size + dn, mask=mask_dn, other=0.0)
     tl.store(hT_ptr + dn, hT, mask=mask_dn)
 
 
@@ -321,7 +355,8 @@ def _scan_bwd_kernel(
     B_rows = B_ptr + b * s_B_b + grp[:, None, None] * s_B_g
     C_rows = C_ptr + b * s_C_b + grp[:, None, None] * s_C_g
     padded_length = n_chunks * CHUNK
-    dBC_rows = (b * groups + grp[:, None]) * dstate * padded_length  # dB, dC: (batch, groups, state, padded) fp32
+    # dB, dC: (batch, groups, state, padded) fp32; the launcher keeps every channel of a program in one group
+    dBC_row = (b * groups + (pid_d * BLOCK_D) // per_group) * dstate * padded_length
     do_rows = dout_ptr + b * s_do_b + rows3 * s_do_d
     g_rows = (b * dim + rows3) * length  # du, ddelta, dz: contiguous (batch, dim, length)
     state_rows = (b * dim + offs_d) * dstate
@@ -351,8 +386,8 @@ def _scan_bwd_kernel(
         c = n_chunks - 1 - cc
         t = (c * CHUNK + step)[None, :, :]
         m3 = mask_d[:, None, None] & (t < length)
-        u = tl.load(u_rows + t * s_u_l, mask=m3, other=0.0).to(tl.float32)
-        dt = _load_dt(dt_rows, t * s_dt_l, m3, bias3, HAS_BIAS, SOFTPLUS)
+        u = _load_tile(u_rows + t * s_u_l, m3).to(tl.float32)
+        dt = _dt_from_raw(_load_tile(dt_rows + t * s_dt_l, m3), m3, bias3, HAS_BIAS, SOFTPLUS)
         # the adjoint recurrence decays by the next step's factor: the forward's factors shifted by
         # one step, and for the chunk's last step the factor of the next chunk's first
         t_after = (c + 1) * CHUNK + offs_d * 0  # (BLOCK_D,), so that the mask is a tensor
@@ -369,12 +404,12 @@ def _scan_bwd_kernel(
         y = tl.zeros((BLOCK_D, SEGS, ITEMS), tl.float32)
         du = tl.zeros((BLOCK_D, SEGS, ITEMS), tl.float32)
         ddt = tl.zeros((BLOCK_D, SEGS, ITEMS), tl.float32)
-        Bn = tl.load(B_rows + t * s_B_l)  # one state index ahead, as in the forward
-        Cn = tl.load(C_rows + t * s_C_l)
+        Bn = _load_tile_unmasked(B_rows + t * s_B_l)  # one state index ahead, as in the forward
+        Cn = _load_tile_unmasked(C_rows + t * s_C_l)
         for n in range(0, dstate):
             n_next = tl.minimum(n + 1, dstate - 1)
-            B_next = tl.load(B_rows + n_next * s_B_n + t * s_B_l)
-            C_next = tl.load(C_rows + n_next * s_C_n + t * s_C_l)
+            B_next = _load_tile_unmasked(B_rows + n_next * s_B_n + t * s_B_l)
+            C_next = _load_tile_unmasked(C_rows + n_next * s_C_n + t * s_C_l)
             A_n = tl.load(A_ptr + offs_d * s_A_d + n * s_A_n, mask=mask_d, other=0.0)
             A2_row = A_n * LOG2E
             A2 = A2_row[:, None, None]
@@ -396,11 +431,11 @@ def _scan_bwd_kernel(
             ddt += dhB * u + dh_ah * A_n[:, None, None]
             dA_n = tl.sum(tl.sum(dh_ah * dt, axis=2), axis=1)
             dA_acc += tl.where(offs_n[None, :] == n, dA_n[:, None], 0.0)
-            # summed over channels by atomics, one per channel (the default tile holds one channel).
-            # No mask: rows past dim and steps past length add zeros (their u, dt and dout load as 0)
-            # at valid addresses (a clamped group, buffers padded to whole chunks).
-            _atomic_add_rows(dB_ptr + dBC_rows + n * padded_length, c * CHUNK, dh * dtu)
-            _atomic_add_rows(dC_ptr + dBC_rows + n * padded_length, c * CHUNK, g * h)
+            # summed over the program's channels, then over programs by atomics. No mask: rows past
+            # dim and steps past length add zeros (their u, dt and dout load as 0) to buffers padded
+            # to whole chunks.
+            _atomic_add_channel_sum(dB_ptr + dBC_row + n * padded_length, c * CHUNK, dh * dtu)
+            _atomic_add_channel_sum(dC_ptr + dBC_row + n * padded_length, c * CHUNK, g * h)
             Bn, Cn = B_next, C_next
         tl.debug_barrier()  # the previous chunk reads what this one's first lanes wrote
 
@@ -409,22 +444,22 @@ def _scan_bwd_kernel(
             dD_acc += tl.sum(tl.sum(g * u, axis=2), axis=1)
         if HAS_Z:
             y += u * Dv[:, None, None]
-            dout = tl.load(do_rows + t * s_do_l, mask=m3, other=0.0).to(tl.float32)
-            zv = tl.load(z_ptr + b * s_z_b + rows3 * s_z_d + t * s_z_l, mask=m3, other=0.0).to(tl.float32)
+            dout = _load_tile(do_rows + t * s_do_l, m3).to(tl.float32)
+            zv = _load_tile(z_ptr + b * s_z_b + rows3 * s_z_d + t * s_z_l, m3).to(tl.float32)
             sig_z = tl.sigmoid(zv)
             # d silu(z) / dz = sig(z) (1 + z (1 - sig(z)))
             dz = dout * y * sig_z * (1.0 + zv * (1.0 - sig_z))
-            tl.store(dz_ptr + g_rows + t, dz, mask=m3)
+            _store_tile(dz_ptr + g_rows + t, dz, m3)
         ddt = tl.where(m3, ddt, 0.0)
         if SOFTPLUS:
             # d softplus(x) / dx = sigmoid(x), at x = delta + bias
-            raw = tl.load(dt_rows + t * s_dt_l, mask=m3, other=0.0).to(tl.float32)
+            raw = _load_tile(dt_rows + t * s_dt_l, m3).to(tl.float32)
             if HAS_BIAS:
                 raw = raw + bias3
             ddt = ddt * tl.sigmoid(raw)
         dbias_acc += tl.sum(tl.sum(ddt, axis=2), axis=1)
-        tl.store(du_ptr + g_rows + t, du, mask=m3)
-        tl.store(ddt_ptr + g_rows + t, ddt, mask=m3)
+        _store_tile(du_ptr + g_rows + t, du, m3)
+        _store_tile(ddt_ptr + g_rows + t, ddt, m3)
 
     # d h_init = a_0 dh_0 = exp(dt_0 A) dH, dH being dh at step 0
     dH = tl.load(dh_carry_ptr + dn, mask=mask_dn, other=0.0)
@@ -437,17 +472,30 @@ def _scan_bwd_kernel(
     tl.store(dbias_ptr + b * dim + offs_d, dbias_acc, mask=mask_d)
 
 
-def _default_config(batch: int, dim: int, dstate: int) -> tuple[int, int, int, int]:
-    """(BLOCK_D, num_warps, SEGS, ITEMS) for a chunk of SEGS segments of ITEMS = 8 consecutive steps, one
-    segment per thread (BLOCK_D * SEGS = 32 * num_warps); forward and backward use the same chunk.
-    The interpreter pays per operation, not per element: few large chunks."""
+def _forward_config(dim: int, dstate: int) -> tuple[int, int, int, int, int | None]:
+    """(BLOCK_D, num_warps, SEGS, ITEMS, MAXNREG) of the forward: a chunk of SEGS segments of ITEMS = 8
+    consecutive steps, one segment per thread (BLOCK_D * SEGS = 32 * num_warps), and a register cap
+    for ptxas (None: none). The interpreter pays per operation, not per element: few large chunks."""
     if INTERPRET:
-        return (min(4, triton.next_power_of_2(dim)), 1, 4, 8)
-    # One channel per program and one warp, a chunk of 256 steps across its 32 lanes. With more than
-    # one channel per program Triton 3.6 orders the lanes channel-first, so that the scans across
-    # segments need butterfly shuffles or shared memory (and a barrier) instead of 5 shuffles.
+        return (min(4, triton.next_power_of_2(dim)), 1, 8, 8, None)
+    # One channel and one warp per program, a chunk of 256 steps. Capped at 64 registers (from 128; a
+    # few bytes spill) four times as many warps are resident, and the grid runs in fewer, fuller
+    # waves: on an H100 0.30 against 0.36 ms at (4, 2048, 2048, 16), 1.17 against 1.49 ms at length 8K.
     # Timings: benchmarks/results/selective_scan_*.md and `bench_selective_scan.py --sweep`.
-    return (1, 1, 32, 8)
+    return (1, 1, 32, 8, 64)
+
+
+def _backward_config(per_group: int) -> tuple[int, int, int, int, int | None]:
+    """(BLOCK_D, num_warps, SEGS, ITEMS, MAXNREG) of the backward, whose chunk divides the forward's.
+    All BLOCK_D channels of a program share one B/C group (BLOCK_D divides dim / groups): their dB
+    and dC are summed before the atomics."""
+    block_d = 4 if per_group % 4 == 0 else 2 if per_group % 2 == 0 else 1
+    if INTERPRET:
+        return (block_d, 1, 4, 8, None)
+    # Four channels of 8 segments in one warp, a chunk of 64 steps: a quarter of the atomics of one
+    # channel a warp, for a few shuffles (H100, (4, 2048, 2048, 16): 1.00 against 1.27 ms). No
+    # register cap: at 168 this tile spilled and ran slower.
+    return (block_d, 1, 32 // block_d, 8, None)
 
 
 def _check_dtypes(**tensors) -> None:
@@ -475,35 +523,52 @@ def _padded_fp32(t: Tensor, padded_length: int) -> Tensor:
     return out
 
 
+def _launch_options(num_warps: int, maxnreg: int | None) -> dict:
+    options = {"num_warps": num_warps}
+    if maxnreg is not None and not INTERPRET:
+        options["maxnreg"] = maxnreg
+    return options
+
+
 def _selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, store_states,
-                        config=None):
+                        config=None, save_every=None):
+    """The forward kernel. With `store_states`, also the state every `save_every` steps (the backward's
+    chunk length, which must divide the forward's), as (slots, batch, dim, state) fp32."""
     batch, dim, length = u.shape
     dstate = A.shape[1]
     groups = 1 if B.dim() == 3 else B.shape[1]
-    block_d, num_warps, segs, items = config or _default_config(batch, dim, dstate)
-    n_chunks = triton.cdiv(length, segs * items)
+    block_d, num_warps, segs, items, maxnreg = config or _forward_config(dim, dstate)
+    chunk = segs * items
+    n_chunks = triton.cdiv(length, chunk)
+    if store_states:
+        save_every = save_every or chunk
+        if chunk % save_every or save_every % items:
+            raise ValueError(f"selective_scan (triton): the forward's chunk of {chunk} steps must be a multiple of "
+                             f"save_every = {save_every}, itself a multiple of {items}")
+        n_slots = triton.cdiv(length, save_every) + 1  # states[k] = the state after k * save_every steps
+        save_segs, last_slot = save_every // items, n_slots - 1
+    else:  # two slots in turn
+        n_slots, save_segs, last_slot = 2, segs, n_chunks
     out = torch.empty((batch, dim, length), device=u.device, dtype=u.dtype)
     hT = torch.empty((batch, dim, dstate), device=u.device, dtype=torch.float32)
-    # states[c] = the state entering chunk c, (slots, batch, dim, state): every chunk's (and the final
-    # state) when a backward will restart from them, else two slots used in turn
-    n_slots = n_chunks + 1 if store_states else 2
     states = torch.empty((n_slots, batch, dim, dstate), device=u.device, dtype=torch.float32)
     h0 = initial_state.float().contiguous() if initial_state is not None else hT
     A = A.float()
     D = D.float().contiguous() if D is not None else None
     delta_bias = delta_bias.float().contiguous() if delta_bias is not None else None
-    padded_length = n_chunks * segs * items
+    padded_length = n_chunks * chunk
     Bf, Cf = _padded_fp32(B, padded_length), _padded_fp32(C, padded_length)
     zz = z if z is not None else u
     grid = (triton.cdiv(dim, block_d), batch)
     _scan_fwd_kernel[grid](
         u, delta, A, Bf, Cf, D, z, delta_bias, h0, out, hT, states,
-        batch, dim, length, dstate, dim // groups, n_chunks, n_slots,
+        batch, dim, length, dstate, dim // groups, n_chunks, n_slots, last_slot,
         *u.stride(), *delta.stride(), *zz.stride(), *out.stride(),
         *A.stride(), *_bc_strides(Bf), *_bc_strides(Cf),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
         HAS_H0=initial_state is not None,
-        BLOCK_D=block_d, SEGS=segs, ITEMS=items, BLOCK_N=triton.next_power_of_2(dstate), num_warps=num_warps,
+        BLOCK_D=block_d, SEGS=segs, ITEMS=items, BLOCK_N=triton.next_power_of_2(dstate), SAVE_SEGS=save_segs,
+        **_launch_options(num_warps, maxnreg),
     )
     return out, hT, (states if store_states else None)
 
@@ -513,12 +578,16 @@ def _selective_scan_bwd(dout, dhT, u, delta, A, B, C, D, z, delta_bias, states, 
     batch, dim, length = u.shape
     dstate = A.shape[1]
     groups = 1 if B.dim() == 3 else B.shape[1]
-    block_d, num_warps, segs, items = config or _default_config(batch, dim, dstate)
+    per_group = dim // groups
+    block_d, num_warps, segs, items, maxnreg = config or _backward_config(per_group)
+    if per_group % block_d:
+        raise ValueError(f"selective_scan (triton): the backward's BLOCK_D = {block_d} channels must divide the "
+                         f"{per_group} channels of a B/C group")
     n_chunks = triton.cdiv(length, segs * items)
-    if states.shape[0] != n_chunks + 1:  # the forward's chunk length must match: it stored one state per chunk
+    if states.shape[0] != n_chunks + 1:  # the backward restarts each chunk from the state saved there
         raise ValueError(f"selective_scan (triton): the backward's chunks of {segs * items} steps need {n_chunks} "
-                         f"stored states, but the forward stored {states.shape[0] - 1}; forward and backward "
-                         f"configs must have the same SEGS * ITEMS")
+                         f"saved states, but the forward saved {states.shape[0] - 1}; the forward's save_every "
+                         f"must be the backward's chunk length")
     dev = u.device
     du = torch.empty((batch, dim, length), device=dev, dtype=u.dtype)
     ddelta = torch.empty((batch, dim, length), device=dev, dtype=delta.dtype)
@@ -541,12 +610,13 @@ def _selective_scan_bwd(dout, dhT, u, delta, A, B, C, D, z, delta_bias, states, 
     _scan_bwd_kernel[grid](
         u, delta, A, Bf, Cf, Dc, z, biasc, states, dout, dhT, dh_carry,
         du, ddelta, dz, dA, dB, dC, dD, dbias, dh0,
-        batch, dim, length, dstate, dim // groups, groups, n_chunks,
+        batch, dim, length, dstate, per_group, groups, n_chunks,
         *u.stride(), *delta.stride(), *zz.stride(), *dout.stride(),
         *A.stride(), *_bc_strides(Bf), *_bc_strides(Cf),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
         HAS_DHT=dhT is not None,
-        BLOCK_D=block_d, SEGS=segs, ITEMS=items, BLOCK_N=triton.next_power_of_2(dstate), num_warps=num_warps,
+        BLOCK_D=block_d, SEGS=segs, ITEMS=items, BLOCK_N=triton.next_power_of_2(dstate),
+        **_launch_options(num_warps, maxnreg),
     )
     dB, dC = dB[..., :length], dC[..., :length]
     dB = dB.to(B.dtype) if B.dim() == 4 else dB[:, 0].to(B.dtype)
@@ -559,8 +629,9 @@ class SelectiveScanFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus):
         store = any(ctx.needs_input_grad[:9])  # boundary states only when a backward can follow
+        _, _, segs, items, _ = _backward_config(u.shape[1] // (1 if B.dim() == 3 else B.shape[1]))
         out, hT, states = _selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus,
-                                              store_states=store)
+                                              store_states=store, save_every=segs * items)
         ctx.delta_softplus = delta_softplus
         ctx.has_h0 = initial_state is not None
         ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, states)
