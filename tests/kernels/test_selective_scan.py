@@ -159,6 +159,16 @@ def test_triton_half_precision_inputs():
     compare(selective_scan, make_inputs(1, 4, 45, 4, groups=2, dtype=torch.float16), True, 2e-3, backend="triton")
 
 
+def test_triton_b_and_c_of_different_dtypes():
+    """fp16 B with fp32 C: the forward's fp32 copies serve the backward, and dB, dC come back each in
+    its input's dtype."""
+    inputs = make_inputs(1, 4, 45, 4, groups=2)
+    inputs["B"] = inputs["B"].half()
+    compare(selective_scan, inputs, True, 2e-3, backend="triton")
+    _, _, g, _ = run(selective_scan, inputs, True, backend="triton")
+    assert g["B"].dtype == torch.float16 and g["C"].dtype == torch.float32
+
+
 def test_triton_rejects_float64():
     inputs = make_inputs(1, 2, 4, 2, dtype=torch.float64)
     with pytest.raises(TypeError, match="float16, bfloat16 or float32"):

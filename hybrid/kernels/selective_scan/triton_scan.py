@@ -328,7 +328,7 @@ def _scan_fwd_kernel(
 @triton.jit
 def _scan_bwd_kernel(
     u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, states_ptr, dout_ptr, dhT_ptr, dh_carry_ptr,
-    du_ptr, ddt_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr, dh0_ptr,
+    du_ptr, ddt_ptr, dz_ptr, dB_ptr, dC_ptr, dparams_ptr, dh0_ptr,
     batch, dim, length, dstate, per_group, groups, n_chunks,
     s_u_b, s_u_d, s_u_l, s_dt_b, s_dt_d, s_dt_l, s_z_b, s_z_d, s_z_l, s_do_b, s_do_d, s_do_l,
     s_A_d, s_A_n, s_B_b, s_B_g, s_B_n, s_B_l, s_C_b, s_C_g, s_C_n, s_C_l,
@@ -467,9 +467,11 @@ def _scan_bwd_kernel(
     dt0 = _load_dt(dt_ptr + b * s_dt_b + offs_d[:, None] * s_dt_d, tl.zeros((1, 1), tl.int32), mask_d[:, None],
                    bias[:, None], HAS_BIAS, SOFTPLUS)
     tl.store(dh0_ptr + dn, tl.exp2(dt0 * A_tile * LOG2E) * dH, mask=mask_dn)
-    tl.store(dA_ptr + dn, dA_acc, mask=mask_dn)
-    tl.store(dD_ptr + b * dim + offs_d, dD_acc, mask=mask_d)
-    tl.store(dbias_ptr + b * dim + offs_d, dbias_acc, mask=mask_d)
+    # batch row b of dparams: dA (dim, state), dD (dim,), d delta_bias (dim,), one after the other
+    row = dparams_ptr + b * dim * (dstate + 2)
+    tl.store(row + offs_d[:, None] * dstate + offs_n[None, :], dA_acc, mask=mask_dn)
+    tl.store(row + dim * dstate + offs_d, dD_acc, mask=mask_d)
+    tl.store(row + dim * (dstate + 1) + offs_d, dbias_acc, mask=mask_d)
 
 
 def _forward_config(dim: int, dstate: int) -> tuple[int, int, int, int, int | None]:
@@ -513,10 +515,13 @@ def _bc_strides(t: Tensor) -> tuple[int, int, int, int]:
 
 
 def _padded_fp32(t: Tensor, padded_length: int) -> Tensor:
-    """B or C in fp32 with the length zero-padded to whole chunks. The kernels read them once per
-    state index: converted once here rather than in their innermost loops (where the conversions
-    were a sixth of the forward's instructions), and padded so that those loads need no mask."""
-    if padded_length == t.shape[-1]:  # one launch (none for contiguous fp32): the kernels only read it
+    """B or C in fp32 with the length zero-padded to (at least) whole chunks. The kernels read them
+    once per state index: converted once here rather than in their innermost loops (where the
+    conversions were a sixth of the forward's instructions), and padded so that those loads need no
+    mask. The forward's copies serve the backward too (its chunks divide the forward's)."""
+    if t.dtype == torch.float32 and t.shape[-1] >= padded_length and t.stride(-1) == 1:
+        return t  # fp32 at whole chunks, or already padded: the kernels only read it
+    if padded_length == t.shape[-1]:  # one launch
         return t.to(torch.float32, memory_format=torch.contiguous_format)
     out = t.new_zeros((*t.shape[:-1], padded_length), dtype=torch.float32)
     out[..., :t.shape[-1]] = t
@@ -574,7 +579,9 @@ def _selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, initial_state, delt
 
 
 def _selective_scan_bwd(dout, dhT, u, delta, A, B, C, D, z, delta_bias, states, delta_softplus,
-                        config=None):
+                        config=None, bc_dtypes=None):
+    """The backward kernel, on the states the forward saved every chunk of this backward. B and C may
+    be the forward's padded fp32 copies; `bc_dtypes` are then the dtypes of dB and dC."""
     batch, dim, length = u.shape
     dstate = A.shape[1]
     groups = 1 if B.dim() == 3 else B.shape[1]
@@ -593,11 +600,9 @@ def _selective_scan_bwd(dout, dhT, u, delta, A, B, C, D, z, delta_bias, states, 
     ddelta = torch.empty((batch, dim, length), device=dev, dtype=delta.dtype)
     dz = torch.empty((batch, dim, length), device=dev, dtype=z.dtype) if z is not None else None
     padded_length = n_chunks * segs * items
-    dB = torch.zeros((batch, groups, dstate, padded_length), device=dev, dtype=torch.float32)
-    dC = torch.zeros((batch, groups, dstate, padded_length), device=dev, dtype=torch.float32)
-    dA = torch.empty((batch, dim, dstate), device=dev, dtype=torch.float32)  # per batch row, summed below
-    dD = torch.empty((batch, dim), device=dev, dtype=torch.float32)
-    dbias = torch.empty((batch, dim), device=dev, dtype=torch.float32)
+    # Few allocations and reductions: on a slow host the launches of short calls cost more than the kernel
+    dBC = torch.zeros((2, batch, groups, dstate, padded_length), device=dev, dtype=torch.float32)
+    dparams = torch.empty((batch, dim * (dstate + 2)), device=dev, dtype=torch.float32)  # summed over the batch below
     dh0 = torch.empty((batch, dim, dstate), device=dev, dtype=torch.float32)
     dh_carry = torch.empty((2, batch, dim, dstate), device=dev, dtype=torch.float32)
     A = A.float()
@@ -609,7 +614,7 @@ def _selective_scan_bwd(dout, dhT, u, delta, A, B, C, D, z, delta_bias, states, 
     grid = (triton.cdiv(dim, block_d), batch)
     _scan_bwd_kernel[grid](
         u, delta, A, Bf, Cf, Dc, z, biasc, states, dout, dhT, dh_carry,
-        du, ddelta, dz, dA, dB, dC, dD, dbias, dh0,
+        du, ddelta, dz, dBC[0], dBC[1], dparams, dh0,
         batch, dim, length, dstate, per_group, groups, n_chunks,
         *u.stride(), *delta.stride(), *zz.stride(), *dout.stride(),
         *A.stride(), *_bc_strides(Bf), *_bc_strides(Cf),
@@ -618,11 +623,17 @@ def _selective_scan_bwd(dout, dhT, u, delta, A, B, C, D, z, delta_bias, states, 
         BLOCK_D=block_d, SEGS=segs, ITEMS=items, BLOCK_N=triton.next_power_of_2(dstate),
         **_launch_options(num_warps, maxnreg),
     )
-    dB, dC = dB[..., :length], dC[..., :length]
-    dB = dB.to(B.dtype) if B.dim() == 4 else dB[:, 0].to(B.dtype)
-    dC = dC.to(C.dtype) if C.dim() == 4 else dC[:, 0].to(C.dtype)
-    return (du, ddelta, dA.sum(0), dB, dC, dD.sum(0) if D is not None else None, dz,
-            dbias.sum(0) if delta_bias is not None else None, dh0)
+    B_dtype, C_dtype = bc_dtypes or (B.dtype, C.dtype)
+    dBC = dBC[..., :length]
+    if B_dtype == C_dtype:
+        dB, dC = dBC.to(B_dtype)
+    else:
+        dB, dC = dBC[0].to(B_dtype), dBC[1].to(C_dtype)
+    if B.dim() == 3:
+        dB, dC = dB[:, 0], dC[:, 0]
+    dA, dD, dbias = dparams.sum(0).split([dim * dstate, dim, dim])
+    return (du, ddelta, dA.view(dim, dstate), dB, dC, dD if D is not None else None, dz,
+            dbias if delta_bias is not None else None, dh0)
 
 
 class SelectiveScanFn(torch.autograd.Function):
@@ -630,18 +641,22 @@ class SelectiveScanFn(torch.autograd.Function):
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus):
         store = any(ctx.needs_input_grad[:9])  # boundary states only when a backward can follow
         _, _, segs, items, _ = _backward_config(u.shape[1] // (1 if B.dim() == 3 else B.shape[1]))
-        out, hT, states = _selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus,
+        _, _, fwd_segs, fwd_items, _ = _forward_config(u.shape[1], A.shape[1])
+        padded_length = triton.cdiv(u.shape[2], fwd_segs * fwd_items) * fwd_segs * fwd_items
+        Bf, Cf = _padded_fp32(B, padded_length), _padded_fp32(C, padded_length)  # kept for the backward
+        out, hT, states = _selective_scan_fwd(u, delta, A, Bf, Cf, D, z, delta_bias, initial_state, delta_softplus,
                                               store_states=store, save_every=segs * items)
         ctx.delta_softplus = delta_softplus
         ctx.has_h0 = initial_state is not None
-        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, states)
+        ctx.bc_dtypes = (B.dtype, C.dtype)
+        ctx.save_for_backward(u, delta, A, Bf, Cf, D, z, delta_bias, states)
         return out, hT
 
     @staticmethod
     def backward(ctx, dout, dhT):
         u, delta, A, B, C, D, z, delta_bias, states = ctx.saved_tensors
         du, ddelta, dA, dB, dC, dD, dz, dbias, dh0 = _selective_scan_bwd(
-            dout, dhT, u, delta, A, B, C, D, z, delta_bias, states, ctx.delta_softplus)
+            dout, dhT, u, delta, A, B, C, D, z, delta_bias, states, ctx.delta_softplus, bc_dtypes=ctx.bc_dtypes)
         return (du, ddelta, dA.to(A.dtype), dB, dC, dD.to(D.dtype) if dD is not None else None, dz,
                 dbias.to(delta_bias.dtype) if dbias is not None else None, dh0 if ctx.has_h0 else None, None)
 
