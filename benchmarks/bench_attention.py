@@ -5,8 +5,10 @@
 Shapes: 16K tokens per batch (batch = 16384 / length), heads * head_dim = 2048, bfloat16, lengths
 1K-16K, head dims 64 and 128, plus a 2048-token sliding window at 16K. FLOPs count only the visible
 (query, key) pairs: 4 * batch * heads * head_dim * pairs forward, 2.5x that backward (FlashAttention's
-convention), so a backend that skips masked blocks gains nothing from the count. `auto` is compared
-with the fastest backend measured in the same run. The layer table times `Attention` (QKV and output
+convention), so a backend that skips masked blocks gains nothing from the count. Each figure is the
+best of ROUNDS rounds that take the backends in turn, each round starting one backend later, so that
+a drift of the GPU's clocks during the run favours no backend (two rows running the same kernel differed
+by 6-8% in a fixed order). `auto` is compared with the fastest backend measured in the same run. The layer table times `Attention` (QKV and output
 projections, RoPE, the kernel) against the bare kernel and against kernel + the projections' matmuls.
 """
 from __future__ import annotations
@@ -27,6 +29,7 @@ from hybrid.layers.attention import Attention, AttentionConfig  # noqa: E402
 BACKENDS = ["flash_attn_cute", "flash_attn", "sdpa_cudnn", "sdpa_flash", "sdpa_efficient", "sdpa", "flex", "eager"]
 EAGER_MAX_LENGTH = 2048  # it materialises (batch, heads, L, L) float32 scores
 TOKENS, WIDTH = 16384, 2048  # batch * length, heads * head_dim
+ROUNDS = 3
 
 
 def bench(fn, warmup: int = 3, reps: int = 10) -> float:
@@ -56,7 +59,7 @@ def kernel_rows(length: int, head_dim: int, window: int | None, dtype, device) -
     grad = torch.randn_like(q)
     flops = 4 * batch * heads * head_dim * visible_pairs(length, window)
     cap = torch.cuda.get_device_capability()
-    rows = []
+    rows, runnable = [], []
     for name in BACKENDS + ["auto"]:
         case = Case("cuda", cap, dtype, head_dim, length, length, False, True, window, False, False, True)
         why = refusal(name, case) if name != "auto" else None
@@ -64,20 +67,33 @@ def kernel_rows(length: int, head_dim: int, window: int | None, dtype, device) -
             why = f"not run above L={EAGER_MAX_LENGTH}"
         if why:
             rows.append((name, None, None, why))
-            continue
-        try:
-            fwd = lambda: attention(q, k, v, window=window, backend=name)  # noqa: E731
+        else:
+            runnable.append(name)
+    best: dict[str, tuple[float, float]] = {}  # backend -> least (fwd, fwd+bwd) ms over the rounds
+    for r in range(ROUNDS):
+        # each round starts one backend later: a fixed order measured auto last every time, and its
+        # fwd+bwd ran 6-8% below the same kernel measured first (clocks falling under sustained load?)
+        shift = r % max(len(runnable), 1)
+        for name in runnable[shift:] + runnable[:shift]:
+            try:
+                fwd = lambda: attention(q, k, v, window=window, backend=name)  # noqa: E731,B023
 
-            def fwd_bwd():
-                attention(q, k, v, window=window, backend=name).backward(grad)
+                def fwd_bwd():
+                    attention(q, k, v, window=window, backend=name).backward(grad)  # noqa: B023
 
-            with torch.no_grad():
-                t_fwd = bench(fwd)
-            t_fb = bench(fwd_bwd)
-            rows.append((name, flops / t_fwd / 1e9, 3.5 * flops / t_fb / 1e9, ""))
-        except Exception as err:  # a refusal at run time is a result too
-            rows.append((name, None, None, f"refused: {str(err).splitlines()[0][:80]}"))
-        q.grad = k.grad = v.grad = None
+                with torch.no_grad():
+                    t_fwd = bench(fwd)
+                t_fb = bench(fwd_bwd)
+                prev = best.get(name, (float("inf"), float("inf")))
+                best[name] = (min(prev[0], t_fwd), min(prev[1], t_fb))
+            except Exception as err:  # a refusal at run time is a result too
+                rows.append((name, None, None, f"refused: {str(err).splitlines()[0][:80]}"))
+                runnable.remove(name)
+                best.pop(name, None)
+            q.grad = k.grad = v.grad = None
+    for name in runnable:
+        t_fwd, t_fb = best[name]
+        rows.append((name, flops / t_fwd / 1e9, 3.5 * flops / t_fb / 1e9, ""))
     return rows
 
 
@@ -85,10 +101,10 @@ def layer_rows(dtype, device, length: int = 4096, head_dim: int = 128) -> list[s
     """Layer vs bare kernel at L=4096: same q/k/v shapes, batch 4, d_model 2048."""
     batch, d_model = TOKENS // length, WIDTH
     heads = d_model // head_dim
-    layer = Attention(d_model, AttentionConfig(n_heads=heads, head_dim=head_dim)).to(device, dtype)
-    layer_triton_rope = Attention(d_model, AttentionConfig(n_heads=heads, head_dim=head_dim, rope_backend="triton"))
-    layer_triton_rope = layer_triton_rope.to(device, dtype)
-    layer_triton_rope.load_state_dict(layer.state_dict())
+    layer = Attention(d_model, AttentionConfig(n_heads=heads, head_dim=head_dim)).to(device, dtype)  # RoPE: auto
+    layer_compiled_rope = Attention(d_model, AttentionConfig(n_heads=heads, head_dim=head_dim, rope_backend="compiled"))
+    layer_compiled_rope = layer_compiled_rope.to(device, dtype)
+    layer_compiled_rope.load_state_dict(layer.state_dict())
     x = torch.randn(batch, length, d_model, device=device, dtype=dtype, requires_grad=True)
     q, k, v = (torch.randn(batch, length, heads, head_dim, device=device, dtype=dtype, requires_grad=True)
                for _ in range(3))
@@ -108,12 +124,12 @@ def layer_rows(dtype, device, length: int = 4096, head_dim: int = 128) -> list[s
         def timed(fn, grad_of=None):
             if mode == "fwd":
                 with torch.no_grad():
-                    return bench(fn)
-            return bench(lambda: fn().backward(g if grad_of is None else grad_of))
+                    return min(bench(fn) for _ in range(ROUNDS))
+            return min(bench(lambda: fn().backward(g if grad_of is None else grad_of)) for _ in range(ROUNDS))
 
         t_kernel = timed(bare_kernel, torch.randn_like(q))
         t_parts = timed(kernel_and_matmuls)
-        for name, lay in (("compiled", layer), ("triton", layer_triton_rope)):
+        for name, lay in (("torch.compile'd", layer_compiled_rope), ("Triton (auto)", layer)):
             t_layer = timed(lambda: lay(x))  # noqa: B023
             out.append(f"| {mode} | {name} | {t_layer:.3f} | {t_kernel:.3f} | {t_parts:.3f} | "
                        f"{100 * (t_layer / t_kernel - 1):+.0f}% | {100 * (t_layer / t_parts - 1):+.0f}% |")
