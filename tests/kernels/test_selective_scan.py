@@ -80,7 +80,7 @@ CASES = [
     pytest.param(1, 16, 129, 4, 2, False, True, True, False, True, id="B1-D16-L129-N4-G2-D-bias-h0"),
     pytest.param(1, 3, 1000, 4, 1, True, True, True, True, True, id="B1-D3-L1000-N4-G1-all"),
     pytest.param(1, 2, 40, 64, None, True, True, False, True, True, id="B1-D2-L40-N64-z-D-softplus-h0"),
-    # whole chunks (32 steps under the interpreter): B and C need no padding
+    # whole chunks (64 steps forward, 32 backward under the interpreter): B and C need no padding
     pytest.param(2, 4, 64, 4, 2, True, True, True, True, True, id="B2-D4-L64-N4-G2-all-whole-chunks"),
 ]
 
