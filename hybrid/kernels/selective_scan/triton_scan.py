@@ -641,11 +641,12 @@ class SelectiveScanFn(torch.autograd.Function):
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus):
         store = any(ctx.needs_input_grad[:9])  # boundary states only when a backward can follow
         _, _, segs, items, _ = _backward_config(u.shape[1] // (1 if B.dim() == 3 else B.shape[1]))
-        _, _, fwd_segs, fwd_items, _ = _forward_config(u.shape[1], A.shape[1])
-        padded_length = triton.cdiv(u.shape[2], fwd_segs * fwd_items) * fwd_segs * fwd_items
+        fwd_config = _forward_config(u.shape[1], A.shape[1])
+        fwd_chunk = fwd_config[2] * fwd_config[3]
+        padded_length = triton.cdiv(u.shape[2], fwd_chunk) * fwd_chunk
         Bf, Cf = _padded_fp32(B, padded_length), _padded_fp32(C, padded_length)  # kept for the backward
         out, hT, states = _selective_scan_fwd(u, delta, A, Bf, Cf, D, z, delta_bias, initial_state, delta_softplus,
-                                              store_states=store, save_every=segs * items)
+                                              store_states=store, config=fwd_config, save_every=segs * items)
         ctx.delta_softplus = delta_softplus
         ctx.has_h0 = initial_state is not None
         ctx.bc_dtypes = (B.dtype, C.dtype)
