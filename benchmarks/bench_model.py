@@ -6,6 +6,9 @@ Models at ~130M parameters (d_model 768, vocab 50304), batch 8 x 2048, bf16 auto
   hybrid       "(M F M F M F A F) x3"
 Peer, when its sources are given with --peers: the same models with every Mamba mixer replaced by
 mamba_ssm's `Mamba` block (its CUDA selective scan; no causal_conv1d), so only the mixer differs.
+Every model runs its backward on the calling thread, as `hybrid train` does (autograd's
+set_multithreading_enabled(False)); --worker-thread measures PyTorch's default instead, which hands
+the backward to autograd's CUDA worker thread.
 
     python benchmarks/bench_model.py [--peers .peers/mamba] [--steps 10] [--compile]
 """
@@ -41,7 +44,8 @@ def swap_in_peer_mamba(model: HybridLM, peer_cls) -> None:
                 block.branches[i] = peer
 
 
-def measure(model: HybridLM, steps: int, batch: int, length: int, compile_model: bool) -> tuple[float, float]:
+def measure(model: HybridLM, steps: int, batch: int, length: int, compile_model: bool,
+            caller_thread: bool = True) -> tuple[float, float]:
     model = model.cuda()
     opt = torch.optim.AdamW(model.param_groups(0.1), lr=1e-4, fused=True)
     step_fn = torch.compile(model) if compile_model else model
@@ -51,7 +55,8 @@ def measure(model: HybridLM, steps: int, batch: int, length: int, compile_model:
         with torch.autocast("cuda", dtype=torch.bfloat16):
             logits = step_fn(ids[:, :-1])
             loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), ids[:, 1:].flatten())
-        loss.backward()
+        with torch.autograd.set_multithreading_enabled(not caller_thread):
+            loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
 
@@ -74,6 +79,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--length", type=int, default=2048)
     parser.add_argument("--compile", action="store_true", help="also measure torch.compile'd models")
+    parser.add_argument("--worker-thread", action="store_true",
+                        help="backward on autograd's CUDA worker thread (PyTorch's default), not the calling thread")
     parser.add_argument("--out", default=None, help="markdown file to write")
     args = parser.parse_args()
 
@@ -92,7 +99,7 @@ def main() -> None:
             torch.manual_seed(0)
             model = build(layout)
             params = model.num_parameters()
-            tps, mem = measure(model, args.steps, args.batch, args.length, comp)
+            tps, mem = measure(model, args.steps, args.batch, args.length, comp, not args.worker_thread)
             rows.append((name, label, params, tps, mem))
             print(rows[-1], flush=True)
             del model
@@ -101,15 +108,17 @@ def main() -> None:
             torch.manual_seed(0)
             model = build(layout)
             swap_in_peer_mamba(model, peer_cls)
-            tps, mem = measure(model, args.steps, args.batch, args.length, False)
+            tps, mem = measure(model, args.steps, args.batch, args.length, False, not args.worker_thread)
             rows.append((name, "mamba_ssm Mamba blocks", model.num_parameters(), tps, mem))
             print(rows[-1], flush=True)
             del model
             torch.cuda.empty_cache()
 
     device = torch.cuda.get_device_name()
+    where = "autograd's CUDA worker thread" if args.worker_thread else "the calling thread"
     lines = [f"# Training throughput ({device}, torch {torch.__version__}, bf16 autocast, fused AdamW)", "",
-             f"batch {args.batch} x {args.length} tokens, d_model 768, vocab 50304, {args.steps} timed steps after 3 warm-up", "",
+             f"batch {args.batch} x {args.length} tokens, d_model 768, vocab 50304, {args.steps} timed steps after 3 warm-up; "
+             f"backward on {where}", "",
              "| model | implementation | params | tokens/s | vs mamba_ssm blocks | peak GiB |", "|---|---|---|---|---|---|"]
     for name, label, params, tps, mem in rows:
         peer = next((r[3] for r in rows if r[0] == name and r[1].startswith("mamba_ssm")), None)

@@ -15,6 +15,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from hybrid.kernels.launch import FastLauncher
+
 
 @triton.jit
 def _rotary_kernel(
@@ -46,6 +48,9 @@ def _rotary_kernel(
         tl.store(o_rows + offs_p, tl.load(x_rows + offs_p, mask=mask_p), mask=mask_p)
 
 
+_launch_rotary = FastLauncher(_rotary_kernel)  # kernel[grid] without Triton's per-call argument binding
+
+
 def _rotate(x: Tensor, cos: Tensor, sin: Tensor, inverse: bool) -> Tensor:
     batch, length, heads, head_dim = x.shape
     half = cos.shape[-1]
@@ -58,7 +63,8 @@ def _rotate(x: Tensor, cos: Tensor, sin: Tensor, inverse: bool) -> Tensor:
     n_pass = head_dim - 2 * half
     block_h = max(1, min(triton.next_power_of_2(heads), 4096 // (2 * block_r)))
     grid = (batch * length, triton.cdiv(heads, block_h))
-    _rotary_kernel[grid](
+    _launch_rotary(
+        grid,
         x, cos, sin, out, length, heads, half, n_pass,
         x.stride(0), x.stride(1), x.stride(2), s_c_b, cos.stride(-2), out.stride(0), out.stride(1), out.stride(2),
         INVERSE=inverse, BLOCK_H=block_h, BLOCK_R=block_r,

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from hybrid.init import mark_no_reinit, mark_no_weight_decay, mark_residual_out
 from hybrid.kernels.selective_scan import selective_scan, selective_state_update
+from hybrid.layers.projections import channels_to_channels, channels_to_tokens, tokens_to_channels
 from hybrid.registry import register_layer
 
 
@@ -110,27 +111,22 @@ class Mamba(nn.Module):
     def forward(self, hidden: Tensor, state: MambaState | None = None) -> Tensor:
         batch, length, _ = hidden.shape
         c = self.config
-        # Projections straight into (batch, channels, length) with the length contiguous: the scan
-        # kernels read each channel's steps as vectors, and a transposed view would make every step
-        # its own memory transaction.
-        xz = torch.matmul(self.in_proj.weight, hidden.transpose(1, 2))  # (batch, 2 * d_inner, length)
-        if self.in_proj.bias is not None:
-            xz = xz + self.in_proj.bias[:, None].to(xz.dtype)
-        x, z = xz.chunk(2, dim=1)
-        x = F.silu(self._conv(x, state))  # (batch, d_inner, length)
-        dt, B, C = self.x_proj(x.transpose(1, 2)).split([self.dt_rank, c.d_state, c.d_state], dim=-1)
-        dt = torch.matmul(self.dt_proj.weight, dt.transpose(1, 2))  # (batch, d_inner, length); bias added in the scan
+        # The scan and the conv want (batch, channels, length) with the length contiguous: the
+        # projections write that layout directly (projections.py), with no transposing copies.
+        x, z = tokens_to_channels(hidden, self.in_proj.weight, self.in_proj.bias, chunks=2)  # (batch, d_inner, length)
+        x = F.silu(self._conv(x, state))
+        dt, B, C = channels_to_channels(x, self.x_proj.weight).split([self.dt_rank, c.d_state, c.d_state], dim=1)
+        dt = channels_to_channels(dt, self.dt_proj.weight)  # (batch, d_inner, length); bias added in the scan
         A = -torch.exp(self.A_log.float())  # (d_inner, d_state)
         if state is not None and length == 1:  # decoding: one recurrent step
-            y = selective_state_update(state.ssm, x[..., 0], dt[..., 0], A, B[:, 0], C[:, 0], self.D.float(),
+            y = selective_state_update(state.ssm, x[..., 0], dt[..., 0], A, B[..., 0], C[..., 0], self.D.float(),
                                        z=z[..., 0], dt_bias=self.dt_proj.bias.float(), dt_softplus=True,
                                        backend=c.scan_backend)[..., None]
         else:
-            B, C = B.transpose(1, 2).contiguous(), C.transpose(1, 2).contiguous()  # (batch, d_state, length)
             y = selective_scan(x, dt, A, B, C, self.D.float(), z=z, delta_bias=self.dt_proj.bias.float(),
                                delta_softplus=True, return_last_state=state is not None,
                                initial_state=state.ssm if state is not None else None, backend=c.scan_backend)
             if state is not None:
                 y, last = y
                 state.ssm.copy_(last)
-        return self.out_proj(y.transpose(1, 2))  # (batch, length, d_model)
+        return channels_to_tokens(y, self.out_proj.weight, self.out_proj.bias)  # (batch, length, d_model)

@@ -234,7 +234,10 @@ def _train(root: RootConfig, run: RunDir, resume: bool, on_step) -> dict[str, An
                     loss = _batch_loss(model_fn, inp, tgt, scored)
                     aux = model.aux_losses()
                 total = loss + sum(v.float() for v in aux.values()) / cfg.accumulation if aux else loss
-                total.backward()
+                # On the calling thread: autograd's hand-off to its CUDA worker thread buys nothing on one
+                # device and costs host time (cold caches, two context switches), which small models see.
+                with torch.autograd.set_multithreading_enabled(False):
+                    total.backward()
                 loss_sum += loss.detach()
                 for k, v in aux.items():
                     aux_sums[k] = aux_sums.get(k, 0.0) + v.detach().float() / cfg.accumulation

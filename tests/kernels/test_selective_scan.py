@@ -143,6 +143,28 @@ def test_triton_gpu_tiles_under_the_interpreter(backward_config, monkeypatch):
     compare(selective_scan, make_inputs(1, 8, 300, 4, groups=2), True, FP32_TOL, backend="triton")
 
 
+@pytest.mark.parametrize("used", ["out", "last"])
+def test_triton_gradients_when_one_output_is_unused(used):
+    """Autograd hands the backward None for an output the loss did not use (no zeros are materialised):
+    without d last the kernel starts the adjoint at zero, without d out the launcher passes zeros."""
+    inputs = make_inputs(2, 4, 70, 4, groups=2)
+
+    def loss_grads(fn, cast=None):
+        leaves = {k: (v.to(cast) if cast else v).detach().clone().requires_grad_() for k, v in inputs.items()}
+        out, last = fn(leaves["u"], leaves["delta"], leaves["A"], leaves["B"], leaves["C"], D=leaves["D"],
+                       z=leaves["z"], delta_bias=leaves["delta_bias"], delta_softplus=True, return_last_state=True,
+                       initial_state=leaves["initial_state"])
+        (out if used == "out" else last).double().square().sum().backward()
+        return {k: v.grad for k, v in leaves.items()}
+
+    ref = loss_grads(selective_scan_ref, cast=torch.float64)
+    got = loss_grads(lambda *a, **kw: selective_scan(*a, **kw, backend="triton"))
+    # the final state depends on neither C, D nor z: the reference leaves their gradients None, ours are 0
+    assert all(got[k].abs().max() == 0 for k in got if ref[k] is None)
+    errs = {k: rel(got[k], ref[k]) for k in ref if ref[k] is not None}
+    assert len(errs) >= 6 and all(e <= FP32_TOL for e in errs.values()), errs
+
+
 def test_triton_leaves_b_and_c_unchanged():
     """fp32 contiguous B and C at whole chunks reach the kernels without a copy; they must only read them."""
     from hybrid.kernels.selective_scan.triton_scan import _forward_config

@@ -43,8 +43,8 @@ Backward, chunks in reverse, from the saved state at the start of each chunk:
         d h_init = a_0 dh_0.
 dB and dC are summed over the program's channels (one B/C group: a few shuffles), then over
 programs with relaxed fp32 atomics (no ordering is needed between them, and the default
-acquire-release order puts a memory fence before each). dA, dD and d delta_bias are written per
-batch row and summed over the batch in PyTorch.
+acquire-release order puts a memory fence before each). dA, dD and d delta_bias are summed over
+the batch with atomics too, into the same zeroed buffer: one memset, no reduction launched after.
 
 Tile settings (_forward_config, _backward_config) are the fastest of `benchmarks/bench_selective_scan.py`'s
 sweep on an H100 with Triton 3.6. B and C are converted to fp32 once per call and loaded per row.
@@ -58,6 +58,8 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
+
+from hybrid.kernels.launch import FastLauncher
 
 LOG2E = tl.constexpr(1.4426950408889634)
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -327,8 +329,8 @@ def _scan_fwd_kernel(
 
 @triton.jit
 def _scan_bwd_kernel(
-    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, states_ptr, dout_ptr, dhT_ptr, dh_carry_ptr,
-    du_ptr, ddt_ptr, dz_ptr, dB_ptr, dC_ptr, dparams_ptr, dh0_ptr,
+    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, states_ptr, dout_ptr, dhT_ptr, dh_ptr,
+    du_ptr, ddt_ptr, dz_ptr, sums_ptr,
     batch, dim, length, dstate, per_group, groups, n_chunks,
     s_u_b, s_u_d, s_u_l, s_dt_b, s_dt_d, s_dt_l, s_z_b, s_z_d, s_z_l, s_do_b, s_do_d, s_do_l,
     s_A_d, s_A_n, s_B_b, s_B_g, s_B_n, s_B_l, s_C_b, s_C_g, s_C_n, s_C_l,
@@ -355,13 +357,22 @@ def _scan_bwd_kernel(
     B_rows = B_ptr + b * s_B_b + grp[:, None, None] * s_B_g
     C_rows = C_ptr + b * s_C_b + grp[:, None, None] * s_C_g
     padded_length = n_chunks * CHUNK
-    # dB, dC: (batch, groups, state, padded) fp32; the launcher keeps every channel of a program in one group
+    # sums (fp32, zeroed) takes the gradients that programs add up with atomics: dB and dC, each
+    # (batch, groups, state, padded), then dA (dim, state), dD (dim,) and d delta_bias (dim,). The
+    # launcher keeps every channel of a program in one B/C group.
+    dBC_size = b * 0 + batch * groups * dstate * padded_length  # int64, as b
+    dB_ptr = sums_ptr
+    dC_ptr = sums_ptr + dBC_size
+    dparams_ptr = sums_ptr + 2 * dBC_size
     dBC_row = (b * groups + (pid_d * BLOCK_D) // per_group) * dstate * padded_length
     do_rows = dout_ptr + b * s_do_b + rows3 * s_do_d
     g_rows = (b * dim + rows3) * length  # du, ddelta, dz: contiguous (batch, dim, length)
     state_rows = (b * dim + offs_d) * dstate
     dn = state_rows[:, None] + offs_n[None, :]
     slot_size = b * 0 + batch * dim * dstate  # int64, as b: slot offsets pass 2^31 on long sequences
+    # dh (fp32): two slots of (batch, dim, state) that carry dh across chunk boundaries, then d h_init
+    dh_carry_ptr = dh_ptr
+    dh0_ptr = dh_ptr + 2 * slot_size
 
     bias = tl.zeros((BLOCK_D,), tl.float32)
     if HAS_BIAS:
@@ -467,11 +478,10 @@ def _scan_bwd_kernel(
     dt0 = _load_dt(dt_ptr + b * s_dt_b + offs_d[:, None] * s_dt_d, tl.zeros((1, 1), tl.int32), mask_d[:, None],
                    bias[:, None], HAS_BIAS, SOFTPLUS)
     tl.store(dh0_ptr + dn, tl.exp2(dt0 * A_tile * LOG2E) * dH, mask=mask_dn)
-    # batch row b of dparams: dA (dim, state), dD (dim,), d delta_bias (dim,), one after the other
-    row = dparams_ptr + b * dim * (dstate + 2)
-    tl.store(row + offs_d[:, None] * dstate + offs_n[None, :], dA_acc, mask=mask_dn)
-    tl.store(row + dim * dstate + offs_d, dD_acc, mask=mask_d)
-    tl.store(row + dim * (dstate + 1) + offs_d, dbias_acc, mask=mask_d)
+    # summed over the batch here rather than by a reduction launched after: host time on short calls
+    tl.atomic_add(dparams_ptr + offs_d[:, None] * dstate + offs_n[None, :], dA_acc, mask=mask_dn, sem="relaxed")
+    tl.atomic_add(dparams_ptr + dim * dstate + offs_d, dD_acc, mask=mask_d, sem="relaxed")
+    tl.atomic_add(dparams_ptr + dim * (dstate + 1) + offs_d, dbias_acc, mask=mask_d, sem="relaxed")
 
 
 def _forward_config(dim: int, dstate: int) -> tuple[int, int, int, int, int | None]:
@@ -528,6 +538,10 @@ def _padded_fp32(t: Tensor, padded_length: int) -> Tensor:
     return out
 
 
+_launch_fwd = FastLauncher(_scan_fwd_kernel)
+_launch_bwd = FastLauncher(_scan_bwd_kernel)
+
+
 def _launch_options(num_warps: int, maxnreg: int | None) -> dict:
     options = {"num_warps": num_warps}
     if maxnreg is not None and not INTERPRET:
@@ -564,8 +578,8 @@ def _selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, initial_state, delt
     padded_length = n_chunks * chunk
     Bf, Cf = _padded_fp32(B, padded_length), _padded_fp32(C, padded_length)
     zz = z if z is not None else u
-    grid = (triton.cdiv(dim, block_d), batch)
-    _scan_fwd_kernel[grid](
+    _launch_fwd(
+        (triton.cdiv(dim, block_d), batch),
         u, delta, A, Bf, Cf, D, z, delta_bias, h0, out, hT, states,
         batch, dim, length, dstate, dim // groups, n_chunks, n_slots, last_slot,
         *u.stride(), *delta.stride(), *zz.stride(), *out.stride(),
@@ -581,7 +595,9 @@ def _selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, initial_state, delt
 def _selective_scan_bwd(dout, dhT, u, delta, A, B, C, D, z, delta_bias, states, delta_softplus,
                         config=None, bc_dtypes=None):
     """The backward kernel, on the states the forward saved every chunk of this backward. B and C may
-    be the forward's padded fp32 copies; `bc_dtypes` are then the dtypes of dB and dC."""
+    be the forward's padded fp32 copies; `bc_dtypes` are then the dtypes of dB and dC. Few
+    allocations and launches: on the GPU machine's host, short calls spent more time here than in
+    the kernel."""
     batch, dim, length = u.shape
     dstate = A.shape[1]
     groups = 1 if B.dim() == 3 else B.shape[1]
@@ -596,25 +612,28 @@ def _selective_scan_bwd(dout, dhT, u, delta, A, B, C, D, z, delta_bias, states, 
                          f"saved states, but the forward saved {states.shape[0] - 1}; the forward's save_every "
                          f"must be the backward's chunk length")
     dev = u.device
-    du = torch.empty((batch, dim, length), device=dev, dtype=u.dtype)
-    ddelta = torch.empty((batch, dim, length), device=dev, dtype=delta.dtype)
-    dz = torch.empty((batch, dim, length), device=dev, dtype=z.dtype) if z is not None else None
+    if dout is None:  # only the final state was used
+        dout = torch.zeros_like(u)
+    if z is None or z.dtype == u.dtype == delta.dtype:  # du, ddelta (and dz) in one allocation
+        grads = torch.empty((2 if z is None else 3, batch, dim, length), device=dev, dtype=u.dtype)
+        du, ddelta, dz = grads[0], grads[1], (grads[2] if z is not None else None)
+    else:
+        du = torch.empty((batch, dim, length), device=dev, dtype=u.dtype)
+        ddelta = torch.empty((batch, dim, length), device=dev, dtype=delta.dtype)
+        dz = torch.empty((batch, dim, length), device=dev, dtype=z.dtype)
     padded_length = n_chunks * segs * items
-    # Few allocations and reductions: on a slow host the launches of short calls cost more than the kernel
-    dBC = torch.zeros((2, batch, groups, dstate, padded_length), device=dev, dtype=torch.float32)
-    dparams = torch.empty((batch, dim * (dstate + 2)), device=dev, dtype=torch.float32)  # summed over the batch below
-    dh0 = torch.empty((batch, dim, dstate), device=dev, dtype=torch.float32)
-    dh_carry = torch.empty((2, batch, dim, dstate), device=dev, dtype=torch.float32)
+    dBC_size = batch * groups * dstate * padded_length
+    sums = torch.zeros(2 * dBC_size + dim * (dstate + 2), device=dev, dtype=torch.float32)  # see the kernel
+    dh = torch.empty((3, batch, dim, dstate), device=dev, dtype=torch.float32)  # two carry slots, d h_init
     A = A.float()
     Dc = D.float().contiguous() if D is not None else None
     biasc = delta_bias.float().contiguous() if delta_bias is not None else None
     dhT = dhT.float().contiguous() if dhT is not None else None
     Bf, Cf = _padded_fp32(B, padded_length), _padded_fp32(C, padded_length)
     zz = z if z is not None else u
-    grid = (triton.cdiv(dim, block_d), batch)
-    _scan_bwd_kernel[grid](
-        u, delta, A, Bf, Cf, Dc, z, biasc, states, dout, dhT, dh_carry,
-        du, ddelta, dz, dBC[0], dBC[1], dparams, dh0,
+    _launch_bwd(
+        (triton.cdiv(dim, block_d), batch),
+        u, delta, A, Bf, Cf, Dc, z, biasc, states, dout, dhT, dh, du, ddelta, dz, sums,
         batch, dim, length, dstate, per_group, groups, n_chunks,
         *u.stride(), *delta.stride(), *zz.stride(), *dout.stride(),
         *A.stride(), *_bc_strides(Bf), *_bc_strides(Cf),
@@ -624,21 +643,22 @@ def _selective_scan_bwd(dout, dhT, u, delta, A, B, C, D, z, delta_bias, states, 
         **_launch_options(num_warps, maxnreg),
     )
     B_dtype, C_dtype = bc_dtypes or (B.dtype, C.dtype)
-    dBC = dBC[..., :length]
+    dBC = sums[:2 * dBC_size].view(2, batch, groups, dstate, padded_length)[..., :length]
     if B_dtype == C_dtype:
         dB, dC = dBC.to(B_dtype)
     else:
         dB, dC = dBC[0].to(B_dtype), dBC[1].to(C_dtype)
     if B.dim() == 3:
         dB, dC = dB[:, 0], dC[:, 0]
-    dA, dD, dbias = dparams.sum(0).split([dim * dstate, dim, dim])
+    dA, dD, dbias = sums[2 * dBC_size:].split([dim * dstate, dim, dim])
     return (du, ddelta, dA.view(dim, dstate), dB, dC, dD if D is not None else None, dz,
-            dbias if delta_bias is not None else None, dh0)
+            dbias if delta_bias is not None else None, dh[2])
 
 
 class SelectiveScanFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus):
+        ctx.set_materialize_grads(False)  # an unused final state needs no zeros: the kernel skips dhT
         store = any(ctx.needs_input_grad[:9])  # boundary states only when a backward can follow
         _, _, segs, items, _ = _backward_config(u.shape[1] // (1 if B.dim() == 3 else B.shape[1]))
         fwd_config = _forward_config(u.shape[1], A.shape[1])

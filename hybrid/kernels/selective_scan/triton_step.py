@@ -15,6 +15,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from hybrid.kernels.launch import FastLauncher
 from hybrid.kernels.selective_scan.triton_scan import _softplus
 
 
@@ -59,6 +60,9 @@ def _state_update_kernel(
     tl.store(y_ptr + b * s_y_b + offs_d * s_y_d, y, mask=mask_d)
 
 
+_launch_state_update = FastLauncher(_state_update_kernel)  # kernel[grid] without Triton's per-call argument binding
+
+
 def _strides_bc(t: Tensor) -> tuple[int, int, int]:
     """(batch, group, state) strides of B or C at one step; group stride 0 when ungrouped."""
     if t.dim() == 2:
@@ -83,7 +87,8 @@ def selective_state_update_triton(state: Tensor, x: Tensor, dt: Tensor, A: Tenso
     block_d = max(1, min(triton.next_power_of_2(dim), 2048 // block_n, 64))
     zz = z if z is not None else x
     grid = (triton.cdiv(dim, block_d), batch)
-    _state_update_kernel[grid](
+    _launch_state_update(
+        grid,
         state, x, dt, A, B, C, D, z, dt_bias, y,
         dim, dstate, dim // groups,
         *state.stride(), *x.stride(), *dt.stride(), *zz.stride(), *y.stride(),
