@@ -109,7 +109,7 @@ class Mamba(nn.Module):
         return F.conv1d(window, self.conv1d.weight, self.conv1d.bias, groups=self.d_inner)
 
     def forward(self, hidden: Tensor, state: MambaState | None = None) -> Tensor:
-        batch, length, _ = hidden.shape
+        length = hidden.shape[1]
         c = self.config
         # The scan and the conv want (batch, channels, length) with the length contiguous: the
         # projections write that layout directly (projections.py), with no transposing copies.
