@@ -28,9 +28,9 @@ from hybrid.kernels.selective_scan.triton_step import selective_state_update_tri
 
 SHAPES = [(4, 2048, 512, 16), (4, 2048, 2048, 16), (4, 2048, 8192, 16), (4, 2048, 32768, 16),
           (1, 4096, 2048, 16), (4, 2048, 2048, 64)]  # (batch, dim, length, state)
-STEP_BATCHES = [1, 4, 16, 64]
 # (label, backward, autograd's backward on the calling thread)
 PASSES = [("fwd", False, False), ("fwd+bwd", True, False), ("fwd+bwd, 1 thread", True, True)]
+STEP_BATCHES = [1, 4, 16, 64]
 STEP_DIMS = [1536, 2048]  # d_inner of a ~130M Mamba, and 2048
 
 

@@ -50,8 +50,7 @@ class FastLauncher:
     def __init__(self, kernel: triton.runtime.JITFunction):
         self.kernel = kernel
         self._compiled: dict = {}
-        self.direct = (not INTERPRET and hasattr(triton, "knobs")
-                       and DIRECT_VERSIONS[0] <= _version(triton.__version__) <= DIRECT_VERSIONS[1])
+        self.direct = not INTERPRET and DIRECT_VERSIONS[0] <= _version(triton.__version__) <= DIRECT_VERSIONS[1]
         self._params = list(kernel.params) if self.direct else []  # the interpreter's kernels have none
 
     def __call__(self, grid: tuple[int, ...], *args, **kwargs):

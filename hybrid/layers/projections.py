@@ -27,6 +27,13 @@ def _sum_over_batch(per_row: Tensor) -> Tensor:
     return per_row.sum(0, dtype=torch.promote_types(per_row.dtype, torch.float32))
 
 
+def _check(name: str, x: Tensor, features_dim: int, weight: Tensor) -> None:
+    if x.dim() != 3 or x.shape[features_dim] != weight.shape[1]:
+        layout = "(batch, length, in)" if features_dim == 2 else "(batch, in, length)"
+        raise ValueError(f"{name}: input must be {layout} with in = {weight.shape[1]} (the weight is "
+                         f"{tuple(weight.shape)}), got {tuple(x.shape)}")
+
+
 def _batched(weight: Tensor, batch: int) -> Tensor:
     return weight.expand(batch, *weight.shape)  # stride 0 over the batch
 
@@ -88,6 +95,7 @@ class _ChannelsToTokens(torch.autograd.Function):
 def tokens_to_channels(h: Tensor, weight: Tensor, bias: Tensor | None = None, chunks: int = 1) -> tuple[Tensor, ...]:
     """h @ weight^T + bias for h (batch, length, in), returned channel-major: the output channels split
     into `chunks` equal parts, each (batch, out / chunks, length) and contiguous."""
+    _check("tokens_to_channels", h, 2, weight)
     outs = _TokensToChannels.apply(h, weight, chunks)
     if bias is not None:
         outs = tuple(o + b[:, None].to(o.dtype) for o, b in zip(outs, bias.chunk(chunks)))
@@ -96,6 +104,7 @@ def tokens_to_channels(h: Tensor, weight: Tensor, bias: Tensor | None = None, ch
 
 def channels_to_tokens(y: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """y^T @ weight^T + bias for y (batch, in, length), returned token-major (batch, length, out)."""
+    _check("channels_to_tokens", y, 1, weight)
     out = _ChannelsToTokens.apply(y, weight)
     return out + bias.to(out.dtype) if bias is not None else out
 
@@ -103,5 +112,6 @@ def channels_to_tokens(y: Tensor, weight: Tensor, bias: Tensor | None = None) ->
 def channels_to_channels(x: Tensor, weight: Tensor) -> Tensor:
     """weight @ x for x (batch, in, length) with any strides whose length stride is 1: (batch, out, length),
     contiguous. Plain autograd: its backward is channel-major too."""
+    _check("channels_to_channels", x, 1, weight)
     dtype = _compute_dtype(x)
     return torch.bmm(_batched(weight.to(dtype), x.shape[0]), x.to(dtype))

@@ -87,3 +87,10 @@ def test_under_autocast_matches_linear(dtype):
         assert a.dtype == torch.float32
         rel = ((a - e).norm() / e.norm()).item()
         assert rel < 2e-2, rel
+
+
+@pytest.mark.parametrize("fn,shape", [(tokens_to_channels, (2, 5, 8)), (channels_to_tokens, (2, 8, 5)),
+                                      (channels_to_channels, (2, 8, 5)), (channels_to_tokens, (8, 5))])
+def test_shape_errors_name_the_projection_and_shapes(fn, shape):
+    with pytest.raises(ValueError, match=rf"{fn.__name__}: input must be .* in = 7 \(the weight is \(6, 7\)\), got"):
+        fn(torch.randn(shape, device=DEV), torch.randn(6, 7, device=DEV))
