@@ -107,6 +107,7 @@ class LayerEntry:
     role: Role
     megatron_symbol: str | None  # Megatron hybrid pattern: M mamba, * attention, - MLP, E MoE
     hf_type: str | None  # HF-style `layer_types` entry, e.g. "mamba", "full_attention"
+    capturable: bool = False  # its training step can be captured in a CUDA graph (see `graph_refusal`)
 
     @property
     def doc(self) -> str:
@@ -122,6 +123,17 @@ class LayerEntry:
     def build(self, d_model: int, config: Any):
         return self.cls(d_model, config)
 
+    def graph_refusal(self, module: Any, device: Any, dtype: Any) -> str | None:
+        """Why `module` (an instance of this layer) cannot run inside a CUDA graph on `device` with
+        activations of `dtype`, or None. A layer registered with capturable=True may still refuse
+        for some configurations through a method `cuda_graph_refusal(device, dtype) -> str | None`."""
+        if not self.capturable:
+            return (f"layer type {self.name!r} does not declare itself capturable (register_layer(..., "
+                    f"capturable=True) once its forward and backward have no host synchronisation and "
+                    f"no data-dependent shapes)")
+        check = getattr(module, "cuda_graph_refusal", None)
+        return check(device, dtype) if check is not None else None
+
 
 LAYERS: Registry[LayerEntry] = Registry("layer", entry_point_group="hybrid.layers", builtins="hybrid.layers")
 
@@ -129,7 +141,7 @@ LAYERS: Registry[LayerEntry] = Registry("layer", entry_point_group="hybrid.layer
 def register_layer(name: str, *, config: type, state: StateKind | Callable[[Any], StateKind] = "none",
                    role: Role = "mixer",
                    megatron_symbol: str | None = None, hf_type: str | None = None,
-                   override: bool = False) -> Callable[[type], type]:
+                   capturable: bool = False, override: bool = False) -> Callable[[type], type]:
     """Class decorator: make an `nn.Module` available to layouts as `{type: name}`.
 
     The class is built as `cls(d_model, config)`, `config` an instance of the dataclass `config`,
@@ -138,6 +150,11 @@ def register_layer(name: str, *, config: type, state: StateKind | Callable[[Any]
     `state` may be a function of the config (attention with a window keeps a "kv_window" cache).
     A layer with an auxiliary loss (MoE load balancing) implements `aux_losses() -> dict[str, Tensor]`,
     returning the already-weighted losses of its latest forward; the model sums them for the trainer.
+    `capturable=True` declares that a training step through the layer may be captured in one CUDA
+    graph (`train.cuda_graph`): no host synchronisation (`.item()`, `.tolist()`, a Python `if` on a
+    tensor), no data-dependent shapes, and no tensor cached on the module that a later call frees.
+    A configuration that breaks this is refused by a method `cuda_graph_refusal(device, dtype)`.
+    Undeclared layers train eagerly.
     """
     if not dataclasses.is_dataclass(config):
         raise TypeError(f"register_layer({name!r}): config must be a dataclass, got {config!r}")
@@ -145,7 +162,7 @@ def register_layer(name: str, *, config: type, state: StateKind | Callable[[Any]
         raise ValueError(f"register_layer({name!r}): state must be one of {STATE_KINDS}, got {state!r}")
 
     def decorate(cls: type) -> type:
-        LAYERS.add(name, LayerEntry(name, cls, config, state, role, megatron_symbol, hf_type),
+        LAYERS.add(name, LayerEntry(name, cls, config, state, role, megatron_symbol, hf_type, capturable),
                    override=override)
         cls.layer_type = name
         return cls

@@ -27,6 +27,8 @@ from hybrid.kernels.attention import attention
 from hybrid.layers.rope import apply_rotary, rotary_tables
 from hybrid.registry import register_layer
 
+MAX_CACHED_TABLES = 64  # rotary tables kept per layer (one per training length; later lengths recompute)
+
 AttentionBackend = Literal["auto", "flash_attn", "flash_attn_cute", "sdpa", "sdpa_cudnn", "sdpa_flash",
                            "sdpa_efficient", "sdpa_math", "flex", "eager"]
 
@@ -119,7 +121,8 @@ def _state_kind(config: AttentionConfig) -> str:
     return "kv_window" if config.window is not None else "kv"
 
 
-@register_layer("attention", config=AttentionConfig, state=_state_kind, megatron_symbol="*", hf_type="full_attention")
+@register_layer("attention", config=AttentionConfig, state=_state_kind, megatron_symbol="*", hf_type="full_attention",
+                capturable=True)
 class Attention(nn.Module):
     """Causal multi-head attention (GQA, RoPE, sliding window, qk-norm) over pluggable kernels."""
 
@@ -138,18 +141,20 @@ class Attention(nn.Module):
         if config.qk_norm:
             self.q_norm = nn.RMSNorm(self.head_dim, eps=1e-6)
             self.k_norm = nn.RMSNorm(self.head_dim, eps=1e-6)
-        self._tables: tuple | None = None  # ((length, device), (cos, sin)) of the latest full-sequence forward
+        # (length, device) -> (cos, sin) of full-sequence forwards. Entries are never evicted: a CUDA graph
+        # captured at one length reads its tables at every replay, so freeing them would corrupt it.
+        self._tables: dict[tuple, tuple[Tensor, Tensor]] = {}
 
     def _rotary_tables(self, offset: int, length: int, device) -> tuple[Tensor, Tensor]:
         """cos, sin (length, rotary_dim / 2) for positions offset..offset+length; kept for offset 0, whose
         tables every training step reuses."""
         key = (length, device)
-        if offset == 0 and self._tables is not None and self._tables[0] == key:
-            return self._tables[1]
+        if offset == 0 and key in self._tables:
+            return self._tables[key]
         tables = rotary_tables(torch.arange(offset, offset + length, device=device), self.rotary_dim,
                                self.config.rope_theta)
-        if offset == 0 and not torch.compiler.is_compiling():
-            self._tables = (key, tables)
+        if offset == 0 and len(self._tables) < MAX_CACHED_TABLES and not torch.compiler.is_compiling():
+            self._tables[key] = tables
         return tables
 
     def init_state(self, batch_size: int, max_length: int, device=None, dtype=None) -> KVCache | KVWindowCache:

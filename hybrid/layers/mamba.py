@@ -55,7 +55,7 @@ class MambaState:
     ssm: Tensor   # (batch, d_inner, d_state) fp32
 
 
-@register_layer("mamba", config=MambaConfig, state="recurrent", megatron_symbol="M", hf_type="mamba")
+@register_layer("mamba", config=MambaConfig, state="recurrent", megatron_symbol="M", hf_type="mamba", capturable=True)
 class Mamba(nn.Module):
     """Mamba-1 selective SSM mixer (S6 scan, conv, gate)."""
 

@@ -29,7 +29,7 @@ class MLPConfig:
             raise ValueError("expand, hidden and multiple_of must be positive")
 
 
-@register_layer("mlp", config=MLPConfig, role="channel", megatron_symbol="-", hf_type="mlp")
+@register_layer("mlp", config=MLPConfig, role="channel", megatron_symbol="-", hf_type="mlp", capturable=True)
 class MLP(nn.Module):
     """Feed-forward sublayer: SwiGLU or GELU."""
 

@@ -134,7 +134,8 @@ def grouped_mm_refusal(x: Tensor, w1: Tensor, w2: Tensor) -> str | None:
 _logged: set[tuple[str, str]] = set()
 
 
-@register_layer("moe", config=MoEConfig, role="channel", megatron_symbol="E", hf_type="moe")
+@register_layer("moe", config=MoEConfig, role="channel", megatron_symbol="E", hf_type="moe",
+                capturable=True)
 class MoE(nn.Module):
     """Mixture of experts: top-k routing, load-balancing and z losses, sorted grouped dispatch."""
 
@@ -166,6 +167,21 @@ class MoE(nn.Module):
                      str(x.dtype).removeprefix("torch."), self.config.backend)
         return backend
 
+    def cuda_graph_refusal(self, device: torch.device, dtype: torch.dtype) -> str | None:
+        """Why a training step through this layer cannot be one CUDA graph, or None (see register_layer)."""
+        c = self.config
+        if c.capacity_factor is not None:
+            return ("capacity_factor drops a data-dependent number of assignments, so shapes change from batch "
+                    "to batch; set capacity_factor: null (no-drop) to capture")
+        if c.backend == "loop":
+            return "the 'loop' dispatch reads the per-expert counts on the host; use backend 'grouped_mm' or 'ref'"
+        if c.backend == "auto":
+            why = grouped_mm_refusal(torch.empty(0, device=device, dtype=dtype), self.fc1.weight, self.fc2.weight)
+            if why:
+                return (f"'auto' dispatch runs the expert loop here (grouped_mm {why}), which reads the per-expert "
+                        f"counts on the host; set backend: ref (every expert on every token) to capture")
+        return None
+
     def forward(self, x: Tensor, state=None) -> Tensor:
         c = self.config
         batch, length, d_model = x.shape
@@ -175,7 +191,9 @@ class MoE(nn.Module):
         probs, weights, experts = route(logits, k, c.renormalize)
         w1, w2 = self.fc1.weight, self.fc2.weight
         backend = self._backend(x)
-        counts = torch.bincount(experts.flatten(), minlength=c.n_experts)  # (experts,) assignments per expert
+        flat = experts.flatten()
+        # (experts,) assignments per expert; bincount would read its size off the GPU (a host sync)
+        counts = torch.zeros(c.n_experts, dtype=torch.long, device=x.device).scatter_add_(0, flat, torch.ones_like(flat))
 
         aux = {}
         if c.aux_loss_coef:
@@ -189,12 +207,12 @@ class MoE(nn.Module):
             self.last_dropped = torch.zeros((), dtype=torch.long, device=x.device)
             return moe_ref(xt, weights, experts, w1, w2, c.activation).view(batch, length, d_model)
 
-        order = experts.flatten().argsort(stable=True)  # assignments grouped by expert, token order within
+        order = flat.argsort(stable=True)  # assignments grouped by expert, token order within
         kept = counts
         if c.capacity_factor is not None:
             capacity = math.ceil(c.capacity_factor * tokens * k / c.n_experts)
             first = counts.cumsum(0) - counts  # index of each expert's first sorted assignment
-            rank = torch.arange(order.numel(), device=x.device) - first[experts.flatten()[order]]
+            rank = torch.arange(order.numel(), device=x.device) - first[flat[order]]
             keep = rank < capacity
             order, kept = order[keep], counts.clamp(max=capacity)
         self.last_dropped = (counts - kept).sum()

@@ -130,7 +130,8 @@ def s4d_recurrent(x: Tensor, dA: Tensor, dB: Tensor, C: Tensor, scale: float, h0
     return torch.stack(ys, dim=-1), h
 
 
-@register_layer("s4d", config=S4DConfig, state="recurrent", megatron_symbol=None, hf_type="s4d")
+@register_layer("s4d", config=S4DConfig, state="recurrent", megatron_symbol=None, hf_type="s4d",
+                capturable=True)
 class S4D(nn.Module):
     """S4D diagonal LTI SSM mixer (FFT convolution in training, recurrence in decoding)."""
 

@@ -6,14 +6,15 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from hybrid.tasks.base import Task
+from hybrid.tasks.base import Batch, Task
 from hybrid.tasks.metrics import Accumulator
 
 
 @torch.no_grad()
 def evaluate(model_fn: Callable[[Tensor], Tensor], task: Task, device: torch.device | str = "cpu", *,
              sets: list[str] | None = None, max_batches: int | None = None,
-             autocast_dtype: torch.dtype | None = None) -> dict[str, dict[str, float]]:
+             autocast_dtype: torch.dtype | None = None,
+             stats_fn: Callable[[Batch], dict[str, Tensor]] | None = None) -> dict[str, dict[str, float]]:
     """Score `model_fn` on `task`'s held-out sets.
 
     Args:
@@ -26,6 +27,8 @@ def evaluate(model_fn: Callable[[Tensor], Tensor], task: Task, device: torch.dev
         max_batches: at most this many batches per set (a quick look during training).
         autocast_dtype: run `model_fn` under `torch.autocast(device_type, autocast_dtype)`; metrics
             are always computed in float32 from the logits.
+        stats_fn: `stats_fn(batch)` in place of `task.stats(model_fn(batch.inputs), batch)` (the trainer
+            passes its CUDA-graphed forward and statistics, `hybrid.training.evaluation`).
 
     Returns:
         `{group: {metric: value}}`, each group's metrics computed from sums over its examples:
@@ -49,6 +52,9 @@ def evaluate(model_fn: Callable[[Tensor], Tensor], task: Task, device: torch.dev
             if max_batches is not None and i >= max_batches:
                 break
             batch = batch.to(device)
+            if stats_fn is not None:
+                acc.add(stats_fn(batch), batch.info, group=name)
+                continue
             if autocast_dtype is not None:
                 with torch.autocast(device.type, dtype=autocast_dtype):
                     logits = model_fn(batch.inputs)

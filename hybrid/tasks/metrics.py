@@ -32,6 +32,8 @@ def example_stats(logits: Tensor, targets: Tensor, token_bytes: Tensor | None = 
     induction heads) costs little memory. `token_bytes` (vocab,) adds "bytes": the UTF-8 bytes the
     scored targets stand for (for bits per byte).
     """
+    if logits.is_cuda and torch.cuda.is_current_stream_capturing():  # no data-dependent shapes in a CUDA graph
+        return _dense_example_stats(logits, targets, token_bytes)
     b = targets.shape[0]
     mask = targets != IGNORE_INDEX  # (batch, length)
     rows = mask.nonzero()[:, 0]  # (n_scored,)
@@ -51,6 +53,37 @@ def example_stats(logits: Tensor, targets: Tensor, token_bytes: Tensor | None = 
     }
     if token_bytes is not None:
         out["bytes"] = zeros.index_add(0, rows, token_bytes.to(targets.device)[target].double())
+    return out
+
+
+DENSE_CHUNK = 1 << 26  # logits elements turned to float32 at once by the dense statistics (256 MiB)
+
+
+def _dense_example_stats(logits: Tensor, targets: Tensor, token_bytes: Tensor | None) -> dict[str, Tensor]:
+    """`example_stats` over every position, unscored ones masked out: the same numbers, with shapes that
+    do not depend on the data (what a CUDA graph can capture), in chunks of rows to bound the memory."""
+    b, length = targets.shape
+    mask = targets != IGNORE_INDEX  # (batch, length)
+    safe = targets.clamp(min=0)  # any class at unscored positions; masked out below
+    rows = max(1, DENSE_CHUNK // max(1, length * logits.shape[-1]))
+    nll, hit = [], []
+    for start in range(0, b, rows):
+        chunk = logits[start:start + rows].float()  # (rows, length, vocab)
+        tgt = safe[start:start + rows]
+        nll.append(F.cross_entropy(chunk.flatten(0, 1), tgt.flatten(), reduction="none").view(tgt.shape))
+        hit.append(chunk.argmax(-1) == tgt)
+    zero = torch.zeros((), dtype=torch.float64, device=targets.device)
+    scored = mask.sum(-1).double()
+    correct = torch.where(mask, torch.cat(hit).double(), zero).sum(-1)
+    out = {
+        "loss": torch.where(mask, torch.cat(nll).double(), zero).sum(-1),
+        "correct": correct,
+        "scored": scored,
+        "exact": ((correct == scored) & (scored > 0)).double(),
+        "examples": (scored > 0).double(),
+    }
+    if token_bytes is not None:
+        out["bytes"] = torch.where(mask, token_bytes.to(targets.device)[safe].double(), zero).sum(-1)
     return out
 
 

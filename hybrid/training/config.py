@@ -53,7 +53,15 @@ class TrainConfig:
     device: str = field(default="auto", metadata={"help": "auto (cuda if available, else cpu), cpu, cuda, cuda:1, ..."})
     dtype: Literal["auto", "float32", "bfloat16"] = field(default="auto", metadata={
         "help": "autocast dtype of the forward pass (auto: bfloat16 on GPU, float32 on CPU); weights stay float32"})
-    compile: bool = field(default=False, metadata={"help": "torch.compile the model"})
+    compile: bool = field(default=False, metadata={"help": "torch.compile the model (inside the CUDA graph too when both are on)"})
+    cuda_graph: Literal["auto", True, False] = field(default="auto", metadata={
+        "help": "capture the whole training step (forward, loss, backward, clipping, AdamW, schedule) and the "
+                "evaluation forward in CUDA graphs: auto = on a CUDA device when every layer is capturable "
+                "(the log says which and why); true fails naming the layer that cannot be captured"})
+    graph_shapes: Literal["each", "pad"] = field(default="each", metadata={
+        "help": "training batches of several lengths (a task mixture) under cuda_graph: one graph per shape "
+                "(the same numbers as eager), or pad every batch to the longest training length (one graph; "
+                "padded positions are not scored)"})
     threads: int | None = field(default=None, metadata={"help": "CPU threads (torch.set_num_threads); null: torch's default"})
     out_dir: str = field(default="runs", metadata={"help": "root of run directories: a run writes to <out_dir>/<name>"})
     run_dir: str | None = field(default=None, metadata={"help": "the run directory itself (overrides out_dir/name)"})

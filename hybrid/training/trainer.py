@@ -1,30 +1,32 @@
-"""The training loop: one function, `train(root)`, from a resolved config to a finished run directory.
+"""The training loop: `train(root)`, from a resolved config to a finished run directory.
 
 Per optimiser step s (0-based; "step" in logs and checkpoints counts steps done, s + 1):
 
     batch  = task.train_batch(s, batch_size)            pure function of (seed, s): resumable from s alone
-    loss   = sum_micro  CE_sum(micro) / scored(batch)   + aux_losses (MoE load balancing) / accumulation
-    clip the global gradient norm, AdamW step, scheduler step (warmup + cosine, `optim`)
+    one optimiser step on it                            `step` (eager) or `graphed` (CUDA graphs), `modes`
     log every `log_every`, evaluate every `eval_every`, checkpoint every `checkpoint_every`
 
-A non-finite loss or gradient norm stops the run before the optimiser step (the weights stay
-finite), marks it "diverged" and leaves the last good checkpoint in place. Resuming restores the
-model, optimiser, scheduler and RNG states and the step; on the CPU the resumed run's losses equal
-an uninterrupted run's bit for bit (tests/training/test_resume.py).
+The parts: building the step (`modes`), the step itself (`step`, `graphed`), drawing batches
+(`batches`), evaluation (`evaluation`), checkpoints (`checkpoint`); this module holds the loop.
+
+A non-finite loss or gradient norm stops the run with the weights of the last finite step, marks it
+"diverged" and leaves the last good checkpoint in place (an eager step finds it before the optimiser
+step; a graphed step at the next log, evaluation or checkpoint step). Resuming restores the model,
+optimiser, scheduler and RNG states and the step; on the CPU the resumed run's losses equal an
+uninterrupted run's bit for bit (tests/training/test_resume.py).
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import math
 import time
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from hybrid.config import RootConfig, dump_config, load_config, origin_of
@@ -32,14 +34,17 @@ from hybrid.errors import ConfigError
 from hybrid.model import HybridLM
 from hybrid.training.checkpoint import load_checkpoint, save_checkpoint, set_rng_state
 from hybrid.training.config import TrainConfig
+from hybrid.training.batches import TrainBatches
+from hybrid.training.config import TrainConfig
+from hybrid.training.evaluation import GraphedStats, run_evaluation
+from hybrid.training.graphed import GraphedStep
 from hybrid.training.logging import MetricsLogger
-from hybrid.training.optim import build_optimizer, build_scheduler
+from hybrid.training.modes import build_step
+from hybrid.training.optim import build_optimizer, build_scheduler, lr_factor
 from hybrid.training.run_dir import CONFIG, RunDir
+from hybrid.training.step import EagerStep, NonFinite, Window
 
 log = logging.getLogger(__name__)
-
-IGNORE_INDEX = -100  # as hybrid.tasks.base
-
 
 class TrainingDiverged(RuntimeError):
     """The loss or the gradient norm became NaN or infinite."""
@@ -113,19 +118,12 @@ def build_task_of(root: RootConfig) -> Any:
         raise err.located(file=origin_of(err.key, root.origins)) from None
 
 
-def _batch_loss(model_fn: Callable[[Tensor], Tensor], inputs: Tensor, targets: Tensor, scored: int) -> Tensor:
-    """Summed next-token cross-entropy of a micro-batch over the scored positions of the whole batch."""
-    logits = model_fn(inputs)  # (batch, length, vocab)
-    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX,
-                           reduction="sum") / max(scored, 1)
-
-
 def train(root: RootConfig | str | Path, overrides: list[str] | None = None, *, resume: bool = False,
-          overwrite: bool = False, on_step: Callable[[int, float], None] | None = None) -> dict[str, Any]:
+          overwrite: bool = False, on_step: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Train the config's model on its task; returns the results written to `<run>/results.json`.
 
     `resume`: continue from `<run>/checkpoint.pt` when there is one (start fresh otherwise).
-    `on_step(step, loss)` is called after every optimiser step (tests use it to simulate a crash).
+    `on_step(step)` is called after every optimiser step is launched (tests use it to simulate a crash).
     Raises TrainingDiverged on a NaN/inf loss, RunExists when the run directory is taken.
     """
     if not isinstance(root, RootConfig):
@@ -140,7 +138,11 @@ def train(root: RootConfig | str | Path, overrides: list[str] | None = None, *, 
             run.file(name).unlink(missing_ok=True)
     run.create()
     try:
-        return _train(root, run, resume, on_step)
+        session = _setup(root, run, resume)
+        if isinstance(session, dict):  # resumed a finished run
+            return session
+        step, ending = _loop(session, on_step)
+        return _finish(session, step, ending)
     except TrainingDiverged:
         raise
     except BaseException as err:
@@ -149,9 +151,38 @@ def train(root: RootConfig | str | Path, overrides: list[str] | None = None, *, 
         raise
 
 
-def _train(root: RootConfig, run: RunDir, resume: bool, on_step) -> dict[str, Any]:
-    from hybrid.tasks.evaluate import evaluate, flatten  # noqa: PLC0415
+@dataclass
+class _Session:
+    """Everything one run's loop reads and updates."""
 
+    root: RootConfig
+    run: RunDir
+    device: torch.device
+    amp: torch.dtype | None
+    task: Any
+    model: HybridLM
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    train_step: EagerStep | GraphedStep
+    logger: MetricsLogger
+    start: int
+    t_start: float
+    best: float | None = None
+    max_length: int = 0
+    train_time: float = 0.0
+    train_tokens: int = 0
+    eval_stats: GraphedStats | None = None
+
+    @property
+    def cfg(self) -> TrainConfig:
+        return self.root.train
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.t_start
+
+
+def _setup(root: RootConfig, run: RunDir, resume: bool) -> _Session | dict[str, Any]:
+    """Build the model, optimiser, schedule and step; restore a checkpoint. A finished run's results instead."""
     cfg = root.train
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -164,18 +195,14 @@ def _train(root: RootConfig, run: RunDir, resume: bool, on_step) -> dict[str, An
     model = HybridLM(root.model, root.layout).to(device)
     optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, cfg)
-    model_fn = torch.compile(model) if cfg.compile else model
-
     state = load_checkpoint(run.path, map_location=device) if resume else None
-    start, elapsed, best, max_length = 0, 0.0, None, 0
+    start, extra = 0, {}
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
-        start = state["step"]
-        extra = state["extra"]
-        elapsed, best, max_length = extra.get("elapsed", 0.0), extra.get("best"), extra.get("max_length", 0)
+        start, extra = state["step"], state["extra"]
         log.info("resuming %s at step %d", run.path, start)
         if run.status().get("state") in ("completed", "early_stopped") and run.results():
             log.info("%s is already %s", run.path, run.status()["state"])
@@ -185,137 +212,158 @@ def _train(root: RootConfig, run: RunDir, resume: bool, on_step) -> dict[str, An
     run.set_status("running", step=start)
     logger = MetricsLogger(run.path, tensorboard=cfg.tensorboard)
     logger.truncate_after(start)
+    log.info("%s: %s parameters, %d sublayers, device %s%s", root.name, f"{model.num_parameters():,}",
+             len(root.layout), device, f", autocast {amp}" if amp else "")
+    train_step = build_step(cfg, model, optimizer, scheduler, task, amp, device, start)
+    session = _Session(root, run, device, amp, task, model, optimizer, scheduler, train_step, logger, start,
+                       time.perf_counter() - extra.get("elapsed", 0.0), extra.get("best"), extra.get("max_length", 0))
+    if isinstance(train_step, GraphedStep):
+        session.eval_stats = GraphedStats(model, task, device, amp, train_step.pool)
+    return session
 
-    n_params = model.num_parameters()
-    log.info("%s: %s parameters, %d sublayers, device %s%s", root.name, f"{n_params:,}", len(root.layout), device,
-             f", autocast {amp}" if amp else "")
-    stop = cfg.early_stop
-    t_start = time.perf_counter() - elapsed
-    train_time, train_tokens = 0.0, 0
-    window_loss, window_aux, window_steps = 0.0, {}, 0
-    last_eval: dict[str, float] = {}
-    ending = "completed"
 
-    def amp_ctx():
-        return torch.autocast(device.type, dtype=amp) if amp is not None else contextlib.nullcontext()
+def _checkpoint(s: _Session, step: int) -> None:
+    data = s.task.position(step, s.cfg.batch_size) if hasattr(s.task, "position") else {"step": step}
+    optimizer, scheduler = s.train_step.state_dicts(step)
+    save_checkpoint(s.run.path, model=s.model, optimizer=_Saved(optimizer), scheduler=_Saved(scheduler), step=step,
+                    extra={"elapsed": s.elapsed(), "best": s.best, "max_length": s.max_length, "data": data})
 
-    def checkpoint(step: int) -> None:
-        data = task.position(step, cfg.batch_size) if hasattr(task, "position") else {"step": step}
-        save_checkpoint(run.path, model=model, optimizer=optimizer, scheduler=scheduler, step=step,
-                        extra={"elapsed": time.perf_counter() - t_start, "best": best, "max_length": max_length,
-                               "data": data})
 
-    def run_eval(max_batches: int | None) -> dict[str, float]:
-        model.eval()
-        try:
-            result = evaluate(model, task, device, max_batches=max_batches, autocast_dtype=amp)
-        finally:
-            model.train()
-        return flatten(result)
+class _Saved:
+    """A state dict made ahead, in the place of the object `save_checkpoint` asks for its state_dict()."""
 
+    def __init__(self, state: dict):
+        self._state = state
+
+    def state_dict(self) -> dict:
+        return self._state
+
+
+def _evaluate(s: _Session, max_batches: int | None) -> dict[str, float]:
+    return run_evaluation(s.model, s.task, s.device, s.amp, max_batches, s.eval_stats)
+
+
+def _log_window(s: _Session, step: int, window: Window, last_eval: dict[str, float], bar: Any) -> None:
+    metrics = {"train/loss": window.loss, "train/lr": s.cfg.lr * lr_factor(step - 1, s.cfg),
+               "train/tokens_per_s": s.train_tokens / max(s.train_time, 1e-9)}
+    if window.grad_norm is not None:
+        metrics["train/grad_norm"] = window.grad_norm
+    metrics.update({f"train/aux/{k}": v for k, v in window.aux.items()})
+    s.logger.log(step, metrics, s.elapsed())
+    shown = {"acc": f"{last_eval['eval/all/accuracy']:.3f}"} if "eval/all/accuracy" in last_eval else {}
+    bar.set_postfix(loss=f"{window.loss:.4f}", **shown, tok_s=f"{metrics['train/tokens_per_s']:.0f}", refresh=False)
+
+
+def _improves(s: _Session, value: float | None) -> bool:
+    stop = s.cfg.early_stop
+    return value is not None and math.isfinite(value) and (
+        s.best is None or (value > s.best if stop.mode == "max" else value < s.best))
+
+
+def _reached_target(s: _Session, metrics: dict[str, float], step: int) -> bool:
+    """Record the early-stopping metric of an evaluation; True once it reaches the target."""
+    stop = s.cfg.early_stop
+    value = metrics.get(stop.metric)
+    if _improves(s, value):
+        s.best = value
+    if value is None or not math.isfinite(value) or stop.target is None:
+        return False
+    if value >= stop.target if stop.mode == "max" else value <= stop.target:
+        log.info("%s: %s = %.4f reached the target %s at step %d", s.root.name, stop.metric, value, stop.target, step)
+        return True
+    return False
+
+
+def _loop(s: _Session, on_step: Callable[[int], None] | None) -> tuple[int, str]:
+    """The optimiser steps from `s.start`; returns (steps done, "completed" | "early_stopped")."""
     from tqdm.auto import tqdm  # noqa: PLC0415
 
-    bar = tqdm(total=cfg.steps, initial=start, disable=not cfg.progress, desc=root.name, dynamic_ncols=True,
+    cfg = s.cfg
+    batches = TrainBatches(s.task, cfg.batch_size, s.device)
+    bar = tqdm(total=cfg.steps, initial=s.start, disable=not cfg.progress, desc=s.root.name, dynamic_ncols=True,
                mininterval=0.5)
-    model.train()
-    step = start
+    s.model.train()
+    step, last_eval, mark = s.start, {}, time.perf_counter()
+
+    def synced() -> None:  # at a point where the GPU has caught up: count the training time since `mark`
+        nonlocal mark
+        now = time.perf_counter()
+        s.train_time, mark = s.train_time + now - mark, now
+
     try:
-        for s in range(start, cfg.steps):
-            t0 = time.perf_counter()
-            batch = task.train_batch(s, cfg.batch_size, device)
-            inputs, targets = batch.inputs.to(device), batch.targets.to(device)
-            max_length = max(max_length, inputs.shape[1])
-            scored = int((targets != IGNORE_INDEX).sum())
-            lr = optimizer.param_groups[0]["lr"]
-            loss_sum = torch.zeros((), device=device)
-            aux_sums: dict[str, Tensor] = {}
-            for inp, tgt in zip(inputs.chunk(cfg.accumulation), targets.chunk(cfg.accumulation)):
-                with amp_ctx():
-                    loss = _batch_loss(model_fn, inp, tgt, scored)
-                    aux = model.aux_losses()
-                total = loss + sum(v.float() for v in aux.values()) / cfg.accumulation if aux else loss
-                # On the calling thread: autograd's hand-off to its CUDA worker thread buys nothing on one
-                # device and costs host time (cold caches, two context switches), which small models see.
-                with torch.autograd.set_multithreading_enabled(False):
-                    total.backward()
-                loss_sum += loss.detach()
-                for k, v in aux.items():
-                    aux_sums[k] = aux_sums.get(k, 0.0) + v.detach().float() / cfg.accumulation
-            loss_value = float(loss_sum)
-            grad_norm = (float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))
-                         if cfg.grad_clip is not None else None)
-            if not math.isfinite(loss_value) or (grad_norm is not None and not math.isfinite(grad_norm)):
-                what = f"loss {loss_value}" if not math.isfinite(loss_value) else f"gradient norm {grad_norm}"
-                message = (f"{what} at step {s + 1} (lr {lr:.3g}); stopped before the optimiser step. The last good "
-                           f"checkpoint is {run.file('checkpoint.pt')} " +
-                           ("(none written yet)" if not run.file("checkpoint.pt").exists() else "") +
-                           "; try a lower train.lr, a longer train.warmup or train.grad_clip")
-                run.set_status("diverged", step=s, error=message)
-                raise TrainingDiverged(message)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            scheduler.step()
-            step = s + 1
-            train_time += time.perf_counter() - t0
-            train_tokens += inputs.numel()
-            window_loss += loss_value
-            window_steps += 1
-            for k, v in aux_sums.items():
-                window_aux[k] = window_aux.get(k, 0.0) + float(v)
+        for i in range(s.start, cfg.steps):
+            inputs, targets = batches.take(i)
+            s.max_length = max(s.max_length, inputs.shape[1])
+            s.train_step(i, inputs, targets)
+            if i + 1 < cfg.steps:
+                batches.prefetch(i + 1)  # drawn while the GPU runs step i
+            step = i + 1
+            s.train_tokens += inputs.numel()
             if on_step is not None:
-                on_step(step, loss_value)
-
-            if step % cfg.log_every == 0 or step == cfg.steps:
-                metrics = {"train/loss": window_loss / window_steps, "train/lr": lr,
-                           "train/tokens_per_s": train_tokens / max(train_time, 1e-9)}
-                if grad_norm is not None:
-                    metrics["train/grad_norm"] = grad_norm
-                metrics.update({f"train/aux/{k}": v / window_steps for k, v in window_aux.items()})
-                logger.log(step, metrics, time.perf_counter() - t_start)
-                bar.set_postfix(loss=f"{metrics['train/loss']:.4f}",
-                                **({"acc": f"{last_eval['eval/all/accuracy']:.3f}"} if "eval/all/accuracy" in last_eval else {}),
-                                tok_s=f"{metrics['train/tokens_per_s']:.0f}", refresh=False)
-                window_loss, window_aux, window_steps = 0.0, {}, 0
+                on_step(step)
             bar.update(1)
-
-            if cfg.eval_every and step % cfg.eval_every == 0 and step != cfg.steps:
-                last_eval = run_eval(cfg.eval_batches)
-                logger.log(step, last_eval, time.perf_counter() - t_start)
-                value = last_eval.get(stop.metric)
-                if value is not None and math.isfinite(value):
-                    if best is None or (value > best if stop.mode == "max" else value < best):
-                        best = value
-                    if stop.target is not None and (value >= stop.target if stop.mode == "max" else value <= stop.target):
-                        log.info("%s: %s = %.4f reached the target %s at step %d", root.name, stop.metric, value,
-                                 stop.target, step)
-                        ending = "early_stopped"
-                        break
-            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step != cfg.steps:
-                checkpoint(step)
-                run.set_status("running", step=step)
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                window = s.train_step.read(step)  # waits for the GPU
+                synced()
+                _log_window(s, step, window, last_eval, bar)
+            evaluating = cfg.eval_every and step % cfg.eval_every == 0 and step != cfg.steps
+            checkpointing = cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step != cfg.steps
+            if evaluating or checkpointing:
+                s.train_step.check(step)  # a non-finite step since the last read stops the run here
+                synced()
+            if evaluating:
+                last_eval = _evaluate(s, cfg.eval_batches)
+                s.logger.log(step, last_eval, s.elapsed())
+                if _reached_target(s, last_eval, step):
+                    return step, "early_stopped"
+            if checkpointing:
+                _checkpoint(s, step)
+                s.run.set_status("running", step=step)
+            if evaluating or checkpointing:
+                mark = time.perf_counter()
+    except NonFinite as err:
+        _diverged(s, err)
     finally:
         bar.close()
+    return step, "completed"
 
+
+def _diverged(s: _Session, err: NonFinite) -> None:
+    checkpoint = s.run.file("checkpoint.pt")
+    when = ("stopped before the optimiser step" if err.detected_at is None else
+            f"found at step {err.detected_at} (a CUDA-graphed run checks at log, evaluation and checkpoint steps; "
+            f"the optimiser skipped step {err.step} and every later one)")
+    message = (f"{err}; {when}. The last good checkpoint is {checkpoint} "
+               + ("(none written yet)" if not checkpoint.exists() else "")
+               + "; try a lower train.lr, a longer train.warmup or train.grad_clip")
+    s.run.set_status("diverged", step=err.step - 1, error=message)
+    raise TrainingDiverged(message) from None
+
+
+def _finish(s: _Session, step: int, ending: str) -> dict[str, Any]:
+    """Final evaluation, checkpoint and results."""
     final: dict[str, float] = {}
-    if cfg.final_eval:
-        final = run_eval(None)
-        logger.log(step, {**final, "final": 1}, time.perf_counter() - t_start)
-        value = final.get(stop.metric)
-        if value is not None and math.isfinite(value) and (best is None or (value > best if stop.mode == "max" else value < best)):
-            best = value
-    checkpoint(step)
-    wall = time.perf_counter() - t_start
+    if s.cfg.final_eval:
+        final = _evaluate(s, None)
+        s.logger.log(step, {**final, "final": 1}, s.elapsed())
+        value = final.get(s.cfg.early_stop.metric)
+        if _improves(s, value):
+            s.best = value
+    _checkpoint(s, step)
+    wall = s.elapsed()
+    model = s.model
     results = {
-        "name": root.name, "state": ending, "step": step, "steps": cfg.steps,
-        "final": final, "best": {stop.metric: best},
-        "parameters": n_params, "parameters_no_embedding": model.num_parameters(exclude_embedding=True),
-        "state_size": inference_state_size(model, max_length or 1), "state_length": max_length,
-        "tokens_per_s": train_tokens / train_time if train_time else None,
-        "wall_time_s": wall, "device": str(device),
+        "name": s.root.name, "state": ending, "step": step, "steps": s.cfg.steps,
+        "final": final, "best": {s.cfg.early_stop.metric: s.best},
+        "parameters": model.num_parameters(), "parameters_no_embedding": model.num_parameters(exclude_embedding=True),
+        "state_size": inference_state_size(model, s.max_length or 1), "state_length": s.max_length,
+        "tokens_per_s": s.train_tokens / s.train_time if s.train_time else None,
+        "train_step": ("compiled + " if s.cfg.compile else "") + s.train_step.mode,
+        "wall_time_s": wall, "device": str(s.device),
     }
-    run.write_results(results)
-    run.set_status(ending, step=step, wall_time_s=wall)
-    logger.close()
+    s.run.write_results(results)
+    s.run.set_status(ending, step=step, wall_time_s=wall)
+    s.logger.close()
     return results
 
 

@@ -21,7 +21,7 @@ def _losses(run_dir):
 
 
 def _kill_at(step_to_die):
-    def on_step(step, loss):
+    def on_step(step):
         if step == step_to_die:
             raise Killed()
     return on_step
@@ -56,9 +56,9 @@ def test_resume_of_finished_run_is_a_no_op(tiny, tmp_path):
 
 def test_nan_loss_stops_with_last_good_checkpoint(tiny, tmp_path, monkeypatch):
     config = tiny(steps=10, checkpoint_every=3)
-    import hybrid.training.trainer as trainer
+    import hybrid.training.step as step_module
 
-    real = trainer._batch_loss
+    real = step_module._batch_loss
     calls = {"n": 0}
 
     def poisoned(*args):
@@ -66,7 +66,7 @@ def test_nan_loss_stops_with_last_good_checkpoint(tiny, tmp_path, monkeypatch):
         loss = real(*args)
         return loss * float("nan") if calls["n"] == 5 else loss
 
-    monkeypatch.setattr(trainer, "_batch_loss", poisoned)
+    monkeypatch.setattr(step_module, "_batch_loss", poisoned)
     with pytest.raises(TrainingDiverged, match="loss nan at step 5.*checkpoint"):
         train(load_config(config, ["name=nan"]))
     run = tmp_path / "runs" / "nan"

@@ -85,7 +85,7 @@ def test_skip_resume_and_failure_isolation(tiny, tmp_path):
     class Killed(Exception):
         pass
 
-    def die(step, loss):
+    def die(step):
         if step == 3:
             raise Killed()
 

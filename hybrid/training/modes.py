@@ -1,0 +1,82 @@
+"""Which training step a run gets: eager, torch.compile'd, CUDA-graphed, or compiled inside graphs.
+
+    train.compile       torch.compile the model (both step kinds call the compiled model)
+    train.cuda_graph    auto: graphs on a CUDA device when every sublayer's layer can be captured
+                        true: graphs, or a ConfigError naming the first sublayer that cannot be captured
+                        false: eager
+    train.graph_shapes  each: one graph per batch shape; pad: every batch padded to the longest
+                        training length of the task's mixture (one graph)
+
+The choice and its reason are logged once per run, e.g.
+    "training step: graphed (cuda_graph auto: every layer is capturable: attention, mlp)"
+    "training step: eager (cuda_graph auto: sublayer 3 'E' (moe): capacity_factor drops ...)"
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable
+
+import torch
+from torch import Tensor, nn
+
+from hybrid.errors import ConfigError
+from hybrid.registry import LAYERS
+from hybrid.training.config import TrainConfig
+from hybrid.training.graphed import GraphedStep
+from hybrid.training.step import EagerStep
+
+log = logging.getLogger(__name__)
+
+
+def graph_refusal(model: nn.Module, device: torch.device, amp: torch.dtype | None) -> str | None:
+    """Why a training step of `model` cannot be captured in a CUDA graph on `device`, or None."""
+    if device.type != "cuda":
+        return f"the device is {device.type}, and CUDA graphs need a CUDA device"
+    dtype = amp or torch.float32
+    for block in model.blocks:
+        for spec, module in zip(block.spec.branches, block.branches):
+            why = LAYERS.get(spec.type).graph_refusal(module, device, dtype)
+            if why:
+                return f"sublayer {block.spec.index} {spec.alias!r} ({spec.type}): {why}"
+    return None
+
+
+def use_graphs(cfg: TrainConfig, model: nn.Module, device: torch.device, amp: torch.dtype | None) -> tuple[bool, str]:
+    """(capture the step?, why), or a ConfigError when cuda_graph is true and the step cannot be captured."""
+    if cfg.cuda_graph is False:
+        return False, "cuda_graph false"
+    why = graph_refusal(model, device, amp)
+    if why is None:
+        types = sorted({spec.type for block in model.blocks for spec in block.spec.branches})
+        return True, f"cuda_graph {cfg.cuda_graph}: every layer is capturable: {', '.join(types)}"
+    if cfg.cuda_graph is True:
+        raise ConfigError(f"cannot capture the training step in a CUDA graph: {why}; set train.cuda_graph: auto "
+                          f"(eager where it cannot) or false", key="train.cuda_graph")
+    return False, f"cuda_graph auto: {why}"
+
+
+def pad_length(task: Any) -> int | None:
+    """The longest input of the task's training mixture (None when the task has no mixture to pad)."""
+    from hybrid.tasks.sampling import generator  # noqa: PLC0415
+    from hybrid.tasks.synthetic import SyntheticTask  # noqa: PLC0415
+
+    if not isinstance(task, SyntheticTask):
+        return None
+    cpu = torch.device("cpu")
+    return max(task.make(1, generator(0), cpu, **setting)[0].shape[1] for _, setting in task.train_settings())
+
+
+def build_step(cfg: TrainConfig, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, task: Any,
+               amp: torch.dtype | None, device: torch.device, start: int) -> EagerStep | GraphedStep:
+    """The run's training step (see the module header); logs which and why."""
+    model_fn: Callable[[Tensor], Tensor] = torch.compile(model) if cfg.compile else model
+    graphed, why = use_graphs(cfg, model, device, amp)
+    if graphed:
+        pad_to = pad_length(task) if cfg.graph_shapes == "pad" else None
+        step = GraphedStep(model, model_fn, optimizer, scheduler, cfg, amp, device, start, pad_to=pad_to,
+                           strict=cfg.cuda_graph is True)
+    else:
+        step = EagerStep(model, model_fn, optimizer, scheduler, cfg, amp, device)
+    mode = ("compiled + " if cfg.compile else "") + step.mode
+    log.info("training step: %s (%s)%s", mode, why, f", batches padded to {pad_to}" if graphed and pad_to else "")
+    return step

@@ -1,0 +1,164 @@
+"""One optimiser step and the statistics it leaves on the device; the eager step.
+
+Per optimiser step s (0-based), with the batch split into `accumulation` micro-batches:
+
+    scored    = #(targets != IGNORE) over the whole batch            (a device tensor)
+    loss_m    = CE_sum(micro-batch m) / scored
+    backward of  loss_m + sum(aux losses of m) / accumulation        (MoE load balancing)
+    grad_norm = clip_grad_norm_(parameters, grad_clip)
+    AdamW step at lr(s) = lr * lr_factor(s)                           (`hybrid.training.optim`)
+
+The window statistics of the training log (the summed loss and auxiliary losses, the latest
+gradient norm) accumulate on the device in `StepStats`; `read()` fetches a window in one transfer,
+so a step itself never waits for the GPU.
+
+`EagerStep` runs the step as plain PyTorch (torch.compile'd when `train.compile`): it checks the loss
+and the gradient norm on the host before the optimiser step and raises `NonFinite`, leaving the
+weights of the last finite step. `hybrid.training.graphed.GraphedStep` runs the same computation
+captured in CUDA graphs and makes that check on the device instead.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from hybrid.training.config import TrainConfig
+from hybrid.training.optim import lr_factor
+
+IGNORE_INDEX = -100  # as hybrid.tasks.base
+
+
+class NonFinite(RuntimeError):
+    """The loss or the gradient norm of optimiser step `step` (1-based) was NaN or infinite."""
+
+    def __init__(self, step: int, what: str, value: float, lr: float, detected_at: int | None = None):
+        self.step, self.what, self.value, self.lr, self.detected_at = step, what, value, lr, detected_at
+        super().__init__(f"{what} {value} at step {step} (lr {lr:.3g})")
+
+
+@dataclass
+class Window:
+    """Training statistics of the steps since the previous read, on the host."""
+
+    steps: int
+    loss: float  # mean over the window's steps
+    aux: dict[str, float] = field(default_factory=dict)  # means, by name
+    grad_norm: float | None = None  # of the latest step
+
+
+class StepStats:
+    """Device-side sums of one logging window. `add` launches kernels only; `read` syncs once."""
+
+    def __init__(self, device: torch.device, clipped: bool):
+        self.loss = torch.zeros((), dtype=torch.float64, device=device)
+        self.grad_norm = torch.zeros((), dtype=torch.float32, device=device) if clipped else None
+        self.aux: dict[str, Tensor] = {}
+        self.steps = 0
+
+    def ensure(self, names: Any) -> None:
+        """Allocate the sums of these auxiliary losses now (a captured step must find them allocated)."""
+        for name in names:
+            if name not in self.aux:
+                self.aux[name] = torch.zeros_like(self.loss)
+
+    def add(self, loss_sum: Tensor, aux: dict[str, Tensor], grad_norm: Tensor | None) -> None:
+        self.loss += loss_sum.double()
+        self.ensure(aux)
+        for name, value in aux.items():
+            self.aux[name] += value.double()
+        if grad_norm is not None:
+            self.grad_norm.copy_(grad_norm)
+
+    def values(self) -> list[Tensor]:
+        """The window's device tensors, in the order `window()` reads them."""
+        return [self.loss, *([self.grad_norm] if self.grad_norm is not None else []), *self.aux.values()]
+
+    def window(self, host: list[float]) -> Window:
+        """A Window from the host copies of `values()` (the first len(values()) of `host`); starts a new window."""
+        steps, self.steps = max(self.steps, 1), 0
+        loss, rest = host[0], host[1:]
+        grad_norm = None
+        if self.grad_norm is not None:
+            grad_norm, rest = rest[0], rest[1:]
+        aux = {name: value / steps for name, value in zip(self.aux, rest)}
+        for value in self.values():
+            if value is not self.grad_norm:
+                value.zero_()
+        return Window(steps, loss / steps, aux, grad_norm)
+
+
+def _batch_loss(model_fn: Callable[[Tensor], Tensor], inputs: Tensor, targets: Tensor, scored: Tensor) -> Tensor:
+    """Summed next-token cross-entropy of a micro-batch over the scored positions of the whole batch."""
+    logits = model_fn(inputs)  # (batch, length, vocab)
+    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX,
+                           reduction="sum") / scored
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+
+
+def forward_backward(model_fn: Callable[[Tensor], Tensor], model: nn.Module, inputs: Tensor, targets: Tensor,
+                     accumulation: int, amp: torch.dtype | None) -> tuple[Tensor, dict[str, Tensor]]:
+    """Gradients of one optimiser batch (accumulated over micro-batches); returns the summed loss and
+    the auxiliary losses averaged over micro-batches, as device tensors. No host synchronisation."""
+    scored = (targets != IGNORE_INDEX).sum().clamp(min=1)
+    loss_sum = torch.zeros((), device=inputs.device)
+    aux_sums: dict[str, Tensor] = {}
+    for inp, tgt in zip(inputs.chunk(accumulation), targets.chunk(accumulation)):
+        with autocast(inputs.device, amp):
+            loss = _batch_loss(model_fn, inp, tgt, scored)
+            aux = model.aux_losses()
+        total = loss + sum(v.float() for v in aux.values()) / accumulation if aux else loss
+        # On the calling thread: autograd's hand-off to its CUDA worker thread buys nothing on one
+        # device and costs host time (cold caches, two context switches), which small models see.
+        with torch.autograd.set_multithreading_enabled(False):
+            total.backward()
+        loss_sum += loss.detach()
+        for name, value in aux.items():
+            aux_sums[name] = aux_sums.get(name, 0.0) + value.detach().float() / accumulation
+    return loss_sum, aux_sums
+
+
+class EagerStep:
+    """The optimiser step as plain PyTorch calls (see the module header)."""
+
+    mode = "eager"
+
+    def __init__(self, model: nn.Module, model_fn: Callable[[Tensor], Tensor], optimizer: torch.optim.Optimizer,
+                 scheduler: Any, cfg: TrainConfig, amp: torch.dtype | None, device: torch.device):
+        self.model, self.model_fn, self.optimizer, self.scheduler = model, model_fn, optimizer, scheduler
+        self.cfg, self.amp = cfg, amp
+        self.params = list(model.parameters())
+        self.stats = StepStats(device, clipped=cfg.grad_clip is not None)
+
+    def __call__(self, s: int, inputs: Tensor, targets: Tensor) -> None:
+        loss_sum, aux = forward_backward(self.model_fn, self.model, inputs, targets, self.cfg.accumulation, self.amp)
+        grad_norm = (torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
+                     if self.cfg.grad_clip is not None else None)
+        checked = torch.stack([loss_sum, grad_norm]) if grad_norm is not None else loss_sum[None]
+        for what, value in zip(("loss", "gradient norm"), checked.tolist()):
+            if not math.isfinite(value):
+                raise NonFinite(s + 1, what, value, self.cfg.lr * lr_factor(s, self.cfg))
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        self.stats.add(loss_sum, aux, grad_norm)
+        self.stats.steps += 1
+
+    def read(self, step: int) -> Window:
+        """The statistics of the steps since the last read (`step` optimiser steps are done)."""
+        return self.stats.window(torch.stack(self.stats.values()).double().tolist())
+
+    def check(self, step: int) -> None:
+        """Raise NonFinite for a non-finite step not yet reported (an eager step reports it at once)."""
+
+    def state_dicts(self, step: int) -> tuple[dict, dict]:
+        """(optimizer, scheduler) state dicts for a checkpoint taken after `step` steps."""
+        return self.optimizer.state_dict(), self.scheduler.state_dict()
