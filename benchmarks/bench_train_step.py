@@ -8,6 +8,8 @@ steps). Models:
 
     tiny     d_model 64, batch 128 x 128, MQAR vocabulary 8192:  "(A F) x2", "M x2", "M F A F M F M F"
     d256     d_model 256, batch 64 x 256:                         "M F A F M F M F"
+    mixture  d_model 64, batch 128, Zoology's MQAR training mixture (lengths 64-256, five settings):
+             graphed per shape against padded to one shape ("graphed-pad", train.graph_shapes: pad)
     130m     d_model 768, vocab 50304, batch 8 x 2048 (bench_model.py's shapes; MQAR at length 2048 gives
              the data, the cross-entropy runs over every position as in language modelling)
 
@@ -41,25 +43,31 @@ HYBRID = "M F A F M F M F"
 MODELS = {  # name: (layout, d_model, batch, length, vocab)
     "tiny": [("(A F) x2", 64, 128, 128, 8192), ("M x2", 64, 128, 128, 8192), (HYBRID, 64, 128, 128, 8192)],
     "d256": [(HYBRID, 256, 64, 256, 8192)],
+    "mixture": [(HYBRID, 64, 128, 0, 8192)],  # length 0: Zoology's mixture (the MQAR task's defaults)
     "130m": [("(A F) x12", 768, 8, 2048, 50304), ("M x24", 768, 8, 2048, 50304),
              ("(M F M F M F A F) x3", 768, 8, 2048, 50304)],
 }
-MODES = {"eager": (False, False), "compiled": (True, False), "graphed": (False, True), "compiled+graphed": (True, True)}
+MODES = {"eager": (False, False), "compiled": (True, False), "graphed": (False, True), "compiled+graphed": (True, True),
+         "graphed-pad": (False, True)}
 
 
 def config(layout: str, d_model: int, batch: int, length: int, vocab: int, mode: str, steps: int, device: str,
            out: Path) -> dict:
     compile_, graph = MODES[mode]
     heads = 12 if d_model == 768 else 4
+    task = {"type": "mqar", "vocab_size": vocab, "eval_examples": 16, "eval_batch_size": 16}
+    if length:
+        task.update(train=[{"length": length, "num_kv_pairs": length // 16}],
+                    test=[{"length": length, "num_kv_pairs": length // 16}])
     return {
         "name": "bench",
         "model": {"d_model": d_model, "vocab_size": vocab, "layout": layout, "residual_in_fp32": True,
                   "layers": {**LAYERS, "A": {"type": "attention", "n_heads": heads}}},
-        "task": {"type": "mqar", "vocab_size": vocab, "train": [{"length": length, "num_kv_pairs": length // 16}],
-                 "test": [{"length": length, "num_kv_pairs": length // 16}], "eval_examples": 16, "eval_batch_size": 16},
+        "task": task,
         "train": {"steps": steps, "batch_size": batch, "lr": 1e-4, "warmup": 0, "eval_every": 0, "final_eval": False,
                   "checkpoint_every": 0, "log_every": 25, "device": device, "compile": compile_,
                   "cuda_graph": graph if device == "cuda" else False, "progress": False, "tensorboard": False,
+                  "graph_shapes": "pad" if mode == "graphed-pad" else "each",
                   "run_dir": str(out)},
     }
 
@@ -84,8 +92,10 @@ def measure(layout, d_model, batch, length, vocab, mode, warmup, steps, device) 
         t0 = time.perf_counter()
         results = train(root, on_step=on_step)
     rate = steps / (marks["end"] - marks["start"])
+    mean_length = results["tokens_per_s"] / results["steps_per_s"] / batch if length == 0 else length
     return {"layout": layout, "d_model": d_model, "batch": batch, "length": length, "mode": mode,
-            "step": results["train_step"], "steps_per_s": rate, "tokens_per_s": rate * batch * length,
+            "step": results["train_step"] + ("-pad" if mode == "graphed-pad" else ""), "steps_per_s": rate,
+            "tokens_per_s": rate * batch * mean_length,
             "setup_s": marks["start"] - t0, "params": results["parameters"],
             "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else float("nan")}
 
@@ -133,7 +143,8 @@ def table(rows: list[dict], device: str) -> list[str]:
         eager = next((e["steps_per_s"] for e in rows if e["layout"] == r["layout"] and e["d_model"] == r["d_model"]
                       and e["mode"] == "eager"), None)
         ratio = f"{r['steps_per_s'] / eager:.2f}x" if eager else "-"
-        lines.append(f"| d{r['d_model']} b{r['batch']}x{r['length']} ({r['params'] / 1e6:.1f}M) | `{r['layout']}` | "
+        shape = f"b{r['batch']}x{r['length']}" if r["length"] else f"b{r['batch']}, MQAR mixture"
+        lines.append(f"| d{r['d_model']} {shape} ({r['params'] / 1e6:.1f}M) | `{r['layout']}` | "
                      f"{r['step']} | {r['steps_per_s']:.0f} | {r['tokens_per_s'] / 1e3:.0f}k | {ratio} | "
                      f"{r['setup_s']:.1f} | {r['peak_gib']:.2f} |")
     return lines
@@ -142,6 +153,7 @@ def table(rows: list[dict], device: str) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="tiny", help="comma list of: " + ", ".join(MODELS))
+    parser.add_argument("--layouts", default=None, help="only these layouts of the chosen models (comma list)")
     parser.add_argument("--modes", default="eager,graphed", help="comma list of: " + ", ".join(MODES))
     parser.add_argument("--steps", type=int, default=300, help="timed steps per run")
     parser.add_argument("--warmup", type=int, default=20, help="steps before the timing starts (capture, compile)")
@@ -165,6 +177,8 @@ def main() -> None:
     if not args.concurrency:
         for model in args.models.split(","):
             for spec in MODELS[model]:
+                if args.layouts and spec[0] not in args.layouts.split(","):
+                    continue
                 for mode in modes:
                     rows.append(measure(*spec, mode, args.warmup, args.steps, args.device))
                     print(rows[-1], flush=True)

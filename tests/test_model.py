@@ -151,3 +151,11 @@ def test_layout_passed_in_is_used():
     cfg = ModelConfig(d_model=16, layout="mlp")
     layout = compile_layout({}, "mlp mlp mlp")
     assert len(HybridLM(cfg, layout).blocks) == 3
+
+
+def test_logits_at_chosen_positions_equal_the_full_logits():
+    model = HybridLM.from_config({"model": {"d_model": 16, "vocab_size": 11, "layout": "mamba attention mlp",
+                                            "layers": {"attention": {"type": "attention", "n_heads": 2}}}})
+    ids = torch.randint(0, 11, (3, 7))
+    positions = torch.tensor([20, 0, 8, 13])  # flat indices into batch * length, any order
+    torch.testing.assert_close(model(ids, positions=positions), model(ids).flatten(0, 1)[positions])

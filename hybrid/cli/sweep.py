@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import fnmatch
 from pathlib import Path
 
 
@@ -23,6 +24,9 @@ def add_parser(sub) -> None:
                                                 "(one per GPU; 1 without a GPU). "
                                                 "Default: the sweep file's `jobs:`, else 1 (in this process)")
     p.add_argument("--out", type=Path, help="where runs go (default: the sweep file's folder)")
+    p.add_argument("--only", action="append", default=[], metavar="GLOB",
+                   help="run only the runs whose name matches this shell pattern, e.g. 'arch=*,lr=0.003,seed=0' "
+                        "(repeatable: a run matching any is kept); the report still covers every finished run")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(run=run)
 
@@ -44,15 +48,22 @@ def run(args) -> int:
         extra = {k: yaml.safe_load(v) for k, _, v in (o.partition("=") for o in args.overrides)}
         for r in spec.runs:
             r.overrides.update(extra)
-    for r in spec.runs:  # every run's config must resolve before anything starts
+    if args.only:
+        kept = [r for r in spec.runs if any(fnmatch.fnmatchcase(r.name, pattern) for pattern in args.only)]
+        if not kept:
+            raise ConfigError(f"--only {' '.join(args.only)} matches none of the {len(spec.runs)} runs, e.g. "
+                              f"{spec.runs[0].name!r}", file=str(args.sweep))
+    else:
+        kept = spec.runs
+    for r in kept:  # every run's config must resolve before anything starts
         resolve_run(spec, r)
     jobs = args.jobs if args.jobs in (None, "auto") else int(args.jobs)
     if args.dry_run:
         print(f"sweep {spec.name}: {len(spec.runs)} runs from {spec.config} into {spec.out_dir / 'runs'}"
               + (f"; best of {', '.join(spec.select_over)} by {spec.metric} ({spec.mode})" if spec.select_over else ""))
-        print(format_table(["run", "action", "overrides"], plan_rows(spec)))
+        print(format_table(["run", "action", "overrides"], [r for r in plan_rows(spec) if r[0] in {k.name for k in kept}]))
         return 0
-    states = run_sweep(spec, jobs=jobs, progress=not args.no_progress)
+    states = run_sweep(spec, jobs=jobs, progress=not args.no_progress, only=kept)
     print(summary_table(spec))
     failed = [n for n, s in states.items() if s not in ("completed", "early_stopped", "diverged")]
     if failed:

@@ -81,12 +81,14 @@ def _run_subprocess(spec: SweepSpec, run: RunSpec, gpu: int | None) -> None:
         raise RuntimeError(status.get("error") or f"worker exited with code {code}")
 
 
-def run_sweep(spec: SweepSpec, *, jobs: int | str | None = None, progress: bool = True) -> dict[str, str]:
-    """Run every run of `spec`; returns {run name: final state}. Never raises for a failed run."""
+def run_sweep(spec: SweepSpec, *, jobs: int | str | None = None, progress: bool = True,
+              only: list[RunSpec] | None = None) -> dict[str, str]:
+    """Run every run of `spec` (or of `only`, a subset; the plan written for reports stays the whole
+    sweep); returns {run name: final state}. Never raises for a failed run."""
     jobs = resolve_jobs(jobs if jobs is not None else spec.jobs)
     spec.out_dir.mkdir(parents=True, exist_ok=True)
     write_json(spec.out_dir / SWEEP_PLAN, spec.to_dict())
-    todo = [r for r in spec.runs if not run_dir(spec, r).finished]
+    todo = [r for r in (spec.runs if only is None else only) if not run_dir(spec, r).finished]
     skipped = len(spec.runs) - len(todo)
     log.info("sweep %s: %d runs (%d finished, %d to run) in %s, %d at a time", spec.name, len(spec.runs), skipped,
              len(todo), spec.out_dir, jobs)
@@ -124,7 +126,7 @@ def run_sweep(spec: SweepSpec, *, jobs: int | str | None = None, progress: bool 
     else:
         with ThreadPoolExecutor(max_workers=jobs) as pool:
             list(pool.map(lambda item: one(*item), enumerate(todo)))
-    return {r.name: run_dir(spec, r).status().get("state", "missing") for r in spec.runs}
+    return {r.name: run_dir(spec, r).status().get("state", "missing") for r in (spec.runs if only is None else only)}
 
 
 def summary_table(spec: SweepSpec) -> str:

@@ -53,9 +53,8 @@ class EvalSet:
         return self._batches
 
     def on(self, device: torch.device | str) -> "EvalSet":
-        other = EvalSet(self._produce, device)
-        other._batches = self._batches
-        return other
+        """The same set delivered on `device`; its batches are drawn once, by whichever copy asks first."""
+        return EvalSet(self.batches, device)
 
     def __iter__(self) -> Iterator[Batch]:
         return (b.to(self.device) for b in self.batches())

@@ -60,7 +60,7 @@ class SyntheticTask(Task):
         setting = self.setting_at(step)
         gen = generator(self.seed, self.name, "train", step, device=device)
         inputs, targets, info = exclude_heldout(lambda n: self.make(n, gen, device, **setting), batch_size,
-                                                key=lambda x: self.heldout_key(x, setting))
+                                                key=lambda x: self.heldout_key(x, setting), max_token=self.vocab_size)
         return Batch(inputs, targets, info)
 
     def eval_sets(self, device: torch.device | str = "cpu") -> dict[str, EvalSet]:

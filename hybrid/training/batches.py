@@ -14,18 +14,22 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from hybrid.training.step import scored_capacity
+
 
 class TrainBatches:
-    """`take(s)` -> (inputs, targets) of step s on `device`; `prefetch(s)` starts drawing it early."""
+    """`take(s)` -> (inputs, targets, logits capacity) of step s on `device`; `prefetch(s)` starts
+    drawing it early. The capacity is `step.scored_capacity` of the targets, read at drawing time."""
 
-    def __init__(self, task: Any, batch_size: int, device: torch.device):
-        self.task, self.batch_size, self.device = task, batch_size, device
+    def __init__(self, task: Any, batch_size: int, accumulation: int, device: torch.device):
+        self.task, self.batch_size, self.accumulation, self.device = task, batch_size, accumulation, device
         self.side = torch.cuda.Stream(device) if device.type == "cuda" else None
-        self._ready: tuple[int, Tensor, Tensor] | None = None
+        self._ready: tuple[int, Tensor, Tensor, int] | None = None
 
-    def _draw(self, s: int) -> tuple[Tensor, Tensor]:
+    def _draw(self, s: int) -> tuple[Tensor, Tensor, int]:
         batch = self.task.train_batch(s, self.batch_size, self.device)
-        return batch.inputs.to(self.device), batch.targets.to(self.device)
+        inputs, targets = batch.inputs.to(self.device), batch.targets.to(self.device)
+        return inputs, targets, scored_capacity(targets, self.accumulation)
 
     def prefetch(self, s: int) -> None:
         if self.side is None:
@@ -33,13 +37,13 @@ class TrainBatches:
         with torch.cuda.stream(self.side):  # no wait on the compute stream: the draw needs nothing of it
             self._ready = (s, *self._draw(s))
 
-    def take(self, s: int) -> tuple[Tensor, Tensor]:
+    def take(self, s: int) -> tuple[Tensor, Tensor, int]:
         if self._ready is None or self._ready[0] != s:
             return self._draw(s)
-        _, inputs, targets = self._ready
+        _, inputs, targets, capacity = self._ready
         self._ready = None
         compute = torch.cuda.current_stream(self.device)
         compute.wait_stream(self.side)
         for t in (inputs, targets):
             t.record_stream(compute)  # drawn on the side stream, used on this one: not reused too early
-        return inputs, targets
+        return inputs, targets, capacity

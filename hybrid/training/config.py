@@ -46,6 +46,8 @@ class TrainConfig:
     eval_every: int = field(default=200, metadata={"help": "evaluate on the held-out sets every N steps (0: only at the end)"})
     eval_batches: int | None = field(default=2, metadata={
         "help": "batches per held-out set in periodic evaluations (null: all); the final evaluation uses all"})
+    eval_sets: list[str] | None = field(default=None, metadata={
+        "help": "held-out sets of the periodic evaluations, by name (null: all); the final evaluation uses every set"})
     final_eval: bool = field(default=True, metadata={"help": "evaluate on every held-out batch when training ends"})
     early_stop: EarlyStopConfig = field(default_factory=EarlyStopConfig, metadata={"help": "stop once a metric reaches a target"})
     checkpoint_every: int = field(default=500, metadata={"help": "write a checkpoint every N steps (0: only at the end)"})

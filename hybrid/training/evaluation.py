@@ -24,6 +24,8 @@ from hybrid.training.step import autocast
 
 log = logging.getLogger(__name__)
 
+MAX_GRAPHED_TOKENS = 1 << 20  # a batch of more tokens is not launch-bound: it runs eagerly (no capture cost)
+
 
 class GraphedStats:
     """`stats(batch)` = `task.stats(model(batch.inputs), batch)`, replayed from one CUDA graph per shape."""
@@ -43,6 +45,8 @@ class GraphedStats:
         if key not in self.graphs:
             self.graphs[key] = self._capture(key, batch)
         graph, static, outputs = self.graphs[key]
+        if static is None:  # too large to gain from a graph
+            return self._eager(batch)
         for dst, src in [(static.inputs, batch.inputs), (static.targets, batch.targets),
                          *((static.info[k], v) for k, v in batch.info.items())]:
             dst.copy_(src)
@@ -52,6 +56,8 @@ class GraphedStats:
         return outputs  # read by the caller before the next replay
 
     def _capture(self, key: tuple, batch: Batch) -> tuple:
+        if batch.inputs.numel() > MAX_GRAPHED_TOKENS:
+            return None, None, None
         static = Batch(batch.inputs.clone(), batch.targets.clone(), {k: v.clone() for k, v in batch.info.items()})
         side = torch.cuda.Stream(self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))
@@ -70,13 +76,16 @@ class GraphedStats:
 
 
 def run_evaluation(model: nn.Module, task: Any, device: torch.device, amp: torch.dtype | None,
-                   max_batches: int | None, graphed: GraphedStats | None = None) -> dict[str, float]:
-    """`{"eval/<group>/<metric>": value}` over the task's held-out sets (at most `max_batches` per set)."""
+                   max_batches: int | None, graphed: GraphedStats | None = None,
+                   sets: list[str] | None = None) -> dict[str, float]:
+    """`{"eval/<group>/<metric>": value}` over the task's held-out sets (`sets`, default all; at most
+    `max_batches` batches per set)."""
     from hybrid.tasks.evaluate import evaluate, flatten  # noqa: PLC0415
 
     model.eval()
     try:
-        result = evaluate(model, task, device, max_batches=max_batches, autocast_dtype=amp, stats_fn=graphed)
+        result = evaluate(model, task, device, sets=sets, max_batches=max_batches, autocast_dtype=amp,
+                          stats_fn=graphed)
     finally:
         model.train()
     return flatten(result)

@@ -19,9 +19,10 @@ The host copies each batch into the graph's static input buffers and replays. Ba
 pure function of (seed, step): they are drawn as in eager mode (`hybrid.training.batches` draws them
 one step ahead on a side stream) and copied in.
 
-Shapes. A graph is captured per batch shape ("each"; an MQAR mixture of five lengths gets five
-graphs sharing one memory pool), or every batch is padded to `pad_to` positions with unscored
-targets ("pad"; one graph, the same loss up to float rounding, more work per step). A shape that
+Shapes. A graph is captured per batch shape and logits capacity (`step.scored_capacity`; "each": an
+MQAR mixture of five lengths gets five graphs sharing one memory pool), or every batch is padded to
+the mixture's longest length and largest capacity with unscored targets ("pad"; one graph, the same
+loss up to float rounding, more work per step). A shape that
 cannot be captured (over MAX_GRAPHS shapes, or a capture that fails under cuda_graph: auto) runs the
 same body eagerly: still no host synchronisation, only launch-bound.
 
@@ -58,13 +59,14 @@ class GraphedStep:
 
     def __init__(self, model: nn.Module, model_fn: Callable[[Tensor], Tensor], optimizer: torch.optim.Optimizer,
                  scheduler: Any, cfg: TrainConfig, amp: torch.dtype | None, device: torch.device, start: int, *,
-                 pad_to: int | None = None, strict: bool = False):
+                 pad_to: tuple[int, int] | None = None, strict: bool = False):
         self.model, self.model_fn, self.optimizer, self.scheduler = model, model_fn, optimizer, scheduler
-        self.cfg, self.amp, self.device, self.pad_to, self.strict = cfg, amp, device, pad_to, strict
+        self.cfg, self.amp, self.device, self.strict = cfg, amp, device, strict
+        self.pad_length, self.pad_capacity = pad_to or (0, 0)
         self.params = list(model.parameters())
         self.stats = StepStats(device, clipped=cfg.grad_clip is not None)
         self.pool = torch.cuda.graph_pool_handle()
-        self.graphs: dict[tuple, tuple[torch.cuda.CUDAGraph | None, Tensor, Tensor]] = {}
+        self.graphs: dict[tuple, tuple[torch.cuda.CUDAGraph | None, Tensor, Tensor, int]] = {}
         self.lr_table = torch.tensor([cfg.lr * lr_factor(s, cfg) for s in range(cfg.steps)], dtype=torch.float32,
                                      device=device)
         self.step_t = torch.full((1,), start, dtype=torch.long, device=device)
@@ -78,29 +80,32 @@ class GraphedStep:
         self._optimizer_ready = False
 
     # -- one step
-    def __call__(self, s: int, inputs: Tensor, targets: Tensor) -> None:
-        if self.pad_to is not None and inputs.shape[1] < self.pad_to:
-            extra = self.pad_to - inputs.shape[1]
+    def __call__(self, s: int, inputs: Tensor, targets: Tensor, capacity: int) -> None:
+        """Step s on one batch; `capacity` as `step.scored_capacity` (graphs are keyed by it and the shape)."""
+        if inputs.shape[1] < self.pad_length:
+            extra = self.pad_length - inputs.shape[1]
             inputs, targets = F.pad(inputs, (0, extra)), F.pad(targets, (0, extra), value=IGNORE_INDEX)
-        key = tuple(inputs.shape)
+            capacity = max(capacity, self.pad_capacity)
+        key = (*inputs.shape, capacity)
         if key not in self.graphs:
-            self.graphs[key] = self._build(key, inputs, targets)
-        graph, static_inputs, static_targets = self.graphs[key]
+            self.graphs[key] = self._build(key, inputs, targets, capacity)
+        graph, static_inputs, static_targets, capacity = self.graphs[key]
         static_inputs.copy_(inputs)
         static_targets.copy_(targets)
         if graph is not None:
             graph.replay()
         else:
             with _uncaptured_ok():
-                self._body(static_inputs, static_targets)
+                self._body(static_inputs, static_targets, capacity)
         self.stats.steps += 1
 
-    def _body(self, inputs: Tensor, targets: Tensor) -> None:
+    def _body(self, inputs: Tensor, targets: Tensor, capacity: int) -> None:
         """The step as device work only: what a capture records (see the module header)."""
         torch._foreach_zero_([p.grad for p in self.params if p.grad is not None])
         last = self.lr_table.numel() - 1
         self.lr.copy_(self.lr_table.index_select(0, self.step_t.clamp(max=last))[0])
-        loss_sum, aux = forward_backward(self.model_fn, self.model, inputs, targets, self.cfg.accumulation, self.amp)
+        loss_sum, aux = forward_backward(self.model_fn, self.model, inputs, targets, capacity, self.cfg.accumulation,
+                                         self.amp)
         grad_norm = (torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
                      if self.cfg.grad_clip is not None else None)
         norm = grad_norm if grad_norm is not None else torch.zeros((), device=self.device)
@@ -114,34 +119,35 @@ class GraphedStep:
         self.step_t += 1
 
     # -- capture
-    def _build(self, key: tuple, inputs: Tensor, targets: Tensor) -> tuple:
+    def _build(self, key: tuple, inputs: Tensor, targets: Tensor, capacity: int) -> tuple:
+        """(graph or None, static inputs, static targets, capacity) for one (batch, length, capacity)."""
         static_inputs, static_targets = inputs.clone(), targets.clone()
-        self._warm_up(static_inputs, static_targets)
+        self._warm_up(static_inputs, static_targets, capacity)
+        where = f"batch shape {tuple(key[:2])} with logits at {capacity} positions"
         if len([g for g in self.graphs.values() if g[0] is not None]) >= MAX_GRAPHS:
-            log.warning("cuda_graph: more than %d batch shapes; shape %s runs eagerly", MAX_GRAPHS, key)
-            return None, static_inputs, static_targets
+            log.warning("cuda_graph: more than %d batch shapes; %s runs eagerly", MAX_GRAPHS, where)
+            return None, static_inputs, static_targets, capacity
         graph = torch.cuda.CUDAGraph()
         try:
             with torch.cuda.graph(graph, pool=self.pool):
-                self._body(static_inputs, static_targets)
+                self._body(static_inputs, static_targets, capacity)
         except Exception as err:
             if self.strict:
-                raise RuntimeError(f"cuda_graph: capturing the training step at batch shape {key} failed: {err}. "
+                raise RuntimeError(f"cuda_graph: capturing the training step at {where} failed: {err}. "
                                    f"Set train.cuda_graph=auto (falls back to eager) or false") from err
-            log.warning("cuda_graph: capture at batch shape %s failed (%s: %s); that shape runs eagerly",
-                        key, type(err).__name__, err)
-            return None, static_inputs, static_targets
-        log.info("cuda_graph: captured the training step at batch shape %s", key)
-        return graph, static_inputs, static_targets
+            log.warning("cuda_graph: capture at %s failed (%s: %s); it runs eagerly", where, type(err).__name__, err)
+            return None, static_inputs, static_targets, capacity
+        log.info("cuda_graph: captured the training step at %s", where)
+        return graph, static_inputs, static_targets, capacity
 
-    def _warm_up(self, inputs: Tensor, targets: Tensor) -> None:
+    def _warm_up(self, inputs: Tensor, targets: Tensor, capacity: int) -> None:
         """Run the forward and backward (and clipping) eagerly on a side stream, as CUDA graph capture
         requires; the optimiser state is created by a skipped step, so nothing here changes the weights."""
         side = torch.cuda.Stream(self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(side):
             for _ in range(WARMUP):
-                forward_backward(self.model_fn, self.model, inputs, targets, self.cfg.accumulation, self.amp)
+                forward_backward(self.model_fn, self.model, inputs, targets, capacity, self.cfg.accumulation, self.amp)
                 if self.cfg.grad_clip is not None:
                     torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
             self.stats.ensure(self.model.aux_losses())

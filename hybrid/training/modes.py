@@ -23,7 +23,7 @@ from hybrid.errors import ConfigError
 from hybrid.registry import LAYERS
 from hybrid.training.config import TrainConfig
 from hybrid.training.graphed import GraphedStep
-from hybrid.training.step import EagerStep
+from hybrid.training.step import EagerStep, scored_capacity
 
 log = logging.getLogger(__name__)
 
@@ -55,15 +55,19 @@ def use_graphs(cfg: TrainConfig, model: nn.Module, device: torch.device, amp: to
     return False, f"cuda_graph auto: {why}"
 
 
-def pad_length(task: Any) -> int | None:
-    """The longest input of the task's training mixture (None when the task has no mixture to pad)."""
+def pad_shape(task: Any, micro_batch: int) -> tuple[int, int] | None:
+    """(longest input, most logits per micro-batch) of the task's training mixture, from one example of
+    each setting (None when the task has no mixture to pad)."""
     from hybrid.tasks.sampling import generator  # noqa: PLC0415
     from hybrid.tasks.synthetic import SyntheticTask  # noqa: PLC0415
 
     if not isinstance(task, SyntheticTask):
         return None
-    cpu = torch.device("cpu")
-    return max(task.make(1, generator(0), cpu, **setting)[0].shape[1] for _, setting in task.train_settings())
+    shapes = []
+    for _, setting in task.train_settings():
+        inputs, targets, _ = task.make(1, generator(0), torch.device("cpu"), **setting)
+        shapes.append((inputs.shape[1], scored_capacity(targets.expand(micro_batch, -1), 1)))
+    return max(s[0] for s in shapes), max(s[1] for s in shapes)
 
 
 def build_step(cfg: TrainConfig, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, task: Any,
@@ -72,11 +76,12 @@ def build_step(cfg: TrainConfig, model: nn.Module, optimizer: torch.optim.Optimi
     model_fn: Callable[[Tensor], Tensor] = torch.compile(model) if cfg.compile else model
     graphed, why = use_graphs(cfg, model, device, amp)
     if graphed:
-        pad_to = pad_length(task) if cfg.graph_shapes == "pad" else None
+        pad_to = pad_shape(task, cfg.batch_size // cfg.accumulation) if cfg.graph_shapes == "pad" else None
         step = GraphedStep(model, model_fn, optimizer, scheduler, cfg, amp, device, start, pad_to=pad_to,
                            strict=cfg.cuda_graph is True)
     else:
         step = EagerStep(model, model_fn, optimizer, scheduler, cfg, amp, device)
     mode = ("compiled + " if cfg.compile else "") + step.mode
-    log.info("training step: %s (%s)%s", mode, why, f", batches padded to {pad_to}" if graphed and pad_to else "")
+    padded = f", batches padded to length {pad_to[0]}, logits at {pad_to[1]} positions" if graphed and pad_to else ""
+    log.info("training step: %s (%s)%s", mode, why, padded)
     return step

@@ -3,7 +3,7 @@
 Per optimiser step s (0-based), with the batch split into `accumulation` micro-batches:
 
     scored    = #(targets != IGNORE) over the whole batch            (a device tensor)
-    loss_m    = CE_sum(micro-batch m) / scored
+    loss_m    = CE_sum(micro-batch m) / scored       logits at the scored positions only (`_batch_loss`)
     backward of  loss_m + sum(aux losses of m) / accumulation        (MoE load balancing)
     grad_norm = clip_grad_norm_(parameters, grad_clip)
     AdamW step at lr(s) = lr * lr_factor(s)                           (`hybrid.training.optim`)
@@ -93,27 +93,46 @@ class StepStats:
         return Window(steps, loss / steps, aux, grad_norm)
 
 
-def _batch_loss(model_fn: Callable[[Tensor], Tensor], inputs: Tensor, targets: Tensor, scored: Tensor) -> Tensor:
-    """Summed next-token cross-entropy of a micro-batch over the scored positions of the whole batch."""
-    logits = model_fn(inputs)  # (batch, length, vocab)
-    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX,
-                           reduction="sum") / scored
+def scored_capacity(targets: Tensor, accumulation: int) -> int:
+    """How many positions of each micro-batch the loss computes logits for: the most scored positions
+    of any micro-batch, rounded up to a multiple of 64 (so a mixture's few counts share graphs), at
+    most the micro-batch's positions. Read on the host; the batch drawing computes it (on CUDA, on
+    its side stream, where the read does not wait for the training step)."""
+    counts = torch.stack([(t != IGNORE_INDEX).sum() for t in targets.chunk(accumulation)])
+    return min(targets.numel() // accumulation, -(-int(counts.max()) // 64) * 64)
+
+
+def _batch_loss(model_fn: Callable[..., Tensor], inputs: Tensor, targets: Tensor, scored: Tensor,
+                capacity: int) -> Tensor:
+    """Summed next-token cross-entropy of a micro-batch over the scored positions of the whole batch.
+
+    Logits are computed at `capacity` positions: every scored one, then unscored ones that the
+    cross-entropy ignores. For a synthetic task that scores a few positions per example this skips
+    most of the LM head and the softmax over the vocabulary; the loss is the same sum."""
+    flat = targets.flatten()
+    if capacity < flat.numel():
+        picked = torch.argsort((flat == IGNORE_INDEX).to(torch.int8), stable=True)[:capacity]  # scored first
+        logits, flat = model_fn(inputs, positions=picked), flat.index_select(0, picked)  # (capacity, vocab)
+    else:
+        logits = model_fn(inputs).flatten(0, 1)  # (batch * length, vocab)
+    return F.cross_entropy(logits.float(), flat, ignore_index=IGNORE_INDEX, reduction="sum") / scored
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
 
-def forward_backward(model_fn: Callable[[Tensor], Tensor], model: nn.Module, inputs: Tensor, targets: Tensor,
-                     accumulation: int, amp: torch.dtype | None) -> tuple[Tensor, dict[str, Tensor]]:
+def forward_backward(model_fn: Callable[..., Tensor], model: nn.Module, inputs: Tensor, targets: Tensor,
+                     capacity: int, accumulation: int, amp: torch.dtype | None) -> tuple[Tensor, dict[str, Tensor]]:
     """Gradients of one optimiser batch (accumulated over micro-batches); returns the summed loss and
-    the auxiliary losses averaged over micro-batches, as device tensors. No host synchronisation."""
+    the auxiliary losses averaged over micro-batches, as device tensors. No host synchronisation.
+    `capacity`: logits per micro-batch (`scored_capacity`)."""
     scored = (targets != IGNORE_INDEX).sum().clamp(min=1)
     loss_sum = torch.zeros((), device=inputs.device)
     aux_sums: dict[str, Tensor] = {}
     for inp, tgt in zip(inputs.chunk(accumulation), targets.chunk(accumulation)):
         with autocast(inputs.device, amp):
-            loss = _batch_loss(model_fn, inp, tgt, scored)
+            loss = _batch_loss(model_fn, inp, tgt, scored, capacity)
             aux = model.aux_losses()
         total = loss + sum(v.float() for v in aux.values()) / accumulation if aux else loss
         # On the calling thread: autograd's hand-off to its CUDA worker thread buys nothing on one
@@ -138,8 +157,9 @@ class EagerStep:
         self.params = list(model.parameters())
         self.stats = StepStats(device, clipped=cfg.grad_clip is not None)
 
-    def __call__(self, s: int, inputs: Tensor, targets: Tensor) -> None:
-        loss_sum, aux = forward_backward(self.model_fn, self.model, inputs, targets, self.cfg.accumulation, self.amp)
+    def __call__(self, s: int, inputs: Tensor, targets: Tensor, capacity: int) -> None:
+        loss_sum, aux = forward_backward(self.model_fn, self.model, inputs, targets, capacity, self.cfg.accumulation,
+                                         self.amp)
         grad_norm = (torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
                      if self.cfg.grad_clip is not None else None)
         checked = torch.stack([loss_sum, grad_norm]) if grad_norm is not None else loss_sum[None]

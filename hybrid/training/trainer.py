@@ -107,6 +107,15 @@ def _check_vocab(root: RootConfig, task: Any) -> None:
                           key="model.vocab_size", file=origin_of("model.vocab_size", root.origins))
 
 
+def _check_eval_sets(root: RootConfig, task: Any) -> None:
+    wanted = root.train.eval_sets or []
+    names = list(task.eval_sets("cpu")) if wanted else []
+    unknown = [n for n in wanted if n not in names]
+    if unknown:
+        raise ConfigError(f"unknown held-out set(s) {', '.join(map(repr, unknown))}; the task has: {', '.join(names)}",
+                          key="train.eval_sets", file=origin_of("train.eval_sets", root.origins))
+
+
 def build_task_of(root: RootConfig) -> Any:
     from hybrid.tasks.base import build_task  # noqa: PLC0415
 
@@ -190,6 +199,7 @@ def _setup(root: RootConfig, run: RunDir, resume: bool) -> _Session | dict[str, 
     amp = autocast_dtype(cfg, device)
     task = build_task_of(root)
     _check_vocab(root, task)
+    _check_eval_sets(root, task)
 
     torch.manual_seed(root.seed)
     model = HybridLM(root.model, root.layout).to(device)
@@ -239,8 +249,8 @@ class _Saved:
         return self._state
 
 
-def _evaluate(s: _Session, max_batches: int | None) -> dict[str, float]:
-    return run_evaluation(s.model, s.task, s.device, s.amp, max_batches, s.eval_stats)
+def _evaluate(s: _Session, max_batches: int | None, sets: list[str] | None = None) -> dict[str, float]:
+    return run_evaluation(s.model, s.task, s.device, s.amp, max_batches, s.eval_stats, sets)
 
 
 def _log_window(s: _Session, step: int, window: Window, last_eval: dict[str, float], bar: Any) -> None:
@@ -279,7 +289,7 @@ def _loop(s: _Session, on_step: Callable[[int], None] | None) -> tuple[int, str]
     from tqdm.auto import tqdm  # noqa: PLC0415
 
     cfg = s.cfg
-    batches = TrainBatches(s.task, cfg.batch_size, s.device)
+    batches = TrainBatches(s.task, cfg.batch_size, cfg.accumulation, s.device)
     bar = tqdm(total=cfg.steps, initial=s.start, disable=not cfg.progress, desc=s.root.name, dynamic_ncols=True,
                mininterval=0.5)
     s.model.train()
@@ -292,9 +302,9 @@ def _loop(s: _Session, on_step: Callable[[int], None] | None) -> tuple[int, str]
 
     try:
         for i in range(s.start, cfg.steps):
-            inputs, targets = batches.take(i)
+            inputs, targets, capacity = batches.take(i)
             s.max_length = max(s.max_length, inputs.shape[1])
-            s.train_step(i, inputs, targets)
+            s.train_step(i, inputs, targets, capacity)
             if i + 1 < cfg.steps:
                 batches.prefetch(i + 1)  # drawn while the GPU runs step i
             step = i + 1
@@ -312,7 +322,7 @@ def _loop(s: _Session, on_step: Callable[[int], None] | None) -> tuple[int, str]
                 s.train_step.check(step)  # a non-finite step since the last read stops the run here
                 synced()
             if evaluating:
-                last_eval = _evaluate(s, cfg.eval_batches)
+                last_eval = _evaluate(s, cfg.eval_batches, cfg.eval_sets)
                 s.logger.log(step, last_eval, s.elapsed())
                 if _reached_target(s, last_eval, step):
                     return step, "early_stopped"
@@ -358,6 +368,7 @@ def _finish(s: _Session, step: int, ending: str) -> dict[str, Any]:
         "parameters": model.num_parameters(), "parameters_no_embedding": model.num_parameters(exclude_embedding=True),
         "state_size": inference_state_size(model, s.max_length or 1), "state_length": s.max_length,
         "tokens_per_s": s.train_tokens / s.train_time if s.train_time else None,
+        "steps_per_s": (step - s.start) / s.train_time if s.train_time else None,
         "train_step": ("compiled + " if s.cfg.compile else "") + s.train_step.mode,
         "wall_time_s": wall, "device": str(s.device),
     }

@@ -104,3 +104,16 @@ def test_accuracy_of_an_oracle():
     assert res["all"]["accuracy"] == 1.0 and res["all"]["exact_match"] == 1.0
     assert res["num_kv_pairs=16"]["examples"] == 40 and res["length=64"]["examples"] == 40
     assert math.isclose(res["L64-kv8"]["accuracy"], 1.0)
+
+
+def test_held_out_sets_are_drawn_once_per_task(monkeypatch):
+    from hybrid.tasks.base import build_task
+
+    task = build_task({"type": "mqar", "vocab_size": 64, "train": [{"length": 16, "num_kv_pairs": 2}],
+                       "test": [{"length": 16, "num_kv_pairs": 2}], "eval_examples": 8, "eval_batch_size": 4})
+    calls = []
+    real = task._produce
+    monkeypatch.setattr(task, "_produce", lambda *a: calls.append(a) or real(*a))
+    first = [b.inputs for b in task.eval_sets("cpu")["L16-kv2"]]
+    second = [b.inputs for b in task.eval_sets("cpu")["L16-kv2"]]  # each evaluation asks again
+    assert len(calls) == 1 and all(torch.equal(a, b) for a, b in zip(first, second))

@@ -14,7 +14,7 @@ from hybrid.errors import ConfigError
 from hybrid.model import HybridLM
 from hybrid.tasks.metrics import _dense_example_stats, example_stats
 from hybrid.training.logging import read_metrics
-from hybrid.training.modes import graph_refusal, pad_length, use_graphs
+from hybrid.training.modes import graph_refusal, pad_shape, use_graphs
 from hybrid.training.trainer import TrainingDiverged, resume_run, train
 
 
@@ -69,13 +69,13 @@ def test_every_built_in_layer_declares_capture():
     assert graph_refusal(model, torch.device("cuda"), torch.bfloat16) is None
 
 
-def test_pad_length_is_the_longest_input_of_the_mixture(tiny):
+def test_pad_shape_is_the_longest_input_and_the_most_logits_of_the_mixture():
     from hybrid.tasks.base import build_task
 
     task = build_task({"type": "mqar", "vocab_size": 64, "train": [{"length": 16, "num_kv_pairs": 2},
                                                                     {"length": 48, "num_kv_pairs": 4}],
                        "test": [{"length": 16, "num_kv_pairs": 2}]})
-    assert pad_length(task) == 48
+    assert pad_shape(task, 32) == (48, 128)  # 4 queries x 32 examples = 128 scored positions
 
 
 @pytest.mark.parametrize("vocab,length", [pytest.param(7, 1, id="V7-L1"), pytest.param(33, 13, id="V33-L13")])
@@ -204,3 +204,19 @@ def test_cuda_graph_true_with_an_uncapturable_layer_names_it(tiny, tmp_path):
         train(load_config(config, overrides))
     auto = train(load_config(config, overrides[:1] + ["name=auto", "train.cuda_graph=auto"]))
     assert auto["train_step"] == "eager"
+
+
+@pytest.mark.parametrize("accumulation", [1, 2])
+def test_loss_over_the_scored_positions_equals_the_full_cross_entropy(accumulation):
+    from hybrid.training.step import _batch_loss, scored_capacity
+
+    model = _model("A F", {"A": {"type": "attention", "n_heads": 2}, "F": "mlp"})
+    inputs = torch.randint(0, 32, (4, 9))
+    targets = torch.full((4, 9), -100)
+    targets[:, 3], targets[1, 7] = inputs[:, 4], 5  # 5 scored positions
+    capacity = scored_capacity(targets, accumulation)
+    assert capacity == min(64, 4 * 9 // accumulation)
+    scored = torch.tensor(5)
+    full = torch.nn.functional.cross_entropy(model(inputs).flatten(0, 1), targets.flatten(), reduction="sum") / 5
+    torch.testing.assert_close(_batch_loss(model, inputs, targets, scored, 8), full)  # 8 < 36: gathered
+    torch.testing.assert_close(_batch_loss(model, inputs, targets, scored, capacity), full)

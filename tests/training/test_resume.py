@@ -116,3 +116,21 @@ def test_rng_states_restore_from_a_checkpoint_loaded_onto_the_gpu(tmp_path):
     set_rng_state(state["rng"])
     assert torch.equal(torch.rand(4), expected_cpu)
     assert torch.equal(torch.rand(4, device="cuda"), expected_gpu)
+
+
+def test_periodic_evaluations_can_use_some_sets(tiny, tmp_path):
+    from hybrid.training.logging import read_metrics
+
+    train(load_config(tiny(steps=5, eval_every=5, eval_sets=["L16-kv2"]), ["name=some", "train.steps=6"]))
+    records = read_metrics(tmp_path / "runs" / "some" / "metrics.jsonl")
+    periodic = next(r for r in records if r["step"] == 5 and "eval/all/accuracy" in r)
+    final = next(r for r in records if r.get("final"))
+    assert "eval/L16-kv2/accuracy" in periodic and "eval/L32-kv4/accuracy" not in periodic
+    assert "eval/L32-kv4/accuracy" in final
+
+
+def test_unknown_evaluation_set_is_a_config_error(tiny):
+    from hybrid.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"train.eval_sets.*'L99'.*the task has: L16-kv2, L32-kv4"):
+        train(load_config(tiny(eval_sets=["L99"]), ["name=bad"]))
