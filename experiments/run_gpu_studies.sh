@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# The three GPU studies and their reports, about 20 minutes on one H100:
-#   experiments/run_gpu_studies.sh OUT_DIR            (JOBS=4 runs share the GPU at a time; small
-#                                                      models leave it mostly waiting on the host)
-# The checked-in MQAR results come from `hybrid sweep ... --jobs 12`: all 12 runs at once, 160 s.
+# The three GPU studies and their reports, in pieces:
+#   experiments/run_gpu_studies.sh OUT_DIR      (JOBS=8 runs share the GPU at a time: small models
+#                                                leave it mostly idle; with the CUDA MPS daemon running,
+#                                                `nvidia-cuda-mps-control -d`, their kernels overlap)
 # writes OUT_DIR/<study>/{runs/,sweep.json,report/} for mqar_layouts, selective_copying, induction_heads.
-# Each study has a time cap so that one slow study cannot eat the others' time; a study cut off by
-# its cap keeps its checkpoints, and running this script again resumes it (finished runs are skipped).
+# Each study has a time cap (CAP_MQAR, CAP_SELCOPY, CAP_INDUCTION seconds) so that one study cannot eat
+# the others' time; a study cut off by its cap keeps its checkpoints, and running this script again
+# resumes it (finished runs are skipped) until every run has finished.
 set -uo pipefail
 OUT=${1:?usage: experiments/run_gpu_studies.sh OUT_DIR}
 cd "$(dirname "$0")/.."
@@ -17,7 +18,7 @@ study() {  # name, time cap in seconds
   local name=$1 cap=$2 start=$SECONDS
   echo "== $name (cap ${cap}s)"
   timeout --signal=TERM "$cap" python -m hybrid sweep "experiments/$name/sweep.yaml" --out "$OUT/$name" --no-progress \
-    --jobs "${JOBS:-4}" \
+    --jobs "${JOBS:-8}" \
     || echo "!! $name: sweep exited with $? (failed runs or the time cap); the report covers what finished"
   python -m hybrid report "$OUT/$name" || echo "!! $name: no report"
   echo "== $name took $((SECONDS - start))s"
