@@ -23,7 +23,8 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from hybrid.training.trainer import RunExists, TrainingDiverged, resume_run, train  # noqa: PLC0415
+    from hybrid.training.interrupt import Interrupted  # noqa: PLC0415
+    from hybrid.training.trainer import OutOfMemory, RunExists, TrainingDiverged, resume_run, train  # noqa: PLC0415
 
     overrides = list(args.overrides)
     try:
@@ -42,6 +43,12 @@ def run(args) -> int:
     except RunExists as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except OutOfMemory as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except Interrupted as err:
+        print(f"stopped: {err}", file=sys.stderr)
+        return 130
     final = results.get("final") or {}
     shown = {k: v for k, v in final.items() if k.startswith("eval/all/")}
     print(f"{results['name']}: {results['state']} at step {results['step']} in {results['wall_time_s']:.1f}s; "

@@ -76,6 +76,8 @@ def _run_subprocess(spec: SweepSpec, run: RunSpec, gpu: int | None) -> None:
     if code != 0 and not rd.finished:
         tail = rd.file("train.log").read_text().strip().splitlines()[-5:]
         status = rd.status()
+        if status.get("state") == "interrupted":  # SIGINT/SIGTERM: checkpointed, resumes next time
+            raise RuntimeError(f"interrupted at step {status.get('step')}")
         if status.get("state") != "failed":
             rd.set_status("failed", error=f"worker exited with code {code}: " + " | ".join(tail))
         raise RuntimeError(status.get("error") or f"worker exited with code {code}")

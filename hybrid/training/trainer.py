@@ -38,6 +38,7 @@ from hybrid.training.batches import TrainBatches
 from hybrid.training.config import TrainConfig
 from hybrid.training.evaluation import GraphedStats, run_evaluation
 from hybrid.training.graphed import GraphedStep
+from hybrid.training.interrupt import Interrupted, StopSignals
 from hybrid.training.logging import MetricsLogger
 from hybrid.training.modes import build_step
 from hybrid.training.optim import build_optimizer, build_scheduler, lr_factor
@@ -52,6 +53,10 @@ class TrainingDiverged(RuntimeError):
 
 class RunExists(RuntimeError):
     """The run directory already holds a run and neither resume nor overwrite was asked for."""
+
+
+class OutOfMemory(RuntimeError):
+    """The device ran out of memory; the run is marked failed and keeps its last checkpoint."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -150,10 +155,15 @@ def train(root: RootConfig | str | Path, overrides: list[str] | None = None, *, 
         session = _setup(root, run, resume)
         if isinstance(session, dict):  # resumed a finished run
             return session
-        step, ending = _loop(session, on_step)
+        with StopSignals() as stop:
+            step, ending = _loop(session, on_step, stop)
         return _finish(session, step, ending)
-    except TrainingDiverged:
+    except (TrainingDiverged, Interrupted):
         raise
+    except torch.OutOfMemoryError as err:  # building the model, or the final evaluation
+        message = _out_of_memory_message(root.train, run, err, None)
+        run.set_status("failed", error=message)
+        raise OutOfMemory(message) from None
     except BaseException as err:
         if not isinstance(err, (KeyboardInterrupt, SystemExit)) and run.status().get("state") == "running":
             run.set_status("failed", error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc())
@@ -284,7 +294,18 @@ def _reached_target(s: _Session, metrics: dict[str, float], step: int) -> bool:
     return False
 
 
-def _loop(s: _Session, on_step: Callable[[int], None] | None) -> tuple[int, str]:
+def _out_of_memory_message(cfg: TrainConfig, run: RunDir, err: BaseException, length: int | None) -> str:
+    asked = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    checkpoint = run.file("checkpoint.pt")
+    tokens = f" of {length} tokens" if length else ""
+    return (f"out of memory at step {run.status().get('step', 0)} with train.batch_size {cfg.batch_size} in "
+            f"{cfg.accumulation} micro-batch(es) of sequences{tokens} on {cfg.device}: {asked}. Use a smaller "
+            f"train.batch_size, a larger train.accumulation (the same batch in smaller pieces), shorter sequences "
+            f"or a smaller model; the last checkpoint "
+            + (f"is {checkpoint}, and --resume continues from it" if checkpoint.exists() else "was not written yet"))
+
+
+def _loop(s: _Session, on_step: Callable[[int], None] | None, stop: StopSignals) -> tuple[int, str]:
     """The optimiser steps from `s.start`; returns (steps done, "completed" | "early_stopped")."""
     from tqdm.auto import tqdm  # noqa: PLC0415
 
@@ -318,6 +339,8 @@ def _loop(s: _Session, on_step: Callable[[int], None] | None) -> tuple[int, str]
                 _log_window(s, step, window, last_eval, bar)
             evaluating = cfg.eval_every and step % cfg.eval_every == 0 and step != cfg.steps
             checkpointing = cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step != cfg.steps
+            if stop.received is not None:
+                _stop_on_signal(s, step, stop.received)
             if evaluating or checkpointing:
                 s.train_step.check(step)  # a non-finite step since the last read stops the run here
                 synced()
@@ -333,9 +356,23 @@ def _loop(s: _Session, on_step: Callable[[int], None] | None) -> tuple[int, str]
                 mark = time.perf_counter()
     except NonFinite as err:
         _diverged(s, err)
+    except torch.OutOfMemoryError as err:
+        message = _out_of_memory_message(cfg, s.run, err, s.max_length)
+        s.run.set_status("failed", error=message)
+        raise OutOfMemory(message) from None
     finally:
         bar.close()
     return step, "completed"
+
+
+def _stop_on_signal(s: _Session, step: int, name: str) -> None:
+    s.train_step.check(step)  # never checkpoint after a non-finite step
+    _checkpoint(s, step)
+    s.run.set_status("interrupted", step=step)
+    message = (f"{name} at step {step}: checkpoint written to {s.run.file('checkpoint.pt')}; continue with "
+               f"`hybrid train --resume {s.run.path}`")
+    log.warning("%s", message)
+    raise Interrupted(message, step)
 
 
 def _diverged(s: _Session, err: NonFinite) -> None:
