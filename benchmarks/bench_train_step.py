@@ -31,7 +31,6 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from hybrid.config import load_config  # noqa: E402

@@ -21,7 +21,8 @@ def add_parser(sub) -> None:
     p.add_argument("overrides", nargs="*", help="key=value overrides applied to every run")
     p.add_argument("--dry-run", action="store_true", help="print the runs and what would happen to each, run nothing")
     p.add_argument("--jobs", default=None, help="runs at a time: an integer (more than the GPUs shares them round-robin), or auto "
-                                                "(one per GPU; 1 without a GPU). "
+                                                "(per GPU, as many runs as fit in 80%% of its free memory by their "
+                                                "memory estimate, at most 8; 1 without a GPU). "
                                                 "Default: the sweep file's `jobs:`, else 1 (in this process)")
     p.add_argument("--out", type=Path, help="where runs go (default: the sweep file's folder)")
     p.add_argument("--only", action="append", default=[], metavar="GLOB",

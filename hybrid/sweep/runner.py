@@ -48,10 +48,31 @@ def plan_rows(spec: SweepSpec) -> list[list[str]]:
     return rows
 
 
-def resolve_jobs(jobs: int | str) -> int:
-    if jobs == "auto":
-        return max(1, torch.cuda.device_count())
-    return int(jobs)
+# Small runs leave a GPU mostly idle; measured on an H200, the summed steps/s of tiny CUDA-graphed runs
+# grew up to 8 runs per GPU and fell at 16 (benchmarks/results/train_step_nvidia_h200.md).
+MAX_RUNS_PER_GPU = 8
+MEMORY_SHARE = 0.8  # of a GPU's free memory that packed runs may take, by their estimates
+
+
+def resolve_jobs(jobs: int | str, spec: SweepSpec | None = None, runs: list[RunSpec] | None = None) -> int:
+    """Runs at a time. "auto": 1 without a GPU; otherwise, per GPU, as many of the sweep's runs as fit
+    in MEMORY_SHARE of the GPU's free memory by the largest run's memory estimate (`hybrid.estimate`),
+    at most MAX_RUNS_PER_GPU."""
+    if jobs != "auto":
+        return int(jobs)
+    gpus = torch.cuda.device_count()
+    if gpus == 0:
+        return 1
+    if spec is None or not (runs or spec.runs):
+        return gpus
+    from hybrid.estimate import estimate  # noqa: PLC0415
+
+    largest = max(estimate(resolve_run(spec, r)).total_bytes for r in (runs or spec.runs))
+    free = min(torch.cuda.mem_get_info(i)[0] for i in range(gpus))
+    per_gpu = max(1, min(MAX_RUNS_PER_GPU, int(MEMORY_SHARE * free // max(largest, 1))))
+    log.info("--jobs auto: %d run(s) per GPU on %d GPU(s) (largest run's estimate %.2f GiB, %.1f GiB free per GPU)",
+             per_gpu, gpus, largest / 2**30, free / 2**30)
+    return gpus * per_gpu
 
 
 def _run_inprocess(spec: SweepSpec, run: RunSpec, progress: bool) -> None:
@@ -87,10 +108,10 @@ def run_sweep(spec: SweepSpec, *, jobs: int | str | None = None, progress: bool 
               only: list[RunSpec] | None = None) -> dict[str, str]:
     """Run every run of `spec` (or of `only`, a subset; the plan written for reports stays the whole
     sweep); returns {run name: final state}. Never raises for a failed run."""
-    jobs = resolve_jobs(jobs if jobs is not None else spec.jobs)
     spec.out_dir.mkdir(parents=True, exist_ok=True)
     write_json(spec.out_dir / SWEEP_PLAN, spec.to_dict())
     todo = [r for r in (spec.runs if only is None else only) if not run_dir(spec, r).finished]
+    jobs = resolve_jobs(jobs if jobs is not None else spec.jobs, spec, todo)
     skipped = len(spec.runs) - len(todo)
     log.info("sweep %s: %d runs (%d finished, %d to run) in %s, %d at a time", spec.name, len(spec.runs), skipped,
              len(todo), spec.out_dir, jobs)

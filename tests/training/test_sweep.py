@@ -145,3 +145,29 @@ def test_more_jobs_than_gpus_share_them(tiny, tmp_path, monkeypatch):
     states = run_sweep(spec, jobs=3, progress=False)
     assert sorted(seen) == [0, 0, 0]
     assert set(states.values()) == {"completed"}
+
+
+def test_jobs_auto_packs_small_runs_per_gpu_by_their_memory_estimate(tiny, tmp_path, monkeypatch):
+    from hybrid import estimate as estimate_module
+    from hybrid.sweep import runner
+
+    tiny()
+    path = write_sweep(tmp_path, {"grid": {"train.lr": [1e-3, 3e-3]}})
+    spec = load_sweep(path)
+    monkeypatch.setattr(runner.torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(runner.torch.cuda, "mem_get_info", lambda i: (10 * 2**30, 80 * 2**30))
+    sizes = {"gib": 1.0}
+    real = estimate_module.estimate
+
+    def fake(root):
+        est = real(root)
+        return type("E", (), {"total_bytes": int(sizes["gib"] * 2**30), "parameters": est.parameters})()
+
+    monkeypatch.setattr(estimate_module, "estimate", fake)
+    assert runner.resolve_jobs("auto", spec) == 2 * 8  # 8 GiB of room per GPU, capped at 8 runs
+    sizes["gib"] = 3.0
+    assert runner.resolve_jobs("auto", spec) == 2 * 2  # two 3 GiB runs fit in 8 GiB
+    sizes["gib"] = 30.0
+    assert runner.resolve_jobs("auto", spec) == 2  # never fewer than one per GPU
+    monkeypatch.setattr(runner.torch.cuda, "device_count", lambda: 0)
+    assert runner.resolve_jobs("auto", spec) == 1
