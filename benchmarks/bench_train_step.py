@@ -145,7 +145,7 @@ def table(rows: list[dict], device: str) -> list[str]:
         ratio = f"{r['steps_per_s'] / eager:.2f}x" if eager else "-"
         shape = f"b{r['batch']}x{r['length']}" if r["length"] else f"b{r['batch']}, MQAR mixture"
         lines.append(f"| d{r['d_model']} {shape} ({r['params'] / 1e6:.1f}M) | `{r['layout']}` | "
-                     f"{r['step']} | {r['steps_per_s']:.0f} | {r['tokens_per_s'] / 1e3:.0f}k | {ratio} | "
+                     f"{r['step']} | {r['steps_per_s']:.3g} | {r['tokens_per_s'] / 1e3:.3g}k | {ratio} | "
                      f"{r['setup_s']:.1f} | {r['peak_gib']:.2f} |")
     return lines
 
