@@ -18,7 +18,7 @@ from torch import Tensor
 from hybrid.data.corpus import SHARD_SUFFIXES, default_corpus_files, list_files, shard_corpus, text_corpus
 from hybrid.data.stream import PackedStream
 from hybrid.data.tokenizer import load_tokenizer
-from hybrid.tasks.base import Batch, EvalSet, Task, register_task
+from hybrid.tasks.base import Batch, EvalSet, Task, TaskShapes, register_task
 from hybrid.tasks.metrics import example_stats, lm_metrics
 
 
@@ -52,6 +52,10 @@ class LMConfig:
             raise ValueError(f"paths mixes token shards ({shards[0]!r}) with text; give one kind")
         if shards and self.vocab_size is None and self.tokenizer is None:
             raise ValueError("token shards need vocab_size (or the tokenizer that made them)")
+
+    def shapes(self) -> TaskShapes:
+        n = self.eval_batches * self.eval_batch_size
+        return TaskShapes(self.seq_len, self.eval_batch_size, self.seq_len, n * (self.seq_len + 1))
 
 
 @register_task("lm", config=LMConfig)
