@@ -121,8 +121,9 @@ def _read_text(path: Path) -> str:
 
 
 def _read_yaml(path: Path) -> dict:
+    text = _read_text(path)
     try:
-        data = yaml.safe_load(_read_text(path)) or {}
+        data = yaml.safe_load(text) or {}
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         column = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
@@ -192,6 +193,77 @@ def origin_of(key: str | None, origins: dict[str, str]) -> str | None:
     return None
 
 
+def _merged(pieces: list[tuple[str, dict]], overrides: list[str], origins: dict[str, str], main_file: str) -> dict:
+    """The pieces, then the overrides, merged by omegaconf with interpolations resolved."""
+    try:
+        confs = [(file, OmegaConf.create(data)) for file, data in pieces]
+        confs += [(COMMAND_LINE, _override(text)) for text in overrides]
+        merged = None
+        for file, conf in confs:  # one at a time: a clash names both files
+            merged = conf if merged is None else _merge(merged, conf, file, origins)
+            _record_origins(OmegaConf.to_container(conf), file, origins)
+        return OmegaConf.to_container(merged, resolve=True)
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None) or None
+        raise ConfigError(f"{getattr(err, 'msg', err)}".splitlines()[0][:300], key=key,
+                          file=origin_of(key, origins) or main_file) from None
+
+
+def _override(text: str) -> DictConfig:
+    """One `key=value` override as a config (its value read as YAML, as omegaconf reads it)."""
+    key = text.partition("=")[0]
+    if "=" not in text or not key.strip():
+        raise ConfigError(f"overrides are key=value, e.g. model.d_model=512; got {shown(text)}", key=text[:60] or None,
+                          file=COMMAND_LINE)
+    if any(not part.strip() for part in key.split(".")):
+        raise ConfigError(f"{shown(key)} has an empty part; keys are dotted names like model.d_model",
+                          key=key, file=COMMAND_LINE)
+    try:
+        dot = OmegaConf.from_dotlist([text])
+    except OmegaConfBaseException:
+        raise
+    except (yaml.YAMLError, ValueError, TypeError) as err:  # the YAML reading of the value
+        reason = (str(err).splitlines() or [type(err).__name__])[0].split(";")[0][:160]
+        raise ConfigError(f"cannot read the value of {shown(text)} ({reason}); quote it to pass a string",
+                          key=key, file=COMMAND_LINE) from None
+    return dot
+
+
+def _merge(base: Any, conf: Any, file: str, origins: dict[str, str]) -> Any:
+    try:
+        return OmegaConf.merge(base, conf)
+    except OmegaConfBaseException:
+        raise
+    except (TypeError, ValueError) as err:  # omegaconf's bare TypeError when a mapping meets a list
+        old, new = OmegaConf.to_container(base), OmegaConf.to_container(conf)
+        key = _clash(old, new)
+        raise ConfigError(f"{err}: {file} gives a {_kind(_at(new, key))} where {origin_of(key, origins) or 'a default'}"
+                          f" has a {_kind(_at(old, key))}; write the same kind, or null to drop it", key=key,
+                          file=file) from None
+
+
+def _clash(old: Any, new: Any, prefix: str = "") -> str:
+    """The first key where `new` puts a mapping over a list or a list over a mapping."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        for k, v in new.items():
+            if k in old:
+                found = _clash(old[k], v, f"{prefix}.{k}" if prefix else str(k))
+                if found:
+                    return found
+        return ""
+    return prefix if isinstance(old, (dict, list)) and isinstance(new, (dict, list)) else ""
+
+
+def _at(data: Any, key: str) -> Any:
+    for part in key.split(".") if key else []:
+        data = data[part] if isinstance(data, dict) and part in data else None
+    return data
+
+
+def _kind(value: Any) -> str:
+    return "mapping" if isinstance(value, dict) else "list" if isinstance(value, list) else type(value).__name__
+
+
 def load_config(source: Any, overrides: list[str] | None = None) -> RootConfig:
     """A checked RootConfig from a YAML path (or a mapping) plus `key=value` overrides."""
     if isinstance(source, RootConfig):
@@ -201,25 +273,7 @@ def load_config(source: Any, overrides: list[str] | None = None) -> RootConfig:
     pieces = _pieces(Path(source)) if isinstance(source, (str, Path)) else [("<mapping>", dict(source))]
     main_file = pieces[-1][0]
     origins: dict[str, str] = {}
-    try:
-        confs = []
-        for file, data in pieces:
-            _record_origins(data, file, origins)
-            confs.append(OmegaConf.create(data))
-        if overrides:
-            bad = [o for o in overrides if "=" not in o]
-            if bad:
-                raise ConfigError(f"overrides are key=value, e.g. model.d_model=512; got {bad[0]!r}", file=COMMAND_LINE)
-            dot = OmegaConf.from_dotlist(list(overrides))
-            _record_origins(OmegaConf.to_container(dot), COMMAND_LINE, origins)
-            confs.append(dot)
-        merged = OmegaConf.merge(*confs)
-        data = OmegaConf.to_container(merged, resolve=True)
-    except OmegaConfBaseException as err:
-        key = getattr(err, "full_key", None) or None
-        raise ConfigError(f"{getattr(err, 'msg', err)}".splitlines()[0], key=key,
-                          file=origin_of(key, origins) or main_file) from None
-
+    data = _merged(pieces, overrides or [], origins, main_file)
     try:
         load_plugins(check_plugins(data.get("plugins"), "plugins"), file=origin_of("plugins", origins))
         root = from_dict(RootConfig, {k: v for k, v in data.items()})

@@ -44,8 +44,8 @@ class ConfigError(ValueError):
         super().__init__(self._render())
 
     def located(self, *, file: str | None = None, key: str | None = None) -> "ConfigError":
-        """The same error with a file and/or key filled in where it had none."""
-        return ConfigError(self.message, key=self.key or key, file=self.file or file,
+        """The same error (of the same class) with a file and/or key filled in where it had none."""
+        return type(self)(self.message, key=self.key or key, file=self.file or file,
                            column=self.column, text=self.text)
 
     def _render(self) -> str:

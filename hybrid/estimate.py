@@ -100,7 +100,15 @@ def meta_model(root: RootConfig) -> nn.Module:
 
 
 def _build_error(root: RootConfig, err: Exception) -> ConfigError:
-    """The first sublayer that fails to build on its own, located at its alias (or the model)."""
+    """The first sublayer that fails to build on its own, located at its alias (or the model's sizes)."""
+    m = root.model
+    try:
+        with torch.device("meta"):
+            nn.Embedding(m.vocab_size, m.d_model)
+    except Exception as inner:  # noqa: BLE001 - sizes no tensor can have
+        key = "model.d_model" if m.d_model >= m.vocab_size else "model.vocab_size"
+        return ConfigError(f"no embedding of {m.vocab_size} x {m.d_model} can be built ({_what(inner)}); "
+                           f"give a smaller {key.split('.')[1]}", key=key, file=origin_of(key, root.origins))
     for spec in root.layout:
         for branch in spec.branches:
             try:

@@ -33,8 +33,9 @@ _NTH_RE = re.compile(r"(.+)#(-?\d+)")
 def _module_spec(alias: str, definition: Any, key: str) -> ModuleSpec:
     if isinstance(definition, str):
         definition = {"type": definition}
-    if isinstance(definition, dict) and "type" in definition and not isinstance(definition["type"], str):
-        raise ConfigError(f"expected a layer type name (a string, one of {', '.join(LAYERS.names())}), "
+    if isinstance(definition, dict) and "type" in definition and (not isinstance(definition["type"], str)
+                                                                  or len(definition["type"]) > 100):
+        raise ConfigError(f"expected a layer type name (one of {', '.join(LAYERS.names())}), "
                           f"got {shown(definition['type'])}", key=f"{key}.type")
     entry, args = LAYERS.get_typed(definition, key, "a layer alias ({type: <layer>, <arguments>}, "
                                                      "{parallel: [aliases]} or a type name)")

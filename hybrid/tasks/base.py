@@ -146,9 +146,9 @@ def register_task(name: str, *, config: type, override: bool = False) -> Callabl
 
 
 def _entry(spec: Any, key: str) -> tuple[TaskEntry, dict[str, Any]]:
-    if isinstance(spec, dict) and "type" in spec and not isinstance(spec["type"], str):
-        raise ConfigError(f"expected a task type name (a string, one of {', '.join(TASKS.names())}), "
-                          f"got {shown(spec['type'])}", key=f"{key}.type")
+    if isinstance(spec, dict) and "type" in spec and (not isinstance(spec["type"], str) or len(spec["type"]) > 100):
+        raise ConfigError(f"expected a task type name (one of {', '.join(TASKS.names())}), got {shown(spec['type'])}",
+                          key=f"{key}.type")
     return TASKS.get_typed(spec, key, "a task")
 
 

@@ -1,7 +1,7 @@
 """CLI argument mutations: each subcommand's argv with an argument dropped, doubled, replaced or added.
 
 Values that would legitimately run for long (a real training, thousands of generated tokens) are
-not generated: every `train` keeps the 1-step settings at the end, every `generate` 2 new tokens.
+not generated: every `train` keeps the 1-step settings at the end, every `sweep` --dry-run.
 """
 from __future__ import annotations
 
@@ -81,6 +81,8 @@ def cli_cases(seed: int, n: int = 110) -> list[dict[str, Any]]:
         argv, change = _mutate(TEMPLATES[name], rng)
         if argv and argv[0] == "train":
             argv = argv + STEP  # whatever the mutation, at most one step
+        if argv and argv[0] == "sweep" and "--dry-run" not in argv:
+            argv = argv + ["--dry-run"]  # a plan, never three real trainings
         cases.append({"kind": "cli_args", "target": f"hybrid {name}", "where": "argv", "change": change, "argv": argv})
     for case in cases:
         case.update(command=case["argv"][0] if case["argv"] else "", files=dict(FILES),

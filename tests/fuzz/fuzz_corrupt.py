@@ -155,7 +155,7 @@ def data_cases() -> list[dict[str, Any]]:
                                                {"op": "text", "file": "data/a.txt", "text": "hello " * 40}],
             "a tokenizer file that is not a tokenizer", "tok.json"),
         _lm({"paths": ["@CASE@/data/a.bin"]}, [{"op": "bin", "file": "data/a.bin", "n": 400, "dtype": "uint16",
-                                                "max": 299}], "a shard without vocab_size", "data/a.bin"),
+                                                "max": 299}], "a shard without vocab_size", "lm.yaml"),
     ]
 
 

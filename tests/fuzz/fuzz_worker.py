@@ -40,6 +40,10 @@ class CaseTimeout(BaseException):
     """Raised by SIGALRM in the case that ran past CASE_SECONDS."""
 
 
+def _timeout(signum, frame):
+    raise CaseTimeout()
+
+
 class _CurrentStderr:
     """Log records go to whatever sys.stderr is now (the capture of the running case)."""
 
@@ -163,7 +167,7 @@ def run_case(case: dict, root: Path, template: Path, work: Path) -> dict:
     result["seconds"] = round(time.perf_counter() - t0, 3)
     result["peak_mb"] = round(_status("VmHWM") / 2**20)
     stderr = err.getvalue()
-    result["stderr"] = stderr[-3000:]
+    result["stderr"] = stderr if len(stderr) <= 6000 else f"{stderr[:3000]}\n[...]\n{stderr[-3000:]}"
     match = ERROR_LINE.search(stderr)
     result["error_file_exists"] = bool(match and (match["file"] == "<command line>" or _exists(match["file"])))
     if before and result["rc"] not in (0, None):
@@ -203,7 +207,7 @@ def main() -> None:
     if args.make_template:
         make_template(Path(args.make_template))
         return
-    signal.signal(signal.SIGALRM, lambda *_: (_ for _ in ()).throw(CaseTimeout()))
+    signal.signal(signal.SIGALRM, _timeout)
     _, hard = resource.getrlimit(resource.RLIMIT_AS)
     resource.setrlimit(resource.RLIMIT_AS, (_status("VmSize") + MEMORY_HEADROOM, hard))
     cases = {c["id"]: c for c in json.loads(Path(args.cases).read_text())}
