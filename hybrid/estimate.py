@@ -66,14 +66,14 @@ class MemoryEstimate:
 
     def describe(self) -> str:
         """Two lines for `hybrid show`."""
-        length = (f"batch {self.batch_size} x length {self.sequence_length}" if self.sequence_length
-                  else "sequence length unknown: no task, activations not counted")
-        return (f"memory (train step, {self.activation_dtype} activations, float32 weights, AdamW): "
-                f"weights {format_bytes(self.weight_bytes)}, gradients {format_bytes(self.grad_bytes)}, "
-                f"optimizer {format_bytes(self.optimizer_bytes)}, activations ~{format_bytes(self.activation_bytes)} "
-                f"({length})\n"
-                f"  total ~{format_bytes(self.total_bytes)} on the device (held-out forward "
-                f"~{format_bytes(self.eval_bytes)}); held-out data {format_bytes(self.data_bytes)} on the host")
+        f = format_bytes
+        head = (f"memory of a training step (float32 weights, AdamW, {self.activation_dtype} activations): weights "
+                f"{f(self.weight_bytes)}, gradients {f(self.grad_bytes)}, optimizer {f(self.optimizer_bytes)}")
+        if not self.sequence_length:
+            return f"{head}\n  total ~{f(self.total_bytes)}; no task with known lengths: activations not counted"
+        return (f"{head}, activations ~{f(self.activation_bytes)} (batch {self.batch_size} x length "
+                f"{self.sequence_length})\n  total ~{f(self.total_bytes)} on the device; a held-out batch's forward "
+                f"~{f(self.eval_bytes)}; held-out data {f(self.data_bytes)}")
 
 
 def format_bytes(n: int | float) -> str:

@@ -98,16 +98,11 @@ class _Compiler:
         self._modules[alias] = result
         return result
 
-    def expand(self, occurrences: list[Occurrence], key: str, text: str, inside: tuple[str, ...] = (),
-               before: int = 0) -> list[dict]:
-        """Occurrences -> sublayer records, expanding shared blocks (with cycle detection); `before`
-        sublayers precede these, and the whole stays within MAX_SUBLAYERS."""
+    def expand(self, occurrences: list[Occurrence], key: str, text: str, inside: tuple[str, ...] = ()) -> list[dict]:
+        """Occurrences -> sublayer records, expanding shared blocks (with cycle detection); the result
+        stays within MAX_SUBLAYERS, checked before each block's sublayers are added."""
         out: list[dict] = []
         for occ in occurrences:
-            if before + len(out) >= MAX_SUBLAYERS:
-                raise ConfigError(f"with its shared blocks expanded the layout has more than the {MAX_SUBLAYERS} "
-                                  "sublayers a layout may have (hybrid.layout.parser.MAX_SUBLAYERS)", key=key,
-                                  column=occ.column, text=text)
             if occ.alias in self.shared:
                 if occ.alias in inside:
                     chain = " -> ".join(inside + (occ.alias,))
@@ -115,8 +110,11 @@ class _Compiler:
                                       column=occ.column, text=text)
                 bkey = f"{self.key}.shared.{occ.alias}"
                 body_text = self.body(occ.alias, bkey)
-                inner = self.expand(parse_layout(body_text, bkey), bkey, body_text, inside + (occ.alias,),
-                                    before + len(out))
+                inner = self.expand(parse_layout(body_text, bkey), bkey, body_text, inside + (occ.alias,))
+                if len(out) + len(inner) > MAX_SUBLAYERS:
+                    raise ConfigError(f"with shared block {occ.alias!r} ({len(inner)} sublayers) expanded here, the "
+                                      f"layout has more than the {MAX_SUBLAYERS} sublayers a layout may have "
+                                      "(hybrid.layout.parser.MAX_SUBLAYERS)", key=key, column=occ.column, text=text)
                 for position, record in enumerate(inner):
                     if record["shared"] is None:  # the innermost shared block owns the weights
                         record = {**record, "shared": occ.alias, "tie": (occ.alias, position)}

@@ -118,10 +118,10 @@ def _stream(corpus, c: LMConfig, seed: int, shuffle: bool, name: str) -> PackedS
     try:
         return PackedStream(corpus, c.seq_len, seed, shuffle=shuffle, name=name)
     except ValueError as err:  # too few tokens for one window
-        key = "task.seq_len" if corpus.num_tokens else "task.paths"
-        hint = "" if corpus.num_tokens else " (empty files, or every document fell in the other split: " \
-                                             "add documents or change task.val_fraction)"
-        raise DataError(f"{err}{hint}", key=key) from None
+        empty = corpus.num_tokens <= corpus.num_documents  # nothing but separators
+        hint = (" (empty files, or every document fell in the other split: add documents or change "
+                "task.val_fraction)") if empty else ""
+        raise DataError(f"{err}{hint}", key="task.paths" if empty else "task.seq_len") from None
 
 
 def _batch(windows: Tensor) -> Batch:

@@ -144,12 +144,18 @@ def override_cases(seed: int, n: int = 90) -> list[dict[str, Any]]:
     return cases
 
 
+def control_cases() -> list[dict[str, Any]]:
+    """Cases that must be caught (an out-of-memory, a hang, a traceback): the harness's own test."""
+    return [{"kind": "control", "target": name, "where": "-", "change": f"a deliberate {name}", "command": "control",
+             "argv": ["@CONTROL@", name], "expect": name, "seconds": 2} for name in ("memory", "hang", "traceback")]
+
+
 def all_cases(seed: int) -> list[dict[str, Any]]:
     import fuzz_cli  # noqa: PLC0415
 
     cases = (config_cases(seed) + sweep_cases(seed) + override_cases(seed) + fuzz_cli.cli_cases(seed)
              + fuzz_corrupt.run_dir_cases(random.Random(f"{seed}:corrupt")) + fuzz_corrupt.data_cases()
-             + train_cases(seed))
+             + train_cases(seed) + control_cases())
     for i, case in enumerate(cases):
         case["id"] = i
         case.setdefault("files", {})

@@ -87,7 +87,11 @@ def run_cases(cases: list[dict], root: Path, work: Path, workers: int = 2) -> di
 
 
 def verdict(case: dict, result: dict) -> str | None:
-    """None when the case ended well (accepted, or exit 2 with a located `error:` line); else what went wrong."""
+    """None when the case ended well (accepted, or exit 2 with a located `error:` line); else what went wrong.
+    A control case ends well when the harness caught its deliberate failure."""
+    if case["kind"] == "control":
+        caught = result["outcome"] == case["expect"]
+        return None if caught else f"the harness missed a deliberate {case['expect']} (outcome {result['outcome']})"
     if result["outcome"] != "returned":
         return result["outcome"]
     stderr = result.get("stderr", "")
@@ -131,8 +135,8 @@ def summary(cases: list[dict], results: dict[int, dict]) -> tuple[list[str], dic
         problem = verdict(case, result)
         kind = case["kind"]
         counts[kind]["cases"] += 1
-        counts[kind]["accepted" if result.get("rc") == 0 and not problem else "rejected" if not problem
-                     else problem.split(":")[0]] += 1
+        ok = "caught" if kind == "control" else "accepted" if result.get("rc") == 0 else "rejected"
+        counts[kind][problem.split(":")[0] if problem else ok] += 1
         if problem:
             failures.append(describe(case, result, problem))
     return failures, counts

@@ -40,6 +40,14 @@ class CaseTimeout(BaseException):
     """Raised by SIGALRM in the case that ran past CASE_SECONDS."""
 
 
+def _sleep() -> None:
+    time.sleep(3600)
+
+
+# Cases that must fail, proving the limits hold: argv ["@CONTROL@", name]
+CONTROLS = {"memory": lambda: len(bytearray(8 << 30)), "hang": _sleep, "traceback": lambda: 1 // 0}
+
+
 def _timeout(signum, frame):
     raise CaseTimeout()
 
@@ -148,11 +156,14 @@ def run_case(case: dict, root: Path, template: Path, work: Path) -> dict:
     result = {"id": case["id"], "outcome": "returned", "rc": None, "traceback": ""}
     _reset_peak()
     t0 = time.perf_counter()
-    signal.setitimer(signal.ITIMER_REAL, CASE_SECONDS)
+    signal.setitimer(signal.ITIMER_REAL, case.get("seconds", CASE_SECONDS))
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            guarded = _guard(argv) if case.get("guard") else None
-            result["rc"] = guarded if guarded is not None else main(argv)
+            if argv[:1] == ["@CONTROL@"]:
+                result["rc"] = CONTROLS[argv[1]]()
+            else:
+                guarded = _guard(argv) if case.get("guard") else None
+                result["rc"] = guarded if guarded is not None else main(argv)
     except SystemExit as exit_:  # argparse
         result["rc"] = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
     except CaseTimeout:
