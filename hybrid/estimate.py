@@ -17,13 +17,14 @@ sequence, from its config's `shapes()`; e = 2 under bfloat16 autocast, else 4; P
                  next elementwise op its output; the factor 2 covers gates and activation
                  functions; an expert layer counts top_k experts), 4 d_model the pre-norm and the
                  residual, and S the recurrent state per token (Mamba's d_inner x d_state, which the
-                 CPU reference scan keeps and the Triton scan recomputes); on the CPU an attention
-                 sublayer adds 2 e * B * heads * L * min(L, window) for its scores and probabilities
-                 (fused GPU kernels do not keep them); then 12 B L vocab for the float32 logits, their
+                 CPU reference scan keeps and the Triton scan recomputes); an attention sublayer
+                 whose backend materialises the softmax (eager, sdpa_math) adds 2 e * B * heads * L *
+                 min(L, window) for its scores and probabilities (the fused kernels auto picks, SDPA's
+                 on the CPU, flash on CUDA, keep none); then 12 B L vocab for the float32 logits, their
                  log-softmax and its gradient.
     eval         a held-out batch's forward without gradients (batch Be, length Le, the longest):
                  the same per-token terms for one sublayer at a time plus the float32 logits,
-                 e * Be * Le * (2 W_max + 4 d_model + S_max) + 4 Be * Le * vocab (+ the CPU's
+                 e * Be * Le * (2 W_max + 4 d_model + S_max) + 4 Be * Le * vocab (+ materialised
                  attention scores).
     data         the held-out sets the task keeps in host memory: 16 bytes per token (int64
                  inputs and targets).
@@ -47,6 +48,7 @@ from hybrid.errors import ConfigError
 from hybrid.registry import LAYERS
 
 SAFETY = 1.0  # check_fits refuses when total > free / SAFETY; the estimate itself is already generous
+MATERIALISED = ("eager", "sdpa_math")  # attention backends that keep the (L, L) scores
 
 
 @dataclass(frozen=True)
@@ -145,9 +147,9 @@ def _widths(block: nn.Module, config_of: dict[int, Any]) -> tuple[int, int]:
 
 
 def _attention_scores(config: Any, length: int) -> int:
-    """heads * L * min(L, window): the score matrix of one example, when the layer has heads."""
+    """heads * L * min(L, window): the score matrix of one example, when the layer materialises it."""
     heads = getattr(config, "n_heads", None)
-    if not isinstance(heads, int):
+    if not isinstance(heads, int) or getattr(config, "backend", None) not in MATERIALISED:
         return 0
     window = getattr(config, "window", None)
     return heads * length * min(length, window or length)
@@ -180,14 +182,13 @@ def task_shapes(root: RootConfig) -> Any:
 def estimate(root: RootConfig, device: torch.device | None = None) -> MemoryEstimate:
     """The memory of training `root` for one step (see the module docstring for every term).
 
-    `device` decides the autocast dtype of train.dtype "auto" and whether attention scores count
+    `device` decides the autocast dtype of train.dtype "auto" and whether the held-out data counts
     (default: the config's train.device, "auto" resolved as the trainer does)."""
     model = meta_model(root)
     params = {id(p): p for p in model.parameters()}.values()
     n_params = sum(p.numel() for p in params)
     trainable = sum(p.numel() for p in params if p.requires_grad)
     device, e = _resolve(root, device)
-    cpu = device.type == "cpu"
     shapes = task_shapes(root)
     d, vocab = root.model.d_model, root.model.vocab_size
     b = max(1, root.train.batch_size // root.train.accumulation)
@@ -201,14 +202,13 @@ def estimate(root: RootConfig, device: torch.device | None = None) -> MemoryEsti
         w, s = widths[id(block)]
         train_tokens += 2 * w + 4 * d + s
         eval_tokens = max(eval_tokens, 2 * w + 4 * d + s)
-        if cpu:
-            train_scores += sum(_attention_scores(br.config, length) for br in spec.branches)
-            eval_scores = max(eval_scores, sum(_attention_scores(br.config, el) for br in spec.branches))
+        train_scores += sum(_attention_scores(br.config, length) for br in spec.branches)
+        eval_scores = max(eval_scores, sum(_attention_scores(br.config, el) for br in spec.branches))
     activations = e * b * length * train_tokens + 2 * e * b * train_scores + 12 * b * length * vocab
     eval_ = e * eb * el * eval_tokens + 2 * e * eb * eval_scores + 4 * eb * el * vocab
     data = 16 * shapes.heldout_tokens if shapes else 0
     weights, grads, optimizer = 4 * n_params, 4 * trainable, 8 * trainable
-    total = weights + optimizer + max(grads + activations, eval_) + (data if cpu else 0)
+    total = weights + optimizer + max(grads + activations, eval_) + (data if device.type == "cpu" else 0)
     return MemoryEstimate(n_params, trainable, weights, grads, optimizer, activations, eval_, data, total, b,
                           length or None, "bfloat16" if e == 2 else "float32")
 
@@ -249,6 +249,10 @@ def check_fits(root: RootConfig, device: torch.device, free_bytes: int | None = 
     `device` has free (`free_bytes` when given, else `free_memory(device)`; unknown: not checked).
     On CUDA the held-out data is also checked against the host's free memory."""
     device = torch.device(device)
+    if device.type == "cuda" and torch.cuda.is_available() and (device.index or 0) >= torch.cuda.device_count():
+        raise ConfigError(f"{device} asked for, but this machine has {torch.cuda.device_count()} GPU(s) "
+                          f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})", key="train.device",
+                          file=origin_of("train.device", root.origins))
     est = estimate(root, device)
     free = free_bytes if free_bytes is not None else free_memory(device)
     if free is not None and est.total_bytes > free / SAFETY:

@@ -136,6 +136,18 @@ class _Compiler:
             raise ConfigError(f"a shared block is a list of aliases or a layout string, got {shown(body)}", key=key)
         return body
 
+    def check_unused(self, used: set[str]) -> None:
+        """Compile the aliases and shared blocks the layout does not use, so that a typo in one is
+        found now, not when a sweep's layout first uses it."""
+        for alias in self.layers:
+            if alias not in used:
+                self.branches(alias, f"{self.key}.layers.{alias}", None, None)
+        for name in self.shared:
+            if name not in used:
+                bkey = f"{self.key}.shared.{name}"
+                body_text = self.body(name, bkey)
+                self.expand(parse_layout(body_text, bkey), bkey, body_text, (name,))
+
 
 def _select(at: Any, records: list[dict], key: str) -> list[int]:
     """Indices of the sublayers an override's `at` names."""
@@ -231,6 +243,7 @@ def compile_layout(layers: dict | None, layout: Any, shared: dict | None = None,
     text = expand_shorthand(layout, f"{key}.layout")
     compiler = _Compiler(layers or {}, shared or {}, key)
     records = compiler.expand(parse_layout(text, f"{key}.layout"), f"{key}.layout", text)
+    compiler.check_unused({r["alias"] for r in records} | {r["shared"] for r in records if r["shared"]})
     if overrides is not None and not isinstance(overrides, list):
         raise ConfigError("overrides must be a list of {at: ..., <arguments>}", key=f"{key}.overrides")
     for i, override in enumerate(overrides or []):

@@ -105,3 +105,13 @@ def test_types_of_layer_definitions_and_overrides(layers, shared, overrides, key
         compile_layout(layers, layout, shared, overrides)
     assert info.value.key == key
     assert len(str(info.value)) < 800
+
+
+def test_unused_aliases_and_shared_blocks_are_checked_too():
+    # a sweep's axis may switch the layout to them: a typo must not wait for that run
+    with pytest.raises(ConfigError) as info:
+        compile_layout({**LAYERS, "B": {"type": "attention", "n_hedas": 2}}, "M F")
+    assert info.value.key == "model.layers.B.n_hedas"
+    with pytest.raises(ConfigError) as info:
+        compile_layout(LAYERS, "M F", shared={"Z": "A Q"})
+    assert info.value.key == "model.shared.Z" and info.value.column == 3
