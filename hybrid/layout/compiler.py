@@ -92,7 +92,8 @@ class _Compiler:
             result = (_module_spec(alias, {"type": alias}, key),)
         else:
             known = sorted(set(self.layers) | set(self.shared))
-            raise ConfigError(f"unknown alias {shown(alias)}{did_you_mean(alias, known + LAYERS.names())}; defined aliases: "
+            raise ConfigError(f"unknown alias {shown(alias)}{did_you_mean(alias, known + LAYERS.names())}; "
+                              "defined aliases: "
                               f"{', '.join(known) or 'none'}; registered layer types usable directly: "
                               f"{', '.join(LAYERS.names())}", key=key, column=column, text=text)
         self._modules[alias] = result

@@ -102,7 +102,8 @@ def parse_layout(text: str, key: str = "model.layout") -> list[Occurrence]:
                 return out
             elif repeat:
                 if last is None:
-                    raise error(f"repeat {shown(tok.text)} follows nothing: write it after an alias or a ')'", tok.column)
+                    raise error(f"repeat {shown(tok.text)} follows nothing: write it after an alias or a ')'",
+                                tok.column)
                 count = _count(repeat.group(1), len(out), len(last), lambda m: error(m, tok.column))
                 out.extend(last * (count - 1))
                 last = None  # "M x2 x3" is ambiguous: reject the second repeat

@@ -207,6 +207,40 @@ def _zip(section: Any, file: str) -> list[tuple[str, list[tuple[str, dict[str, A
     return [("zip", options)]
 
 
+def _select(select: Any, file: str) -> dict[str, Any]:
+    """The `select:` section, its keys and the types of their values checked."""
+    select = select or {}
+    if not isinstance(select, dict):
+        raise ConfigError(f"expected {{over: [train.lr], metric: eval/all/accuracy, mode: max}}, got {shown(select)}",
+                          key="select", file=file)
+    for key in select:
+        if key not in SELECT_KEYS:
+            raise ConfigError(f"unknown key {key!r}{did_you_mean(key, SELECT_KEYS)}; select has: "
+                              f"{', '.join(SELECT_KEYS)}", key=f"select.{key}", file=file)
+    if select.get("mode", "max") not in ("max", "min"):
+        raise ConfigError(f"expected max or min, got {shown(select['mode'])}", key="select.mode", file=file)
+    if not isinstance(select.get("metric", ""), str):
+        raise ConfigError(f"expected a logged metric name like eval/all/accuracy, got {shown(select['metric'])}",
+                          key="select.metric", file=file)
+    over = select.get("over")
+    if over is not None and not (isinstance(over, str) or (isinstance(over, list)
+                                                            and all(isinstance(o, str) for o in over))):
+        raise ConfigError(f"expected an axis name or a list of them, e.g. [train.lr], got {shown(over)}",
+                          key="select.over", file=file)
+    return select
+
+
+def _check_count(axes: list[tuple[str, list]], file: str) -> None:
+    """At most MAX_RUNS runs, counted before any is made."""
+    count = 1
+    for _, options in axes:
+        count *= len(options)
+    if count > MAX_RUNS:
+        raise ConfigError(f"the axes make {count:,} runs, more than the {MAX_RUNS:,} a sweep may have "
+                          f"(hybrid.sweep.spec.MAX_RUNS): " + " x ".join(f"{n} ({len(o)})" for n, o in axes),
+                          key="grid", file=file)
+
+
 def load_sweep(path: Path | str, *, check: bool = True) -> SweepSpec:
     """Read and check a sweep file. With `check`, every run's config is resolved (nothing is built),
     so a misspelt key fails now, naming the sweep file and the axis, not hours into the sweep."""
@@ -230,25 +264,8 @@ def load_sweep(path: Path | str, *, check: bool = True) -> SweepSpec:
                           key="config", file=file)
     config = config.resolve()
 
-    select = data.get("select") or {}
-    if not isinstance(select, dict):
-        raise ConfigError(f"expected {{over: [train.lr], metric: eval/all/accuracy, mode: max}}, got {shown(select)}",
-                          key="select", file=file)
-    for key in select:
-        if key not in SELECT_KEYS:
-            raise ConfigError(f"unknown key {key!r}{did_you_mean(key, SELECT_KEYS)}; select has: {', '.join(SELECT_KEYS)}",
-                              key=f"select.{key}", file=file)
-    over = select.get("over")
-    mode = select.get("mode", "max")
-    if mode not in ("max", "min"):
-        raise ConfigError(f"expected max or min, got {shown(mode)}", key="select.mode", file=file)
-    if not isinstance(select.get("metric", ""), str):
-        raise ConfigError(f"expected a logged metric name like eval/all/accuracy, got {shown(select['metric'])}",
-                          key="select.metric", file=file)
-    if over is not None and not (isinstance(over, str) or (isinstance(over, list)
-                                                            and all(isinstance(o, str) for o in over))):
-        raise ConfigError(f"expected an axis name or a list of them, e.g. [train.lr], got {shown(over)}",
-                          key="select.over", file=file)
+    select = _select(data.get("select"), file)
+    over, mode = select.get("over"), select.get("mode", "max")
 
     shared = _as_overrides(data.get("overrides"), file, "overrides")
     axes = _axes(data.get("grid"), file, "grid") + _zip(data.get("zip"), file)
@@ -261,13 +278,7 @@ def load_sweep(path: Path | str, *, check: bool = True) -> SweepSpec:
             raise ConfigError(f"select.over names {name!r}, which is not an axis of the sweep; axes: "
                               f"{', '.join(axis_names) or 'none'}{did_you_mean(name, axis_names)}",
                               key="select.over", file=file)
-    count = 1
-    for _, options in axes:
-        count *= len(options)
-    if count > MAX_RUNS:
-        raise ConfigError(f"the axes make {count:,} runs, more than the {MAX_RUNS:,} a sweep may have "
-                          f"(hybrid.sweep.spec.MAX_RUNS): " + " x ".join(f"{n} ({len(o)})" for n, o in axes),
-                          key="grid", file=file)
+    _check_count(axes, file)
     short = _short_names([n for n in axis_names if n != "zip"])
     runs, seen = [], {}
     for combo in itertools.product(*[options for _, options in axes]) if axes else [()]:

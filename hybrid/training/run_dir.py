@@ -59,8 +59,9 @@ def read_json(path: Path, default: Any = None, *, expect: type | None = None, wh
         raise RunFileError(f"cannot be read as JSON ({reason}); {what or 'restore it or delete it'}",
                            file=str(path)) from None
     if expect is not None and not isinstance(value, expect):
-        raise RunFileError(f"holds {type(value).__name__} where a JSON {'object' if expect is dict else expect.__name__} "
-                           f"belongs; {what or 'restore it or delete it'}", file=str(path))
+        kind = "object" if expect is dict else expect.__name__
+        raise RunFileError(f"holds {type(value).__name__} where a JSON {kind} belongs; "
+                           f"{what or 'restore it or delete it'}", file=str(path))
     return value
 
 
