@@ -48,7 +48,7 @@ import torch
 from torch import nn
 
 from hybrid.config import RootConfig, origin_of
-from hybrid.errors import ConfigError
+from hybrid.errors import ConfigError, shown
 from hybrid.registry import LAYERS
 
 SAFETY = 1.0  # check_fits refuses when total > free / SAFETY; the estimate itself is already generous
@@ -84,6 +84,8 @@ class MemoryEstimate:
 
 def format_bytes(n: int | float) -> str:
     """1536 -> "1.5 KiB"; binary units, three significant digits."""
+    if isinstance(n, int) and n.bit_length() > 1000:  # beyond a float: only absurd configs get here
+        return f"~2^{n.bit_length() - 1} B"
     n = float(n)
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if abs(n) < 1024:
@@ -113,7 +115,8 @@ def _build_error(root: RootConfig, err: Exception) -> ConfigError:
             nn.Embedding(m.vocab_size, m.d_model)
     except Exception as inner:  # noqa: BLE001 - sizes no tensor can have
         key = "model.d_model" if m.d_model >= m.vocab_size else "model.vocab_size"
-        return ConfigError(f"no embedding of {m.vocab_size} x {m.d_model} can be built ({_what(inner)}); "
+        return ConfigError(f"no embedding of {shown(m.vocab_size, 30)} x {shown(m.d_model, 30)} can be built "
+                           f"({_what(inner)}); "
                            f"give a smaller {key.split('.')[1]}", key=key, file=origin_of(key, root.origins))
     for spec in root.layout:
         for branch in spec.branches:
@@ -123,14 +126,14 @@ def _build_error(root: RootConfig, err: Exception) -> ConfigError:
             except Exception as inner:  # noqa: BLE001 - reported with its type and message
                 key = f"model.layers.{branch.alias}" if branch.alias in root.model.layers else "model.layout"
                 return ConfigError(f"cannot build layer {branch.type!r} (alias {branch.alias!r}, sublayer "
-                                   f"{spec.index}) with d_model {root.model.d_model}: {_what(inner)}", key=key,
-                                   file=origin_of(key, root.origins))
+                                   f"{spec.index}) with d_model {shown(root.model.d_model, 30)}: {_what(inner)}",
+                                   key=key, file=origin_of(key, root.origins))
     return ConfigError(f"cannot build the model: {_what(err)}", key="model", file=origin_of("model", root.origins))
 
 
 def _what(err: Exception) -> str:
     text = str(err).splitlines()[0] if str(err) else ""
-    return f"{type(err).__name__}: {text[:300]}" if text else type(err).__name__
+    return f"{type(err).__name__}: {text[:200]}" if text else type(err).__name__
 
 
 def _widths(block: nn.Module, config_of: dict[int, Any]) -> tuple[int, int]:

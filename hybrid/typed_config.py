@@ -89,7 +89,7 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
-        if isinstance(value, float) and value.is_integer():
+        if isinstance(value, float) and value.is_integer() and abs(value) < 2**63:  # 1e3, not 1e308
             return int(value)
         raise ConfigError(f"expected an integer, got {shown(value)}", key=key)
     if tp is float:

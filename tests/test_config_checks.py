@@ -51,6 +51,7 @@ def test_missing_or_folder_config(tmp_path, capsys):
     pytest.param("model.d_model", "model.d_model", "overrides are key=value", id="no-equals"),
     pytest.param("train.lr=nan", "train.lr", "expected a finite number, got 'nan'", id="nan"),
     pytest.param("train.lr=.inf", "train.lr", "expected a finite number, got inf", id="inf"),
+    pytest.param("train.batch_size=1e308", "train.batch_size", "expected an integer, got 1e+308", id="int-from-1e308"),
     pytest.param("train.steps=0", "train.steps", "train.steps must be >= 1", id="post-init-field"),
     pytest.param("train.device=gpu0", "train.device", "expected auto, cpu, cuda, cuda:<index> or mps", id="device"),
     pytest.param("train.threads=100000000", "train.threads", "expected 1 to 1024 CPU threads", id="threads"),

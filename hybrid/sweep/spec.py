@@ -255,7 +255,7 @@ def load_sweep(path: Path | str, *, check: bool = True) -> SweepSpec:
                               f"{', '.join(TOP_KEYS)}", key=str(key), file=file)
     if "config" not in data:
         raise ConfigError("missing `config:`, the base config every run starts from (a path relative to this file)",
-                          file=file)
+                          key="config", file=file)
     if not isinstance(data["config"], str):
         raise ConfigError(f"expected a path, got {shown(data['config'])}", key="config", file=file)
     config = path.parent / data["config"]

@@ -30,7 +30,7 @@ import traceback
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-CASE_SECONDS = 30  # a hang detector, far above any case's time
+CASE_SECONDS = 60  # a hang detector, far above any case's time (the slowest take a few seconds)
 MEMORY_HEADROOM = 3 << 30  # address space a case may add to what the imports took
 TRAIN_BUDGET = 512 << 20  # a training case whose estimate exceeds this is refused as the trainer's check would
 ERROR_LINE = re.compile(r"^error: (?P<file>[^:\n]+?): ", re.M)
