@@ -186,12 +186,14 @@ def task_shapes(root: RootConfig) -> Any:
     return shapes() if callable(shapes) else None
 
 
-def estimate(root: RootConfig, device: torch.device | None = None) -> MemoryEstimate:
+def estimate(root: RootConfig, device: torch.device | None = None, *, model: nn.Module | None = None
+             ) -> MemoryEstimate:
     """The memory of training `root` for one step (see the module docstring for every term).
 
     `device` decides the autocast dtype of train.dtype "auto" and whether the held-out data counts
-    (default: the config's train.device, "auto" resolved as the trainer does)."""
-    model = meta_model(root)
+    (default: the config's train.device, "auto" resolved as the trainer does). `model`: the config's
+    model already built by `meta_model` (built here otherwise)."""
+    model = model if model is not None else meta_model(root)
     params = {id(p): p for p in model.parameters()}.values()
     n_params = sum(p.numel() for p in params)
     trainable = sum(p.numel() for p in params if p.requires_grad)

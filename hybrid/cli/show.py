@@ -38,7 +38,7 @@ def run(args) -> int:
                        [[t, c, human(p), f"{100 * p / total:.1f}%"] for t, (c, p) in totals.items()],
                        align_right={1, 2, 3}))
     print(f"\nlayout: {root.layout.text}")
-    print(estimate(root).describe())
+    print(estimate(root, model=model).describe())
     if args.megatron:
         try:
             print(f"megatron pattern: {megatron_pattern(root.layout)}")

@@ -37,7 +37,9 @@ def _supervise(ids: list[int], tag: str, paths: dict[str, Path], results: dict[i
         cmd = [sys.executable, str(WORKER), "--root", str(paths["root"]), "--cases", str(paths["cases"]),
                "--ids", ",".join(map(str, remaining)), "--out", str(out), "--template", str(paths["template"]),
                "--work", str(paths["work"] / tag)]
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        # no GPU: a CUDA context reserves more address space than the limit allows, and CPU is what CI has
+        env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
         size, last_change = -1, time.monotonic()
         while proc.poll() is None:
             time.sleep(0.2)
@@ -73,7 +75,7 @@ def run_cases(cases: list[dict], root: Path, work: Path, workers: int = 2) -> di
     paths["cases"].write_text(json.dumps(cases))
     if not paths["template"].exists():
         subprocess.run([sys.executable, str(WORKER), "--root", str(root), "--make-template", str(paths["template"])],
-                       check=True, capture_output=True, timeout=300)
+                       check=True, capture_output=True, timeout=300, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
     # heavy kinds spread over the workers: deal the cases out in order
     ids = [c["id"] for c in cases]
     results: dict[int, dict] = {}
