@@ -12,8 +12,16 @@ def closest(name: str, candidates: Iterable[str]) -> str | None:
 
 
 def did_you_mean(name: str, candidates: Iterable[str]) -> str:
+    if len(str(name)) > 200:  # nothing that long is a typo of a key; difflib would take its time
+        return ""
     match = closest(name, candidates)
     return f" (did you mean {match!r}?)" if match else ""
+
+
+def shown(value: object, limit: int = 60) -> str:
+    """repr(value) for a message, cut to about `limit` characters (a 5000-character value stays readable)."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit - 20]}...{text[-8:]} ({len(text)} characters)"
 
 
 class ConfigError(ValueError):
@@ -36,8 +44,8 @@ class ConfigError(ValueError):
         super().__init__(self._render())
 
     def located(self, *, file: str | None = None, key: str | None = None) -> "ConfigError":
-        """The same error with a file and/or key filled in where it had none."""
-        return ConfigError(self.message, key=self.key or key, file=self.file or file,
+        """The same error (of the same class) with a file and/or key filled in where it had none."""
+        return type(self)(self.message, key=self.key or key, file=self.file or file,
                            column=self.column, text=self.text)
 
     def _render(self) -> str:
@@ -46,8 +54,32 @@ class ConfigError(ValueError):
             where.append(f"column {self.column}")
         head = ": ".join(where + [self.message])
         if self.text is not None and self.column is not None:
-            head += f"\n  {self.text}\n  {' ' * (self.column - 1)}^"
+            text, column = _window(self.text, self.column)
+            head += f"\n  {text}\n  {' ' * (column - 1)}^"
         return head
 
     def __str__(self) -> str:  # ValueError keeps args[0]; re-render so located() copies stay right
         return self._render()
+
+
+def _window(text: str, column: int, width: int = 100) -> tuple[str, int]:
+    """At most `width` characters of one line of `text` around `column`, and the column in them."""
+    text = text.replace("\n", " ").replace("\t", " ")
+    if len(text) <= width:
+        return text, column
+    start = max(0, min(column - width // 2, len(text) - width))
+    cut = text[start:start + width]
+    prefix = "..." if start > 0 else ""
+    return prefix + cut + ("..." if start + width < len(text) else ""), column - start + len(prefix)
+
+
+class CheckpointError(ConfigError):
+    """A checkpoint that cannot be read: truncated, corrupt, or not a checkpoint of `hybrid train`."""
+
+
+class RunFileError(ConfigError):
+    """A run or sweep file (status.json, results.json, metrics.jsonl, sweep.json) that cannot be read."""
+
+
+class DataError(ConfigError):
+    """A corpus that cannot be used: a shard of the wrong size or dtype, an empty or unreadable folder."""

@@ -22,5 +22,10 @@ class ModelConfig:
     init_std: float = field(default=0.02, metadata={"help": "std of the embedding init"})
 
     def __post_init__(self):
-        if self.d_model <= 0 or self.vocab_size <= 0:
-            raise ValueError(f"d_model and vocab_size must be positive, got {self.d_model}, {self.vocab_size}")
+        for name in ("d_model", "vocab_size"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if not self.norm_eps > 0:
+            raise ValueError(f"norm_eps must be > 0, got {self.norm_eps}")
+        if not self.init_std >= 0:
+            raise ValueError(f"init_std must be >= 0, got {self.init_std}")

@@ -38,13 +38,16 @@ def _args_text(config: Any) -> str:
     return ", ".join(f"{k}={v}" for k, v in non_default_items(config).items())
 
 
-def stack_rows(model_config: ModelConfig, layout) -> tuple[list[list[Any]], dict[str, list[int]], int]:
+def stack_rows(model_config: ModelConfig, layout, model: torch.nn.Module | None = None
+               ) -> tuple[list[list[Any]], dict[str, list[int]], int]:
     """Rows (index, alias, type, arguments that differ from defaults, parameters, state kind),
-    totals by type {type: [sublayers, parameters]}, and the total parameter count."""
+    totals by type {type: [sublayers, parameters]}, and the total parameter count. `model`: the
+    config's HybridLM already built (on the meta device, see `hybrid.estimate.meta_model`)."""
     from hybrid.model import HybridLM  # noqa: PLC0415
 
-    with torch.device("meta"):  # counts parameters without allocating them
-        model = HybridLM(model_config, layout)
+    if model is None:
+        with torch.device("meta"):  # counts parameters without allocating them
+            model = HybridLM(model_config, layout)
     seen: set[int] = set()
     rows, totals = [], OrderedDict()
     for spec, block in zip(layout, model.blocks):

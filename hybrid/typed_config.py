@@ -3,16 +3,20 @@
 Every config object below the CLI is a dataclass (STYLE 8). This module is the one place where
 untyped input becomes typed: unknown keys are rejected with the nearest valid key, values are
 checked (and harmlessly coerced: 3 -> 3.0 for a float) against the field annotations, and every
-error names the key path. Field docs live in `field(metadata={"help": ...})`.
+error names the key path. Numbers must be finite (NaN or infinity is never a meaningful setting).
+A dataclass's own checks (`__post_init__` raising ValueError) become a ConfigError at the key of
+the first field the message names. Field docs live in `field(metadata={"help": ...})`.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import types
 import typing
 from typing import Any, Literal, Union, get_args, get_origin
 
-from hybrid.errors import ConfigError, did_you_mean
+from hybrid.errors import ConfigError, did_you_mean, shown
 
 
 def help_of(f: dataclasses.Field) -> str:
@@ -49,9 +53,9 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is Any:
         return value
     if origin is Literal:
-        if value in get_args(tp):
+        if isinstance(value, typing.Hashable) and value in get_args(tp):
             return value
-        raise ConfigError(f"expected one of {type_name(tp)}, got {value!r}"
+        raise ConfigError(f"expected one of {type_name(tp)}, got {shown(value)}"
                           + did_you_mean(str(value), [str(a) for a in get_args(tp)]), key=key)
     if origin in (Union, types.UnionType):
         if value is None and type(None) in get_args(tp):
@@ -64,46 +68,56 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
                 return coerce(value, arg, key)
             except ConfigError as err:
                 errors.append(err)
-        raise ConfigError(f"expected {type_name(tp)}, got {value!r}", key=key)
+        raise ConfigError(f"expected {type_name(tp)}, got {shown(value)}", key=key)
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"expected {type_name(tp)}, got {value!r}", key=key)
+            raise ConfigError(f"expected {type_name(tp)}, got {shown(value)}", key=key)
         args = [a for a in get_args(tp) if a is not Ellipsis]
         item_tp = args[0] if args else Any
         items = [coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items
     if origin is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"expected a mapping, got {value!r}", key=key)
+            raise ConfigError(f"expected a mapping, got {shown(value)}", key=key)
         return dict(value)
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, key)
     if tp is bool:
         if isinstance(value, bool):
             return value
-        raise ConfigError(f"expected true or false, got {value!r}", key=key)
+        raise ConfigError(f"expected true or false, got {shown(value)}", key=key)
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
-        if isinstance(value, float) and value.is_integer():
+        if isinstance(value, float) and value.is_integer() and abs(value) < 2**63:  # 1e3, not 1e308
             return int(value)
-        raise ConfigError(f"expected an integer, got {value!r}", key=key)
+        raise ConfigError(f"expected an integer, got {shown(value)}", key=key)
     if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"expected a number, got {value!r}", key=key)
+        return _finite(value, key)
     if tp is str:
         if isinstance(value, str):
             return value
-        raise ConfigError(f"expected a string, got {value!r}", key=key)
+        raise ConfigError(f"expected a string, got {shown(value)}", key=key)
     if isinstance(tp, type) and isinstance(value, tp):
         return value
-    raise ConfigError(f"expected {type_name(tp)}, got {value!r}", key=key)
+    raise ConfigError(f"expected {type_name(tp)}, got {shown(value)}", key=key)
+
+
+def _finite(value: Any, key: str) -> float:
+    number = None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        try:
+            number = float(value)
+        except OverflowError:  # an int beyond float's range
+            pass
+    elif isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
+        try:
+            number = float(value)
+        except ValueError:
+            pass
+    if number is None or not math.isfinite(number):
+        raise ConfigError(f"expected a finite number, got {shown(value)}", key=key)
+    return number
 
 
 def from_dict(cls: type, data: Any, key: str = "", *, what: str | None = None) -> Any:
@@ -116,7 +130,7 @@ def from_dict(cls: type, data: Any, key: str = "", *, what: str | None = None) -
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError(f"expected a mapping of {what or cls.__name__} settings, got {data!r}",
+        raise ConfigError(f"expected a mapping of {what or cls.__name__} settings, got {shown(data)}",
                           key=key or None)
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init and not f.metadata.get("internal")}
@@ -138,7 +152,15 @@ def from_dict(cls: type, data: Any, key: str = "", *, what: str | None = None) -
     except (ValueError, TypeError) as err:  # __post_init__ checks
         if isinstance(err, ConfigError):
             raise err.located(key=key or None)
-        raise ConfigError(str(err), key=key or None) from None
+        named = _field_named(str(err), list(fields))
+        raise ConfigError(str(err), key=".".join(p for p in (key, named) if p) or None) from None
+
+
+def _field_named(message: str, names: list[str]) -> str | None:
+    """The field a __post_init__ message is about: the first field name it mentions (as a word)."""
+    found = [(m.start(), name) for name in names if (m := re.search(rf"(?<![\w.]){re.escape(name)}\b|"
+                                                                    rf"\.{re.escape(name)}\b", message))]
+    return min(found)[1] if found else None
 
 
 def non_default_items(obj: Any) -> dict[str, Any]:

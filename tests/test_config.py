@@ -38,8 +38,8 @@ def test_defaults_found_under_configs_folder(tmp_path):
 
 
 def test_interpolation_and_command_line_overrides(tmp_path):
-    top = write(tmp_path, "c.yaml", "model: {d_model: 48, vocab_size: '${task.vocab}', layers: {F: mlp}, layout: F}\n"
-                                    "task: {type: x, vocab: 40}\n")
+    top = write(tmp_path, "c.yaml", "model: {d_model: 48, vocab_size: '${task.vocab_size}', layers: {F: mlp}, layout: F}\n"
+                                    "task: {type: induction_heads, vocab_size: 40}\n")
     root = load_config(top, ["model.d_model=96", "seed=7"])
     assert root.model.vocab_size == 40 and root.model.d_model == 96 and root.seed == 7
 

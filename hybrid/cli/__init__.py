@@ -52,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     if not args.command:
-        parser.print_help()
+        parser.print_help(sys.stderr)
+        print(f"error: no command given; choose one of {', '.join(SUBCOMMANDS)}", file=sys.stderr)
         return 2
     try:
         return args.run(args) or 0

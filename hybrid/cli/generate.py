@@ -8,8 +8,9 @@ import sys
 import torch
 
 from hybrid.config import load_config
-from hybrid.errors import ConfigError
+from hybrid.errors import CheckpointError, ConfigError
 from hybrid.model import HybridLM
+from hybrid.training.checkpoint import read_checkpoint
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # prefixes that wrappers add to parameter names: torch.compile, DistributedDataParallel
@@ -55,11 +56,12 @@ def add_parser(sub) -> None:
 
 
 def load_weights(model: HybridLM, path: str, trust: bool = False) -> None:
-    """Load a checkpoint's weights into `model`: the 'model' entry of a saved dict, or a bare state_dict."""
+    """Load a checkpoint's weights into `model`: the 'model' entry of a saved dict, or a bare state_dict.
+    A missing, truncated or corrupt file is a CheckpointError naming it."""
     try:
-        blob = torch.load(path, map_location="cpu", weights_only=not trust)
-    except FileNotFoundError:
-        raise ConfigError(f"checkpoint {path!r} does not exist", key="--checkpoint") from None
+        blob = read_checkpoint(path, "cpu", weights_only=not trust, keys=())
+    except CheckpointError as err:
+        raise err.located(key="--checkpoint") from None
     except pickle.UnpicklingError as err:
         raise ConfigError(f"checkpoint {path!r} holds objects other than tensors and plain containers "
                           f"({str(err).splitlines()[0]}); pass --trust-checkpoint if you trust the file",

@@ -1,6 +1,8 @@
 """`hybrid layers`: every registered layer with its arguments, defaults and docs."""
 from __future__ import annotations
 
+from hybrid.config import check_plugins
+from hybrid.errors import ConfigError, did_you_mean, shown
 from hybrid.registry import LAYERS, load_plugins
 from hybrid.summary import layer_help
 
@@ -14,8 +16,17 @@ def add_parser(sub) -> None:
     p.set_defaults(run=run)
 
 
+def check_names(names: list[str], registry) -> list[str]:
+    """`names` if each is registered in `registry`, else a ConfigError naming the first that is not."""
+    for name in names:
+        if name not in registry:
+            raise ConfigError(f"unknown {registry.kind} type {shown(name)}{did_you_mean(name, registry.names())}; "
+                              f"registered: {', '.join(registry.names())}", key="names")
+    return names
+
+
 def run(args) -> int:
-    load_plugins(args.plugins, key="--plugins")
-    names = args.names or LAYERS.names()
+    load_plugins(check_plugins(args.plugins, "--plugins"), key="--plugins")
+    names = check_names(args.names, LAYERS) or LAYERS.names()
     print("\n\n".join(layer_help(LAYERS.get(n)) for n in names))
     return 0

@@ -22,20 +22,30 @@ def add_parser(sub) -> None:
     p.set_defaults(run=run)
 
 
-def run(args) -> int:
-    import sys  # noqa: PLC0415
+def _is_dir(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except (OSError, ValueError):  # a name too long to be a path
+        return False
 
+
+def run(args) -> int:
+    from hybrid.errors import ConfigError  # noqa: PLC0415
     from hybrid.report.tables import collect, csv_table, markdown_table, runs_csv, unfinished  # noqa: PLC0415
 
-    if not args.dir.is_dir():
-        print(f"error: {args.dir} is not a folder", file=sys.stderr)
-        return 2
+    if not _is_dir(args.dir):
+        raise ConfigError("is not a folder; give a sweep's output folder or any folder of run directories",
+                          file=str(args.dir))
     sweep = collect(args.dir, args.metric, args.mode)
     if not sweep.runs:
-        print(f"error: no runs under {args.dir} (a run directory holds config.yaml)", file=sys.stderr)
-        return 2
+        raise ConfigError("no runs under this folder (a run directory holds config.yaml and status.json)",
+                          file=str(args.dir))
     out = args.out or args.dir / "report"
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"cannot create the report folder ({err.strerror or err})", key="--out",
+                          file=str(out)) from None
     table = markdown_table(sweep)
     plots = []
     if not args.no_plots:

@@ -12,7 +12,9 @@ def add_parser(sub) -> None:
     p = sub.add_parser("show", help="print the expanded layer stack of a config",
                        description="Compile a config's layout and print one row per residual sublayer: index, "
                                    "alias, layer type, arguments that differ from the defaults, parameters and "
-                                   "the kind of inference state, then totals by type.\n\n"
+                                   "the kind of inference state, then totals by type and the memory a "
+                                   "training step needs at the config's train settings (see hybrid/estimate.py)."
+                                   "\n\n"
                                    "example: hybrid show configs/layouts/jamba.yaml model.d_model=512 --megatron")
     p.add_argument("config", help="YAML config file")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. model.d_model=512")
@@ -22,9 +24,12 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
+    from hybrid.estimate import estimate, meta_model  # noqa: PLC0415
+
     root = load_config(args.config, args.overrides)
     m = root.model
-    rows, totals, total = stack_rows(m, root.layout)
+    model = meta_model(root)
+    rows, totals, total = stack_rows(m, root.layout, model)
     print(f"{root.name}: d_model={m.d_model} vocab={m.vocab_size} sublayers={len(root.layout)} "
           f"parameters={human(total)} ({total:,})\n")
     print(format_table(["#", "alias", "type", "arguments (non-default)", "params", "state"], rows, align_right={0, 4}))
@@ -33,6 +38,7 @@ def run(args) -> int:
                        [[t, c, human(p), f"{100 * p / total:.1f}%"] for t, (c, p) in totals.items()],
                        align_right={1, 2, 3}))
     print(f"\nlayout: {root.layout.text}")
+    print(estimate(root, model=model).describe())
     if args.megatron:
         try:
             print(f"megatron pattern: {megatron_pattern(root.layout)}")

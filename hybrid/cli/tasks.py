@@ -1,6 +1,8 @@
 """`hybrid tasks`: every registered task with its arguments, defaults and docs."""
 from __future__ import annotations
 
+from hybrid.cli.layers import check_names
+from hybrid.config import check_plugins
 from hybrid.registry import load_plugins
 from hybrid.summary import entry_help
 from hybrid.tasks.base import TASKS
@@ -16,7 +18,7 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    load_plugins(args.plugins, key="--plugins")
-    entries = [TASKS.get(n) for n in args.names or TASKS.names()]
+    load_plugins(check_plugins(args.plugins, "--plugins"), key="--plugins")
+    entries = [TASKS.get(n) for n in check_names(args.names, TASKS) or TASKS.names()]
     print("\n\n".join(entry_help(f"{e.name}\n  {e.doc}", e.config_cls) for e in entries))
     return 0

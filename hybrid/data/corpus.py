@@ -15,6 +15,12 @@ percent, so compare numbers across runs made with the same Python.
 Token shards: `.npy` arrays (any integer dtype, memory-mapped), raw `.bin` files of `token_dtype`
 (nanoGPT), or llm.c `.bin` files (a 256 x int32 header starting with magic 20240520, detected).
 With `eos_id` the shards are cut into documents at that token; without it each shard is a document.
+
+A corpus that cannot be used fails with a `DataError` naming the file and what to change: a shard
+whose size is not a multiple of its token size, an .npy of floats or of more than one axis, an
+llm.c header that promises more tokens than the file holds, a token id outside the vocabulary
+(a wrong `token_dtype` or `vocab_size`; every shard is scanned once), an unreadable text file, or
+a folder without text.
 """
 from __future__ import annotations
 
@@ -25,11 +31,17 @@ from pathlib import Path
 
 import numpy as np
 
-from hybrid.tasks.sampling import derive_seed
+from hybrid.errors import DataError
 
 SHARD_SUFFIXES = (".bin", ".npy")
 _LLMC_MAGIC = 20240520
 _SCAN_CHUNK = 1 << 24
+
+
+def derive_seed(*parts: object) -> int:
+    # hybrid.tasks.sampling's, imported on use: importing hybrid.tasks imports the lm task, which imports this
+    from hybrid.tasks.sampling import derive_seed as derive  # noqa: PLC0415
+    return derive(*parts)
 
 
 @dataclass
@@ -76,9 +88,10 @@ def list_files(paths: list[str], suffixes: tuple[str, ...]) -> list[tuple[str, P
         elif path.is_file():
             out.append((path.name, path))
         else:
-            raise FileNotFoundError(f"task.paths[{i}]: {p!r} is neither a file nor a folder")
+            raise DataError("is neither a file nor a folder", key=f"task.paths[{i}]", file=str(path))
     if not out:
-        raise FileNotFoundError(f"task.paths: no files with suffixes {list(suffixes)} under {paths}")
+        raise DataError(f"no files with suffixes {list(suffixes)} under {', '.join(map(str, paths))}; add text "
+                        "files or set task.suffixes", key="task.paths")
     return out
 
 
@@ -91,7 +104,12 @@ def text_corpus(files: list[tuple[str, Path]], tokenizer, val_fraction: float) -
     """Tokenize each file as one document (followed by the tokenizer's separator) -> train, validation."""
     parts: dict[bool, list[np.ndarray]] = {False: [], True: []}
     for name, path in files:
-        ids = tokenizer.encode(path.read_bytes())
+        try:
+            data = path.read_bytes()
+        except OSError as err:
+            raise DataError(f"cannot read it ({err.strerror or err}); remove it from the folder or fix it",
+                            key="task.paths", file=str(path)) from None
+        ids = tokenizer.encode(data)
         if tokenizer.eos_id is not None:
             ids = np.append(ids, np.asarray([tokenizer.eos_id], dtype=ids.dtype))
         if len(ids):
@@ -110,22 +128,68 @@ def _concat(docs: list[np.ndarray]) -> Corpus:
 
 def load_shard(path: Path, token_dtype: str = "uint16") -> np.ndarray:
     """A token shard, memory-mapped: `.npy`, llm.c `.bin` (header detected) or raw `.bin` of `token_dtype`."""
+    try:
+        return _load_shard(path, token_dtype)
+    except DataError:
+        raise
+    except (OSError, ValueError, EOFError) as err:  # numpy's reading of a damaged .npy header or body
+        raise DataError(f"cannot read this token shard ({type(err).__name__}: {str(err).splitlines()[0][:200]}); "
+                        "it is truncated or not a shard", key="task.paths", file=str(path)) from None
+
+
+def _load_shard(path: Path, token_dtype: str) -> np.ndarray:
+    def bad(message: str) -> DataError:
+        return DataError(message, key="task.paths", file=str(path))
+
+    if not path.is_file():
+        raise bad("no such token shard")
+    size = path.stat().st_size
     if path.suffix == ".npy":
-        return np.load(path, mmap_mode="r")
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+        if arr.ndim != 1 or arr.dtype.kind not in "iu":
+            raise bad(f"holds a {arr.dtype} array of shape {arr.shape}; a shard is one axis of integer token ids")
+        return arr
     with open(path, "rb") as f:
-        header = np.frombuffer(f.read(256 * 4), dtype=np.int32) if path.stat().st_size >= 1024 else None
+        header = np.frombuffer(f.read(256 * 4), dtype=np.int32) if size >= 1024 else None
     if header is not None and header[0] == _LLMC_MAGIC:
-        dtype = np.uint16 if header[1] == 1 else np.uint32
-        return np.memmap(path, dtype=dtype, mode="r", offset=1024, shape=(int(header[2]),))
-    return np.memmap(path, dtype=np.dtype(token_dtype), mode="r")
+        if header[1] not in (1, 2):
+            raise bad(f"llm.c header of unknown version {int(header[1])} (1: uint16 tokens, 2: uint32)")
+        dtype = np.dtype(np.uint16 if header[1] == 1 else np.uint32)
+        count = int(header[2])
+        if count < 0 or 1024 + count * dtype.itemsize > size:
+            raise bad(f"its llm.c header promises {count} tokens ({1024 + count * dtype.itemsize} bytes) but the file "
+                      f"has {size} bytes: it is truncated")
+        return np.memmap(path, dtype=dtype, mode="r", offset=1024, shape=(count,))
+    dtype = np.dtype(token_dtype)
+    if size == 0:
+        raise bad("is empty")
+    if size % dtype.itemsize:
+        raise bad(f"{size} bytes is not a multiple of {dtype.itemsize} (token_dtype {token_dtype}): a wrong "
+                  "task.token_dtype, or a truncated file")
+    return np.memmap(path, dtype=dtype, mode="r")
+
+
+def _check_ids(arr: np.ndarray, vocab_size: int | None, path: Path, token_dtype: str) -> None:
+    """Every token id in [0, vocab_size) (one pass over the shard, in chunks)."""
+    if vocab_size is None:
+        return
+    for i in range(0, len(arr), _SCAN_CHUNK):
+        chunk = np.asarray(arr[i:i + _SCAN_CHUNK])
+        lo, hi = int(chunk.min()), int(chunk.max())
+        if lo < 0 or hi >= vocab_size:
+            raise DataError(f"holds token id {lo if lo < 0 else hi}, outside the vocabulary [0, {vocab_size}): a "
+                            f"wrong dtype ({arr.dtype}; raw .bin shards are read as task.token_dtype, now "
+                            f"{token_dtype}) or a wrong task.vocab_size", key="task.paths", file=str(path))
 
 
 def shard_corpus(files: list[tuple[str, Path]], token_dtype: str, eos_id: int | None,
-                 val_fraction: float) -> tuple[Corpus, Corpus]:
-    """Memory-map each shard; documents end at `eos_id` (or are whole shards) -> train, validation."""
+                 val_fraction: float, vocab_size: int | None = None) -> tuple[Corpus, Corpus]:
+    """Memory-map each shard; documents end at `eos_id` (or are whole shards) -> train, validation.
+    With `vocab_size`, every token id is checked to lie below it."""
     sources, rows, names = [], [], []
     for s, (name, path) in enumerate(files):
         arr = load_shard(path, token_dtype)
+        _check_ids(arr, vocab_size, path, token_dtype)
         sources.append(arr)
         if eos_id is None:
             rows.append(np.asarray([[s, 0, len(arr)]], dtype=np.int64))

@@ -9,6 +9,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from hybrid.errors import ConfigError, DataError
+
 
 class ByteTokenizer:
     """UTF-8 bytes 0..255, and 256 as the end-of-document separator: vocab 257."""
@@ -37,16 +39,20 @@ class HFTokenizer:
         try:
             from tokenizers import Tokenizer
         except ImportError:
-            raise ImportError(f"task.tokenizer: reading {path!r} needs the `tokenizers` package "
-                              f"(pip install tokenizers); it is optional, byte-level needs nothing") from None
+            raise ConfigError(f"reading {path!r} needs the `tokenizers` package (pip install tokenizers); it is "
+                              "optional, byte-level needs nothing", key="task.tokenizer") from None
         self.path = path
-        self._tok = Tokenizer.from_file(path)
+        try:
+            self._tok = Tokenizer.from_file(path)
+        except Exception as err:  # tokenizers raises its own exception types for a missing or damaged file
+            raise DataError(f"cannot read this tokenizer ({str(err).splitlines()[0][:200]}); give a tokenizers "
+                            "JSON file (tokenizer.json)", key="task.tokenizer", file=path) from None
         self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
         self.eos_id = None
         if eos_token is not None:
             self.eos_id = self._tok.token_to_id(eos_token)
             if self.eos_id is None:
-                raise ValueError(f"task.eos_token: {eos_token!r} is not a token of {path}")
+                raise ConfigError(f"{eos_token!r} is not a token of {path}", key="task.eos_token")
         self._token_bytes: torch.Tensor | None = None
 
     def encode(self, text: str | bytes) -> np.ndarray:

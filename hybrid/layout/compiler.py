@@ -20,8 +20,8 @@ import dataclasses
 import re
 from typing import Any
 
-from hybrid.errors import ConfigError, did_you_mean
-from hybrid.layout.parser import Occurrence, is_valid_alias, parse_layout
+from hybrid.errors import ConfigError, did_you_mean, shown
+from hybrid.layout.parser import MAX_SUBLAYERS, Occurrence, is_valid_alias, parse_layout
 from hybrid.layout.shorthands import expand_shorthand
 from hybrid.layout.spec import Layout, ModuleSpec, SublayerSpec
 from hybrid.registry import LAYERS
@@ -33,6 +33,10 @@ _NTH_RE = re.compile(r"(.+)#(-?\d+)")
 def _module_spec(alias: str, definition: Any, key: str) -> ModuleSpec:
     if isinstance(definition, str):
         definition = {"type": definition}
+    if isinstance(definition, dict) and "type" in definition and (not isinstance(definition["type"], str)
+                                                                  or len(definition["type"]) > 100):
+        raise ConfigError(f"expected a layer type name (one of {', '.join(LAYERS.names())}), "
+                          f"got {shown(definition['type'])}", key=f"{key}.type")
     entry, args = LAYERS.get_typed(definition, key, "a layer alias ({type: <layer>, <arguments>}, "
                                                      "{parallel: [aliases]} or a type name)")
     return ModuleSpec(alias, entry.name, entry.make_config(args, key))
@@ -48,8 +52,9 @@ class _Compiler:
                 raise ConfigError(f"expected a mapping of aliases, got {table!r}", key=f"{key}.{section}")
             for alias in table:
                 if not is_valid_alias(str(alias)):
-                    raise ConfigError(f"{alias!r} cannot be an alias: use letters, digits, '_', '-', '.', "
-                                      "starting with a letter, and not a repeat like 'x4'", key=f"{key}.{section}.{alias}")
+                    raise ConfigError(f"{shown(alias)} cannot be an alias: use letters, digits, '_', '-', '.', "
+                                      "starting with a letter, and not a repeat like 'x4'",
+                                      key=f"{key}.{section}.{str(alias)[:40]}")
         both = set(self.layers) & set(self.shared)
         if both:
             raise ConfigError(f"alias(es) {sorted(both)} defined both in layers and in shared", key=f"{key}.shared")
@@ -72,6 +77,8 @@ class _Compiler:
                 specs = []
                 for i, name in enumerate(names):
                     bkey = f"{dkey}.parallel[{i}]"
+                    if not isinstance(name, str):
+                        raise ConfigError(f"expected a layer alias (a string), got {shown(name)}", key=bkey)
                     if name in self.shared:
                         raise ConfigError(f"{name!r} is a shared block; parallel branches must be layer aliases", key=bkey)
                     sub = self.branches(name, bkey, None, None) if name != alias else None
@@ -85,27 +92,30 @@ class _Compiler:
             result = (_module_spec(alias, {"type": alias}, key),)
         else:
             known = sorted(set(self.layers) | set(self.shared))
-            raise ConfigError(f"unknown alias {alias!r}{did_you_mean(alias, known + LAYERS.names())}; defined aliases: "
+            raise ConfigError(f"unknown alias {shown(alias)}{did_you_mean(alias, known + LAYERS.names())}; "
+                              "defined aliases: "
                               f"{', '.join(known) or 'none'}; registered layer types usable directly: "
                               f"{', '.join(LAYERS.names())}", key=key, column=column, text=text)
         self._modules[alias] = result
         return result
 
     def expand(self, occurrences: list[Occurrence], key: str, text: str, inside: tuple[str, ...] = ()) -> list[dict]:
-        """Occurrences -> sublayer records, expanding shared blocks (with cycle detection)."""
-        out = []
+        """Occurrences -> sublayer records, expanding shared blocks (with cycle detection); the result
+        stays within MAX_SUBLAYERS, checked before each block's sublayers are added."""
+        out: list[dict] = []
         for occ in occurrences:
             if occ.alias in self.shared:
                 if occ.alias in inside:
                     chain = " -> ".join(inside + (occ.alias,))
                     raise ConfigError(f"shared block {occ.alias!r} refers to itself ({chain})", key=key,
                                       column=occ.column, text=text)
-                body = self.shared[occ.alias]
                 bkey = f"{self.key}.shared.{occ.alias}"
-                body_text = " ".join(body) if isinstance(body, list) else body
-                if not isinstance(body_text, str):
-                    raise ConfigError("a shared block is a list of aliases or a layout string", key=bkey)
+                body_text = self.body(occ.alias, bkey)
                 inner = self.expand(parse_layout(body_text, bkey), bkey, body_text, inside + (occ.alias,))
+                if len(out) + len(inner) > MAX_SUBLAYERS:
+                    raise ConfigError(f"with shared block {occ.alias!r} ({len(inner)} sublayers) expanded here, the "
+                                      f"layout has more than the {MAX_SUBLAYERS} sublayers a layout may have "
+                                      "(hybrid.layout.parser.MAX_SUBLAYERS)", key=key, column=occ.column, text=text)
                 for position, record in enumerate(inner):
                     if record["shared"] is None:  # the innermost shared block owns the weights
                         record = {**record, "shared": occ.alias, "tie": (occ.alias, position)}
@@ -114,6 +124,30 @@ class _Compiler:
                 out.append({"alias": occ.alias, "branches": self.branches(occ.alias, key, occ.column, text),
                             "shared": None, "tie": None, "column": occ.column})
         return out
+
+    def body(self, name: str, key: str) -> str:
+        """The layout string of shared block `name`."""
+        body = self.shared[name]
+        if isinstance(body, list):
+            for i, alias in enumerate(body):
+                if not isinstance(alias, str):
+                    raise ConfigError(f"expected an alias (a string), got {shown(alias)}", key=f"{key}[{i}]")
+            return " ".join(body)
+        if not isinstance(body, str):
+            raise ConfigError(f"a shared block is a list of aliases or a layout string, got {shown(body)}", key=key)
+        return body
+
+    def check_unused(self, used: set[str]) -> None:
+        """Compile the aliases and shared blocks the layout does not use, so that a typo in one is
+        found now, not when a sweep's layout first uses it."""
+        for alias in self.layers:
+            if alias not in used:
+                self.branches(alias, f"{self.key}.layers.{alias}", None, None)
+        for name in self.shared:
+            if name not in used:
+                bkey = f"{self.key}.shared.{name}"
+                body_text = self.body(name, bkey)
+                self.expand(parse_layout(body_text, bkey), bkey, body_text, (name,))
 
 
 def _select(at: Any, records: list[dict], key: str) -> list[int]:
@@ -125,8 +159,11 @@ def _select(at: Any, records: list[dict], key: str) -> list[int]:
         return picked
     n = len(records)
     if isinstance(at, bool) or not isinstance(at, (int, str)):
-        raise ConfigError(f"`at` is an index, a slice 'i:j', 'alias#k', an alias, or a list of these; got {at!r}", key=key)
+        raise ConfigError(f"`at` is an index, a slice 'i:j', 'alias#k', an alias, or a list of these; got {shown(at)}",
+                          key=key)
     text = str(at).strip()
+    if any(len(d) > 9 for d in re.findall(r"\d+", text)):  # no index that long is meant (and int() would refuse it)
+        raise ConfigError(f"index {shown(text, 30)} is outside the {n} sublayers", key=key)
     if re.fullmatch(r"-?\d+", text):
         i = int(text)
         if not -n <= i < n:
@@ -156,6 +193,11 @@ def _apply_override(records: list[dict], override: Any, key: str) -> None:
         raise ConfigError("an override is {at: <where>, [select: alias], [branch: b], <arguments>}", key=key)
     selected = _select(override["at"], records, f"{key}.at")
     select = override.get("select")
+    if select is not None and not isinstance(select, str):
+        raise ConfigError(f"`select` is an alias or a layer type name, got {shown(select)}", key=f"{key}.select")
+    branch = override.get("branch")
+    if branch is not None and (isinstance(branch, bool) or not isinstance(branch, (int, str))):
+        raise ConfigError(f"`branch` is a branch's alias or its index, got {shown(branch)}", key=f"{key}.branch")
     if select is not None:
         selected = [i for i in selected
                     if select == records[i]["alias"] or select in [b.type for b in records[i]["branches"]]]
@@ -177,7 +219,6 @@ def _apply_override(records: list[dict], override: Any, key: str) -> None:
         branches = list(record["branches"])
         targets = range(len(branches))
         if len(branches) > 1:
-            branch = override.get("branch")
             if branch is None:
                 raise ConfigError(f"sublayer {i} ({record['alias']!r}) is parallel: say which branch with "
                                   f"`branch:` ({', '.join(b.alias for b in branches)} or an index)", key=key)
@@ -187,7 +228,8 @@ def _apply_override(records: list[dict], override: Any, key: str) -> None:
             elif branch in names:
                 targets = [names.index(branch)]
             else:
-                raise ConfigError(f"branch {branch!r} is not one of {names}", key=f"{key}.branch")
+                raise ConfigError(f"branch {shown(branch)} is not one of {names} (or an index below {len(names)})",
+                                  key=f"{key}.branch")
         for b in targets:
             spec = branches[b]
             entry = LAYERS.get(spec.type)
@@ -202,6 +244,7 @@ def compile_layout(layers: dict | None, layout: Any, shared: dict | None = None,
     text = expand_shorthand(layout, f"{key}.layout")
     compiler = _Compiler(layers or {}, shared or {}, key)
     records = compiler.expand(parse_layout(text, f"{key}.layout"), f"{key}.layout", text)
+    compiler.check_unused({r["alias"] for r in records} | {r["shared"] for r in records if r["shared"]})
     if overrides is not None and not isinstance(overrides, list):
         raise ConfigError("overrides must be a list of {at: ..., <arguments>}", key=f"{key}.overrides")
     for i, override in enumerate(overrides or []):

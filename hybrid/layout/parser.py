@@ -10,16 +10,22 @@ Grammar (whitespace separates tokens; parentheses need none):
 ALIAS is a name of letters, digits, "_", "-" or "." that starts with a letter or "_" and is not
 itself a repeat such as "x4". Every ALIAS becomes one residual sublayer (or, for a shared block,
 the sublayers of its body).
+
+Limits, checked before anything is expanded: at most MAX_SUBLAYERS sublayers in all (a repeat
+that would pass it fails at the column of its count, so "M x99999999" costs nothing) and
+parentheses nested at most MAX_DEPTH deep.
 """
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
 
-from hybrid.errors import ConfigError
+from hybrid.errors import ConfigError, shown
 
 ALIAS_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*")
 REPEAT_RE = re.compile(r"[x*]([0-9]+)")
+MAX_SUBLAYERS = 2048  # deeper than any published model by 10x; a typo'd count is caught before allocation
+MAX_DEPTH = 32  # nesting of parentheses
 
 
 def is_valid_alias(name: str) -> bool:
@@ -84,6 +90,8 @@ def parse_layout(text: str, key: str = "model.layout") -> list[Occurrence]:
             tok = tokens[pos]
             repeat = REPEAT_RE.fullmatch(tok.text)
             if tok.text == "(":
+                if depth >= MAX_DEPTH:
+                    raise error(f"parentheses nested more than {MAX_DEPTH} deep", tok.column)
                 pos += 1
                 last = parse_sequence(depth + 1, tok.column)
                 out.extend(last)
@@ -93,11 +101,10 @@ def parse_layout(text: str, key: str = "model.layout") -> list[Occurrence]:
                 pos += 1
                 return out
             elif repeat:
-                count = int(repeat.group(1))
                 if last is None:
-                    raise error(f"repeat {tok.text!r} follows nothing: write it after an alias or a ')'", tok.column)
-                if count == 0:
-                    raise error(f"repeat {tok.text!r} would remove the item: counts start at 1", tok.column)
+                    raise error(f"repeat {shown(tok.text)} follows nothing: write it after an alias or a ')'",
+                                tok.column)
+                count = _count(repeat.group(1), len(out), len(last), lambda m: error(m, tok.column))
                 out.extend(last * (count - 1))
                 last = None  # "M x2 x3" is ambiguous: reject the second repeat
                 pos += 1
@@ -106,7 +113,7 @@ def parse_layout(text: str, key: str = "model.layout") -> list[Occurrence]:
                 out.extend(last)
                 pos += 1
             else:
-                raise error(f"{tok.text!r} is not an alias: aliases are letters, digits, '_', '-' and '.', "
+                raise error(f"{shown(tok.text)} is not an alias: aliases are letters, digits, '_', '-' and '.', "
                             f"starting with a letter; repeats are written 'x4' or '*4'", tok.column)
         if depth > 0:
             raise error("unbalanced '(': no ')' closes it", open_col)
@@ -116,3 +123,18 @@ def parse_layout(text: str, key: str = "model.layout") -> list[Occurrence]:
     if not result:
         raise ConfigError("the layout is empty: write at least one alias, e.g. \"(M F) x4\"", key=key)
     return result
+
+
+def _count(digits: str, before: int, item: int, error) -> int:
+    """The count of a repeat of an `item`-sublayer group after `before` sublayers, within MAX_SUBLAYERS."""
+    too_many = (f"is more than the {MAX_SUBLAYERS} sublayers a layout may have "
+                f"(hybrid.layout.parser.MAX_SUBLAYERS); write the count you meant")
+    if len(digits) > 9:  # int() of a 5000-digit string would itself fail; no count that long is meant
+        raise error(f"repeat count {shown(digits, 30)} {too_many}")
+    count = int(digits)
+    if count == 0:
+        raise error(f"repeat x{count} would remove the item: counts start at 1")
+    total = before + item * (count - 1)
+    if total > MAX_SUBLAYERS:
+        raise error(f"repeat x{count} makes {total:,} sublayers, which {too_many}")
+    return count

@@ -21,9 +21,11 @@ round(layers * mlp) of the remaining Mamba positions become MLPs, spread evenly 
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
-from hybrid.errors import ConfigError
+from hybrid.errors import ConfigError, shown
+from hybrid.layout.parser import MAX_SUBLAYERS, is_valid_alias
 
 
 def megatron_allocation(layers: int, attention_ratio: float, mlp_ratio: float) -> list[str]:
@@ -55,15 +57,24 @@ def megatron_allocation(layers: int, attention_ratio: float, mlp_ratio: float) -
     return kinds
 
 
-def _need(mapping: dict, name: str, key: str, kind: type) -> Any:
+def _need(mapping: dict, name: str, key: str, kind: type, default: Any = None) -> Any:
+    """mapping[name] as an int or a finite number; `default` when absent (None: required)."""
     if name not in mapping:
-        raise ConfigError(f"missing {name!r}", key=key)
+        if default is None:
+            raise ConfigError(f"missing {name!r}", key=key)
+        return default
     value = mapping[name]
     if kind is int and not (isinstance(value, int) and not isinstance(value, bool)):
-        raise ConfigError(f"expected an integer, got {value!r}", key=f"{key}.{name}")
-    if kind is float and not (isinstance(value, (int, float)) and not isinstance(value, bool)):
-        raise ConfigError(f"expected a number, got {value!r}", key=f"{key}.{name}")
+        raise ConfigError(f"expected an integer, got {shown(value)}", key=f"{key}.{name}")
+    if kind is float and not (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)):
+        raise ConfigError(f"expected a number, got {shown(value)}", key=f"{key}.{name}")
     return value
+
+
+def _size(count: int, key: str, what: str) -> None:
+    if count > MAX_SUBLAYERS:
+        raise ConfigError(f"{what} makes {count:,} sublayers, more than the {MAX_SUBLAYERS} a layout may have "
+                          "(hybrid.layout.parser.MAX_SUBLAYERS)", key=key)
 
 
 def every_to_layout(spec: dict, key: str) -> str:
@@ -78,26 +89,36 @@ def every_to_layout(spec: dict, key: str) -> str:
         block = block.split()
     if not block or not isinstance(block, list) or not all(isinstance(b, str) for b in block):
         raise ConfigError("block must be a list of aliases or a string like \"M F\"", key=f"{key}.block")
+    _size(blocks * len(block), f"{key}.blocks", f"blocks: {blocks} of {len(block)} sublayers")
     rules = spec.get("every") or {}
     if not isinstance(rules, dict):
         raise ConfigError("every must map an alias to {period, offset, slot}", key=f"{key}.every")
+    checked = [(alias, *_every_rule(alias, rule, len(block), f"{key}.every.{alias}")) for alias, rule in rules.items()]
     out = []
     for i in range(blocks):
         current = list(block)
-        for alias, rule in rules.items():
-            rkey = f"{key}.every.{alias}"
-            if not isinstance(rule, dict) or set(rule) - {"period", "offset", "slot"}:
-                raise ConfigError("expected {period: N, offset: K, slot: S}", key=rkey)
-            period = _need(rule, "period", rkey, int)
-            offset, slot = rule.get("offset", 0), rule.get("slot", 0)
-            if period < 1 or not 0 <= offset < period:
-                raise ConfigError(f"need period >= 1 and 0 <= offset < period, got period {period}, offset {offset}", key=rkey)
-            if not 0 <= slot < len(block):
-                raise ConfigError(f"slot {slot} is outside the block of {len(block)} sublayers", key=f"{rkey}.slot")
+        for alias, period, offset, slot in checked:
             if i % period == offset:
                 current[slot] = alias
         out.extend(current)
     return " ".join(out)
+
+
+def _every_rule(alias: Any, rule: Any, block_size: int, key: str) -> tuple[int, int, int]:
+    """(period, offset, slot) of one `every` rule, checked."""
+    if not isinstance(alias, str) or not is_valid_alias(alias):
+        raise ConfigError(f"{shown(alias)} cannot be an alias: use letters, digits, '_', '-', '.', starting with "
+                          "a letter", key=key)
+    if not isinstance(rule, dict) or set(rule) - {"period", "offset", "slot"}:
+        raise ConfigError(f"expected {{period: N, offset: K, slot: S}}, got {shown(rule)}", key=key)
+    period = _need(rule, "period", key, int)
+    offset, slot = _need(rule, "offset", key, int, 0), _need(rule, "slot", key, int, 0)
+    if period < 1 or not 0 <= offset < period:
+        raise ConfigError(f"need period >= 1 and 0 <= offset < period, got period {period}, offset {offset}", key=key)
+    if not 0 <= slot < block_size:
+        raise ConfigError(f"slot {slot} is outside the block of {block_size} sublayers (0 to {block_size - 1})",
+                          key=f"{key}.slot")
+    return period, offset, slot
 
 
 def ratio_to_layout(spec: dict, key: str) -> str:
@@ -107,13 +128,23 @@ def ratio_to_layout(spec: dict, key: str) -> str:
     ratio = spec["ratio"]
     rkey = f"{key}.ratio"
     if not isinstance(ratio, dict) or set(ratio) - {"layers", "attention", "mlp"}:
-        raise ConfigError("expected {layers: N, attention: r, mlp: r}", key=rkey)
+        raise ConfigError(f"expected {{layers: N, attention: r, mlp: r}}, got {shown(ratio)}", key=rkey)
     layers = _need(ratio, "layers", rkey, int)
-    attention = float(ratio.get("attention", 0.0))
-    mlp = float(ratio.get("mlp", 0.0))
+    attention = float(_need(ratio, "attention", rkey, float, 0.0))
+    mlp = float(_need(ratio, "mlp", rkey, float, 0.0))
     if layers < 1 or attention < 0 or mlp < 0 or attention + mlp > 1:
-        raise ConfigError(f"need layers >= 1, ratios >= 0 and attention + mlp <= 1; got {ratio}", key=rkey)
-    aliases = {"mamba": "M", "attention": "A", "mlp": "F", **(spec.get("aliases") or {})}
+        raise ConfigError(f"need layers >= 1, ratios >= 0 and attention + mlp <= 1; got {shown(ratio)}", key=rkey)
+    _size(layers, f"{rkey}.layers", f"layers: {layers}")
+    aliases = {"mamba": "M", "attention": "A", "mlp": "F"}
+    given = spec.get("aliases") or {}
+    if not isinstance(given, dict):
+        raise ConfigError(f"expected {{mamba: M, attention: A, mlp: F}}, got {shown(given)}", key=f"{key}.aliases")
+    for kind, alias in given.items():
+        if kind not in aliases:
+            raise ConfigError(f"unknown kind {shown(kind)}; aliases has mamba, attention, mlp", key=f"{key}.aliases")
+        if not isinstance(alias, str):
+            raise ConfigError(f"expected an alias (a string), got {shown(alias)}", key=f"{key}.aliases.{kind}")
+        aliases[kind] = alias
     return " ".join(aliases[k] for k in megatron_allocation(layers, attention, mlp))
 
 

@@ -93,8 +93,8 @@ def metric_vs_slice(sweep: Sweep, rows: list[Row], key: str, out: Path, xlabel: 
     drawn = False
     for r in rows:
         final = r.runs[0].results.get("final") or {}
-        points = sorted((float(m.group(1)), v) for k, v in final.items()
-                        if (m := pattern.match(k)) and isinstance(v, (int, float)))
+        points = sorted((_numeric(m.group(1)), v) for k, v in final.items()
+                        if (m := pattern.match(k)) and _numeric(m.group(1)) is not None and isinstance(v, (int, float)))
         if len(points) >= 2:
             ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=r.label)
             drawn = True

@@ -4,7 +4,8 @@ Best-of-learning-rate selection follows Zoology: for each configuration (the swe
 than `select.over`, normally `train.lr`, and `seed`) every learning rate's metric is averaged over
 seeds, the best learning rate is kept, and the row reports that learning rate's mean (and spread,
 with several seeds). A run that diverged or failed counts as the worst value, so it never wins.
-Numbers come from `<run>/results.json` (the final evaluation on every held-out batch).
+Numbers come from `<run>/results.json` (the final evaluation on every held-out batch). A run or
+sweep file that cannot be read is a `RunFileError` naming it (see `hybrid.training.run_dir`).
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hybrid.errors import RunFileError
 from hybrid.training.logging import METRICS, read_metrics
 from hybrid.training.run_dir import CONFIG, FINAL_STATES, STATUS, RunDir, read_json
 
@@ -70,10 +72,26 @@ class Row:
     tried: int  # values of the selection axes tried
 
 
+def read_plan(path: Path) -> dict[str, Any]:
+    """A sweep's sweep.json (written by `hybrid sweep`), checked: {runs: [{name, axes}], select: {...}}."""
+    what = "it is rewritten by running the sweep again (`hybrid sweep SWEEP.yaml --dry-run` does not)"
+    plan = read_json(path, {}, expect=dict, what=f"delete it to tabulate the runs without their axes, or {what}") or {}
+    runs, select = plan.get("runs", []), plan.get("select", {})
+    ok = isinstance(runs, list) and all(isinstance(r, dict) and isinstance(r.get("name"), str)
+                                        and isinstance(r.get("axes", {}), dict) for r in runs)
+    ok = ok and isinstance(select, dict) and isinstance(select.get("over", []), list) \
+        and all(isinstance(a, str) for a in select.get("over", [])) \
+        and isinstance(select.get("metric", ""), str) and select.get("mode", "max") in ("max", "min")
+    if not ok:
+        raise RunFileError("is not a sweep plan ({runs: [{name, axes}, ...], select: {over, metric, mode}}); delete "
+                           f"it to tabulate the runs without their axes, or {what}", file=str(path))
+    return plan
+
+
 def collect(root: Path | str, metric: str | None = None, mode: str | None = None) -> Sweep:
     """Every run directory under `root` (any depth), with the axes of `root/sweep.json` when present."""
     root = Path(root)
-    plan = read_json(root / SWEEP_PLAN, {}) or {}
+    plan = read_plan(root / SWEEP_PLAN)
     planned = {r["name"]: r for r in plan.get("runs", [])}
     select = plan.get("select", {})
     runs = []
@@ -84,8 +102,8 @@ def collect(root: Path | str, metric: str | None = None, mode: str | None = None
         status = rd.status()
         name = config.parent.name
         axes = planned.get(name, {}).get("axes") or {"run": name}
-        runs.append(RunRecord(name, config.parent, dict(axes), status.get("state", "unknown"), rd.results(),
-                              status.get("error", "")))
+        runs.append(RunRecord(name, config.parent, {str(k): str(v) for k, v in axes.items()},
+                              status.get("state", "unknown"), rd.results(), str(status.get("error", ""))))
     if plan.get("runs"):
         axes = list(plan["runs"][0]["axes"])
     else:

@@ -16,7 +16,8 @@
     select: {over: [train.lr], metric: eval/all/accuracy, mode: max}   # best-of-lr in reports
 
 Keys are dotted config paths (any override `hybrid train` accepts); values may be mappings or
-lists (written into the run's config as they are). A run is named after its axis values in order,
+lists (written into the run's config as they are) of plain YAML data. A sweep has at most
+MAX_RUNS runs, counted before any is made. A run is named after its axis values in order,
 e.g. "arch=mamba,d_model=32,lr=0.003,vocab_size=64" (a named axis gives its label; a plain axis the
 last part of its key, or the whole key where two would clash). Results go to `<out>/runs/<name>/`,
 `out` being the sweep file's folder unless given.
@@ -32,11 +33,12 @@ from typing import Any
 
 import yaml
 
-from hybrid.config import COMMAND_LINE, RootConfig, _read_yaml, load_config
-from hybrid.errors import ConfigError, did_you_mean
+from hybrid.config import COMMAND_LINE, RootConfig, _is_file, _read_yaml, load_config
+from hybrid.errors import ConfigError, did_you_mean, shown
 
 TOP_KEYS = ("name", "config", "overrides", "grid", "zip", "select", "out", "jobs")
 SELECT_KEYS = ("over", "metric", "mode")
+MAX_RUNS = 10_000
 
 
 @dataclass
@@ -104,19 +106,53 @@ def _short_names(keys: list[str]) -> dict[str, str]:
     return {k: (t if tails.count(t) == 1 else k) for k, t in zip(keys, tails)}
 
 
+def _plain(value: Any, file: str, key: str) -> Any:
+    """`value` if it is plain YAML data (what a config can hold), else a ConfigError."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _plain(v, file, f"{key}.{k}")
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _plain(v, file, f"{key}[{i}]")
+    elif not isinstance(value, (str, int, float, bool, type(None))):
+        raise ConfigError(f"expected a string, number, boolean, list or mapping, got {shown(value)} "
+                          f"({type(value).__name__}); quote it to pass it as a string", key=key, file=file)
+    return value
+
+
+def parse_value(text: str, file: str, key: str) -> Any:
+    """The YAML value of the right-hand side of a key=value override."""
+    try:
+        return yaml.safe_load(text) if text.strip() else text
+    except (yaml.YAMLError, ValueError) as err:
+        raise ConfigError(f"{shown(text)} is not a YAML value ({str(err).splitlines()[0]}); quote it to pass a "
+                          "string", key=key, file=file) from None
+
+
+def parse_jobs(value: Any, file: str | None = None, key: str = "--jobs") -> int | str:
+    """A positive integer (or an integer string) or "auto", else a ConfigError."""
+    if value == "auto":
+        return "auto"
+    if isinstance(value, str) and value.strip().isdigit() and len(value.strip()) < 6:
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        return value
+    raise ConfigError(f"expected a positive integer or auto, got {shown(value)}", key=key, file=file)
+
+
 def _as_overrides(value: Any, file: str, key: str) -> dict[str, Any]:
     if value is None:
         return {}
     if isinstance(value, dict):
-        return {str(k): v for k, v in value.items()}
+        return {str(k): _plain(v, file, f"{key}.{k}") for k, v in value.items()}
     if isinstance(value, list) and all(isinstance(v, str) and "=" in v for v in value):
         out = {}
-        for item in value:
+        for i, item in enumerate(value):
             k, _, v = item.partition("=")
-            out[k.strip()] = yaml.safe_load(v) if v.strip() else v
+            out[k.strip()] = parse_value(v, file, f"{key}[{i}]")
         return out
     raise ConfigError("expected a mapping of dotted keys to values ({train.steps: 300}) or a list of "
-                      f"key=value strings, got {value!r}", key=key, file=file)
+                      f"key=value strings, got {shown(value)}", key=key, file=file)
 
 
 def _axes(section: Any, file: str, where: str) -> list[tuple[str, list[tuple[str, dict[str, Any]]]]]:
@@ -124,7 +160,8 @@ def _axes(section: Any, file: str, where: str) -> list[tuple[str, list[tuple[str
     if section is None:
         return []
     if not isinstance(section, dict):
-        raise ConfigError(f"expected a mapping of axes, e.g. {{train.lr: [1e-3, 3e-3]}}, got {section!r}", key=where, file=file)
+        raise ConfigError(f"expected a mapping of axes, e.g. {{train.lr: [1e-3, 3e-3]}}, got {shown(section)}",
+                          key=where, file=file)
     axes = []
     for name, values in section.items():
         key = f"{where}.{name}"
@@ -135,10 +172,10 @@ def _axes(section: Any, file: str, where: str) -> list[tuple[str, list[tuple[str
         elif isinstance(values, list):
             if not values:
                 raise ConfigError("an axis needs at least one value", key=key, file=file)
-            options = [(_label(v), {str(name): v}) for v in values]
+            options = [(_label(v), {str(name): _plain(v, file, f"{key}[{i}]")}) for i, v in enumerate(values)]
         else:
             raise ConfigError(f"expected a list of values (or a mapping label -> overrides for a named axis), "
-                              f"got {values!r}; write [{values!r}] for a single value", key=key, file=file)
+                              f"got {shown(values)}; write [{shown(values)}] for a single value", key=key, file=file)
         axes.append((str(name), options))
     return axes
 
@@ -148,11 +185,14 @@ def _zip(section: Any, file: str) -> list[tuple[str, list[tuple[str, dict[str, A
     if section is None:
         return []
     if not isinstance(section, dict) or not section:
-        raise ConfigError(f"expected a mapping of keys to lists of one length, got {section!r}", key="zip", file=file)
+        raise ConfigError(f"expected a mapping of keys to lists of one length, got {shown(section)}", key="zip",
+                          file=file)
+    section = {str(k): v for k, v in section.items()}
     lengths = {}
     for k, v in section.items():
         if not isinstance(v, list) or not v:
-            raise ConfigError(f"expected a non-empty list, got {v!r}", key=f"zip.{k}", file=file)
+            raise ConfigError(f"expected a non-empty list, got {shown(v)}", key=f"zip.{k}", file=file)
+        _plain(v, file, f"zip.{k}")
         lengths[k] = len(v)
     if len(set(lengths.values())) > 1:
         raise ConfigError("zipped lists must have one length; got " + ", ".join(f"{k}: {n}" for k, n in lengths.items()),
@@ -167,12 +207,46 @@ def _zip(section: Any, file: str) -> list[tuple[str, list[tuple[str, dict[str, A
     return [("zip", options)]
 
 
+def _select(select: Any, file: str) -> dict[str, Any]:
+    """The `select:` section, its keys and the types of their values checked."""
+    select = select or {}
+    if not isinstance(select, dict):
+        raise ConfigError(f"expected {{over: [train.lr], metric: eval/all/accuracy, mode: max}}, got {shown(select)}",
+                          key="select", file=file)
+    for key in select:
+        if key not in SELECT_KEYS:
+            raise ConfigError(f"unknown key {key!r}{did_you_mean(key, SELECT_KEYS)}; select has: "
+                              f"{', '.join(SELECT_KEYS)}", key=f"select.{key}", file=file)
+    if select.get("mode", "max") not in ("max", "min"):
+        raise ConfigError(f"expected max or min, got {shown(select['mode'])}", key="select.mode", file=file)
+    if not isinstance(select.get("metric", ""), str):
+        raise ConfigError(f"expected a logged metric name like eval/all/accuracy, got {shown(select['metric'])}",
+                          key="select.metric", file=file)
+    over = select.get("over")
+    if over is not None and not (isinstance(over, str) or (isinstance(over, list)
+                                                            and all(isinstance(o, str) for o in over))):
+        raise ConfigError(f"expected an axis name or a list of them, e.g. [train.lr], got {shown(over)}",
+                          key="select.over", file=file)
+    return select
+
+
+def _check_count(axes: list[tuple[str, list]], file: str) -> None:
+    """At most MAX_RUNS runs, counted before any is made."""
+    count = 1
+    for _, options in axes:
+        count *= len(options)
+    if count > MAX_RUNS:
+        raise ConfigError(f"the axes make {count:,} runs, more than the {MAX_RUNS:,} a sweep may have "
+                          f"(hybrid.sweep.spec.MAX_RUNS): " + " x ".join(f"{n} ({len(o)})" for n, o in axes),
+                          key="grid", file=file)
+
+
 def load_sweep(path: Path | str, *, check: bool = True) -> SweepSpec:
     """Read and check a sweep file. With `check`, every run's config is resolved (nothing is built),
     so a misspelt key fails now, naming the sweep file and the axis, not hours into the sweep."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"no such sweep file: {path}")
+    if not _is_file(path):
+        raise ConfigError("no such sweep file", file=str(path))
     file = str(path)
     data = _read_yaml(path)
     for key in data:
@@ -181,25 +255,17 @@ def load_sweep(path: Path | str, *, check: bool = True) -> SweepSpec:
                               f"{', '.join(TOP_KEYS)}", key=str(key), file=file)
     if "config" not in data:
         raise ConfigError("missing `config:`, the base config every run starts from (a path relative to this file)",
-                          file=file)
+                          key="config", file=file)
     if not isinstance(data["config"], str):
-        raise ConfigError(f"expected a path, got {data['config']!r}", key="config", file=file)
-    config = (path.parent / data["config"]).resolve()
-    if not config.is_file():
-        raise ConfigError(f"base config {data['config']!r} not found (looked for {config})", key="config", file=file)
+        raise ConfigError(f"expected a path, got {shown(data['config'])}", key="config", file=file)
+    config = path.parent / data["config"]
+    if not _is_file(config):
+        raise ConfigError(f"base config {shown(data['config'])} not found (looked for {shown(str(config), 200)})",
+                          key="config", file=file)
+    config = config.resolve()
 
-    select = data.get("select") or {}
-    if not isinstance(select, dict):
-        raise ConfigError(f"expected {{over: [train.lr], metric: eval/all/accuracy, mode: max}}, got {select!r}",
-                          key="select", file=file)
-    for key in select:
-        if key not in SELECT_KEYS:
-            raise ConfigError(f"unknown key {key!r}{did_you_mean(key, SELECT_KEYS)}; select has: {', '.join(SELECT_KEYS)}",
-                              key=f"select.{key}", file=file)
-    over = select.get("over")
-    mode = select.get("mode", "max")
-    if mode not in ("max", "min"):
-        raise ConfigError(f"expected max or min, got {mode!r}", key="select.mode", file=file)
+    select = _select(data.get("select"), file)
+    over, mode = select.get("over"), select.get("mode", "max")
 
     shared = _as_overrides(data.get("overrides"), file, "overrides")
     axes = _axes(data.get("grid"), file, "grid") + _zip(data.get("zip"), file)
@@ -212,6 +278,7 @@ def load_sweep(path: Path | str, *, check: bool = True) -> SweepSpec:
             raise ConfigError(f"select.over names {name!r}, which is not an axis of the sweep; axes: "
                               f"{', '.join(axis_names) or 'none'}{did_you_mean(name, axis_names)}",
                               key="select.over", file=file)
+    _check_count(axes, file)
     short = _short_names([n for n in axis_names if n != "zip"])
     runs, seen = [], {}
     for combo in itertools.product(*[options for _, options in axes]) if axes else [()]:
@@ -232,9 +299,11 @@ def load_sweep(path: Path | str, *, check: bool = True) -> SweepSpec:
         seen[name] = True
         runs.append(RunSpec(name, overrides, labels, ",".join(group_parts) or "base"))
 
-    jobs = data.get("jobs", 1)
-    if not (jobs == "auto" or (isinstance(jobs, int) and jobs >= 1)):
-        raise ConfigError(f"expected a positive integer or auto, got {jobs!r}", key="jobs", file=file)
+    jobs = parse_jobs(data.get("jobs", 1), file, "jobs")
+    if data.get("out") is not None and not isinstance(data["out"], str):
+        raise ConfigError(f"expected a folder path, got {shown(data['out'])}", key="out", file=file)
+    if data.get("name") is not None and not isinstance(data["name"], (str, int)):
+        raise ConfigError(f"expected a name, got {shown(data['name'])}", key="name", file=file)
     spec = SweepSpec(path=path, name=str(data.get("name") or path.parent.name), config=config, runs=runs,
                      select_over=over, metric=str(select.get("metric", "eval/all/accuracy")), mode=mode,
                      out=(path.parent / data["out"]).resolve() if data.get("out") else None, jobs=jobs)

@@ -10,6 +10,9 @@ Metrics are computed in two stages so that they average correctly over batches a
 the evaluator sums them over every example of a set or slice, and `reduce(totals)` turns the sums
 into ratios (accuracy = correct / scored, exact_match = exact / examples, ...). A mean of per-batch
 means would weight a batch of 3 examples like a batch of 300.
+
+A task's config may state the sizes a memory estimate needs (`hybrid.estimate`) with a method
+`shapes() -> TaskShapes`; without it the estimate leaves out activations and held-out data.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ from typing import Any, Callable, Iterable, Iterator
 import torch
 from torch import Tensor
 
+from hybrid.errors import ConfigError, shown
 from hybrid.registry import Registry
 from hybrid.typed_config import from_dict
 
@@ -104,6 +108,16 @@ class Task:
 
 
 @dataclass(frozen=True)
+class TaskShapes:
+    """Sizes of a task's batches, from its config alone (nothing is drawn)."""
+
+    train_length: int  # longest training sequence (tokens per example)
+    eval_batch: int  # examples per held-out batch
+    eval_length: int  # longest held-out sequence
+    heldout_tokens: int  # tokens of all held-out sets together (inputs; targets as many), kept on the host
+
+
+@dataclass(frozen=True)
 class TaskEntry:
     name: str
     cls: type
@@ -130,7 +144,20 @@ def register_task(name: str, *, config: type, override: bool = False) -> Callabl
     return decorate
 
 
+def _entry(spec: Any, key: str) -> tuple[TaskEntry, dict[str, Any]]:
+    if isinstance(spec, dict) and "type" in spec and (not isinstance(spec["type"], str) or len(spec["type"]) > 100):
+        raise ConfigError(f"expected a task type name (one of {', '.join(TASKS.names())}), got {shown(spec['type'])}",
+                          key=f"{key}.type")
+    return TASKS.get_typed(spec, key, "a task")
+
+
+def check_task(spec: dict[str, Any], key: str = "task") -> Any:
+    """The typed config of a `task:` mapping, checked, without building the task (no data is read)."""
+    entry, args = _entry(spec, key)
+    return from_dict(entry.config_cls, args, key, what=f"task {entry.name!r}")
+
+
 def build_task(spec: dict[str, Any], seed: int = 0, key: str = "task") -> Task:
     """The task of a config's `task:` mapping, `{type: name, **args}`; errors name the key path."""
-    entry, args = TASKS.get_typed(spec, key, "a task")
+    entry, args = _entry(spec, key)
     return entry.build(args, seed, key)

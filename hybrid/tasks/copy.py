@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from hybrid.tasks.base import IGNORE_INDEX, Batch, register_task
+from hybrid.tasks.base import IGNORE_INDEX, Batch, TaskShapes, register_task
 from hybrid.tasks.sampling import MAX_ROUNDS, Sample, generator, is_heldout
 from hybrid.tasks.synthetic import SyntheticTask
 
@@ -54,6 +54,10 @@ class CopyConfig:
                 raise ValueError(f"eval_lengths[{i}] must be >= 1, got {n}")
         if self.eval_examples < 1 or self.eval_batch_size < 1:
             raise ValueError("eval_examples and eval_batch_size must be >= 1")
+
+    def shapes(self) -> TaskShapes:
+        rows = [2 * n + 2 for n in self.eval_lengths] or [self.context_length]  # BOS s SEP s (EOS is a target)
+        return TaskShapes(self.context_length, self.eval_batch_size, max(rows), self.eval_examples * sum(rows))
 
 
 def _strings(n: int, length: int, alphabet: int, lengths: Tensor | None, gen: torch.Generator,

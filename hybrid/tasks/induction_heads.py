@@ -22,7 +22,7 @@ from typing import Literal
 
 import torch
 
-from hybrid.tasks.base import IGNORE_INDEX, register_task
+from hybrid.tasks.base import IGNORE_INDEX, TaskShapes, register_task
 from hybrid.tasks.sampling import Sample
 from hybrid.tasks.synthetic import SyntheticTask
 
@@ -46,6 +46,10 @@ class InductionHeadsConfig:
                 raise ValueError(f"{name} must be >= 4 (special, its successor, one more token, final special), got {value}")
         if self.eval_examples < 1 or self.eval_batch_size < 1:
             raise ValueError("eval_examples and eval_batch_size must be >= 1")
+
+    def shapes(self) -> TaskShapes:
+        lengths = self.eval_lengths or [self.length]
+        return TaskShapes(self.length, self.eval_batch_size, max(lengths), self.eval_examples * sum(lengths))
 
 
 def induction_heads(n: int, length: int, vocab_size: int, gen: torch.Generator, device: torch.device,

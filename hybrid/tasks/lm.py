@@ -18,7 +18,8 @@ from torch import Tensor
 from hybrid.data.corpus import SHARD_SUFFIXES, default_corpus_files, list_files, shard_corpus, text_corpus
 from hybrid.data.stream import PackedStream
 from hybrid.data.tokenizer import load_tokenizer
-from hybrid.tasks.base import Batch, EvalSet, Task, register_task
+from hybrid.errors import DataError
+from hybrid.tasks.base import Batch, EvalSet, Task, TaskShapes, register_task
 from hybrid.tasks.metrics import example_stats, lm_metrics
 
 
@@ -53,6 +54,10 @@ class LMConfig:
         if shards and self.vocab_size is None and self.tokenizer is None:
             raise ValueError("token shards need vocab_size (or the tokenizer that made them)")
 
+    def shapes(self) -> TaskShapes:
+        n = self.eval_batches * self.eval_batch_size
+        return TaskShapes(self.seq_len, self.eval_batch_size, self.seq_len, n * (self.seq_len + 1))
+
 
 @register_task("lm", config=LMConfig)
 class LanguageModelling(Task):
@@ -63,19 +68,20 @@ class LanguageModelling(Task):
         c = config
         self.tokenizer = load_tokenizer(c.tokenizer, c.eos_token)
         shards = bool(c.paths) and Path(c.paths[0]).suffix in SHARD_SUFFIXES
+        self._vocab = c.vocab_size or self.tokenizer.vocab_size
         if shards:
             files = [(Path(p).name, Path(p)) for p in c.paths]
-            self.train, self.val = shard_corpus(files, c.token_dtype, c.eos_id, c.val_fraction)
+            self.train, self.val = shard_corpus(files, c.token_dtype, c.eos_id, c.val_fraction, self._vocab)
         else:
             files = list_files(c.paths, tuple(c.suffixes)) if c.paths else default_corpus_files()
             self.train, self.val = text_corpus(files, self.tokenizer, c.val_fraction)
-        self._vocab = c.vocab_size or self.tokenizer.vocab_size
         self.token_bytes = self.tokenizer.token_bytes if (not shards or c.tokenizer) else None
         if self.token_bytes is not None and len(self.token_bytes) < self._vocab:
             self.token_bytes = torch.cat([self.token_bytes, torch.zeros(self._vocab - len(self.token_bytes), dtype=torch.int64)])
-        self.train_stream = PackedStream(self.train, c.seq_len, seed, shuffle=True, name="training split")
-        self.val_stream = PackedStream(self.val, c.seq_len, seed, shuffle=False,
-                                       name=f"validation split ({self.val.num_documents} documents)")
+        where = ", ".join(c.paths) if c.paths else "the default corpus"
+        self.train_stream = _stream(self.train, c, seed, True, f"training split of {where}")
+        self.val_stream = _stream(self.val, c, seed, False,
+                                  f"validation split of {where} ({self.val.num_documents} documents)")
         self._eval: EvalSet | None = None
 
     @property
@@ -106,6 +112,16 @@ class LanguageModelling(Task):
 
     def reduce(self, totals: dict[str, float]) -> dict[str, float]:
         return lm_metrics(totals)
+
+
+def _stream(corpus, c: LMConfig, seed: int, shuffle: bool, name: str) -> PackedStream:
+    try:
+        return PackedStream(corpus, c.seq_len, seed, shuffle=shuffle, name=name)
+    except ValueError as err:  # too few tokens for one window
+        empty = corpus.num_tokens <= corpus.num_documents  # nothing but separators
+        hint = (" (empty files, or every document fell in the other split: add documents or change "
+                "task.val_fraction)") if empty else ""
+        raise DataError(f"{err}{hint}", key="task.paths" if empty else "task.seq_len") from None
 
 
 def _batch(windows: Tensor) -> Batch:

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from hybrid.tasks.base import IGNORE_INDEX, register_task
+from hybrid.tasks.base import IGNORE_INDEX, TaskShapes, register_task
 from hybrid.tasks.sampling import Sample
 from hybrid.tasks.synthetic import SyntheticTask, gumbel_topk, uniform_without_replacement
 
@@ -78,6 +78,11 @@ class MQARConfig:
                 check_setting(self.vocab_size, s.length, s.num_kv_pairs, where=f"{group}[{i}]")
                 if group == "train" and not s.weight > 0:
                     raise ValueError(f"train[{i}].weight must be > 0, got {s.weight}")
+
+    def shapes(self) -> TaskShapes:
+        test = self.test or self.train
+        return TaskShapes(max(s.length for s in self.train), self.eval_batch_size, max(s.length for s in test),
+                          self.eval_examples * sum(s.length for s in test))
 
 
 def check_setting(vocab_size: int, length: int, num_kv_pairs: int, where: str = "") -> None:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from hybrid.tasks.base import IGNORE_INDEX, register_task
+from hybrid.tasks.base import IGNORE_INDEX, TaskShapes, register_task
 from hybrid.tasks.sampling import Sample
 from hybrid.tasks.synthetic import SyntheticTask
 
@@ -43,6 +43,11 @@ class SelectiveCopyingConfig:
                 raise ValueError(f"{name} (noise tokens) must be >= 0, got {value}")
         if self.eval_examples < 1 or self.eval_batch_size < 1:
             raise ValueError("eval_examples and eval_batch_size must be >= 1")
+
+    def shapes(self) -> TaskShapes:
+        rows = [n + 2 * self.num_data_tokens for n in (self.eval_lengths or [self.length])]
+        return TaskShapes(self.length + 2 * self.num_data_tokens, self.eval_batch_size, max(rows),
+                          self.eval_examples * sum(rows))
 
 
 def selective_copying(n: int, length: int, num_data_tokens: int, vocab_size: int,

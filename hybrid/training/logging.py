@@ -5,7 +5,9 @@ names are "train/loss", "train/lr", "train/aux/<name>", "eval/<group>/<metric>",
 written with Python's repr, which round-trips exactly, so two runs' losses compare bitwise.
 
 On resume, `truncate_after(step)` drops the lines a killed run wrote after its last checkpoint,
-so the log of a resumed run reads as that of an uninterrupted one.
+so the log of a resumed run reads as that of an uninterrupted one. A torn last line (the writer
+was killed mid-line) is skipped; a damaged line anywhere else is a `RunFileError` naming the file
+and the line, raised before anything is rewritten.
 """
 from __future__ import annotations
 
@@ -14,6 +16,8 @@ import logging
 import math
 from pathlib import Path
 from typing import Any
+
+from hybrid.errors import RunFileError
 
 log = logging.getLogger(__name__)
 
@@ -29,15 +33,30 @@ def _clean(value: Any) -> Any:
 def read_metrics(path: Path) -> list[dict[str, Any]]:
     """The records of a metrics.jsonl file; a torn last line (a killed writer) is skipped."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         return []
+    try:
+        data = path.read_bytes()
+        lines = data.decode("utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise RunFileError(f"cannot be read ({getattr(err, 'strerror', None) or err}); restore it or delete it "
+                           "(the run's other files are intact)", file=str(path)) from None
     records = []
-    for line in path.read_text().splitlines():
+    for number, line in enumerate(lines, 1):
         try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
+            record = json.loads(line)
+        except (json.JSONDecodeError, RecursionError):
+            record = None
+        if isinstance(record, dict) and isinstance(record.get("step", 0), int):
+            records.append(record)
+        elif number == len(lines) and not data.endswith(b"\n"):
+            continue  # torn by a killed writer: that step is logged again after resuming
+        else:
+            raise RunFileError(f"line {number} is not a metrics record ({line[:60]!r}); {_ADVICE}", file=str(path))
     return records
+
+
+_ADVICE = "fix or delete that line (the other lines and the run's other files are intact)"
 
 
 class MetricsLogger:

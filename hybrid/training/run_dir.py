@@ -6,9 +6,12 @@
     <run>/metrics.jsonl    one JSON object per logged step (see `hybrid.training.logging`)
     <run>/results.json     final metrics, parameters, state size, tokens/s, wall time
     <run>/checkpoint.pt    the latest checkpoint (see `hybrid.training.checkpoint`)
+    <run>/checkpoint.prev.pt   the one before (a damaged latest one falls back to it)
     <run>/tb/              TensorBoard event files, when tensorboard is installed
 
-The status and results files are rewritten atomically, so a reader never sees half a file.
+The status and results files are rewritten atomically, so a reader never sees half a file. One
+that was damaged anyway (a disk error, an editor) is a `RunFileError` naming it and saying what to
+do, and is never overwritten: the run's other files stay as they are.
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ from typing import Any
 
 import torch
 
+from hybrid.errors import RunFileError
 from hybrid.training.checkpoint import atomic_write
 
 CONFIG, META, STATUS, RESULTS = "config.yaml", "meta.json", "status.json", "results.json"
@@ -42,11 +46,23 @@ def write_json(path: Path, data: Any) -> None:
     atomic_write(Path(path), lambda f: f.write(text.encode()))
 
 
-def read_json(path: Path, default: Any = None) -> Any:
+def read_json(path: Path, default: Any = None, *, expect: type | None = None, what: str = "") -> Any:
+    """The JSON value in `path` (`default` when there is no such file), or a RunFileError when it cannot
+    be read or (with `expect`) is not of that type. `what` tells the user what to do about it."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         return default
-    return json.loads(path.read_text())
+    try:
+        value = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+        reason = getattr(err, "strerror", None) or str(err).splitlines()[0][:160]
+        raise RunFileError(f"cannot be read as JSON ({reason}); {what or 'restore it or delete it'}",
+                           file=str(path)) from None
+    if expect is not None and not isinstance(value, expect):
+        kind = "object" if expect is dict else expect.__name__
+        raise RunFileError(f"holds {type(value).__name__} where a JSON {kind} belongs; "
+                           f"{what or 'restore it or delete it'}", file=str(path))
+    return value
 
 
 def git_info(start: Path | None = None) -> dict[str, Any]:
@@ -90,6 +106,12 @@ def versions() -> dict[str, str]:
     return out
 
 
+_STATUS_ADVICE = ("the run's other files are intact: delete status.json and `hybrid train --resume <run>` "
+                  "continues from the checkpoint (a sweep then resumes the run)")
+_RESULTS_ADVICE = ("the run's other files are intact: delete results.json and `hybrid train --resume <run>` "
+                   "writes it again from the last checkpoint")
+
+
 class RunDir:
     """The files of one run (see the module header)."""
 
@@ -97,7 +119,12 @@ class RunDir:
         self.path = Path(path)
 
     def create(self) -> "RunDir":
-        self.path.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except (OSError, ValueError) as err:
+            raise RunFileError(f"cannot create the run directory ({getattr(err, 'strerror', None) or err}); set "
+                               "train.out_dir or train.run_dir to a folder you can write", key="train.run_dir",
+                               file=str(self.path)) from None
         return self
 
     def file(self, name: str) -> Path:
@@ -115,7 +142,11 @@ class RunDir:
 
     # -- how it went
     def status(self) -> dict[str, Any]:
-        return read_json(self.file(STATUS), {}) or {}
+        status = read_json(self.file(STATUS), {}, expect=dict, what=_STATUS_ADVICE) or {}
+        if not isinstance(status.get("state", ""), str) or not isinstance(status.get("step", 0), int):
+            raise RunFileError(f"has a state {status.get('state')!r} and a step {status.get('step')!r}; a state is a "
+                               f"string and a step an integer. {_STATUS_ADVICE}", file=str(self.file(STATUS)))
+        return status
 
     def set_status(self, state: str, **fields: Any) -> None:
         status = {**self.status(), "state": state, "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
@@ -126,7 +157,16 @@ class RunDir:
         write_json(self.file(STATUS), status)
 
     def results(self) -> dict[str, Any]:
-        return read_json(self.file(RESULTS), {}) or {}
+        """The final results ({} before the run ends); a RunFileError when results.json lacks what
+        `write_results` always writes, with those types."""
+        results = read_json(self.file(RESULTS), {}, expect=dict, what=_RESULTS_ADVICE) or {}
+        if results:
+            types = {"name": str, "state": str, "step": int, "final": dict, "wall_time_s": (int, float)}
+            wrong = [k for k, t in types.items() if not isinstance(results.get(k), t) or isinstance(results[k], bool)]
+            if wrong:
+                raise RunFileError(f"lacks {', '.join(wrong)} (or has them of the wrong type). {_RESULTS_ADVICE}",
+                                   file=str(self.file(RESULTS)))
+        return results
 
     def write_results(self, results: dict[str, Any]) -> None:
         write_json(self.file(RESULTS), results)

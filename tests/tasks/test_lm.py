@@ -5,7 +5,7 @@ import torch
 from hybrid.data.corpus import Corpus, default_corpus_files, in_validation, load_shard
 from hybrid.data.stream import PackedStream
 from hybrid.data.tokenizer import ByteTokenizer
-from hybrid.errors import ConfigError
+from hybrid.errors import ConfigError, DataError
 from hybrid.tasks import build_task, evaluate
 
 
@@ -96,9 +96,9 @@ def test_default_corpus_is_the_standard_library():
 def test_errors(text_dir, tmp_path):
     with pytest.raises(ConfigError, match="token shards need vocab_size"):
         build_task({"type": "lm", "paths": [str(tmp_path / "x.bin")]})
-    with pytest.raises(ValueError, match="fewer than seq_len"):
+    with pytest.raises(DataError, match="task.seq_len: .*fewer than seq_len"):
         build_task(_spec(text_dir, seq_len=100000))
-    with pytest.raises(FileNotFoundError, match=r"paths\[0\]"):
+    with pytest.raises(DataError, match=r"missing: task.paths\[0\]: is neither a file nor a folder"):
         build_task(_spec(tmp_path / "missing"))
 
 
@@ -108,7 +108,7 @@ def test_tokenizers_imported_only_when_asked(tmp_path, monkeypatch):
     code = "import sys, hybrid.tasks; assert 'tokenizers' not in sys.modules"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
     monkeypatch.setitem(sys.modules, "tokenizers", None)  # as if not installed
-    with pytest.raises(ImportError, match="needs the `tokenizers` package"):
+    with pytest.raises(ConfigError, match="task.tokenizer: .*needs the `tokenizers` package"):
         build_task({"type": "lm", "paths": [str(tmp_path)], "tokenizer": str(tmp_path / "tok.json")})
     assert ByteTokenizer().decode(ByteTokenizer().encode("héllo")) == "héllo"
 

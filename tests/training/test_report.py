@@ -19,7 +19,8 @@ def _run(root, name, axes, acc, state="completed", lengths=(64, 128, 256), kv=(4
     final = {"eval/all/accuracy": acc}
     final.update({f"eval/length={n}/accuracy": acc * 64 / n for n in lengths})
     final.update({f"eval/num_kv_pairs={n}/accuracy": acc * 4 / n for n in kv})
-    (d / "results.json").write_text(json.dumps({"final": final, "parameters": 12345, "state_size": 4096,
+    (d / "results.json").write_text(json.dumps({"name": name, "state": state, "final": final, "parameters": 12345,
+                                                "state_size": 4096,
                                                 "tokens_per_s": 1000.0, "wall_time_s": 12.0, "step": 10}))
     (d / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "train/loss": 3.0 / s}) + "\n" for s in range(1, 11)))
     return d

@@ -1,6 +1,7 @@
 """Sweep files: expansion and names, clear rejection of bad files, skip/resume, failure isolation."""
 from __future__ import annotations
 
+import datetime
 import json
 
 import pytest
@@ -47,6 +48,15 @@ def test_grid_zip_and_names(tiny, tmp_path):
                  r"sweep.yaml: model.layers.A.n_hedas: .*n_hedas.*in grid.arch", id="bad-key-in-named-axis"),
     pytest.param({"select": {"over": ["train.lr"]}}, r"select.over: select.over names 'train.lr'", id="select-axis"),
     pytest.param({"config": "nope.yaml"}, r"sweep.yaml: config: base config 'nope.yaml' not found", id="no-config"),
+    pytest.param({"grid": {f"train.seed{i}": list(range(100)) for i in range(3)}},
+                 r"sweep.yaml: grid: the axes make 1,000,000 runs, more than the 10,000", id="too-many-runs"),
+    pytest.param({"select": {"over": 5}}, r"select.over: expected an axis name", id="select-over-int"),
+    pytest.param({"select": {"metric": ["a"]}}, r"select.metric: expected a logged metric name", id="metric-list"),
+    pytest.param({"grid": {"train.lr": [datetime.date(2024, 1, 1)]}}, r"grid.train.lr\[0\]: expected a string, number",
+                 id="date-value"),
+    pytest.param({"jobs": True}, r"jobs: expected a positive integer or auto, got True", id="jobs-bool"),
+    pytest.param({"out": 5}, r"out: expected a folder path", id="out-int"),
+    pytest.param({"overrides": ["train.steps=["]}, r"overrides\[0\]: '\[' is not a YAML value", id="override-yaml"),
 ])
 def test_bad_sweep_files_are_rejected(tiny, tmp_path, body, match):
     tiny()
