@@ -116,7 +116,12 @@ def run(args) -> int:
         ids = list(args.prompt.encode("utf-8"))
     else:
         ids = parse_ids(args.prompt_ids, vocab)
-    device = torch.device(args.device)
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as err:
+        raise ConfigError(f"not a device: {args.device!r} ({err}); use cpu, cuda or cuda:N", key="--device") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"{args.device} asked for, but CUDA is not available; use --device cpu", key="--device")
     dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
     model = HybridLM(root.model)
     if args.checkpoint:

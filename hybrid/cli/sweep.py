@@ -36,7 +36,8 @@ def run(args) -> int:
     from hybrid.errors import ConfigError  # noqa: PLC0415
     from hybrid.summary import format_table  # noqa: PLC0415
     from hybrid.sweep.runner import plan_rows, run_sweep, summary_table  # noqa: PLC0415
-    from hybrid.sweep.spec import load_sweep, resolve_run  # noqa: PLC0415
+    from hybrid.config import COMMAND_LINE  # noqa: PLC0415
+    from hybrid.sweep.spec import load_sweep, parse_jobs, parse_value, resolve_run  # noqa: PLC0415
 
     spec = load_sweep(args.sweep, check=False)
     if args.out:
@@ -45,8 +46,7 @@ def run(args) -> int:
         bad = [o for o in args.overrides if "=" not in o]
         if bad:
             raise ConfigError(f"overrides are key=value, e.g. train.steps=100; got {bad[0]!r}", file="<command line>")
-        import yaml  # noqa: PLC0415
-        extra = {k: yaml.safe_load(v) for k, _, v in (o.partition("=") for o in args.overrides)}
+        extra = {k: parse_value(v, COMMAND_LINE, k) for k, _, v in (o.partition("=") for o in args.overrides)}
         for r in spec.runs:
             r.overrides.update(extra)
     if args.only:
@@ -58,7 +58,7 @@ def run(args) -> int:
         kept = spec.runs
     for r in kept:  # every run's config must resolve before anything starts
         resolve_run(spec, r)
-    jobs = args.jobs if args.jobs in (None, "auto") else int(args.jobs)
+    jobs = None if args.jobs is None else parse_jobs(args.jobs)
     if args.dry_run:
         print(f"sweep {spec.name}: {len(spec.runs)} runs from {spec.config} into {spec.out_dir / 'runs'}"
               + (f"; best of {', '.join(spec.select_over)} by {spec.metric} ({spec.mode})" if spec.select_over else ""))

@@ -2,7 +2,7 @@
 
     <run>/config.yaml      the resolved config (what `hybrid train --resume` reads back)
     <run>/meta.json        git commit (and whether the tree was dirty), versions, device, command line
-    <run>/status.json      state: running | completed | early_stopped | diverged | failed, step, error
+    <run>/status.json      state: running | completed | early_stopped | diverged | failed | interrupted, step, error
     <run>/metrics.jsonl    one JSON object per logged step (see `hybrid.training.logging`)
     <run>/results.json     final metrics, parameters, state size, tokens/s, wall time
     <run>/checkpoint.pt    the latest checkpoint (see `hybrid.training.checkpoint`)

@@ -28,6 +28,7 @@ from typing import Any, Callable
 import torch
 
 from hybrid.config import RootConfig, dump_config, load_config
+from hybrid.estimate import check_fits
 from hybrid.errors import ConfigError
 from hybrid.model import HybridLM
 from hybrid.training.batches import TrainBatches
@@ -75,7 +76,7 @@ def train(root: RootConfig | str | Path, overrides: list[str] | None = None, *, 
                         f"continue it with `hybrid train --resume {run.path}`, or pass --overwrite, "
                         f"or choose another train.run_dir / name")
     if overwrite and not resume:
-        for name in ("checkpoint.pt", "metrics.jsonl", "results.json", "status.json"):
+        for name in ("checkpoint.pt", "checkpoint.prev.pt", "metrics.jsonl", "results.json", "status.json"):
             run.file(name).unlink(missing_ok=True)
     run.create()
     try:
@@ -138,6 +139,7 @@ def _setup(root: RootConfig, run: RunDir, resume: bool) -> _Session | dict[str, 
     check_vocab(root, task)
     check_eval_sets(root, task)
 
+    check_fits(root, device)  # weights, optimiser state and activations against the device's free memory
     torch.manual_seed(root.seed)
     model = HybridLM(root.model, root.layout).to(device)
     optimizer = build_optimizer(model, cfg)

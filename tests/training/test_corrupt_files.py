@@ -23,7 +23,7 @@ class Killed(Exception):
 
 
 def _kill_at(step_to_die):
-    def on_step(step, loss):
+    def on_step(step):
         if step == step_to_die:
             raise Killed()
     return on_step
