@@ -34,7 +34,7 @@ def field_default(f: dataclasses.Field) -> Any:
 def type_name(tp: Any) -> str:
     origin = get_origin(tp)
     if origin is Literal:
-        return " | ".join(repr(a) for a in get_args(tp))
+        return " | ".join(str(a).lower() if isinstance(a, bool) else repr(a) for a in get_args(tp))  # YAML's true
     if origin in (Union, types.UnionType):
         return " | ".join(type_name(a) for a in get_args(tp))
     if origin in (list, tuple):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import sys
 from pathlib import Path
 
 
@@ -64,7 +65,11 @@ def run(args) -> int:
               + (f"; best of {', '.join(spec.select_over)} by {spec.metric} ({spec.mode})" if spec.select_over else ""))
         print(format_table(["run", "action", "overrides"], [r for r in plan_rows(spec) if r[0] in {k.name for k in kept}]))
         return 0
-    states = run_sweep(spec, jobs=jobs, progress=not args.no_progress, only=kept)
+    try:
+        states = run_sweep(spec, jobs=jobs, progress=not args.no_progress, only=kept)
+    except KeyboardInterrupt as err:
+        print(f"stopped: {err or 'interrupted'}; running the sweep again resumes the interrupted runs", file=sys.stderr)
+        return 130
     print(summary_table(spec))
     failed = [n for n, s in states.items() if s not in ("completed", "early_stopped", "diverged")]
     if failed:

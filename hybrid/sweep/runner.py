@@ -51,13 +51,14 @@ def plan_rows(spec: SweepSpec) -> list[list[str]]:
 # Small runs leave a GPU mostly idle; measured on an H200, the summed steps/s of tiny CUDA-graphed runs
 # grew up to 8 runs per GPU and fell at 16 (benchmarks/results/train_step_nvidia_h200.md).
 MAX_RUNS_PER_GPU = 8
-MEMORY_SHARE = 0.8  # of a GPU's free memory that packed runs may take, by their estimates
+MEMORY_SHARE = 0.8  # of a GPU's memory that packed runs may take, by their estimates
 
 
 def resolve_jobs(jobs: int | str, spec: SweepSpec | None = None, runs: list[RunSpec] | None = None) -> int:
     """Runs at a time. "auto": 1 without a GPU; otherwise, per GPU, as many of the sweep's runs as fit
-    in MEMORY_SHARE of the GPU's free memory by the largest run's memory estimate (`hybrid.estimate`),
-    at most MAX_RUNS_PER_GPU."""
+    in MEMORY_SHARE of the smallest GPU's memory by the largest run's memory estimate (`hybrid.estimate`),
+    at most MAX_RUNS_PER_GPU. (The total, not the free memory: asking for the free memory would open a
+    CUDA context on every GPU in this parent process for the whole sweep.)"""
     if jobs != "auto":
         return int(jobs)
     gpus = torch.cuda.device_count()
@@ -68,10 +69,10 @@ def resolve_jobs(jobs: int | str, spec: SweepSpec | None = None, runs: list[RunS
     from hybrid.estimate import estimate  # noqa: PLC0415
 
     largest = max(estimate(resolve_run(spec, r)).total_bytes for r in (runs or spec.runs))
-    free = min(torch.cuda.mem_get_info(i)[0] for i in range(gpus))
-    per_gpu = max(1, min(MAX_RUNS_PER_GPU, int(MEMORY_SHARE * free // max(largest, 1))))
-    log.info("--jobs auto: %d run(s) per GPU on %d GPU(s) (largest run's estimate %.2f GiB, %.1f GiB free per GPU)",
-             per_gpu, gpus, largest / 2**30, free / 2**30)
+    memory = min(torch.cuda.get_device_properties(i).total_memory for i in range(gpus))
+    per_gpu = max(1, min(MAX_RUNS_PER_GPU, int(MEMORY_SHARE * memory // max(largest, 1))))
+    log.info("--jobs auto: %d run(s) per GPU on %d GPU(s) (largest run's estimate %.2f GiB, %.1f GiB per GPU)",
+             per_gpu, gpus, largest / 2**30, memory / 2**30)
     return gpus * per_gpu
 
 
@@ -137,7 +138,7 @@ def run_sweep(spec: SweepSpec, *, jobs: int | str | None = None, progress: bool 
                     with lock:
                         free.append(device)
         except Exception as err:  # isolate the failure: record it, go on with the others
-            if rd.status().get("state") not in ("failed", "diverged"):
+            if rd.status().get("state") not in ("failed", "diverged", "interrupted"):
                 rd.create().set_status("failed", error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc())
             log.error("run %s %s: %s", run.name, rd.status().get("state"), rd.status().get("error", err))
         else:
@@ -147,8 +148,13 @@ def run_sweep(spec: SweepSpec, *, jobs: int | str | None = None, progress: bool 
         for i, run in enumerate(todo):
             one(i, run)
     else:
-        with ThreadPoolExecutor(max_workers=jobs) as pool:
+        pool = ThreadPoolExecutor(max_workers=jobs)
+        try:
             list(pool.map(lambda item: one(*item), enumerate(todo)))
+        except KeyboardInterrupt:  # the workers got the signal too and checkpoint; start no more runs
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+        pool.shutdown()
     return {r.name: run_dir(spec, r).status().get("state", "missing") for r in (spec.runs if only is None else only)}
 
 

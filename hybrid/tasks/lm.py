@@ -108,7 +108,16 @@ class LanguageModelling(Task):
         return [_batch(windows[i:i + c.eval_batch_size]) for i in range(0, n, c.eval_batch_size)]
 
     def stats(self, logits: Tensor, batch: Batch) -> dict[str, Tensor]:
-        return example_stats(logits, batch.targets, self.token_bytes)
+        return example_stats(logits, batch.targets, self._token_bytes_on(logits.device))
+
+    def _token_bytes_on(self, device: torch.device) -> Tensor | None:
+        """`token_bytes` on `device`, copied once: the copy must not happen inside a CUDA graph capture."""
+        if self.token_bytes is None or self.token_bytes.device == device:
+            return self.token_bytes
+        cache = self.__dict__.setdefault("_token_bytes_cache", {})
+        if device not in cache:
+            cache[device] = self.token_bytes.to(device)
+        return cache[device]
 
     def reduce(self, totals: dict[str, float]) -> dict[str, float]:
         return lm_metrics(totals)

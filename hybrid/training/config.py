@@ -62,8 +62,9 @@ class TrainConfig:
                 "(the log says which and why); true fails naming the layer that cannot be captured"})
     graph_shapes: Literal["each", "pad"] = field(default="each", metadata={
         "help": "training batches of several lengths (a task mixture) under cuda_graph: one graph per shape "
-                "(the same numbers as eager), or pad every batch to the longest training length (one graph; "
-                "padded positions are not scored)"})
+                "(the same numbers as eager), or pad every batch to the longest training length (one graph "
+                "when every example of a setting scores as many positions; padded positions are not scored; "
+                "refused with MoE, whose auxiliary losses would count them)"})
     threads: int | None = field(default=None, metadata={"help": "CPU threads (torch.set_num_threads); null: torch's default"})
     out_dir: str = field(default="runs", metadata={"help": "root of run directories: a run writes to <out_dir>/<name>"})
     run_dir: str | None = field(default=None, metadata={"help": "the run directory itself (overrides out_dir/name)"})

@@ -68,6 +68,8 @@ class GraphedStats:
         try:
             with torch.cuda.graph(graph, pool=self.pool):
                 outputs = self._eager(static)
+        except torch.OutOfMemoryError:
+            raise  # the trainer reports it with the batch size and length
         except Exception as err:
             log.warning("cuda_graph: capturing the evaluation forward at shape %s failed (%s: %s); it runs eagerly",
                         key[0], type(err).__name__, err)

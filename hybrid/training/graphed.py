@@ -44,7 +44,8 @@ from torch import Tensor, nn
 
 from hybrid.training.config import TrainConfig
 from hybrid.training.optim import lr_factor
-from hybrid.training.step import IGNORE_INDEX, NonFinite, StepStats, Window, forward_backward
+from hybrid.tasks.base import IGNORE_INDEX
+from hybrid.training.step import NonFinite, StepStats, Window, clip_gradients, forward_backward
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ class GraphedStep:
         self.cfg, self.amp, self.device, self.strict = cfg, amp, device, strict
         self.pad_length, self.pad_capacity = pad_to or (0, 0)
         self.params = list(model.parameters())
-        self.stats = StepStats(device, clipped=cfg.grad_clip is not None)
+        self.stats = StepStats(device)
         self.pool = torch.cuda.graph_pool_handle()
         self.graphs: dict[tuple, tuple[torch.cuda.CUDAGraph | None, Tensor, Tensor, int]] = {}
         self.lr_table = torch.tensor([cfg.lr * lr_factor(s, cfg) for s in range(cfg.steps)], dtype=torch.float32,
@@ -75,13 +76,15 @@ class GraphedStep:
         self.bad_values = torch.zeros(2, dtype=torch.float32, device=device)  # its loss and grad norm
         self.found_inf = torch.zeros((), dtype=torch.float32, device=device)
         for group in optimizer.param_groups:
-            group["lr"], group["capturable"] = self.lr, True
+            # fused: only the fused AdamW takes found_inf (a checkpoint of a CPU run restores fused=None)
+            group["lr"], group["capturable"], group["fused"] = self.lr, True, True
         optimizer.found_inf = self.found_inf  # read by the fused AdamW: skip the update when 1
         self._optimizer_ready = False
 
     # -- one step
     def __call__(self, s: int, inputs: Tensor, targets: Tensor, capacity: int) -> None:
-        """Step s on one batch; `capacity` as `step.scored_capacity` (graphs are keyed by it and the shape)."""
+        """Step s on one batch; `capacity` as `step.scored_capacity` (graphs are keyed by it and the shape).
+        The device counts the steps itself (`step_t`, from `start`): `s` is the host's count of the same."""
         if inputs.shape[1] < self.pad_length:
             extra = self.pad_length - inputs.shape[1]
             inputs, targets = F.pad(inputs, (0, extra)), F.pad(targets, (0, extra), value=IGNORE_INDEX)
@@ -106,13 +109,11 @@ class GraphedStep:
         self.lr.copy_(self.lr_table.index_select(0, self.step_t.clamp(max=last))[0])
         loss_sum, aux = forward_backward(self.model_fn, self.model, inputs, targets, capacity, self.cfg.accumulation,
                                          self.amp)
-        grad_norm = (torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
-                     if self.cfg.grad_clip is not None else None)
-        norm = grad_norm if grad_norm is not None else torch.zeros((), device=self.device)
-        bad = ~(torch.isfinite(loss_sum) & torch.isfinite(norm))
+        grad_norm = clip_gradients(self.params, self.cfg.grad_clip)
+        bad = ~(torch.isfinite(loss_sum) & torch.isfinite(grad_norm))
         first = bad & (self.bad_step < 0)
         self.bad_step.copy_(torch.where(first, self.step_t[0], self.bad_step))
-        self.bad_values.copy_(torch.where(first, torch.stack([loss_sum, norm.float()]), self.bad_values))
+        self.bad_values.copy_(torch.where(first, torch.stack([loss_sum, grad_norm.float()]), self.bad_values))
         self.found_inf.copy_((self.bad_step >= 0).float())
         self.optimizer.step()
         self.stats.add(loss_sum, aux, grad_norm)
@@ -122,15 +123,18 @@ class GraphedStep:
     def _build(self, key: tuple, inputs: Tensor, targets: Tensor, capacity: int) -> tuple:
         """(graph or None, static inputs, static targets, capacity) for one (batch, length, capacity)."""
         static_inputs, static_targets = inputs.clone(), targets.clone()
-        self._warm_up(static_inputs, static_targets, capacity)
         where = f"batch shape {tuple(key[:2])} with logits at {capacity} positions"
         if len([g for g in self.graphs.values() if g[0] is not None]) >= MAX_GRAPHS:
             log.warning("cuda_graph: more than %d batch shapes; %s runs eagerly", MAX_GRAPHS, where)
+            self._warm_up(static_inputs, static_targets, capacity, passes=0)  # the optimiser state, if new
             return None, static_inputs, static_targets, capacity
+        self._warm_up(static_inputs, static_targets, capacity)
         graph = torch.cuda.CUDAGraph()
         try:
             with torch.cuda.graph(graph, pool=self.pool):
                 self._body(static_inputs, static_targets, capacity)
+        except torch.OutOfMemoryError:
+            raise  # the trainer reports it with the batch size and length
         except Exception as err:
             if self.strict:
                 raise RuntimeError(f"cuda_graph: capturing the training step at {where} failed: {err}. "
@@ -140,16 +144,15 @@ class GraphedStep:
         log.info("cuda_graph: captured the training step at %s", where)
         return graph, static_inputs, static_targets, capacity
 
-    def _warm_up(self, inputs: Tensor, targets: Tensor, capacity: int) -> None:
+    def _warm_up(self, inputs: Tensor, targets: Tensor, capacity: int, passes: int = WARMUP) -> None:
         """Run the forward and backward (and clipping) eagerly on a side stream, as CUDA graph capture
         requires; the optimiser state is created by a skipped step, so nothing here changes the weights."""
         side = torch.cuda.Stream(self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(side):
-            for _ in range(WARMUP):
+            for _ in range(passes):
                 forward_backward(self.model_fn, self.model, inputs, targets, capacity, self.cfg.accumulation, self.amp)
-                if self.cfg.grad_clip is not None:
-                    torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
+                clip_gradients(self.params, self.cfg.grad_clip)
             self.stats.ensure(self.model.aux_losses())
             if not self._optimizer_ready:  # creates AdamW's state without updating anything
                 saved = self.found_inf.clone()
@@ -180,6 +183,12 @@ class GraphedStep:
         if bad_step >= 0:
             what, value = ("loss", loss) if not math.isfinite(loss) else ("gradient norm", norm)
             raise NonFinite(bad_step + 1, what, value, self.cfg.lr * lr_factor(bad_step, self.cfg), detected_at=step)
+
+    def evaluation_stats(self, task: Any) -> Any:
+        """Evaluation statistics replayed from CUDA graphs in this step's memory pool."""
+        from hybrid.training.evaluation import GraphedStats  # noqa: PLC0415
+
+        return GraphedStats(self.model, task, self.device, self.amp, self.pool)
 
     def state_dicts(self, step: int) -> tuple[dict, dict]:
         """(optimizer, scheduler) state dicts after `step` steps, as an eager run would save them: plain

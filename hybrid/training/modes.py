@@ -76,6 +76,9 @@ def build_step(cfg: TrainConfig, model: nn.Module, optimizer: torch.optim.Optimi
     model_fn: Callable[[Tensor], Tensor] = torch.compile(model) if cfg.compile else model
     graphed, why = use_graphs(cfg, model, device, amp)
     if graphed:
+        if cfg.graph_shapes == "pad" and any(hasattr(m, "aux_losses") for m in model.modules() if m is not model):
+            raise ConfigError("train.graph_shapes pad would count the padded positions in the auxiliary losses "
+                              "(MoE load balancing); use graph_shapes: each", key="train.graph_shapes")
         pad_to = pad_shape(task, cfg.batch_size // cfg.accumulation) if cfg.graph_shapes == "pad" else None
         step = GraphedStep(model, model_fn, optimizer, scheduler, cfg, amp, device, start, pad_to=pad_to,
                            strict=cfg.cuda_graph is True)

@@ -9,8 +9,9 @@ Per optimiser step s (0-based), with the batch split into `accumulation` micro-b
     AdamW step at lr(s) = lr * lr_factor(s)                           (`hybrid.training.optim`)
 
 The window statistics of the training log (the summed loss and auxiliary losses, the latest
-gradient norm) accumulate on the device in `StepStats`; `read()` fetches a window in one transfer,
-so a step itself never waits for the GPU.
+gradient norm) accumulate on the device in `StepStats`; `read()` fetches a window in one transfer.
+The gradient norm is computed whether or not it is clipped (grad_clip null clips at infinity), so
+that non-finite gradients are caught as non-finite losses are.
 
 `EagerStep` runs the step as plain PyTorch (torch.compile'd when `train.compile`): it checks the loss
 and the gradient norm on the host before the optimiser step and raises `NonFinite`, leaving the
@@ -28,10 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from hybrid.tasks.base import IGNORE_INDEX
 from hybrid.training.config import TrainConfig
 from hybrid.training.optim import lr_factor
-
-IGNORE_INDEX = -100  # as hybrid.tasks.base
 
 
 class NonFinite(RuntimeError):
@@ -55,9 +55,9 @@ class Window:
 class StepStats:
     """Device-side sums of one logging window. `add` launches kernels only; `read` syncs once."""
 
-    def __init__(self, device: torch.device, clipped: bool):
+    def __init__(self, device: torch.device):
         self.loss = torch.zeros((), dtype=torch.float64, device=device)
-        self.grad_norm = torch.zeros((), dtype=torch.float32, device=device) if clipped else None
+        self.grad_norm = torch.zeros((), dtype=torch.float32, device=device)
         self.aux: dict[str, Tensor] = {}
         self.steps = 0
 
@@ -67,25 +67,21 @@ class StepStats:
             if name not in self.aux:
                 self.aux[name] = torch.zeros_like(self.loss)
 
-    def add(self, loss_sum: Tensor, aux: dict[str, Tensor], grad_norm: Tensor | None) -> None:
+    def add(self, loss_sum: Tensor, aux: dict[str, Tensor], grad_norm: Tensor) -> None:
         self.loss += loss_sum.double()
         self.ensure(aux)
         for name, value in aux.items():
             self.aux[name] += value.double()
-        if grad_norm is not None:
-            self.grad_norm.copy_(grad_norm)
+        self.grad_norm.copy_(grad_norm)
 
     def values(self) -> list[Tensor]:
         """The window's device tensors, in the order `window()` reads them."""
-        return [self.loss, *([self.grad_norm] if self.grad_norm is not None else []), *self.aux.values()]
+        return [self.loss, self.grad_norm, *self.aux.values()]
 
     def window(self, host: list[float]) -> Window:
         """A Window from the host copies of `values()` (the first len(values()) of `host`); starts a new window."""
         steps, self.steps = max(self.steps, 1), 0
-        loss, rest = host[0], host[1:]
-        grad_norm = None
-        if self.grad_norm is not None:
-            grad_norm, rest = rest[0], rest[1:]
+        loss, grad_norm, rest = host[0], host[1], host[2:]
         aux = {name: value / steps for name, value in zip(self.aux, rest)}
         for value in self.values():
             if value is not self.grad_norm:
@@ -145,6 +141,11 @@ def forward_backward(model_fn: Callable[..., Tensor], model: nn.Module, inputs: 
     return loss_sum, aux_sums
 
 
+def clip_gradients(params: list[Tensor], grad_clip: float | None) -> Tensor:
+    """The global gradient norm, after clipping it to `grad_clip` (None: measured, not clipped)."""
+    return torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip is not None else math.inf)
+
+
 class EagerStep:
     """The optimiser step as plain PyTorch calls (see the module header)."""
 
@@ -155,15 +156,13 @@ class EagerStep:
         self.model, self.model_fn, self.optimizer, self.scheduler = model, model_fn, optimizer, scheduler
         self.cfg, self.amp = cfg, amp
         self.params = list(model.parameters())
-        self.stats = StepStats(device, clipped=cfg.grad_clip is not None)
+        self.stats = StepStats(device)
 
     def __call__(self, s: int, inputs: Tensor, targets: Tensor, capacity: int) -> None:
         loss_sum, aux = forward_backward(self.model_fn, self.model, inputs, targets, capacity, self.cfg.accumulation,
                                          self.amp)
-        grad_norm = (torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
-                     if self.cfg.grad_clip is not None else None)
-        checked = torch.stack([loss_sum, grad_norm]) if grad_norm is not None else loss_sum[None]
-        for what, value in zip(("loss", "gradient norm"), checked.tolist()):
+        grad_norm = clip_gradients(self.params, self.cfg.grad_clip)
+        for what, value in zip(("loss", "gradient norm"), torch.stack([loss_sum, grad_norm]).tolist()):  # one sync
             if not math.isfinite(value):
                 raise NonFinite(s + 1, what, value, self.cfg.lr * lr_factor(s, self.cfg))
         self.optimizer.step()
@@ -178,6 +177,10 @@ class EagerStep:
 
     def check(self, step: int) -> None:
         """Raise NonFinite for a non-finite step not yet reported (an eager step reports it at once)."""
+
+    def evaluation_stats(self, task: Any) -> None:
+        """The statistics function evaluation should use: None, the task's own on eager forwards."""
+        return None
 
     def state_dicts(self, step: int) -> tuple[dict, dict]:
         """(optimizer, scheduler) state dicts for a checkpoint taken after `step` steps."""

@@ -85,11 +85,11 @@ def train(root: RootConfig | str | Path, overrides: list[str] | None = None, *, 
             return session
         with StopSignals() as stop:
             step, ending = _loop(session, on_step, stop)
-        return _finish(session, step, ending)
+            return _finish(session, step, ending)  # a signal now is noted: the run still finishes
     except (TrainingDiverged, Interrupted):
         raise
     except torch.OutOfMemoryError as err:  # building the model, or the final evaluation
-        message = _out_of_memory_message(root.train, run, err, None)
+        message = _out_of_memory_message(root.train, run, err, None, None)
         run.set_status("failed", error=message)
         raise OutOfMemory(message) from None
     except BaseException as err:
@@ -166,8 +166,7 @@ def _setup(root: RootConfig, run: RunDir, resume: bool) -> _Session | dict[str, 
     train_step = build_step(cfg, model, optimizer, scheduler, task, amp, device, start)
     session = _Session(root, run, device, amp, task, model, optimizer, scheduler, train_step, logger, start,
                        time.perf_counter() - extra.get("elapsed", 0.0), extra.get("best"), extra.get("max_length", 0))
-    if isinstance(train_step, GraphedStep):
-        session.eval_stats = GraphedStats(model, task, device, amp, train_step.pool)
+    session.eval_stats = train_step.evaluation_stats(task)
     return session
 
 
@@ -223,11 +222,13 @@ def _reached_target(s: _Session, metrics: dict[str, float], step: int) -> bool:
     return False
 
 
-def _out_of_memory_message(cfg: TrainConfig, run: RunDir, err: BaseException, length: int | None) -> str:
+def _out_of_memory_message(cfg: TrainConfig, run: RunDir, err: BaseException, step: int | None,
+                           length: int | None) -> str:
     asked = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     checkpoint = run.file("checkpoint.pt")
     tokens = f" of {length} tokens" if length else ""
-    return (f"out of memory at step {run.status().get('step', 0)} with train.batch_size {cfg.batch_size} in "
+    where = f"at step {step}" if step is not None else "outside the training steps (building, final evaluation)"
+    return (f"out of memory {where} with train.batch_size {cfg.batch_size} in "
             f"{cfg.accumulation} micro-batch(es) of sequences{tokens} on {cfg.device}: {asked}. Use a smaller "
             f"train.batch_size, a larger train.accumulation (the same batch in smaller pieces), shorter sequences "
             f"or a smaller model; the last checkpoint "
@@ -286,7 +287,7 @@ def _loop(s: _Session, on_step: Callable[[int], None] | None, stop: StopSignals)
     except NonFinite as err:
         _diverged(s, err)
     except torch.OutOfMemoryError as err:
-        message = _out_of_memory_message(cfg, s.run, err, s.max_length)
+        message = _out_of_memory_message(cfg, s.run, err, step + 1, s.max_length)
         s.run.set_status("failed", error=message)
         raise OutOfMemory(message) from None
     finally:

@@ -165,7 +165,7 @@ def test_jobs_auto_packs_small_runs_per_gpu_by_their_memory_estimate(tiny, tmp_p
     path = write_sweep(tmp_path, {"grid": {"train.lr": [1e-3, 3e-3]}})
     spec = load_sweep(path)
     monkeypatch.setattr(runner.torch.cuda, "device_count", lambda: 2)
-    monkeypatch.setattr(runner.torch.cuda, "mem_get_info", lambda i: (10 * 2**30, 80 * 2**30))
+    monkeypatch.setattr(runner.torch.cuda, "get_device_properties", lambda i: type("P", (), {"total_memory": 10 * 2**30}))
     sizes = {"gib": 1.0}
     real = estimate_module.estimate
 
