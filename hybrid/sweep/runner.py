@@ -64,11 +64,12 @@ def resolve_jobs(jobs: int | str, spec: SweepSpec | None = None, runs: list[RunS
     gpus = torch.cuda.device_count()
     if gpus == 0:
         return 1
-    if spec is None or not (runs or spec.runs):
+    runs = spec.runs if spec is not None and runs is None else runs
+    if not runs:  # nothing to size (or nothing left to run)
         return gpus
     from hybrid.estimate import estimate  # noqa: PLC0415
 
-    largest = max(estimate(resolve_run(spec, r)).total_bytes for r in (runs or spec.runs))
+    largest = max(estimate(resolve_run(spec, r)).total_bytes for r in runs)
     memory = min(torch.cuda.get_device_properties(i).total_memory for i in range(gpus))
     per_gpu = max(1, min(MAX_RUNS_PER_GPU, int(MEMORY_SHARE * memory // max(largest, 1))))
     log.info("--jobs auto: %d run(s) per GPU on %d GPU(s) (largest run's estimate %.2f GiB, %.1f GiB per GPU)",

@@ -94,15 +94,16 @@ def _rotate(path: Path, previous: Path) -> None:
     os.replace(link, previous)
 
 
-def save_checkpoint(run_dir: Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                    scheduler: Any, step: int, extra: dict[str, Any] | None = None) -> Path:
+def save_checkpoint(run_dir: Path, *, model: torch.nn.Module, optimizer: dict[str, Any], scheduler: dict[str, Any],
+                    step: int, extra: dict[str, Any] | None = None) -> Path:
     """Write `run_dir/checkpoint.pt` atomically, keeping the one before as checkpoint.prev.pt.
-    `step` is the number of optimiser steps done."""
+    `optimizer` and `scheduler` are state dicts (the training step makes them: a graphed step saves
+    its tensor learning rate as the float an eager run would); `step` is the optimiser steps done."""
     state = {
         "step": step,
         "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
+        "optimizer": optimizer,
+        "scheduler": scheduler,
         "rng": rng_state(),
         "extra": extra or {},
     }

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from hybrid.tasks.base import Batch
+from hybrid.training.graphed import side_stream
 from hybrid.training.step import autocast
 
 log = logging.getLogger(__name__)
@@ -59,11 +60,8 @@ class GraphedStats:
         if batch.inputs.numel() > MAX_GRAPHED_TOKENS:
             return None, None, None
         static = Batch(batch.inputs.clone(), batch.targets.clone(), {k: v.clone() for k, v in batch.info.items()})
-        side = torch.cuda.Stream(self.device)
-        side.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(side):
+        with side_stream(self.device):
             self._eager(static)  # warm-up: kernels compiled, caches filled, outside the capture
-        torch.cuda.current_stream(self.device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         try:
             with torch.cuda.graph(graph, pool=self.pool):

@@ -147,9 +147,7 @@ class GraphedStep:
     def _warm_up(self, inputs: Tensor, targets: Tensor, capacity: int, passes: int = WARMUP) -> None:
         """Run the forward and backward (and clipping) eagerly on a side stream, as CUDA graph capture
         requires; the optimiser state is created by a skipped step, so nothing here changes the weights."""
-        side = torch.cuda.Stream(self.device)
-        side.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(side):
+        with side_stream(self.device):
             for _ in range(passes):
                 forward_backward(self.model_fn, self.model, inputs, targets, capacity, self.cfg.accumulation, self.amp)
                 clip_gradients(self.params, self.cfg.grad_clip)
@@ -161,7 +159,6 @@ class GraphedStep:
                     self.optimizer.step()
                 self.found_inf.copy_(saved)
                 self._optimizer_ready = True
-        torch.cuda.current_stream(self.device).wait_stream(side)
 
     # -- reading back
     def read(self, step: int) -> Window:
@@ -200,6 +197,17 @@ class GraphedStep:
         scheduler = dict(self.scheduler.state_dict(), last_epoch=step, _step_count=step + 1,
                          _last_lr=[lr] * len(optimizer["param_groups"]))
         return optimizer, scheduler
+
+
+@contextlib.contextmanager
+def side_stream(device: torch.device):
+    """Run the block on a fresh stream ordered after, and before, the current one: warm-ups ahead of
+    a capture run there, as CUDA graph capture requires."""
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        yield
+    torch.cuda.current_stream(device).wait_stream(side)
 
 
 @contextlib.contextmanager

@@ -84,7 +84,7 @@ def build_step(cfg: TrainConfig, model: nn.Module, optimizer: torch.optim.Optimi
                            strict=cfg.cuda_graph is True)
     else:
         step = EagerStep(model, model_fn, optimizer, scheduler, cfg, amp, device)
-    mode = ("compiled + " if cfg.compile else "") + step.mode
+    step.mode = ("compiled + " if cfg.compile else "") + step.mode  # as the log and results.json name it
     padded = f", batches padded to length {pad_to[0]}, logits at {pad_to[1]} positions" if graphed and pad_to else ""
-    log.info("training step: %s (%s)%s", mode, why, padded)
+    log.info("training step: %s (%s)%s", step.mode, why, padded)
     return step

@@ -173,18 +173,8 @@ def _setup(root: RootConfig, run: RunDir, resume: bool) -> _Session | dict[str, 
 def _checkpoint(s: _Session, step: int) -> None:
     data = s.task.position(step, s.cfg.batch_size) if hasattr(s.task, "position") else {"step": step}
     optimizer, scheduler = s.train_step.state_dicts(step)
-    save_checkpoint(s.run.path, model=s.model, optimizer=_Saved(optimizer), scheduler=_Saved(scheduler), step=step,
+    save_checkpoint(s.run.path, model=s.model, optimizer=optimizer, scheduler=scheduler, step=step,
                     extra={"elapsed": s.elapsed(), "best": s.best, "max_length": s.max_length, "data": data})
-
-
-class _Saved:
-    """A state dict made ahead, in the place of the object `save_checkpoint` asks for its state_dict()."""
-
-    def __init__(self, state: dict):
-        self._state = state
-
-    def state_dict(self) -> dict:
-        return self._state
 
 
 def _evaluate(s: _Session, max_batches: int | None, sets: list[str] | None = None) -> dict[str, float]:
@@ -336,7 +326,7 @@ def _finish(s: _Session, step: int, ending: str) -> dict[str, Any]:
         "state_size": inference_state_size(model, s.max_length or 1), "state_length": s.max_length,
         "tokens_per_s": s.train_tokens / s.train_time if s.train_time else None,
         "steps_per_s": (step - s.start) / s.train_time if s.train_time else None,
-        "train_step": ("compiled + " if s.cfg.compile else "") + s.train_step.mode,
+        "train_step": s.train_step.mode,
         "wall_time_s": wall, "device": str(s.device),
     }
     s.run.write_results(results)
