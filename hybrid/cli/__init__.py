@@ -19,7 +19,7 @@ examples:
   hybrid layers                                   every registered layer and its arguments
   hybrid show configs/layouts/jamba.yaml          the expanded stack, parameters by type
   hybrid show configs/layouts/jamba.yaml model.d_model=512 --megatron
-  hybrid train configs/experiments/quick.yaml train.max_steps=200
+  hybrid train configs/experiments/quick.yaml train.steps=200
   hybrid sweep experiments/quickstart/sweep.yaml && hybrid report experiments/quickstart
 """
 

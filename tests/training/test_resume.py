@@ -134,3 +134,31 @@ def test_unknown_evaluation_set_is_a_config_error(tiny):
 
     with pytest.raises(ConfigError, match=r"train.eval_sets.*'L99'.*the task has: L16-kv2, L32-kv4"):
         train(load_config(tiny(eval_sets=["L99"]), ["name=bad"]))
+
+
+def test_a_training_checkpoint_loads_as_weights_only(tiny, tmp_path):
+    """`hybrid generate --checkpoint runs/x/checkpoint.pt` reads it without --trust-checkpoint: the RNG
+    state is tensors and plain values (numpy's state once went in as an ndarray, which a weights-only
+    load refuses)."""
+    from hybrid.cli.generate import load_weights
+    from hybrid.model import HybridLM
+
+    config = load_config(tiny(steps=2), ["name=plain"])
+    train(config)
+    path = tmp_path / "runs" / "plain" / "checkpoint.pt"
+    torch.load(path, weights_only=True)
+    load_weights(HybridLM.from_config(config.model), str(path))
+
+
+def test_rng_state_of_an_older_checkpoint_still_restores():
+    import numpy as np
+
+    from hybrid.training.checkpoint import rng_state, set_rng_state
+
+    np.random.seed(5)
+    state = rng_state()
+    expected = np.random.rand(4)
+    name, keys, *rest = state["numpy"]
+    state["numpy"] = (name, keys.numpy().astype(np.uint32), *rest)  # the form of older checkpoints: an ndarray
+    set_rng_state(state)
+    assert np.array_equal(np.random.rand(4), expected)
