@@ -1,7 +1,7 @@
 """Mamba-1 block (Gu & Dao 2023, Fig. 3): the selective state-space mixer.
 
     x, z   = in_proj(u)                                  (batch, 2 * d_inner, length)
-    x      = silu(causal depthwise conv1d(x))
+    x      = silu(causal depthwise conv1d(x))            one fused op (hybrid.kernels.causal_conv1d)
     dt, B, C = x_proj(x);  dt = dt_proj(dt)              input-dependent step and projections
     y      = selective_scan(x, dt, A = -exp(A_log), B, C, D, z, dt bias, softplus)
     out    = out_proj(y)
@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hybrid.init import mark_no_reinit, mark_no_weight_decay, mark_residual_out
+from hybrid.kernels.causal_conv1d import causal_conv1d, causal_conv1d_update
 from hybrid.kernels.selective_scan import selective_scan, selective_state_update
 from hybrid.layers.projections import channels_to_channels, channels_to_tokens, tokens_to_channels
 from hybrid.registry import register_layer
@@ -41,6 +41,8 @@ class MambaConfig:
     bias: bool = field(default=False, metadata={"help": "biases in in_proj and out_proj"})
     scan_backend: Literal["auto", "triton", "torch", "ref"] = field(
         default="auto", metadata={"help": "selective scan implementation (auto: Triton on GPU, PyTorch on CPU)"})
+    conv_backend: Literal["auto", "triton", "torch", "ref"] = field(
+        default="auto", metadata={"help": "causal conv1d + SiLU implementation (auto: Triton on GPU, F.conv1d on CPU)"})
 
     def __post_init__(self):
         if self.d_state <= 0 or self.d_conv <= 0 or self.expand <= 0:
@@ -97,16 +99,21 @@ class Mamba(nn.Module):
                           torch.zeros(batch_size, self.d_inner, self.config.d_state, device=device, dtype=torch.float32))
 
     def _conv(self, x: Tensor, state: MambaState | None) -> Tensor:
-        """Causal depthwise conv of x (batch, d_inner, length), continuing from `state` when given."""
-        length = x.shape[-1]
+        """silu(causal depthwise conv(x)) of x (batch, d_inner, length), continuing from `state` when given.
+
+        The nn.Conv1d stays the parameter holder (mamba_ssm's names and shapes); its forward is not used."""
+        weight = self.conv1d.weight[:, 0]  # (d_inner, d_conv)
+        bias, backend = self.conv1d.bias, self.config.conv_backend
         if state is None:
-            return self.conv1d(x)[..., :length]
-        window = torch.cat([state.conv.to(x.dtype), x], dim=-1)  # (batch, d_inner, d_conv - 1 + length)
-        state.conv.copy_(window[..., window.shape[-1] - state.conv.shape[-1]:])
-        if length == 1:  # decoding: one output is a dot product; a conv launch costs far more
-            out = (window * self.conv1d.weight[:, 0]).sum(-1, keepdim=True)  # (batch, d_inner, 1)
-            return out + self.conv1d.bias[:, None] if self.conv1d.bias is not None else out
-        return F.conv1d(window, self.conv1d.weight, self.conv1d.bias, groups=self.d_inner)
+            return causal_conv1d(x, weight, bias, activation="silu", backend=backend)
+        length, keep = x.shape[-1], state.conv.shape[-1]  # keep = d_conv - 1
+        if length == 1:  # decoding: one output from the cached inputs, which shift in place
+            return causal_conv1d_update(x, state.conv, weight, bias, activation="silu", backend=backend)
+        past = state.conv.to(x.dtype)  # (batch, d_inner, d_conv - 1), the inputs before x
+        out = causal_conv1d(x, weight, bias, activation="silu", initial_states=past, backend=backend)
+        # the cache keeps the last d_conv - 1 inputs of [past, x]
+        state.conv.copy_(torch.cat([past[..., min(length, keep):], x[..., max(length - keep, 0):]], dim=-1))
+        return out
 
     def forward(self, hidden: Tensor, state: MambaState | None = None) -> Tensor:
         length = hidden.shape[1]
@@ -114,7 +121,7 @@ class Mamba(nn.Module):
         # The scan and the conv want (batch, channels, length) with the length contiguous: the
         # projections write that layout directly (projections.py), with no transposing copies.
         x, z = tokens_to_channels(hidden, self.in_proj.weight, self.in_proj.bias, chunks=2)  # (batch, d_inner, length)
-        x = F.silu(self._conv(x, state))
+        x = self._conv(x, state)  # silu(conv(x)): (batch, d_inner, length)
         dt, B, C = channels_to_channels(x, self.x_proj.weight).split([self.dt_rank, c.d_state, c.d_state], dim=1)
         dt = channels_to_channels(dt, self.dt_proj.weight)  # (batch, d_inner, length); bias added in the scan
         A = -torch.exp(self.A_log.float())  # (d_inner, d_state)
