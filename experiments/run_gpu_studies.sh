@@ -1,30 +1,31 @@
 #!/usr/bin/env bash
-# The three GPU studies and their reports, in pieces:
-#   experiments/run_gpu_studies.sh OUT_DIR      (JOBS=8 runs share the GPU at a time: small models
-#                                                leave it mostly idle; with the CUDA MPS daemon running,
-#                                                `nvidia-cuda-mps-control -d`, their kernels overlap)
-# writes OUT_DIR/<study>/{runs/,sweep.json,report/} for mqar_layouts, selective_copying, induction_heads.
-# Each study has a time cap (CAP_MQAR, CAP_SELCOPY, CAP_INDUCTION seconds) so that one study cannot eat
-# the others' time; a study cut off by its cap keeps its checkpoints, and running this script again
-# resumes it (finished runs are skipped) until every run has finished.
+# The GPU studies and their reports, in pieces:
+#   experiments/run_gpu_studies.sh [STUDY ...]     (default: selective_copying induction_heads mqar_zoology)
+# Each study's runs live in its folder (experiments/<study>/runs/, checked in for the GPU studies), so
+# running this again skips finished runs and resumes the others from their checkpoints. JOBS runs
+# (default 8) share the GPU at a time; small models leave it mostly idle, so they time-slice well.
+# Each study has a time cap (CAP_<STUDY> seconds, default CAP=600) after which its runs get SIGTERM,
+# checkpoint and stop; KILL_AFTER seconds later (default 30) whatever still runs is killed, so a piece
+# always ends near its cap.
+# MPS (`nvidia-cuda-mps-control -d`) lets the runs' kernels overlap, but a fatal fault in one MPS client
+# (a device-side assert, say from a test that provokes one) stops every client: once, every training
+# process hung until killed. Do not run the test suite on the GPU while studies share it under MPS.
 set -uo pipefail
-OUT=${1:?usage: experiments/run_gpu_studies.sh OUT_DIR}
 cd "$(dirname "$0")/.."
-mkdir -p "$OUT"
+studies=("$@")
+[ ${#studies[@]} -gt 0 ] || studies=(selective_copying induction_heads mqar_zoology)
 python -c "import torch; print('torch', torch.__version__, '| cuda', torch.cuda.is_available(), '|',
-           torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU')" | tee "$OUT/device.txt"
+           torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU')"
 
-study() {  # name, time cap in seconds
-  local name=$1 cap=$2 start=$SECONDS
+for name in "${studies[@]}"; do
+  cap_var="CAP_${name^^}"
+  cap=${!cap_var:-${CAP:-600}}
+  start=$SECONDS
   echo "== $name (cap ${cap}s)"
-  timeout --signal=TERM "$cap" python -m hybrid sweep "experiments/$name/sweep.yaml" --out "$OUT/$name" --no-progress \
-    --jobs "${JOBS:-8}" \
+  timeout --signal=TERM --kill-after="${KILL_AFTER:-30}" "$cap" \
+    python -m hybrid sweep "experiments/$name/sweep.yaml" --no-progress --jobs "${JOBS:-8}" \
     || echo "!! $name: sweep exited with $? (failed runs or the time cap); the report covers what finished"
-  python -m hybrid report "$OUT/$name" || echo "!! $name: no report"
+  timeout 120 python -m hybrid report "experiments/$name" || echo "!! $name: no report"
   echo "== $name took $((SECONDS - start))s"
-}
-
-study mqar_layouts "${CAP_MQAR:-900}"
-study selective_copying "${CAP_SELCOPY:-130}"
-study induction_heads "${CAP_INDUCTION:-140}"
-echo "all studies: ${SECONDS}s; reports in $OUT/*/report/"
+done
+echo "all: ${SECONDS}s; reports in experiments/*/report/"
