@@ -19,6 +19,30 @@ class RMSNorm(nn.Module):
         return (y * self.weight.float()).to(x.dtype)
 
 
+class GatedRMSNorm(nn.Module):
+    """Mamba-2's gated RMSNorm over groups of `group_size` channels, computed in fp32:
+    norm(x * silu(z)) * weight, or norm(x) * weight * silu(z) with `norm_before_gate`."""
+
+    def __init__(self, dim: int, eps: float = 1e-5, group_size: int | None = None, norm_before_gate: bool = False):
+        super().__init__()
+        self.eps, self.norm_before_gate = eps, norm_before_gate
+        self.group_size = group_size or dim
+        if dim % self.group_size:
+            raise ValueError(f"GatedRMSNorm: group_size {self.group_size} must divide dim {dim}")
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor, z: Tensor | None = None) -> Tensor:
+        xf = x.float()
+        gate = torch.nn.functional.silu(z.float()) if z is not None else None
+        if gate is not None and not self.norm_before_gate:
+            xf = xf * gate
+        groups = xf.unflatten(-1, (-1, self.group_size))  # (..., groups, group_size)
+        y = (groups * torch.rsqrt(groups.pow(2).mean(-1, keepdim=True) + self.eps)).flatten(-2) * self.weight.float()
+        if gate is not None and self.norm_before_gate:
+            y = y * gate
+        return y.to(x.dtype)
+
+
 def make_norm(kind: str, dim: int, eps: float) -> nn.Module:
     if kind == "rmsnorm":
         return RMSNorm(dim, eps)

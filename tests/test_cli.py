@@ -47,7 +47,7 @@ def test_config_error_exits_2_with_file_and_key(tmp_path, capsys):
 
 def test_unknown_layer_type_error_lists_registered(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
-    bad.write_text("model:\n  layers: {M: {type: mamba2}}\n  layout: M\n")
+    bad.write_text("model:\n  layers: {M: {type: mamba3}}\n  layout: M\n")
     assert main(["show", str(bad)]) == 2
     err = capsys.readouterr().err
     assert "model.layers.M.type" in err and "closest match: 'mamba'" in err

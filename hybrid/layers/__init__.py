@@ -1,2 +1,2 @@
 """Built-in layers; importing this package registers them."""
-from hybrid.layers import attention, mamba, mlp, moe, s4d  # noqa: F401  (registration side effects)
+from hybrid.layers import attention, mamba, mamba2, mlp, moe, s4d  # noqa: F401  (registration side effects)

@@ -1,0 +1,102 @@
+"""The public SSD (Mamba-2) scan: input checks and the one place where a backend is chosen.
+
+Backends (STYLE 9): "torch" (chunked PyTorch, `chunked.py`; autograd backward) and "ref" (the
+sequential recurrence, `reference.py`). "auto" is "torch" on every device until the Triton kernels
+land. The environment variable HYBRID_SSD_BACKEND replaces "auto" for a whole run.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from hybrid.kernels.backend_choice import requested_backend
+
+BACKENDS = ("auto", "torch", "ref")
+ENV_VAR = "HYBRID_SSD_BACKEND"
+NO_LIMIT = (0.0, float("inf"))
+
+_SCAN = {"torch": ("hybrid.kernels.ssd.chunked", "ssd_chunked"),
+         "ref": ("hybrid.kernels.ssd.reference", "ssd_ref")}
+
+
+def resolve_backend(backend: str, is_cuda: bool) -> str:
+    backend = requested_backend(backend, BACKENDS, ENV_VAR, "SSD")
+    return "torch" if backend == "auto" else backend
+
+
+def _load(backend: str) -> Callable:
+    module, name = _SCAN[backend]
+    return getattr(importlib.import_module(module), name)
+
+
+def _check(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None, z: Tensor | None,
+           dt_bias: Tensor | None, initial_states: Tensor | None, seq_idx: Tensor | None, chunk_size: int) -> None:
+    where = "ssd"
+    if x.dim() != 4:
+        raise ValueError(f"{where}: x must be (batch, length, heads, headdim), got {tuple(x.shape)}")
+    batch, length, heads, headdim = x.shape
+    if dt.shape != (batch, length, heads):
+        raise ValueError(f"{where}: dt must be (batch, length, heads) = {(batch, length, heads)}, got {tuple(dt.shape)}")
+    if A.shape != (heads,):
+        raise ValueError(f"{where}: A must be (heads,) = ({heads},), got {tuple(A.shape)}")
+    if B.dim() != 4 or B.shape[:2] != (batch, length) or B.shape != C.shape:
+        raise ValueError(f"{where}: B and C must both be (batch, length, groups, d_state) with batch {batch} and "
+                         f"length {length}, got {tuple(B.shape)} and {tuple(C.shape)}")
+    if heads % B.shape[2]:
+        raise ValueError(f"{where}: groups ({B.shape[2]}) must divide heads ({heads})")
+    if D is not None and D.shape not in ((heads,), (heads, headdim)):
+        raise ValueError(f"{where}: D must be (heads,) or (heads, headdim), got {tuple(D.shape)}")
+    if z is not None and z.shape != x.shape:
+        raise ValueError(f"{where}: z must have x's shape {tuple(x.shape)}, got {tuple(z.shape)}")
+    if dt_bias is not None and dt_bias.shape != (heads,):
+        raise ValueError(f"{where}: dt_bias must be (heads,), got {tuple(dt_bias.shape)}")
+    if initial_states is not None and initial_states.shape != (batch, heads, headdim, B.shape[3]):
+        raise ValueError(f"{where}: initial_states must be (batch, heads, headdim, d_state) = "
+                         f"{(batch, heads, headdim, B.shape[3])}, got {tuple(initial_states.shape)}")
+    if seq_idx is not None and (seq_idx.shape != (batch, length) or seq_idx.is_floating_point()):
+        raise ValueError(f"{where}: seq_idx must be (batch, length) = {(batch, length)} integer document ids, "
+                         f"got {tuple(seq_idx.shape)} {seq_idx.dtype}")
+    if chunk_size < 1:
+        raise ValueError(f"{where}: chunk_size must be >= 1, got {chunk_size}")
+
+
+def ssd(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, chunk_size: int = 256, D: Tensor | None = None,
+        z: Tensor | None = None, dt_bias: Tensor | None = None, dt_softplus: bool = False,
+        dt_limit: tuple[float, float] = NO_LIMIT, initial_states: Tensor | None = None,
+        seq_idx: Tensor | None = None, return_final_states: bool = False, backend: str = "auto"):
+    """Mamba-2's selective state-space scan (SSD), mamba_ssm's `mamba_chunk_scan_combined` interface.
+
+    x:       (batch, length, heads, headdim)       the inputs, any float dtype
+    dt:      (batch, length, heads)                the steps, before dt_bias / softplus / dt_limit
+    A:       (heads,)                              negative decay rates (fp32)
+    B, C:    (batch, length, groups, d_state)      groups divide heads; head h uses group h // (heads / groups)
+    D:       (heads,) or (heads, headdim), or None the skip connection
+    z:       like x, or None                       the gate: y *= silu(z)
+    dt_bias: (heads,) or None; dt_softplus: apply softplus to dt + dt_bias; dt_limit: clamp of the result
+    initial_states: (batch, heads, headdim, d_state) or None, the state before step 0
+    seq_idx: (batch, length) int, non-decreasing document ids of packed sequences: each document
+             starts from a zero state (the initial state reaches the first one only)
+    chunk_size: steps per chunk of the chunked algorithm (any length works; the last chunk is padded)
+    Returns y (batch, length, heads, headdim) in x's dtype, and with `return_final_states` also the
+    final state (batch, heads, headdim, d_state) fp32. Differentiable in every float input.
+    """
+    _check(x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx, chunk_size)
+    fn = _load(resolve_backend(backend, x.is_cuda))
+    kwargs = {"chunk_size": chunk_size} if fn.__name__ != "ssd_ref" else {}
+    return fn(x, dt, A, B, C, D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus, dt_limit=tuple(dt_limit),
+              initial_states=initial_states, seq_idx=seq_idx, return_final_states=return_final_states, **kwargs)
+
+
+def ssd_state_update(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None,
+                     z: Tensor | None = None, dt_bias: Tensor | None = None, dt_softplus: bool = False,
+                     dt_limit: tuple[float, float] = NO_LIMIT) -> Tensor:
+    """One decoding step of `ssd`, updating `state` (batch, heads, headdim, d_state) fp32 in place.
+    x, z: (batch, heads, headdim); dt: (batch, heads); B, C: (batch, groups, d_state). Returns y like x."""
+    from hybrid.kernels.ssd.reference import ssd_state_update_ref  # noqa: PLC0415
+
+    if state.dtype != torch.float32:
+        raise TypeError(f"ssd_state_update: the state must be float32, got {state.dtype}")
+    return ssd_state_update_ref(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, tuple(dt_limit))

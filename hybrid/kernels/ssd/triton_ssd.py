@@ -1,0 +1,859 @@
+"""SSD (Mamba-2's scan, Dao & Gu 2024) in chunks: Triton forward and backward kernels.
+
+What it computes is `ssd_ref` (reference.py); the algorithm is `ssd_chunked` (chunked.py), whose header
+gives the chunked maths. Per head h of group g, chunks of Q steps, a_t = dt_t A_h and a-hat the cumulative
+sum of a within the chunk (one document: seq_idx masks every term that crosses a boundary):
+
+  (1) dt, a-hat      dt_t = clamp(softplus(dt_t + dt_bias), dt_limit), 0 past the length;  a-hat = cumsum(dt A)
+  (2) chunk states   s_c[p, n] = sum_j exp(a-hat_end - a-hat_j) dt_j x_j[p] B_j[n]
+  (3) state passing  S_c = exp(a-hat_end of c) S_{c-1} + s_c, S_{-1} = initial_states;  prev_c = S_{c-1}
+  (4) chunk scan     y_i = sum_{j<=i} (C_i . B_j) exp(a-hat_i - a-hat_j) dt_j x_j + exp(a-hat_i) C_i prev_c
+                         + D x_i,    out_i = y_i silu(z_i)
+with (C_i . B_j) computed once per group and chunk ("CB", (batch, chunks, groups, Q, Q)) and shared by the
+group's heads. Backward, with g_i = dout_i silu(z_i) the gradient of y_i and dS the state gradient:
+
+  d prev_c[p, n]  = sum_i exp(a-hat_i) g_i[p] C_i[n]                         (the chunk-state kernel on g, C)
+  dS_{c-1}        = d prev_c + exp(a-hat_end of c) dS_c,  d s_c = dS_c,  d init = dS_{-1}   (reverse pass)
+  dx_j            = dt_j [sum_{i>=j} CB_ij exp(a-hat_i - a-hat_j) g_i + exp(a-hat_end - a-hat_j) d s_c B_j] + D g_j
+  ddt_j          += x_j . (dx_j - D g_j) / dt_j                               (the same sums, before dt_j)
+  dCB_ij          = sum_{h in g} (g_i . x_j) exp(a-hat_i - a-hat_j) dt_j          (j <= i)
+  dC_i            = sum_j dCB_ij B_j + sum_{h in g} exp(a-hat_i) g_i prev_c
+  dB_j            = sum_i dCB_ij C_i + sum_{h in g} exp(a-hat_end - a-hat_j) dt_j x_j d s_c
+  d a-hat         every term above depends on a-hat through exp(a-hat_u - a-hat_v): its contribution T
+                  (the term times its gradient) adds +T at u and -T at v; then da_t = sum_{i>=t} d a-hat_i
+                  (a reverse cumsum), ddt_t += da_t A, dA = sum da_t dt_t.
+The stages past the kernels (the z gate, D, the reverse cumsum and the chain through dt_bias, softplus and
+the clamp) are elementwise over (batch, length, heads[, headdim]) and are done in PyTorch in fp32.
+
+Kernels and grids (b batch, c chunks, h heads, g groups, P headdim, N d_state):
+  _dt_cumsum_kernel          (heads / BLOCK_H, c, b)           dt and a-hat, (b, h, c, Q) fp32
+  _chunk_cb_kernel           (Q / BM, Q / BN, b c g)           C B^T, lower blocks only, fp32
+  _chunk_outer_kernel        (P / BP * N / BN, h, b c)         s_c (forward) and d prev_c (backward), fp32
+  _state_passing_fwd_kernel  (P N / BLOCK, h, b)               sequential over chunks, in place: s_c -> prev_c
+  _chunk_scan_fwd_kernel     (Q / BM * P / BP, h, b c)         y (and y before the gate, fp32, with z)
+  _state_passing_bwd_kernel  (P N / BLOCK, h, b)               reverse over chunks, in place: d prev_c -> d s_c
+  _chunk_scan_bwd_dx_kernel  (Q / BM * P / BP, h, b c)         dx, and per-position partials of ddt and d a-hat
+  _chunk_scan_bwd_dcb_kernel (Q / BM, Q / BM, b c g)           dCB (fp32), and the d a-hat of the quadratic part
+  _chunk_scan_bwd_dbc_kernel (Q / BM * N / BN, g, b c)         dB or dC
+Every accumulator, the states, CB, dt and a-hat are fp32. The matmuls take their operands in the inputs'
+dtype when x, B and C are all fp16 or all bf16 (tensor cores; the fp32 factors exp(.) dt and the states are
+rounded to it for the product, as mamba_ssm does), else fp32 with "tf32x3" (about fp32 accuracy). Partial
+sums over blocks go to separate buffers summed by PyTorch: deterministic, no atomics.
+
+Under TRITON_INTERPRET=1 (the CPU tests) two interpreter defects of Triton 3.9 are worked around: its dot
+of bf16 operands multiplies their raw bits (so bf16 inputs use fp32 dots there), and its fp32 -> bf16 cast
+truncates (so values are rounded to nearest-even by their bits first, _cast_out).
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from hybrid.kernels.launch import FastLauncher
+from hybrid.kernels.ssd.reference import discretize_dt
+
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+_ROUND_BF16 = tl.constexpr(INTERPRET)
+NO_LIMIT = (0.0, float("inf"))
+
+
+# ---------------------------------------------------------------------------- helpers
+
+@triton.jit
+def _softplus(x):
+    # F.softplus: log(1 + e^x), the identity above 20; log1p(e) = log(w) e / (w - 1), w = 1 + e, keeps small e
+    e = tl.exp(-tl.abs(x))
+    w = 1.0 + e
+    log1p = tl.where(w == 1.0, e, tl.log(w) * e / (w - 1.0))
+    return tl.where(x > 20.0, x, tl.maximum(x, 0.0) + log1p)
+
+
+@triton.jit
+def _cast_out(v, ptr):
+    """v (fp32) in the element type of ptr, rounded to nearest-even."""
+    if _ROUND_BF16:
+        if ptr.dtype.element_ty == tl.bfloat16:  # the interpreter's cast truncates: round the bits first
+            bits = v.to(tl.uint32, bitcast=True)
+            bits = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16) << 16
+            v = bits.to(tl.float32, bitcast=True)
+    return v.to(ptr.dtype.element_ty)
+
+
+@triton.jit
+def _doc(seq_row, t, length, s_s_l):
+    # seq_idx at positions t, clamped into the sequence (past the end: the last document, as chunked.py pads)
+    return tl.load(seq_row + tl.minimum(tl.maximum(t, 0), length - 1) * s_s_l)
+
+
+@triton.jit
+def _masked_exp(diff, keep):
+    # exp(diff) where keep, else 0 (never exp of a large positive difference outside the mask)
+    return tl.exp(tl.where(keep, diff, float("-inf")))
+
+
+# ---------------------------------------------------------------------------- forward kernels
+
+@triton.jit
+def _dt_cumsum_kernel(dt_ptr, a_ptr, bias_ptr, dtp_ptr, acs_ptr,
+                      length, heads, n_chunks, chunk, lim_lo, lim_hi,
+                      s_dt_b, s_dt_l, s_dt_h,
+                      HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_LIMIT: tl.constexpr,
+                      BLOCK_H: tl.constexpr, BLOCK_Q: tl.constexpr):
+    """(1): dt (bias, softplus, clamp; 0 past the length) and a-hat = cumsum(dt A) of one chunk, heads tile."""
+    offs_h = tl.program_id(0) * BLOCK_H + tl.arange(0, BLOCK_H)
+    c = tl.program_id(1).to(tl.int64)
+    b = tl.program_id(2).to(tl.int64)
+    offs_q = tl.arange(0, BLOCK_Q)
+    t = c * chunk + offs_q
+    mask_h = offs_h < heads
+    in_chunk = mask_h[:, None] & (offs_q[None, :] < chunk)
+    valid = in_chunk & (t[None, :] < length)  # (BLOCK_H, BLOCK_Q)
+    dt = tl.load(dt_ptr + b * s_dt_b + t[None, :] * s_dt_l + offs_h[:, None] * s_dt_h, mask=valid,
+                 other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        dt += tl.load(bias_ptr + offs_h, mask=mask_h, other=0.0).to(tl.float32)[:, None]
+    if SOFTPLUS:
+        dt = _softplus(dt)
+    if HAS_LIMIT:
+        dt = tl.minimum(tl.maximum(dt, lim_lo), lim_hi)
+    dt = tl.where(valid, dt, 0.0)  # padded steps neither decay nor add
+    a = tl.load(a_ptr + offs_h, mask=mask_h, other=0.0).to(tl.float32)
+    acs = tl.cumsum(dt * a[:, None], axis=1)
+    out = ((b * heads + offs_h[:, None]) * n_chunks + c) * chunk + offs_q[None, :]  # (b, h, c, Q)
+    tl.store(dtp_ptr + out, dt, mask=in_chunk)
+    tl.store(acs_ptr + out, acs, mask=in_chunk)
+
+
+@triton.jit
+def _chunk_cb_kernel(c_ptr, b_ptr, cb_ptr, length, n_chunks, chunk, groups, dstate,
+                     s_c_b, s_c_l, s_c_g, s_c_n, s_b_b, s_b_l, s_b_g, s_b_n,
+                     DOT: tl.constexpr, PREC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+                     BK: tl.constexpr):
+    """CB[i, j] = C_i . B_j of one group and chunk, (BM, BN) tile; tiles above the diagonal are skipped
+    (never read: every reader masks j > i)."""
+    i0 = tl.program_id(0) * BM
+    j0 = tl.program_id(1) * BN
+    if j0 > i0 + BM - 1:
+        return
+    pid = tl.program_id(2).to(tl.int64)
+    g = pid % groups
+    c = (pid // groups) % n_chunks
+    b = pid // groups // n_chunks
+    offs_i = i0 + tl.arange(0, BM)
+    offs_j = j0 + tl.arange(0, BN)
+    ti, tj = c * chunk + offs_i, c * chunk + offs_j
+    mi = (offs_i < chunk) & (ti < length)
+    mj = (offs_j < chunk) & (tj < length)
+    acc = tl.zeros((BM, BN), tl.float32)
+    for k0 in range(0, dstate, BK):
+        kk = k0 + tl.arange(0, BK)
+        mk = kk < dstate
+        cc = tl.load(c_ptr + b * s_c_b + ti[:, None] * s_c_l + g * s_c_g + kk[None, :] * s_c_n,
+                     mask=mi[:, None] & mk[None, :], other=0.0)  # (BM, BK)
+        bb = tl.load(b_ptr + b * s_b_b + tj[None, :] * s_b_l + g * s_b_g + kk[:, None] * s_b_n,
+                     mask=mk[:, None] & mj[None, :], other=0.0)  # (BK, BN)
+        acc = tl.dot(cc.to(DOT), bb.to(DOT), acc, input_precision=PREC)
+    out = (((b * n_chunks + c) * groups + g) * chunk + offs_i[:, None]) * chunk + offs_j[None, :]
+    tl.store(cb_ptr + out, acc, mask=(offs_i[:, None] < chunk) & (offs_j[None, :] < chunk))
+
+
+@triton.jit
+def _chunk_outer_kernel(u_ptr, v_ptr, dtp_ptr, acs_ptr, seq_ptr, out_ptr,
+                        length, heads, n_chunks, chunk, headdim, dstate, heads_per_group,
+                        s_u_b, s_u_l, s_u_h, s_u_p, s_v_b, s_v_l, s_v_g, s_v_n, s_s_b, s_s_l,
+                        TO_END: tl.constexpr, HAS_SEQ: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr,
+                        BP: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+    """out[b, c, h, p, n] = sum_j w_j u_j[p] v_j[n] over one chunk, a (BP, BN) tile:
+    TO_END: the chunk state, u = x, v = B, w_j = dt_j exp(a-hat_end - a-hat_j) (j in the chunk's last document);
+    else:   d prev, u = g, v = C, w_i = exp(a-hat_i) (i in the document the chunk started in)."""
+    pid_pn = tl.program_id(0)
+    h = tl.program_id(1)
+    pid = tl.program_id(2).to(tl.int64)
+    b, c = pid // n_chunks, pid % n_chunks
+    n_pb = tl.cdiv(headdim, BP)
+    offs_p = (pid_pn % n_pb) * BP + tl.arange(0, BP)
+    offs_n = (pid_pn // n_pb) * BN + tl.arange(0, BN)
+    mp, mn = offs_p < headdim, offs_n < dstate
+    g = h // heads_per_group
+    vec = ((b * heads + h) * n_chunks + c) * chunk  # (b, h, c, Q) vectors
+    if TO_END:
+        acs_end = tl.load(acs_ptr + vec + chunk - 1)
+    if HAS_SEQ:
+        seq_row = seq_ptr + b * s_s_b
+        if TO_END:
+            doc_ref = _doc(seq_row, c * chunk + chunk - 1, length, s_s_l)
+        else:
+            doc_ref = _doc(seq_row, c * chunk - 1, length, s_s_l)
+    acc = tl.zeros((BP, BN), tl.float32)
+    for k0 in range(0, chunk, BK):
+        kk = k0 + tl.arange(0, BK)
+        t = c * chunk + kk
+        mk = (kk < chunk) & (t < length)
+        acs = tl.load(acs_ptr + vec + kk, mask=kk < chunk, other=0.0)
+        if TO_END:
+            w = tl.load(dtp_ptr + vec + kk, mask=kk < chunk, other=0.0) * _masked_exp(acs_end - acs, mk)
+        else:
+            w = _masked_exp(acs, mk)
+        if HAS_SEQ:
+            w = tl.where(_doc(seq_row, t, length, s_s_l) == doc_ref, w, 0.0)
+        uu = tl.load(u_ptr + b * s_u_b + t[:, None] * s_u_l + h * s_u_h + offs_p[None, :] * s_u_p,
+                     mask=mk[:, None] & mp[None, :], other=0.0).to(tl.float32)  # (BK, BP)
+        vv = tl.load(v_ptr + b * s_v_b + t[:, None] * s_v_l + g * s_v_g + offs_n[None, :] * s_v_n,
+                     mask=mk[:, None] & mn[None, :], other=0.0)  # (BK, BN)
+        acc = tl.dot(tl.trans((uu * w[:, None]).to(DOT)), vv.to(DOT), acc, input_precision=PREC)
+    out = (((b * n_chunks + c) * heads + h) * headdim + offs_p[:, None]) * dstate + offs_n[None, :]
+    tl.store(out_ptr + out, acc, mask=mp[:, None] & mn[None, :])
+
+
+@triton.jit
+def _carry(acs_ptr, vec, seq_ptr, b, c, chunk, length, s_s_b, s_s_l, HAS_SEQ: tl.constexpr):
+    """The factor of S_{c-1} in S_c: exp(a-hat_end), 0 when chunk c ends in another document than c - 1 did."""
+    carry = tl.exp(tl.load(acs_ptr + vec + chunk - 1))
+    if HAS_SEQ:
+        seq_row = seq_ptr + b * s_s_b
+        end = _doc(seq_row, c * chunk + chunk - 1, length, s_s_l)
+        before = _doc(seq_row, c * chunk - 1, length, s_s_l)
+        carry = tl.where(end == before, carry, 0.0)
+    return carry
+
+
+@triton.jit
+def _state_passing_fwd_kernel(st_ptr, init_ptr, acs_ptr, seq_ptr, final_ptr,
+                              length, heads, n_chunks, chunk, size, s_s_b, s_s_l,
+                              HAS_INIT: tl.constexpr, HAS_SEQ: tl.constexpr, BLOCK: tl.constexpr):
+    """(3): S_c = carry_c S_{c-1} + s_c along the chunks of one (batch, head), BLOCK of the P N state
+    entries. Each slot of st (b, c, h, P, N) holds s_c on entry and prev_c = S_{c-1} on exit."""
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    h = tl.program_id(1)
+    b = tl.program_id(2).to(tl.int64)
+    m = offs < size
+    if HAS_INIT:
+        s = tl.load(init_ptr + (b * heads + h) * size + offs, mask=m, other=0.0)
+    else:
+        s = tl.zeros((BLOCK,), tl.float32)
+    for c in range(n_chunks):
+        slot = st_ptr + ((b * n_chunks + c) * heads + h) * size + offs
+        new = tl.load(slot, mask=m, other=0.0)
+        tl.store(slot, s, mask=m)
+        vec = ((b * heads + h) * n_chunks + c) * chunk
+        s = _carry(acs_ptr, vec, seq_ptr, b, c, chunk, length, s_s_b, s_s_l, HAS_SEQ) * s + new
+    tl.store(final_ptr + (b * heads + h) * size + offs, s, mask=m)
+
+
+@triton.jit
+def _chunk_scan_fwd_kernel(cb_ptr, x_ptr, z_ptr, dtp_ptr, acs_ptr, seq_ptr, c_ptr, prev_ptr, d_ptr, y_ptr, ypre_ptr,
+                           length, heads, n_chunks, chunk, headdim, dstate, heads_per_group,
+                           s_x_b, s_x_l, s_x_h, s_x_p, s_z_b, s_z_l, s_z_h, s_z_p, s_c_b, s_c_l, s_c_g, s_c_n,
+                           s_s_b, s_s_l, s_y_b, s_y_l, s_y_h, s_y_p, s_d_h, s_d_p,
+                           HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_SEQ: tl.constexpr,
+                           DOT: tl.constexpr, PREC: tl.constexpr,
+                           BM: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+    """(4): y of BM steps i and BP channels p of one (batch, chunk, head):
+    y_i = exp(a-hat_i) C_i prev_c + sum_{j<=i} CB_ij exp(a-hat_i - a-hat_j) dt_j x_j + D x_i, times silu(z_i)."""
+    pid_ip = tl.program_id(0)
+    h = tl.program_id(1)
+    pid = tl.program_id(2).to(tl.int64)
+    b, c = pid // n_chunks, pid % n_chunks
+    groups = heads // heads_per_group
+    g = h // heads_per_group
+    n_ib = tl.cdiv(chunk, BM)
+    i0 = (pid_ip % n_ib) * BM
+    offs_i = i0 + tl.arange(0, BM)
+    offs_p = (pid_ip // n_ib) * BP + tl.arange(0, BP)
+    ti = c * chunk + offs_i
+    mi = (offs_i < chunk) & (ti < length)
+    mp = offs_p < headdim
+    vec = ((b * heads + h) * n_chunks + c) * chunk
+    acs_i = tl.load(acs_ptr + vec + offs_i, mask=offs_i < chunk, other=0.0)
+    if HAS_SEQ:
+        seq_row = seq_ptr + b * s_s_b
+        doc_i = _doc(seq_row, ti, length, s_s_l)
+        doc_first = _doc(seq_row, c * chunk - 1, length, s_s_l)
+
+    # from the past: exp(a-hat_i) C_i prev_c, prev (P, N) read as (N, P)
+    acc = tl.zeros((BM, BP), tl.float32)
+    prev_base = prev_ptr + ((b * n_chunks + c) * heads + h) * headdim * dstate
+    for n0 in range(0, dstate, BN):
+        nn = n0 + tl.arange(0, BN)
+        mn = nn < dstate
+        cc = tl.load(c_ptr + b * s_c_b + ti[:, None] * s_c_l + g * s_c_g + nn[None, :] * s_c_n,
+                     mask=mi[:, None] & mn[None, :], other=0.0)  # (BM, BN)
+        pv = tl.load(prev_base + offs_p[None, :] * dstate + nn[:, None], mask=mn[:, None] & mp[None, :], other=0.0)
+        acc = tl.dot(cc.to(DOT), pv.to(DOT), acc, input_precision=PREC)
+    keep_i = mi
+    if HAS_SEQ:
+        keep_i = keep_i & (doc_i == doc_first)
+    acc = acc * _masked_exp(acs_i, keep_i)[:, None]
+
+    # inside the chunk, j <= i: the causal blocks only
+    cb_base = cb_ptr + ((b * n_chunks + c) * groups + g) * chunk * chunk
+    for j0 in range(0, tl.minimum(i0 + BM, chunk), BK):
+        offs_j = j0 + tl.arange(0, BK)
+        tj = c * chunk + offs_j
+        mj = (offs_j < chunk) & (tj < length)
+        keep = (offs_j[None, :] <= offs_i[:, None]) & mi[:, None] & mj[None, :]  # (BM, BK)
+        if HAS_SEQ:
+            keep = keep & (doc_i[:, None] == _doc(seq_row, tj, length, s_s_l)[None, :])
+        acs_j = tl.load(acs_ptr + vec + offs_j, mask=offs_j < chunk, other=0.0)
+        dt_j = tl.load(dtp_ptr + vec + offs_j, mask=offs_j < chunk, other=0.0)
+        cb = tl.load(cb_base + offs_i[:, None] * chunk + offs_j[None, :], mask=keep, other=0.0)
+        w = cb * _masked_exp(acs_i[:, None] - acs_j[None, :], keep) * dt_j[None, :]
+        xj = tl.load(x_ptr + b * s_x_b + tj[:, None] * s_x_l + h * s_x_h + offs_p[None, :] * s_x_p,
+                     mask=mj[:, None] & mp[None, :], other=0.0)  # (BK, BP)
+        acc = tl.dot(w.to(DOT), xj.to(DOT), acc, input_precision=PREC)
+
+    mask = mi[:, None] & mp[None, :]
+    if HAS_D:
+        xi = tl.load(x_ptr + b * s_x_b + ti[:, None] * s_x_l + h * s_x_h + offs_p[None, :] * s_x_p,
+                     mask=mask, other=0.0).to(tl.float32)
+        acc += xi * tl.load(d_ptr + h * s_d_h + offs_p * s_d_p, mask=mp, other=0.0).to(tl.float32)[None, :]
+    out = b * s_y_b + ti[:, None] * s_y_l + h * s_y_h + offs_p[None, :] * s_y_p
+    if HAS_Z:
+        tl.store(ypre_ptr + out, acc, mask=mask)  # y before the gate, fp32, for dz
+        zz = tl.load(z_ptr + b * s_z_b + ti[:, None] * s_z_l + h * s_z_h + offs_p[None, :] * s_z_p,
+                     mask=mask, other=0.0).to(tl.float32)
+        acc = acc * zz * tl.sigmoid(zz)
+    tl.store(y_ptr + out, _cast_out(acc, y_ptr), mask=mask)
+
+
+# ---------------------------------------------------------------------------- backward kernels
+
+@triton.jit
+def _state_passing_bwd_kernel(ds_ptr, prev_ptr, acs_ptr, seq_ptr, dfinal_ptr, dinit_ptr, dcarry_ptr,
+                              length, heads, n_chunks, chunk, size, n_blocks, s_s_b, s_s_l,
+                              HAS_DFINAL: tl.constexpr, HAS_INIT: tl.constexpr, HAS_SEQ: tl.constexpr,
+                              BLOCK: tl.constexpr):
+    """dS_{c-1} = d prev_c + carry_c dS_c, from dS_last = d final, chunks in reverse. Each slot of ds holds
+    d prev_c on entry and d s_c = dS_c on exit; d carry_c = <dS_c, prev_c> goes, times carry_c (that is,
+    as the gradient of a-hat_end), to dcarry (b, h, c, n_blocks), one partial per program."""
+    pid = tl.program_id(0)
+    offs = pid * BLOCK + tl.arange(0, BLOCK)
+    h = tl.program_id(1)
+    b = tl.program_id(2).to(tl.int64)
+    m = offs < size
+    if HAS_DFINAL:
+        d = tl.load(dfinal_ptr + (b * heads + h) * size + offs, mask=m, other=0.0)
+    else:
+        d = tl.zeros((BLOCK,), tl.float32)
+    for k in range(n_chunks):
+        c = n_chunks - 1 - k
+        slot = ((b * n_chunks + c) * heads + h) * size + offs
+        dprev = tl.load(ds_ptr + slot, mask=m, other=0.0)
+        prev = tl.load(prev_ptr + slot, mask=m, other=0.0)
+        tl.store(ds_ptr + slot, d, mask=m)
+        vec = ((b * heads + h) * n_chunks + c) * chunk
+        carry = _carry(acs_ptr, vec, seq_ptr, b, c, chunk, length, s_s_b, s_s_l, HAS_SEQ)
+        tl.store(dcarry_ptr + ((b * heads + h) * n_chunks + c) * n_blocks + pid, carry * tl.sum(d * prev, axis=0))
+        d = dprev + carry * d
+    if HAS_INIT:
+        tl.store(dinit_ptr + (b * heads + h) * size + offs, d, mask=m)
+
+
+@triton.jit
+def _chunk_scan_bwd_dx_kernel(cb_ptr, x_ptr, g_ptr, dtp_ptr, acs_ptr, seq_ptr, b_ptr, c_ptr, ds_ptr, prev_ptr, d_ptr,
+                              dx_ptr, part_ptr,
+                              length, heads, n_chunks, chunk, headdim, dstate, heads_per_group, s_part, s_plane,
+                              s_x_b, s_x_l, s_x_h, s_x_p, s_g_b, s_g_l, s_g_h, s_g_p, s_b_b, s_b_l, s_b_g, s_b_n,
+                              s_c_b, s_c_l, s_c_g, s_c_n, s_s_b, s_s_l, s_dx_b, s_dx_l, s_dx_h, s_dx_p, s_d_h, s_d_p,
+                              HAS_D: tl.constexpr, HAS_SEQ: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr,
+                              BM: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+    """dx of BM steps j and BP channels of one (batch, chunk, head), with
+        r_j = sum_{i>=j} CB_ij exp(a-hat_i - a-hat_j) g_i + exp(a-hat_end - a-hat_j) (d s_c B_j)  (d y / d (dt_j x_j))
+        dx_j = dt_j r_j + D g_j,
+    and the per-position partials (over this program's channels) written to part (3, P blocks, b, h, c, Q):
+        [0] ddt_j        = x_j . r_j
+        [1] d a-hat_i   += exp(a-hat_i) g_i . (prev_c C_i)                           (the state from the past)
+        [2] the chunk state's T_j = dt_j exp(a-hat_end - a-hat_j) x_j . (d s_c B_j): -T_j at j, +T_j at the end."""
+    pid_jp = tl.program_id(0)
+    h = tl.program_id(1)
+    pid = tl.program_id(2).to(tl.int64)
+    b, c = pid // n_chunks, pid % n_chunks
+    groups = heads // heads_per_group
+    g = h // heads_per_group
+    n_jb = tl.cdiv(chunk, BM)
+    j0 = (pid_jp % n_jb) * BM
+    pid_p = pid_jp // n_jb
+    offs_j = j0 + tl.arange(0, BM)
+    offs_p = pid_p * BP + tl.arange(0, BP)
+    tj = c * chunk + offs_j
+    mj = (offs_j < chunk) & (tj < length)
+    mp = offs_p < headdim
+    vec = ((b * heads + h) * n_chunks + c) * chunk
+    acs_j = tl.load(acs_ptr + vec + offs_j, mask=offs_j < chunk, other=0.0)
+    dt_j = tl.load(dtp_ptr + vec + offs_j, mask=offs_j < chunk, other=0.0)
+    acs_end = tl.load(acs_ptr + vec + chunk - 1)
+    keep_end, keep_first = mj, mj
+    if HAS_SEQ:
+        seq_row = seq_ptr + b * s_s_b
+        doc_j = _doc(seq_row, tj, length, s_s_l)
+        keep_end = keep_end & (doc_j == _doc(seq_row, c * chunk + chunk - 1, length, s_s_l))
+        keep_first = keep_first & (doc_j == _doc(seq_row, c * chunk - 1, length, s_s_l))
+
+    # inside the chunk: sum over i >= j of CB[i, j] exp(a-hat_i - a-hat_j) g_i
+    acc = tl.zeros((BM, BP), tl.float32)
+    cb_base = cb_ptr + ((b * n_chunks + c) * groups + g) * chunk * chunk
+    for i0 in range((j0 // BK) * BK, chunk, BK):
+        offs_i = i0 + tl.arange(0, BK)
+        ti = c * chunk + offs_i
+        mi = (offs_i < chunk) & (ti < length)
+        keep = (offs_i[None, :] >= offs_j[:, None]) & mj[:, None] & mi[None, :]  # (BM, BK)
+        if HAS_SEQ:
+            keep = keep & (doc_j[:, None] == _doc(seq_row, ti, length, s_s_l)[None, :])
+        acs_i = tl.load(acs_ptr + vec + offs_i, mask=offs_i < chunk, other=0.0)
+        cbt = tl.load(cb_base + offs_i[None, :] * chunk + offs_j[:, None], mask=keep, other=0.0)  # CB[i, j]
+        w = cbt * _masked_exp(acs_i[None, :] - acs_j[:, None], keep)
+        gi = tl.load(g_ptr + b * s_g_b + ti[:, None] * s_g_l + h * s_g_h + offs_p[None, :] * s_g_p,
+                     mask=mi[:, None] & mp[None, :], other=0.0)  # (BK, BP)
+        acc = tl.dot(w.to(DOT), gi.to(DOT), acc, input_precision=PREC)
+
+    # B_j d s_c^T (for dx) and C_j prev_c^T (for d a-hat), the (P, N) states read as (N, P)
+    st_base = ((b * n_chunks + c) * heads + h) * headdim * dstate
+    acc_s = tl.zeros((BM, BP), tl.float32)
+    acc_p = tl.zeros((BM, BP), tl.float32)
+    for n0 in range(0, dstate, BN):
+        nn = n0 + tl.arange(0, BN)
+        mn = nn < dstate
+        mask_jn = mj[:, None] & mn[None, :]
+        mask_np = mn[:, None] & mp[None, :]
+        bb = tl.load(b_ptr + b * s_b_b + tj[:, None] * s_b_l + g * s_b_g + nn[None, :] * s_b_n, mask=mask_jn, other=0.0)
+        dsv = tl.load(ds_ptr + st_base + offs_p[None, :] * dstate + nn[:, None], mask=mask_np, other=0.0)
+        acc_s = tl.dot(bb.to(DOT), dsv.to(DOT), acc_s, input_precision=PREC)
+        cc = tl.load(c_ptr + b * s_c_b + tj[:, None] * s_c_l + g * s_c_g + nn[None, :] * s_c_n, mask=mask_jn, other=0.0)
+        pv = tl.load(prev_ptr + st_base + offs_p[None, :] * dstate + nn[:, None], mask=mask_np, other=0.0)
+        acc_p = tl.dot(cc.to(DOT), pv.to(DOT), acc_p, input_precision=PREC)
+
+    mask = mj[:, None] & mp[None, :]
+    xj = tl.load(x_ptr + b * s_x_b + tj[:, None] * s_x_l + h * s_x_h + offs_p[None, :] * s_x_p,
+                 mask=mask, other=0.0).to(tl.float32)
+    gj = tl.load(g_ptr + b * s_g_b + tj[:, None] * s_g_l + h * s_g_h + offs_p[None, :] * s_g_p,
+                 mask=mask, other=0.0).to(tl.float32)
+    to_end = _masked_exp(acs_end - acs_j, keep_end)
+    r = acc + to_end[:, None] * acc_s
+    dx = dt_j[:, None] * r
+    if HAS_D:
+        dx += gj * tl.load(d_ptr + h * s_d_h + offs_p * s_d_p, mask=mp, other=0.0).to(tl.float32)[None, :]
+    tl.store(dx_ptr + b * s_dx_b + tj[:, None] * s_dx_l + h * s_dx_h + offs_p[None, :] * s_dx_p,
+             _cast_out(dx, dx_ptr), mask=mask)
+    part = part_ptr + pid_p * s_part + vec + offs_j
+    in_chunk = offs_j < chunk
+    tl.store(part, tl.sum(xj * r, axis=1), mask=in_chunk)
+    tl.store(part + s_plane, _masked_exp(acs_j, keep_first) * tl.sum(gj * acc_p, axis=1), mask=in_chunk)
+    tl.store(part + 2 * s_plane, dt_j * to_end * tl.sum(xj * acc_s, axis=1), mask=in_chunk)
+
+
+@triton.jit
+def _chunk_scan_bwd_dcb_kernel(x_ptr, g_ptr, dtp_ptr, acs_ptr, seq_ptr, cb_ptr, dcb_ptr, dacs_ptr,
+                               length, heads, n_chunks, chunk, headdim, heads_per_group, s_part, s_plane,
+                               s_x_b, s_x_l, s_x_h, s_x_p, s_g_b, s_g_l, s_g_h, s_g_p, s_s_b, s_s_l,
+                               HAS_SEQ: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr,
+                               BM: tl.constexpr, BK: tl.constexpr):
+    """dCB[i, j] = sum_{h in group} (g_i . x_j) exp(a-hat_i - a-hat_j) dt_j, a (BM, BM) tile of one group and
+    chunk, and per head the d a-hat of these terms, T_ij = dCB_h[i, j] CB[i, j]: the row sums (+ at i) and
+    the column sums (- at j) go to dacs (2, Q blocks, b, h, c, Q), indexed by the other block."""
+    pid_i, pid_j = tl.program_id(0), tl.program_id(1)
+    i0, j0 = pid_i * BM, pid_j * BM
+    if j0 > i0 + BM - 1:
+        return
+    pid = tl.program_id(2).to(tl.int64)
+    groups = heads // heads_per_group
+    g = pid % groups
+    c = (pid // groups) % n_chunks
+    b = pid // groups // n_chunks
+    offs_i = i0 + tl.arange(0, BM)
+    offs_j = j0 + tl.arange(0, BM)
+    ti, tj = c * chunk + offs_i, c * chunk + offs_j
+    mi = (offs_i < chunk) & (ti < length)
+    mj = (offs_j < chunk) & (tj < length)
+    keep = (offs_j[None, :] <= offs_i[:, None]) & mi[:, None] & mj[None, :]
+    if HAS_SEQ:
+        seq_row = seq_ptr + b * s_s_b
+        keep = keep & (_doc(seq_row, ti, length, s_s_l)[:, None] == _doc(seq_row, tj, length, s_s_l)[None, :])
+    cb_offs = (((b * n_chunks + c) * groups + g) * chunk + offs_i[:, None]) * chunk + offs_j[None, :]
+    cb = tl.load(cb_ptr + cb_offs, mask=keep, other=0.0)
+    dcb = tl.zeros((BM, BM), tl.float32)
+    for hh in range(heads_per_group):
+        h = g * heads_per_group + hh
+        gx = tl.zeros((BM, BM), tl.float32)  # g_i . x_j
+        for p0 in range(0, headdim, BK):
+            pp = p0 + tl.arange(0, BK)
+            mp = pp < headdim
+            gi = tl.load(g_ptr + b * s_g_b + ti[:, None] * s_g_l + h * s_g_h + pp[None, :] * s_g_p,
+                         mask=mi[:, None] & mp[None, :], other=0.0)  # (BM, BK)
+            xj = tl.load(x_ptr + b * s_x_b + tj[None, :] * s_x_l + h * s_x_h + pp[:, None] * s_x_p,
+                         mask=mp[:, None] & mj[None, :], other=0.0)  # (BK, BM)
+            gx = tl.dot(gi.to(DOT), xj.to(DOT), gx, input_precision=PREC)
+        vec = ((b * heads + h) * n_chunks + c) * chunk
+        acs_i = tl.load(acs_ptr + vec + offs_i, mask=offs_i < chunk, other=0.0)
+        acs_j = tl.load(acs_ptr + vec + offs_j, mask=offs_j < chunk, other=0.0)
+        dt_j = tl.load(dtp_ptr + vec + offs_j, mask=offs_j < chunk, other=0.0)
+        dcb_h = gx * _masked_exp(acs_i[:, None] - acs_j[None, :], keep) * dt_j[None, :]
+        dcb += dcb_h
+        t = dcb_h * cb
+        tl.store(dacs_ptr + pid_j * s_part + vec + offs_i, tl.sum(t, axis=1), mask=offs_i < chunk)
+        tl.store(dacs_ptr + s_plane + pid_i * s_part + vec + offs_j, -tl.sum(t, axis=0), mask=offs_j < chunk)
+    tl.store(dcb_ptr + cb_offs, dcb, mask=(offs_i[:, None] < chunk) & (offs_j[None, :] < chunk))
+
+
+@triton.jit
+def _chunk_scan_bwd_dbc_kernel(dcb_ptr, v_ptr, u_ptr, st_ptr, dtp_ptr, acs_ptr, seq_ptr, out_ptr,
+                               length, heads, n_chunks, chunk, headdim, dstate, heads_per_group,
+                               s_v_b, s_v_l, s_v_g, s_v_n, s_u_b, s_u_l, s_u_h, s_u_p, s_s_b, s_s_l,
+                               s_o_b, s_o_l, s_o_g, s_o_n,
+                               FOR_B: tl.constexpr, HAS_SEQ: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr,
+                               BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+    """dC (FOR_B false: v = B, u = g, st = prev) or dB (v = C, u = x, st = d s) of BM steps, BN state entries:
+        dC_i = sum_{j<=i} dCB_ij B_j + sum_h exp(a-hat_i) g_i prev_c
+        dB_j = sum_{i>=j} dCB_ij C_i + sum_h dt_j exp(a-hat_end - a-hat_j) x_j d s_c."""
+    pid_rn = tl.program_id(0)
+    g = tl.program_id(1)
+    pid = tl.program_id(2).to(tl.int64)
+    b, c = pid // n_chunks, pid % n_chunks
+    groups = heads // heads_per_group
+    n_rb = tl.cdiv(chunk, BM)
+    r0 = (pid_rn % n_rb) * BM
+    offs_r = r0 + tl.arange(0, BM)
+    offs_n = (pid_rn // n_rb) * BN + tl.arange(0, BN)
+    tr = c * chunk + offs_r
+    mr = (offs_r < chunk) & (tr < length)
+    mn = offs_n < dstate
+    dcb_base = dcb_ptr + ((b * n_chunks + c) * groups + g) * chunk * chunk
+    if HAS_SEQ:
+        seq_row = seq_ptr + b * s_s_b
+        doc_r = _doc(seq_row, tr, length, s_s_l)
+    acc = tl.zeros((BM, BN), tl.float32)
+    if FOR_B:
+        lo, hi = (r0 // BK) * BK, chunk
+    else:
+        lo, hi = 0, tl.minimum(r0 + BM, chunk)
+    for k0 in range(lo, hi, BK):
+        kk = k0 + tl.arange(0, BK)
+        tk = c * chunk + kk
+        mk = (kk < chunk) & (tk < length)
+        if FOR_B:
+            keep = (kk[None, :] >= offs_r[:, None]) & mr[:, None] & mk[None, :]
+            d = tl.load(dcb_base + kk[None, :] * chunk + offs_r[:, None], mask=keep, other=0.0)  # dCB[i=k, j=r]
+        else:
+            keep = (kk[None, :] <= offs_r[:, None]) & mr[:, None] & mk[None, :]
+            d = tl.load(dcb_base + offs_r[:, None] * chunk + kk[None, :], mask=keep, other=0.0)  # dCB[i=r, j=k]
+        vv = tl.load(v_ptr + b * s_v_b + tk[:, None] * s_v_l + g * s_v_g + offs_n[None, :] * s_v_n,
+                     mask=mk[:, None] & mn[None, :], other=0.0)  # (BK, BN)
+        acc = tl.dot(d.to(DOT), vv.to(DOT), acc, input_precision=PREC)
+
+    # the state terms, one head of the group at a time
+    if FOR_B:
+        keep_r = mr
+        if HAS_SEQ:
+            keep_r = keep_r & (doc_r == _doc(seq_row, c * chunk + chunk - 1, length, s_s_l))
+    else:
+        keep_r = mr
+        if HAS_SEQ:
+            keep_r = keep_r & (doc_r == _doc(seq_row, c * chunk - 1, length, s_s_l))
+    for hh in range(heads_per_group):
+        h = g * heads_per_group + hh
+        vec = ((b * heads + h) * n_chunks + c) * chunk
+        acs_r = tl.load(acs_ptr + vec + offs_r, mask=offs_r < chunk, other=0.0)
+        if FOR_B:
+            w = tl.load(dtp_ptr + vec + offs_r, mask=offs_r < chunk, other=0.0) * _masked_exp(
+                tl.load(acs_ptr + vec + chunk - 1) - acs_r, keep_r)
+        else:
+            w = _masked_exp(acs_r, keep_r)
+        st_base = st_ptr + ((b * n_chunks + c) * heads + h) * headdim * dstate
+        for p0 in range(0, headdim, BK):
+            pp = p0 + tl.arange(0, BK)
+            mp = pp < headdim
+            uu = tl.load(u_ptr + b * s_u_b + tr[:, None] * s_u_l + h * s_u_h + pp[None, :] * s_u_p,
+                         mask=mr[:, None] & mp[None, :], other=0.0).to(tl.float32)  # (BM, BK)
+            sv = tl.load(st_base + pp[:, None] * dstate + offs_n[None, :], mask=mp[:, None] & mn[None, :], other=0.0)
+            acc = tl.dot((uu * w[:, None]).to(DOT), sv.to(DOT), acc, input_precision=PREC)
+    tl.store(out_ptr + b * s_o_b + tr[:, None] * s_o_l + g * s_o_g + offs_n[None, :] * s_o_n,
+             _cast_out(acc, out_ptr), mask=mr[:, None] & mn[None, :])
+
+
+# ---------------------------------------------------------------------------- launchers
+
+_launch_dt = FastLauncher(_dt_cumsum_kernel)
+_launch_cb = FastLauncher(_chunk_cb_kernel)
+_launch_outer = FastLauncher(_chunk_outer_kernel)
+_launch_pass_fwd = FastLauncher(_state_passing_fwd_kernel)
+_launch_scan_fwd = FastLauncher(_chunk_scan_fwd_kernel)
+_launch_pass_bwd = FastLauncher(_state_passing_bwd_kernel)
+_launch_dx = FastLauncher(_chunk_scan_bwd_dx_kernel)
+_launch_dcb = FastLauncher(_chunk_scan_bwd_dcb_kernel)
+_launch_dbc = FastLauncher(_chunk_scan_bwd_dbc_kernel)
+
+
+def _pow2(n: int, lo: int = 16, hi: int | None = None) -> int:
+    v = max(lo, triton.next_power_of_2(n))
+    return min(v, hi) if hi else v
+
+
+def _config(chunk: int, headdim: int, dstate: int) -> dict:
+    """Tile sizes. tl.dot needs every side >= 16 (smaller sizes are masked). On the GPU, 64-wide tiles of
+    the chunk, the head dimension and the state (a first choice, not yet swept: benchmarks/bench_ssd.py).
+    The interpreter pays per operation, not per element: whole chunks, heads and states per program."""
+    if INTERPRET:
+        q, p, n = _pow2(chunk), _pow2(headdim), _pow2(dstate)
+        return dict(BM=q, BK=q, BP=p, BN=n, BLOCK=p * n, warps=1)
+    return dict(BM=min(64, _pow2(chunk)), BK=min(64, _pow2(chunk)), BP=_pow2(headdim, hi=64),
+                BN=_pow2(dstate, hi=64), BLOCK=1024, warps=4)
+
+
+def _dot_dtype(x: Tensor, B: Tensor, C: Tensor):
+    """(operand dtype, input precision) of the matmuls: the half dtype when x, B and C all have it, else fp32."""
+    if x.dtype == B.dtype == C.dtype and x.dtype in (torch.float16, torch.bfloat16):
+        if x.dtype == torch.float16:
+            return tl.float16, None
+        if not INTERPRET:  # the interpreter's bf16 dot is wrong (see the header)
+            return tl.bfloat16, None
+    return tl.float32, "tf32x3"
+
+
+def _d_strides(D: Tensor | None) -> tuple[int, int]:
+    if D is None:
+        return 0, 0
+    return (D.stride(0), 0) if D.dim() == 1 else (D.stride(0), D.stride(1))
+
+
+def _ssd_fwd(x, dt, A, B, C, chunk, D, z, dt_bias, dt_softplus, dt_limit, initial_states, seq_idx):
+    """Stages (1)-(4). Returns y (x's dtype), the final state (fp32) and what the backward needs:
+    dt and a-hat (b, h, c, Q), CB (b, c, g, Q, Q), prev (b, c, h, P, N) and y before the gate (fp32, or None)."""
+    batch, length, heads, headdim = x.shape
+    groups, dstate = B.shape[2], B.shape[3]
+    hpg = heads // groups
+    n_chunks = triton.cdiv(length, chunk)
+    cfg = _config(chunk, headdim, dstate)
+    dot, prec = _dot_dtype(x, B, C)
+    dev, f32 = x.device, torch.float32
+    seq, s_seq = (seq_idx, seq_idx.stride()) if seq_idx is not None else (x, (0, 0))
+
+    dtp = torch.empty((batch, heads, n_chunks, chunk), device=dev, dtype=f32)  # dt after bias/softplus/clamp
+    acs = torch.empty_like(dtp)  # a-hat
+    bias = dt_bias.contiguous() if dt_bias is not None else dtp
+    block_h = min(triton.next_power_of_2(heads), max(1, 4096 // triton.next_power_of_2(chunk)))
+    has_limit = tuple(dt_limit) != NO_LIMIT
+    _launch_dt((triton.cdiv(heads, block_h), n_chunks, batch), dt, A.contiguous(), bias, dtp, acs,
+               length, heads, n_chunks, chunk, float(dt_limit[0]), float(dt_limit[1]), *dt.stride(),
+               HAS_BIAS=dt_bias is not None, SOFTPLUS=dt_softplus, HAS_LIMIT=has_limit,
+               BLOCK_H=block_h, BLOCK_Q=triton.next_power_of_2(chunk), num_warps=cfg["warps"])
+
+    cb = torch.empty((batch, n_chunks, groups, chunk, chunk), device=dev, dtype=f32)
+    bm, bk = cfg["BM"], cfg["BK"]
+    _launch_cb((triton.cdiv(chunk, bm), triton.cdiv(chunk, bm), batch * n_chunks * groups), C, B, cb,
+               length, n_chunks, chunk, groups, dstate, *C.stride(), *B.stride(),
+               DOT=dot, PREC=prec, BM=bm, BN=bm, BK=min(cfg["BN"], 64), num_warps=cfg["warps"])
+
+    states = torch.empty((batch, n_chunks, heads, headdim, dstate), device=dev, dtype=f32)
+    bp, bn = cfg["BP"], cfg["BN"]
+    _launch_outer((triton.cdiv(headdim, bp) * triton.cdiv(dstate, bn), heads, batch * n_chunks),
+                  x, B, dtp, acs, seq, states, length, heads, n_chunks, chunk, headdim, dstate, hpg,
+                  *x.stride(), *B.stride(), *s_seq,
+                  TO_END=True, HAS_SEQ=seq_idx is not None, DOT=dot, PREC=prec, BP=bp, BN=bn, BK=bk,
+                  num_warps=cfg["warps"])
+
+    final = torch.empty((batch, heads, headdim, dstate), device=dev, dtype=f32)
+    init = initial_states.float().contiguous() if initial_states is not None else final
+    size = headdim * dstate
+    block = min(cfg["BLOCK"], triton.next_power_of_2(size))
+    _launch_pass_fwd((triton.cdiv(size, block), heads, batch), states, init, acs, seq, final,
+                     length, heads, n_chunks, chunk, size, *s_seq,
+                     HAS_INIT=initial_states is not None, HAS_SEQ=seq_idx is not None, BLOCK=block,
+                     num_warps=cfg["warps"])
+    prev = states  # now the state entering each chunk
+
+    y = torch.empty((batch, length, heads, headdim), device=dev, dtype=x.dtype)
+    ypre = torch.empty((batch, length, heads, headdim), device=dev, dtype=f32) if z is not None else y
+    zz = z if z is not None else x
+    Dt = D if D is not None else x
+    _launch_scan_fwd((triton.cdiv(chunk, bm) * triton.cdiv(headdim, bp), heads, batch * n_chunks),
+                     cb, x, zz, dtp, acs, seq, C, prev, Dt, y, ypre,
+                     length, heads, n_chunks, chunk, headdim, dstate, hpg,
+                     *x.stride(), *zz.stride(), *C.stride(), *s_seq, *y.stride(), *_d_strides(D),
+                     HAS_D=D is not None, HAS_Z=z is not None, HAS_SEQ=seq_idx is not None, DOT=dot, PREC=prec,
+                     BM=bm, BP=bp, BN=bn, BK=bk, num_warps=cfg["warps"])
+    return y, final, (dtp, acs, cb, prev, ypre if z is not None else None)
+
+
+def _dt_backward(ddt_proc: Tensor, dt: Tensor, dt_bias: Tensor | None, dt_softplus: bool, dt_limit) -> tuple:
+    """d dt and d dt_bias from the gradient of the processed dt (b, L, h), through bias, softplus and clamp
+    (recomputed with PyTorch's own ops, so the masks at the clamp's bounds are exactly discretize_dt's)."""
+    with torch.enable_grad():
+        dt_ = dt.detach().requires_grad_()
+        bias_ = dt_bias.detach().requires_grad_() if dt_bias is not None else None
+        out = discretize_dt(dt_, bias_, dt_softplus, tuple(dt_limit))
+        leaves = [dt_] + ([bias_] if bias_ is not None else [])
+        grads = torch.autograd.grad(out, leaves, ddt_proc)
+    return grads[0], (grads[1] if dt_bias is not None else None)
+
+
+def _ssd_bwd(dy, dfinal, x, dt, A, B, C, chunk, D, z, dt_bias, dt_softplus, dt_limit, initial_states, seq_idx,
+             dtp, acs, cb, prev, ypre):
+    """Every gradient: (dx, ddt, dA, dB, dC, dD, dz, ddt_bias, d initial_states), in the inputs' dtypes."""
+    batch, length, heads, headdim = x.shape
+    groups, dstate = B.shape[2], B.shape[3]
+    hpg = heads // groups
+    n_chunks = triton.cdiv(length, chunk)
+    cfg = _config(chunk, headdim, dstate)
+    dot, prec = _dot_dtype(x, B, C)
+    dev, f32 = x.device, torch.float32
+    seq, s_seq = (seq_idx, seq_idx.stride()) if seq_idx is not None else (x, (0, 0))
+    bm, bk, bp, bn = cfg["BM"], cfg["BK"], cfg["BP"], cfg["BN"]
+    has_seq = seq_idx is not None
+    if dy is None:  # only the final state was used
+        dy = torch.zeros_like(x)
+
+    # the gate: g = dout silu(z) = d loss / d y;  dz = dout y silu'(z), silu'(z) = sig(z) (1 + z (1 - sig(z)))
+    dz = None
+    if z is not None:
+        zf = z.float()
+        sig = torch.sigmoid(zf)
+        dyf = dy.float()
+        g = dyf * zf * sig  # (b, L, h, P) fp32
+        dz = (dyf * ypre * sig * (1 + zf * (1 - sig))).to(z.dtype)
+    else:
+        g = dy
+
+    # d prev_c = sum_i exp(a-hat_i) g_i C_i^T, then the reverse state passing turns it into d s_c
+    ds = torch.empty_like(prev)
+    _launch_outer((triton.cdiv(headdim, bp) * triton.cdiv(dstate, bn), heads, batch * n_chunks),
+                  g, C, dtp, acs, seq, ds, length, heads, n_chunks, chunk, headdim, dstate, hpg,
+                  *g.stride(), *C.stride(), *s_seq,
+                  TO_END=False, HAS_SEQ=has_seq, DOT=dot, PREC=prec, BP=bp, BN=bn, BK=bk, num_warps=cfg["warps"])
+    size = headdim * dstate
+    block = min(cfg["BLOCK"], triton.next_power_of_2(size))
+    n_blocks = triton.cdiv(size, block)
+    dcarry = torch.empty((batch, heads, n_chunks, n_blocks), device=dev, dtype=f32)
+    dinit = torch.empty((batch, heads, headdim, dstate), device=dev, dtype=f32) if initial_states is not None else None
+    dfin = dfinal.float().contiguous() if dfinal is not None else prev
+    _launch_pass_bwd((n_blocks, heads, batch), ds, prev, acs, seq, dfin, dinit if dinit is not None else prev, dcarry,
+                     length, heads, n_chunks, chunk, size, n_blocks, *s_seq,
+                     HAS_DFINAL=dfinal is not None, HAS_INIT=initial_states is not None, HAS_SEQ=has_seq,
+                     BLOCK=block, num_warps=cfg["warps"])
+
+    # dx and the per-position partials of ddt and d a-hat
+    n_pb = triton.cdiv(headdim, bp)
+    plane = batch * heads * n_chunks * chunk
+    part = torch.empty((3, n_pb, batch, heads, n_chunks, chunk), device=dev, dtype=f32)
+    dx = torch.empty((batch, length, heads, headdim), device=dev, dtype=x.dtype)
+    Dt = D if D is not None else x
+    _launch_dx((triton.cdiv(chunk, bm) * n_pb, heads, batch * n_chunks),
+               cb, x, g, dtp, acs, seq, B, C, ds, prev, Dt, dx, part,
+               length, heads, n_chunks, chunk, headdim, dstate, hpg, plane, n_pb * plane,
+               *x.stride(), *g.stride(), *B.stride(), *C.stride(), *s_seq, *dx.stride(), *_d_strides(D),
+               HAS_D=D is not None, HAS_SEQ=has_seq, DOT=dot, PREC=prec, BM=bm, BP=bp, BN=bn, BK=bk,
+               num_warps=cfg["warps"])
+
+    # dCB and the d a-hat of the quadratic part
+    n_qb = triton.cdiv(chunk, bm)
+    dacs_qq = torch.zeros((2, n_qb, batch, heads, n_chunks, chunk), device=dev, dtype=f32)
+    dcb = torch.empty_like(cb)
+    _launch_dcb((n_qb, n_qb, batch * n_chunks * groups), x, g, dtp, acs, seq, cb, dcb, dacs_qq,
+                length, heads, n_chunks, chunk, headdim, hpg, plane, n_qb * plane,
+                *x.stride(), *g.stride(), *s_seq,
+                HAS_SEQ=has_seq, DOT=dot, PREC=prec, BM=bm, BK=min(bp, 64), num_warps=cfg["warps"])
+
+    dB = torch.empty_like(B)
+    dC = torch.empty_like(C)
+    grid = (n_qb * triton.cdiv(dstate, bn), groups, batch * n_chunks)
+    for out, v, u, st, for_b in ((dC, B, g, prev, False), (dB, C, x, ds, True)):
+        _launch_dbc(grid, dcb, v, u, st, dtp, acs, seq, out,
+                    length, heads, n_chunks, chunk, headdim, dstate, hpg,
+                    *v.stride(), *u.stride(), *s_seq, *out.stride(),
+                    FOR_B=for_b, HAS_SEQ=has_seq, DOT=dot, PREC=prec, BM=bm, BN=bn, BK=min(bk, bp),
+                    num_warps=cfg["warps"])
+
+    # d a-hat per position (b, h, c, Q): the state path's T at j and its sum at the chunk's end, the
+    # quadratic part's row and column sums, the carry of the state passing at the end
+    part = part.sum(1)  # (3, b, h, c, Q)
+    dacs = part[1] - part[2] + dacs_qq.sum((0, 1))
+    dacs[..., -1] += part[2].sum(-1) + dcarry.sum(-1)
+    da = dacs.flip(-1).cumsum(-1).flip(-1)  # d a_t = sum_{i >= t} d a-hat_i
+    Af = A.float()
+    ddt_proc = part[0] + da * Af[None, :, None, None]
+    dA = (da * dtp).sum((0, 2, 3))
+    ddt_proc = ddt_proc.reshape(batch, heads, n_chunks * chunk)[:, :, :length].transpose(1, 2)  # (b, L, h)
+    ddt, dbias = _dt_backward(ddt_proc, dt, dt_bias, dt_softplus, dt_limit)
+
+    dD = None
+    if D is not None:
+        dD = (g.float() * x.float()).sum((0, 1))  # (h, P)
+        dD = (dD.sum(-1) if D.dim() == 1 else dD).to(D.dtype)
+    return (dx, ddt.to(dt.dtype), dA.to(A.dtype), dB, dC, dD, dz,
+            dbias.to(dt_bias.dtype) if dbias is not None else None,
+            dinit.to(initial_states.dtype) if dinit is not None else None)
+
+
+# ---------------------------------------------------------------------------- autograd and the public function
+
+class SsdFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx, chunk, dt_softplus, dt_limit):
+        ctx.set_materialize_grads(False)  # an unused final state needs no zeros
+        y, final, saved = _ssd_fwd(x, dt, A, B, C, chunk, D, z, dt_bias, dt_softplus, dt_limit,
+                                   initial_states, seq_idx)
+        ctx.save_for_backward(x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx, *saved)
+        ctx.chunk, ctx.dt_softplus, ctx.dt_limit = chunk, dt_softplus, dt_limit
+        return y, final
+
+    @staticmethod
+    def backward(ctx, dy, dfinal):
+        x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx, dtp, acs, cb, prev, ypre = ctx.saved_tensors
+        grads = _ssd_bwd(dy, dfinal, x, dt, A, B, C, ctx.chunk, D, z, dt_bias, ctx.dt_softplus, ctx.dt_limit,
+                         initial_states, seq_idx, dtp, acs, cb, prev, ypre)
+        return (*grads[:8], grads[8] if ctx.needs_input_grad[8] else None, None, None, None, None)
+
+
+def _check(x: Tensor, B: Tensor, C: Tensor, z: Tensor | None, seq_idx: Tensor | None) -> None:
+    for name, t in (("x", x), ("B", B), ("C", C), ("z", z)):
+        if t is not None and t.dtype not in SUPPORTED_DTYPES:
+            raise TypeError(f"ssd (triton): {name} must be float16, bfloat16 or float32, got {t.dtype}; "
+                            f"use backend='torch' or 'ref' for other dtypes")
+    if x.dim() != 4 or B.dim() != 4 or B.shape != C.shape or B.shape[:2] != x.shape[:2] or x.shape[2] % B.shape[2]:
+        raise ValueError(f"ssd (triton): x must be (batch, length, heads, headdim) and B, C (batch, length, groups, "
+                         f"d_state) with groups dividing heads; got x {tuple(x.shape)}, B {tuple(B.shape)}, "
+                         f"C {tuple(C.shape)}")
+    if seq_idx is not None and seq_idx.is_floating_point():
+        raise TypeError(f"ssd (triton): seq_idx must hold integer document ids, got {seq_idx.dtype}")
+    if not (x.is_cuda or INTERPRET):
+        raise RuntimeError("ssd (triton): needs CUDA tensors (or TRITON_INTERPRET=1); use backend='torch' on the CPU")
+
+
+def ssd_triton(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, chunk_size: int = 256,
+               D: Tensor | None = None, z: Tensor | None = None, dt_bias: Tensor | None = None,
+               dt_softplus: bool = False, dt_limit: tuple[float, float] = NO_LIMIT,
+               initial_states: Tensor | None = None, seq_idx: Tensor | None = None,
+               return_final_states: bool = False):
+    """Mamba-2's SSD scan on the GPU (or under TRITON_INTERPRET=1), the semantics of `ssd_chunked` / `ssd_ref`.
+
+    x:       (batch, length, heads, headdim)       float16 / bfloat16 / float32, any strides
+    dt:      (batch, length, heads)                the steps before dt_bias / softplus / dt_limit
+    A:       (heads,)                              negative decay rates
+    B, C:    (batch, length, groups, d_state)      groups divide heads; head h uses group h // (heads / groups)
+    D:       (heads,) or (heads, headdim), or None the skip connection
+    z:       like x, or None                       the gate: y *= silu(z)
+    dt_bias: (heads,) or None; dt_softplus; dt_limit: (low, high) clamp of the processed dt
+    initial_states: (batch, heads, headdim, d_state) or None, the state before step 0
+    seq_idx: (batch, length) int, non-decreasing document ids: each document starts from a zero state
+    chunk_size: steps per chunk (min(chunk_size, length) is used; the last chunk may be partial)
+    Returns y (batch, length, heads, headdim) in x's dtype, and with `return_final_states` also the final
+    state (batch, heads, headdim, d_state) fp32. Differentiable in x, dt, A, B, C, D, z, dt_bias and
+    initial_states.
+    """
+    _check(x, B, C, z, seq_idx)
+    if chunk_size < 1:
+        raise ValueError(f"ssd (triton): chunk_size must be >= 1, got {chunk_size}")
+    batch, length, heads, headdim = x.shape
+    if length == 0:
+        y = x.new_empty(x.shape)
+        final = (initial_states.float().clone() if initial_states is not None else
+                 x.new_zeros(batch, heads, headdim, B.shape[3], dtype=torch.float32))
+        return (y, final) if return_final_states else y
+    chunk = min(chunk_size, length)
+    y, final = SsdFn.apply(x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx, chunk, dt_softplus,
+                           tuple(float(v) for v in dt_limit))
+    return (y, final) if return_final_states else y

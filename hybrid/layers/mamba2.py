@@ -1,0 +1,157 @@
+"""Mamba-2 block (Dao & Gu 2024, "Transformers are SSMs", Fig. 6): the SSD mixer.
+
+    z, xBC, dt = in_proj(u)                      one projection (plus z0, x0 of an MLP part when d_ssm < d_inner)
+    x, B, C    = silu(causal depthwise conv1d(xBC))             the conv covers x, B and C
+    y          = ssd(x, dt, A = -exp(A_log), B, C, D, dt_bias, softplus, dt_limit)   per head, scalar A
+    y          = gated_rmsnorm(y, z)                            (or y * silu(z) without rmsnorm)
+    out        = out_proj(y)
+
+Heads of `headdim` channels share a scalar decay; groups of heads share B and C (multi-value
+attention's analogue). Parameter names, shapes, defaults and initialisation follow mamba_ssm's
+`Mamba2`, so its state dicts load unchanged. Inference keeps a `Mamba2State`: the last d_conv - 1
+conv inputs and the SSM state (batch, heads, headdim, d_state), of a size independent of the context.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from hybrid.init import mark_no_reinit, mark_no_weight_decay, mark_residual_out
+from hybrid.kernels.causal_conv1d import causal_conv1d, causal_conv1d_update
+from hybrid.kernels.ssd import ssd, ssd_state_update
+from hybrid.norms import GatedRMSNorm
+from hybrid.registry import register_layer
+
+
+@dataclass
+class Mamba2Config:
+    d_state: int = field(default=128, metadata={"help": "SSM state size N per head"})
+    d_conv: int = field(default=4, metadata={"help": "causal depthwise convolution width"})
+    conv_init: float | None = field(default=None, metadata={"help": "conv weights uniform in +-conv_init (null: PyTorch's)"})
+    expand: float = field(default=2, metadata={"help": "d_inner = expand * d_model"})
+    headdim: int = field(default=64, metadata={"help": "channels per head P (heads = d_ssm / headdim)"})
+    d_ssm: int | None = field(default=None, metadata={
+        "help": "channels through the SSM (null: d_inner); the rest of d_inner is a gated MLP"})
+    ngroups: int = field(default=1, metadata={"help": "groups of heads sharing B and C"})
+    A_init_range: list[float] = field(default_factory=lambda: [1.0, 16.0], metadata={"help": "A ~ -uniform(range) per head"})
+    D_has_hdim: bool = field(default=False, metadata={"help": "D per channel (else per head)"})
+    rmsnorm: bool = field(default=True, metadata={"help": "gated RMSNorm before out_proj (else y * silu(z))"})
+    norm_before_gate: bool = field(default=False, metadata={"help": "norm(y) * silu(z) instead of norm(y * silu(z))"})
+    dt_min: float = field(default=0.001, metadata={"help": "initial dt drawn log-uniformly in [dt_min, dt_max]"})
+    dt_max: float = field(default=0.1, metadata={"help": "see dt_min"})
+    dt_init_floor: float = field(default=1e-4, metadata={"help": "lower clamp of the initial dt"})
+    dt_limit: list[float] = field(default_factory=lambda: [0.0, math.inf], metadata={"help": "clamp of dt after softplus"})
+    bias: bool = field(default=False, metadata={"help": "biases in in_proj and out_proj"})
+    conv_bias: bool = field(default=True, metadata={"help": "bias in conv1d"})
+    chunk_size: int = field(default=256, metadata={"help": "SSD chunk length"})
+    ssd_backend: Literal["auto", "torch", "ref"] = field(default="auto", metadata={"help": "SSD implementation"})
+    conv_backend: Literal["auto", "triton", "torch", "ref"] = field(
+        default="auto", metadata={"help": "causal conv1d + SiLU implementation (auto: Triton on GPU)"})
+
+    def __post_init__(self):
+        if min(self.d_state, self.d_conv, self.headdim, self.ngroups, self.chunk_size) <= 0 or self.expand <= 0:
+            raise ValueError("d_state, d_conv, expand, headdim, ngroups and chunk_size must be positive")
+        if not 0 < self.dt_min <= self.dt_max:
+            raise ValueError(f"need 0 < dt_min <= dt_max, got {self.dt_min}, {self.dt_max}")
+        if len(self.A_init_range) != 2 or not 0 < self.A_init_range[0] <= self.A_init_range[1]:
+            raise ValueError(f"A_init_range must be [low, high] with 0 < low <= high, got {self.A_init_range}")
+        if len(self.dt_limit) != 2 or not 0 <= self.dt_limit[0] < self.dt_limit[1]:
+            raise ValueError(f"dt_limit must be [low, high] with 0 <= low < high, got {self.dt_limit}")
+
+
+@dataclass
+class Mamba2State:
+    conv: Tensor  # (batch, conv_dim, d_conv - 1): the last conv inputs (x, B and C channels)
+    ssm: Tensor   # (batch, heads, headdim, d_state) fp32
+
+
+@register_layer("mamba2", config=Mamba2Config, state="recurrent", megatron_symbol="M", hf_type="mamba2",
+                capturable=True)
+class Mamba2(nn.Module):
+    """Mamba-2 SSD mixer (multi-head scalar-decay SSM, grouped B and C, gated RMSNorm)."""
+
+    def __init__(self, d_model: int, config: Mamba2Config):
+        super().__init__()
+        self.config = c = config
+        self.d_model = d_model
+        self.d_inner = int(c.expand * d_model)
+        self.d_ssm = self.d_inner if c.d_ssm is None else c.d_ssm
+        if self.d_ssm > self.d_inner or self.d_ssm % c.headdim or (self.d_ssm // c.headdim) % c.ngroups:
+            raise ValueError(f"mamba2: d_ssm ({self.d_ssm}) must be at most d_inner ({self.d_inner}) and a multiple "
+                             f"of headdim ({c.headdim}), with ngroups ({c.ngroups}) dividing the heads")
+        self.nheads = self.d_ssm // c.headdim
+        self.conv_dim = self.d_ssm + 2 * c.ngroups * c.d_state
+        # in_proj's output, in mamba_ssm's order: [z0, x0 (the MLP part), z, x, B, C, dt]
+        self.in_proj = nn.Linear(d_model, 2 * self.d_inner + 2 * c.ngroups * c.d_state + self.nheads, bias=c.bias)
+        self.conv1d = nn.Conv1d(self.conv_dim, self.conv_dim, c.d_conv, groups=self.conv_dim,
+                                padding=c.d_conv - 1, bias=c.conv_bias)
+        if c.conv_init is not None:
+            nn.init.uniform_(self.conv1d.weight, -c.conv_init, c.conv_init)
+        # dt ~ log-uniform in [dt_min, dt_max] per head; dt_bias = softplus^-1(dt)
+        dt = torch.exp(torch.rand(self.nheads) * (math.log(c.dt_max) - math.log(c.dt_min)) + math.log(c.dt_min))
+        dt = dt.clamp(min=c.dt_init_floor)
+        self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))
+        self.A_log = nn.Parameter(torch.log(torch.empty(self.nheads).uniform_(*c.A_init_range)))
+        self.D = nn.Parameter(torch.ones(self.d_ssm if c.D_has_hdim else self.nheads))
+        if c.rmsnorm:
+            self.norm = GatedRMSNorm(self.d_ssm, eps=1e-5, group_size=self.d_ssm // c.ngroups,
+                                     norm_before_gate=c.norm_before_gate)
+        self.out_proj = mark_residual_out(nn.Linear(self.d_inner, d_model, bias=c.bias))
+        mark_no_weight_decay(self.dt_bias, self.A_log, self.D)
+        mark_no_reinit(self.dt_bias, self.A_log, self.D)
+
+    def init_state(self, batch_size: int, max_length: int = 0, device=None, dtype=None) -> Mamba2State:
+        c = self.config
+        return Mamba2State(
+            torch.zeros(batch_size, self.conv_dim, c.d_conv - 1, device=device, dtype=dtype or self.conv1d.weight.dtype),
+            torch.zeros(batch_size, self.nheads, c.headdim, c.d_state, device=device, dtype=torch.float32))
+
+    def _conv(self, xBC: Tensor, state: Mamba2State | None) -> Tensor:
+        """silu(causal conv(xBC)) of xBC (batch, length, conv_dim), continuing from `state` when given."""
+        weight, bias, backend = self.conv1d.weight[:, 0], self.conv1d.bias, self.config.conv_backend
+        x = xBC.transpose(1, 2)  # (batch, conv_dim, length): a channel-last view, no copy
+        if state is None:
+            return causal_conv1d(x, weight, bias, activation="silu", backend=backend).transpose(1, 2)
+        length, keep = x.shape[-1], state.conv.shape[-1]
+        if length == 1:  # decoding: one output from the cached inputs, which shift in place
+            return causal_conv1d_update(x, state.conv, weight, bias, activation="silu", backend=backend).transpose(1, 2)
+        past = state.conv.to(x.dtype)  # (batch, conv_dim, d_conv - 1)
+        out = causal_conv1d(x, weight, bias, activation="silu", initial_states=past, backend=backend)
+        state.conv.copy_(torch.cat([past[..., min(length, keep):], x[..., max(length - keep, 0):]], dim=-1))
+        return out.transpose(1, 2)
+
+    def forward(self, hidden: Tensor, state: Mamba2State | None = None) -> Tensor:
+        c = self.config
+        batch, length, _ = hidden.shape
+        gn = c.ngroups * c.d_state
+        zxbcdt = self.in_proj(hidden)  # (batch, length, d_in_proj)
+        d_mlp = (zxbcdt.shape[-1] - 2 * self.d_ssm - 2 * gn - self.nheads) // 2
+        z0, x0, z, xBC, dt = zxbcdt.split([d_mlp, d_mlp, self.d_ssm, self.conv_dim, self.nheads], dim=-1)
+        x, B, C = self._conv(xBC, state).split([self.d_ssm, gn, gn], dim=-1)
+        A = -torch.exp(self.A_log.float())  # (heads,)
+        D = self.D.view(self.nheads, c.headdim) if c.D_has_hdim else self.D
+        heads = (batch, length, self.nheads, c.headdim)
+        gate = None if c.rmsnorm else z.reshape(heads)
+        if state is not None and length == 1:  # decoding: one recurrent step
+            y = ssd_state_update(state.ssm, x.reshape(heads)[:, 0], dt[:, 0], A, B.reshape(batch, 1, c.ngroups, -1)[:, 0],
+                                 C.reshape(batch, 1, c.ngroups, -1)[:, 0], D, gate[:, 0] if gate is not None else None,
+                                 dt_bias=self.dt_bias, dt_softplus=True, dt_limit=tuple(c.dt_limit))[:, None]
+        else:
+            y = ssd(x.reshape(heads), dt, A, B.reshape(batch, length, c.ngroups, -1), C.reshape(batch, length, c.ngroups, -1),
+                    chunk_size=c.chunk_size, D=D, z=gate, dt_bias=self.dt_bias, dt_softplus=True,
+                    dt_limit=tuple(c.dt_limit), initial_states=state.ssm if state is not None else None,
+                    return_final_states=state is not None, backend=c.ssd_backend)
+            if state is not None:
+                y, last = y
+                state.ssm.copy_(last)
+        y = y.reshape(batch, length, self.d_ssm)
+        if c.rmsnorm:
+            y = self.norm(y, z)
+        if d_mlp > 0:
+            y = torch.cat([F.silu(z0) * x0, y], dim=-1)
+        return self.out_proj(y)

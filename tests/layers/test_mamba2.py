@@ -1,0 +1,153 @@
+"""The mamba2 layer: mamba_ssm's Mamba2 parameters and outputs, decoding equal to the parallel
+forward, and its place in a model."""
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from hybrid.layers.mamba2 import Mamba2, Mamba2Config
+
+PEERS = Path(__file__).resolve().parents[3] / "shared" / "peers" / "mamba"
+
+VARIANTS = [
+    pytest.param(dict(d_state=8, headdim=16, chunk_size=8), id="default-norm"),
+    pytest.param(dict(d_state=8, headdim=8, ngroups=2, D_has_hdim=True, norm_before_gate=True, chunk_size=4),
+                 id="G2-Dhdim-norm-before-gate"),
+    pytest.param(dict(d_state=4, headdim=8, rmsnorm=False, d_ssm=32, chunk_size=16), id="no-norm-mlp-part"),
+]
+
+
+@pytest.mark.parametrize("cfg", VARIANTS)
+def test_decoding_equals_the_parallel_forward(cfg):
+    torch.manual_seed(0)
+    m = Mamba2(32, Mamba2Config(**cfg))
+    u = torch.randn(2, 19, 32)
+    whole = m(u)
+    state = m.init_state(2)
+    steps = [m(u[:, :6], state), m(u[:, 6:7], state), m(u[:, 7:9], state)]  # prefill, a step, a short chunk
+    steps += [m(u[:, t:t + 1], state) for t in range(9, 19)]
+    torch.testing.assert_close(torch.cat(steps, dim=1), whole, rtol=1e-5, atol=1e-5)
+
+
+def test_backends_agree_forward_and_backward():
+    torch.manual_seed(0)
+    outs = []
+    for backend in ("torch", "ref"):
+        torch.manual_seed(0)
+        m = Mamba2(24, Mamba2Config(d_state=6, headdim=12, ngroups=2, chunk_size=5, ssd_backend=backend))
+        u = torch.randn(2, 13, 24, requires_grad=True)
+        y = m(u)
+        y.square().sum().backward()
+        outs.append((y, u.grad, {n: p.grad for n, p in m.named_parameters()}))
+    torch.testing.assert_close(outs[0][0], outs[1][0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(outs[0][1], outs[1][1], rtol=1e-4, atol=1e-5)
+    for name, grad in outs[0][2].items():
+        torch.testing.assert_close(grad, outs[1][2][name], rtol=1e-4, atol=1e-5, msg=lambda m: f"{name}: {m}")
+
+
+def test_init_follows_mamba2_defaults():
+    m = Mamba2(64, Mamba2Config())
+    assert (m.d_inner, m.nheads, m.conv_dim) == (128, 2, 128 + 2 * 128)
+    assert m.in_proj.weight.shape == (2 * 128 + 2 * 128 + 2, 64) and m.out_proj.bias is None
+    dt = F.softplus(m.dt_bias)
+    assert ((dt >= 1e-3 - 1e-7) & (dt <= 0.1 + 1e-7)).all()
+    A = torch.exp(m.A_log)
+    assert ((A >= 1) & (A <= 16)).all() and torch.equal(m.D, torch.ones(2))
+
+
+def test_bad_head_layout_is_refused():
+    with pytest.raises(ValueError, match="headdim"):
+        Mamba2(48, Mamba2Config(headdim=40))
+    with pytest.raises(ValueError, match="ngroups"):
+        Mamba2(64, Mamba2Config(headdim=32, ngroups=3))
+
+
+def _peer_ssd(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_softplus=False, seq_idx=None,
+              cu_seqlens=None, dt_limit=(0.0, float("inf")), return_final_states=False, **_):
+    """mamba_chunk_scan_combined's maths through the peer's own pure-PyTorch SSD (ssd_minimal)."""
+    from mamba_ssm.modules.ssd_minimal import ssd_minimal_discrete
+
+    assert seq_idx is None and cu_seqlens is None
+    dt = dt.float() + (dt_bias.float() if dt_bias is not None else 0)
+    dt = F.softplus(dt) if dt_softplus else dt
+    dt = dt.clamp(*dt_limit)
+    heads = x.shape[2]
+    Bh, Ch = (t.float().repeat_interleave(heads // t.shape[2], dim=2) for t in (B, C))
+    y, final = ssd_minimal_discrete(x.float() * dt[..., None], A.float() * dt, Bh, Ch, block_len=x.shape[1])
+    if D is not None:
+        y = y + x.float() * (D[:, None] if D.dim() == 1 else D)
+    if z is not None:
+        y = y * F.silu(z.float())
+    return (y.to(x.dtype), final) if return_final_states else y.to(x.dtype)
+
+
+def _import_peer_mamba2():
+    if not PEERS.is_dir():
+        pytest.skip(f"mamba_ssm peer sources not found at {PEERS}")
+    hub = types.ModuleType("huggingface_hub")
+    hub.PyTorchModelHubMixin = type("PyTorchModelHubMixin", (), {})
+    sys.modules.setdefault("huggingface_hub", hub)
+    sys.path.insert(0, str(PEERS))
+    try:
+        import mamba_ssm.modules.mamba2 as peer
+        from mamba_ssm.ops.triton.layernorm_gated import rms_norm_ref
+    except ImportError as err:
+        pytest.skip(f"cannot import the mamba_ssm peer: {err}")
+    finally:
+        sys.path.remove(str(PEERS))
+    peer.mamba_chunk_scan_combined = _peer_ssd  # its maths, in the peer's PyTorch (the CPU path)
+    peer.selective_state_update = None  # its PyTorch decoding step
+    peer.RMSNormGated.forward = lambda self, x, z=None: rms_norm_ref(
+        x, self.weight, self.bias, z=z, eps=self.eps, group_size=self.group_size, norm_before_gate=self.norm_before_gate)
+    return peer.Mamba2
+
+
+@pytest.mark.parametrize("kwargs", [
+    pytest.param(dict(d_state=16, headdim=16), id="G1"),
+    pytest.param(dict(d_state=8, headdim=8, ngroups=2, D_has_hdim=True, norm_before_gate=True), id="G2-Dhdim"),
+    pytest.param(dict(d_state=8, headdim=16, d_ssm=32, rmsnorm=False), id="mlp-part-no-norm"),
+])
+def test_mamba_ssm_mamba2_weights_load_and_agree(kwargs):
+    PeerMamba2 = _import_peer_mamba2()
+    torch.manual_seed(0)
+    theirs = PeerMamba2(40, use_mem_eff_path=False, **kwargs)
+    ours = Mamba2(40, Mamba2Config(**kwargs))
+    assert {k: v.shape for k, v in theirs.state_dict().items()} == {k: v.shape for k, v in ours.state_dict().items()}
+    ours.load_state_dict(theirs.state_dict())
+    u = torch.randn(2, 24, 40)
+    torch.testing.assert_close(ours(u), theirs(u), rtol=1e-4, atol=1e-5)
+
+
+def test_mamba_ssm_mamba2_decoding_step_agrees():
+    PeerMamba2 = _import_peer_mamba2()
+    torch.manual_seed(0)
+    theirs = PeerMamba2(40, d_state=8, headdim=16, use_mem_eff_path=False)
+    ours = Mamba2(40, Mamba2Config(d_state=8, headdim=16))
+    ours.load_state_dict(theirs.state_dict())
+    u = torch.randn(3, 5, 40)
+    conv, ssm = theirs.allocate_inference_cache(3, 5)
+    state = ours.init_state(3)
+    for t in range(5):
+        expected, conv, ssm = theirs.step(u[:, t:t + 1], conv, ssm)
+        torch.testing.assert_close(ours(u[:, t:t + 1], state), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_a_mamba2_model_trains():
+    from hybrid.model import HybridLM
+
+    model = HybridLM.from_config({"model": {
+        "d_model": 32, "vocab_size": 17, "layout": "(M2 F) x2",
+        "layers": {"M2": {"type": "mamba2", "d_state": 8, "headdim": 16, "chunk_size": 8}, "F": {"type": "mlp"}}}})
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    ids = torch.randint(0, 17, (4, 24))
+    first = None
+    for _ in range(30):
+        loss = F.cross_entropy(model(ids[:, :-1]).flatten(0, 1), ids[:, 1:].flatten())
+        first = first if first is not None else loss.item()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < first - 0.5  # it fits the 4 fixed sequences
