@@ -1,7 +1,8 @@
 """Load mamba_ssm checkpoints (`MambaLMHeadModel`: config.json + pytorch_model.bin) into HybridLM.
 
 mamba_ssm block i is "add -> norm -> mixer" (+ "add -> norm2 -> mlp" when d_intermediate > 0),
-which is our pre-norm residual sublayer (or two). Mixers are Mamba-1, or MHA at attn_layer_idx.
+which is our pre-norm residual sublayer (or two). Mixers are Mamba-1 or Mamba-2 (ssm_cfg.layer), or
+MHA at attn_layer_idx.
 Nothing is downloaded: pass the files (or the loaded dicts).
 """
 from __future__ import annotations
@@ -18,21 +19,31 @@ from hybrid.model_config import ModelConfig
 
 _MAMBA_KEYS = {"d_state", "d_conv", "expand", "dt_rank", "dt_min", "dt_max", "dt_init", "dt_scale",
                "dt_init_floor", "conv_bias", "bias"}
+_MAMBA2_KEYS = {"d_state", "d_conv", "conv_init", "expand", "headdim", "d_ssm", "ngroups", "A_init_range",
+                "D_has_hdim", "rmsnorm", "norm_before_gate", "dt_min", "dt_max", "dt_init_floor", "dt_limit",
+                "bias", "conv_bias", "chunk_size"}
+_MAMBA2_IGNORED = {"use_mem_eff_path"}  # a choice of mamba_ssm's kernels, not of the model
+_MIXERS = {"Mamba1": ("mamba", _MAMBA_KEYS), "Mamba2": ("mamba2", _MAMBA2_KEYS)}
 
 
 def mamba_ssm_model_config(cfg: dict[str, Any], state_dict: dict[str, torch.Tensor] | None = None) -> ModelConfig:
     """Our ModelConfig for a mamba_ssm MambaConfig (as in its config.json)."""
     ssm_cfg = dict(cfg.get("ssm_cfg") or {})
     layer = ssm_cfg.pop("layer", "Mamba1")
-    if layer != "Mamba1":
-        raise ValueError(f"only Mamba-1 checkpoints load (ssm_cfg.layer={layer!r})")
-    unknown = set(ssm_cfg) - _MAMBA_KEYS
+    if layer not in _MIXERS:
+        raise ValueError(f"only Mamba-1 and Mamba-2 checkpoints load (ssm_cfg.layer={layer!r})")
+    mixer, keys = _MIXERS[layer]
+    ssm_cfg = {k: v for k, v in ssm_cfg.items() if k not in _MAMBA2_IGNORED or layer != "Mamba2"}
+    unknown = set(ssm_cfg) - keys
     if unknown:
-        raise ValueError(f"ssm_cfg keys not supported: {sorted(unknown)}")
+        raise ValueError(f"ssm_cfg keys not supported for {layer}: {sorted(unknown)}")
+    for key in ("A_init_range", "dt_limit"):  # JSON lists or tuples; our config takes lists
+        if key in ssm_cfg:
+            ssm_cfg[key] = [float(v) for v in ssm_cfg[key]]
     d_model, n_layer = cfg["d_model"], cfg["n_layer"]
     vocab, multiple = cfg.get("vocab_size", 50277), cfg.get("pad_vocab_size_multiple", 8)
     vocab = -(-vocab // multiple) * multiple
-    layers: dict[str, Any] = {"M": {"type": "mamba", **ssm_cfg}}
+    layers: dict[str, Any] = {"M": {"type": mixer, **ssm_cfg}}
     attn_idx = set(cfg.get("attn_layer_idx") or [])
     if attn_idx:
         a = dict(cfg.get("attn_cfg") or {})

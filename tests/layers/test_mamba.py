@@ -157,7 +157,7 @@ def test_mamba_ssm_language_model_checkpoint_loads(d_intermediate):
 
 
 def test_mamba_ssm_checkpoint_errors():
-    with pytest.raises(ValueError, match="only Mamba-1"):
-        from_mamba_ssm({"d_model": 8, "n_layer": 1, "ssm_cfg": {"layer": "Mamba2"}}, {})
+    with pytest.raises(ValueError, match="only Mamba-1 and Mamba-2"):
+        from_mamba_ssm({"d_model": 8, "n_layer": 1, "ssm_cfg": {"layer": "Mamba3"}}, {})
     with pytest.raises(KeyError, match="lacks"):
         from_mamba_ssm({"d_model": 8, "n_layer": 1, "vocab_size": 8}, {"backbone.embedding.weight": torch.zeros(8, 8)})

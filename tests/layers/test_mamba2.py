@@ -151,3 +151,32 @@ def test_a_mamba2_model_trains():
         loss.backward()
         opt.step()
     assert loss.item() < first - 0.5  # it fits the 4 fixed sequences
+
+
+def test_mamba_ssm_mamba2_language_model_converts():
+    """A MambaLMHeadModel config with ssm_cfg {layer: Mamba2} and its state dict, forward written out."""
+    from hybrid.convert import from_mamba_ssm
+
+    torch.manual_seed(0)
+    ssm_cfg = {"layer": "Mamba2", "d_state": 8, "headdim": 16, "ngroups": 2, "use_mem_eff_path": True,
+               "A_init_range": [1, 16]}
+    cfg = {"d_model": 32, "n_layer": 2, "vocab_size": 40, "rms_norm": True, "residual_in_fp32": True,
+           "pad_vocab_size_multiple": 8, "ssm_cfg": ssm_cfg}
+    mixers = [Mamba2(32, Mamba2Config(d_state=8, headdim=16, ngroups=2)) for _ in range(2)]
+    sd = {"backbone.embedding.weight": torch.randn(40, 32), "backbone.norm_f.weight": torch.rand(32) + 0.5}
+    for i, mixer in enumerate(mixers):
+        sd[f"backbone.layers.{i}.norm.weight"] = torch.rand(32) + 0.5
+        sd.update({f"backbone.layers.{i}.mixer.{k}": v for k, v in mixer.state_dict().items()})
+    sd["lm_head.weight"] = sd["backbone.embedding.weight"]
+    model = from_mamba_ssm(cfg, sd)
+    assert model.blocks[0].spec.branches[0].type == "mamba2"
+
+    def rms(x, w):
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-5) * w
+
+    ids = torch.randint(0, 40, (2, 11))
+    x = sd["backbone.embedding.weight"][ids]
+    for i, mixer in enumerate(mixers):
+        x = x + mixer(rms(x, sd[f"backbone.layers.{i}.norm.weight"]))
+    expected = rms(x, sd["backbone.norm_f.weight"]) @ sd["lm_head.weight"].T
+    torch.testing.assert_close(model(ids), expected, rtol=1e-4, atol=1e-4)
