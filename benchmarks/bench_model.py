@@ -3,9 +3,12 @@
 Models at ~130M parameters (d_model 768, vocab 50304), batch 8 x 2048, bf16 autocast, fused AdamW:
   transformer  "(A F) x12"
   mamba        "M x24"
+  mamba2       "M2 x24"            (Mamba-2: d_state 128, headdim 64)
   hybrid       "(M F M F M F A F) x3"
 Peer, when its sources are given with --peers: the same models with every Mamba mixer replaced by
-mamba_ssm's `Mamba` block (its CUDA selective scan; no causal_conv1d), so only the mixer differs.
+mamba_ssm's `Mamba` block (its CUDA selective scan; no causal_conv1d) and every Mamba-2 mixer by its
+`Mamba2` (its Triton SSD, the non-fused path: use_mem_eff_path=False, no causal_conv1d), so only the
+mixer differs.
 Every model runs its backward on the calling thread, as `hybrid train` does (autograd's
 set_multithreading_enabled(False)); --worker-thread measures PyTorch's default instead, which hands
 the backward to autograd's CUDA worker thread.
@@ -25,23 +28,28 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from hybrid.model import HybridLM  # noqa: E402
 from hybrid.model_config import ModelConfig  # noqa: E402
 
-LAYERS = {"M": {"type": "mamba", "d_state": 16}, "A": {"type": "attention", "n_heads": 12},
-          "F": {"type": "mlp", "expand": 4, "activation": "gelu"}}
-MODELS = {"transformer": "(A F) x12", "mamba": "M x24", "hybrid": "(M F M F M F A F) x3"}
+LAYERS = {"M": {"type": "mamba", "d_state": 16}, "M2": {"type": "mamba2", "d_state": 128, "headdim": 64},
+          "A": {"type": "attention", "n_heads": 12}, "F": {"type": "mlp", "expand": 4, "activation": "gelu"}}
+MODELS = {"transformer": "(A F) x12", "mamba": "M x24", "mamba2": "M2 x24", "hybrid": "(M F M F M F A F) x3"}
 
 
 def build(layout: str) -> HybridLM:
     return HybridLM(ModelConfig(d_model=768, vocab_size=50304, layers=LAYERS, layout=layout, residual_in_fp32=True))
 
 
-def swap_in_peer_mamba(model: HybridLM, peer_cls) -> None:
+def swap_in_peer_mamba(model: HybridLM, peers: dict) -> bool:
+    """Replace our Mamba / Mamba2 mixers by `peers[class name]()`; whether any was replaced."""
+    swapped = False
     for block in model.blocks:
         for i, branch in enumerate(block.branches):
-            if type(branch).__name__ == "Mamba":
-                peer = peer_cls(768, d_state=16).to(branch.in_proj.weight.device)
+            make = peers.get(type(branch).__name__)
+            if make is not None:
+                peer = make().to(branch.in_proj.weight.device)
                 peer.forward_orig = peer.forward
                 peer.forward = (lambda p: (lambda x, state=None: p.forward_orig(x)))(peer)
                 block.branches[i] = peer
+                swapped = True
+    return swapped
 
 
 def measure(model: HybridLM, steps: int, batch: int, length: int, compile_model: bool,
@@ -84,13 +92,18 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="markdown file to write")
     args = parser.parse_args()
 
-    peer_cls = None
+    peers = {}
     if args.peers:
         sys.path.insert(0, args.peers)
         import load  # builds/loads the peer CUDA scan
 
         load.selective_scan()
-        from mamba_ssm.modules.mamba_simple import Mamba as peer_cls  # noqa: N813
+        from mamba_ssm.modules.mamba2 import Mamba2 as PeerMamba2  # noqa: N813
+        from mamba_ssm.modules.mamba_simple import Mamba as PeerMamba  # noqa: N813
+
+        m2 = LAYERS["M2"]
+        peers = {"Mamba": lambda: PeerMamba(768, d_state=16),
+                 "Mamba2": lambda: PeerMamba2(768, d_state=m2["d_state"], headdim=m2["headdim"], use_mem_eff_path=False)}
 
     rows = []
     for name, layout in MODELS.items():
@@ -104,15 +117,16 @@ def main() -> None:
             print(rows[-1], flush=True)
             del model
             torch.cuda.empty_cache()
-        if peer_cls is not None and "M" in layout:
-            torch.manual_seed(0)
-            model = build(layout)
-            swap_in_peer_mamba(model, peer_cls)
+        if not peers:
+            continue
+        torch.manual_seed(0)
+        model = build(layout)
+        if swap_in_peer_mamba(model, peers):
             tps, mem = measure(model, args.steps, args.batch, args.length, False, not args.worker_thread)
             rows.append((name, "mamba_ssm Mamba blocks", model.num_parameters(), tps, mem))
             print(rows[-1], flush=True)
-            del model
-            torch.cuda.empty_cache()
+        del model
+        torch.cuda.empty_cache()
 
     device = torch.cuda.get_device_name()
     where = "autograd's CUDA worker thread" if args.worker_thread else "the calling thread"
