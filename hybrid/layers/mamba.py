@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hybrid.init import mark_no_reinit, mark_no_weight_decay, mark_residual_out
@@ -115,9 +116,25 @@ class Mamba(nn.Module):
         state.conv.copy_(torch.cat([past[..., min(length, keep):], x[..., max(length - keep, 0):]], dim=-1))
         return out
 
+    def _step(self, hidden: Tensor, state: MambaState) -> Tensor:
+        """One decoding step, (batch, 1, d_model) -> (batch, 1, d_model): the token-major projections
+        of a single position need no layout change, so plain F.linear replaces the batched matmuls
+        (decoding is bound by the host's per-op cost, not by the GPU)."""
+        c = self.config
+        x, z = F.linear(hidden[:, 0], self.in_proj.weight, self.in_proj.bias).chunk(2, dim=-1)  # (batch, d_inner)
+        x = causal_conv1d_update(x, state.conv, self.conv1d.weight[:, 0], self.conv1d.bias, activation="silu",
+                                 backend=c.conv_backend)
+        dt, B, C = F.linear(x, self.x_proj.weight).split([self.dt_rank, c.d_state, c.d_state], dim=-1)
+        dt = F.linear(dt, self.dt_proj.weight)  # (batch, d_inner); bias added in the update
+        y = selective_state_update(state.ssm, x, dt, -torch.exp(self.A_log.float()), B, C, self.D.float(), z=z,
+                                   dt_bias=self.dt_proj.bias.float(), dt_softplus=True, backend=c.scan_backend)
+        return F.linear(y, self.out_proj.weight, self.out_proj.bias)[:, None]
+
     def forward(self, hidden: Tensor, state: MambaState | None = None) -> Tensor:
         length = hidden.shape[1]
         c = self.config
+        if state is not None and length == 1:
+            return self._step(hidden, state)
         # The scan and the conv want (batch, channels, length) with the length contiguous: the
         # projections write that layout directly (projections.py), with no transposing copies.
         x, z = tokens_to_channels(hidden, self.in_proj.weight, self.in_proj.bias, chunks=2)  # (batch, d_inner, length)
@@ -125,15 +142,10 @@ class Mamba(nn.Module):
         dt, B, C = channels_to_channels(x, self.x_proj.weight).split([self.dt_rank, c.d_state, c.d_state], dim=1)
         dt = channels_to_channels(dt, self.dt_proj.weight)  # (batch, d_inner, length); bias added in the scan
         A = -torch.exp(self.A_log.float())  # (d_inner, d_state)
-        if state is not None and length == 1:  # decoding: one recurrent step
-            y = selective_state_update(state.ssm, x[..., 0], dt[..., 0], A, B[..., 0], C[..., 0], self.D.float(),
-                                       z=z[..., 0], dt_bias=self.dt_proj.bias.float(), dt_softplus=True,
-                                       backend=c.scan_backend)[..., None]
-        else:
-            y = selective_scan(x, dt, A, B, C, self.D.float(), z=z, delta_bias=self.dt_proj.bias.float(),
-                               delta_softplus=True, return_last_state=state is not None,
-                               initial_state=state.ssm if state is not None else None, backend=c.scan_backend)
-            if state is not None:
-                y, last = y
-                state.ssm.copy_(last)
+        y = selective_scan(x, dt, A, B, C, self.D.float(), z=z, delta_bias=self.dt_proj.bias.float(),
+                           delta_softplus=True, return_last_state=state is not None,
+                           initial_state=state.ssm if state is not None else None, backend=c.scan_backend)
+        if state is not None:
+            y, last = y
+            state.ssm.copy_(last)
         return channels_to_tokens(y, self.out_proj.weight, self.out_proj.bias)  # (batch, length, d_model)
