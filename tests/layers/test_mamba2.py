@@ -1,5 +1,6 @@
 """The mamba2 layer: mamba_ssm's Mamba2 parameters and outputs, decoding equal to the parallel
 forward, and its place in a model."""
+import os
 import sys
 import types
 from pathlib import Path
@@ -8,7 +9,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hybrid.layers.mamba2 import Mamba2, Mamba2Config
+if not torch.cuda.is_available():  # the Triton conv runs under the interpreter (before any kernel is defined)
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from hybrid.layers.mamba2 import Mamba2, Mamba2Config  # noqa: E402
 
 PEERS = Path(__file__).resolve().parents[3] / "shared" / "peers" / "mamba"
 
@@ -180,3 +184,23 @@ def test_mamba_ssm_mamba2_language_model_converts():
         x = x + mixer(rms(x, sd[f"backbone.layers.{i}.norm.weight"]))
     expected = rms(x, sd["backbone.norm_f.weight"]) @ sd["lm_head.weight"].T
     torch.testing.assert_close(model(ids), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_triton_conv_backend_agrees_in_training_and_decoding():
+    """The Triton causal conv (under the interpreter without a GPU) on mamba2's channel-last xBC view."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.manual_seed(0)
+    layers = [Mamba2(24, Mamba2Config(d_state=4, headdim=12, chunk_size=4, conv_backend=b)).to(device)
+              for b in ("torch", "triton")]
+    layers[1].load_state_dict(layers[0].state_dict())
+    u = torch.randn(2, 11, 24, device=device)
+    outs = [m(u) for m in layers]
+    for out in outs:
+        out.square().sum().backward()
+    torch.testing.assert_close(outs[1], outs[0], rtol=1e-4, atol=1e-5)
+    for (name, p0), p1 in zip(layers[0].named_parameters(), layers[1].parameters()):
+        torch.testing.assert_close(p1.grad, p0.grad, rtol=1e-4, atol=1e-5, msg=lambda m: f"{name}: {m}")
+    with torch.no_grad():
+        state = layers[1].init_state(2, device=device)
+        steps = torch.cat([layers[1](u[:, :7], state)] + [layers[1](u[:, t:t + 1], state) for t in range(7, 11)], 1)
+    torch.testing.assert_close(steps, outs[0].detach(), rtol=1e-4, atol=1e-5)
