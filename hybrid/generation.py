@@ -35,9 +35,12 @@ Every row of a batch sits at the same position (see "prompts of different length
 may keep one position counter for the whole batch. For CUDA-graph decoding (`cuda_graph=True`), a
 step must also have static shapes and keep everything that changes in tensors written in place
 (`copy_`, `mul_`, kernels writing into them): no reassigned attributes, no Python counters.
-Recurrent layers written that way qualify; KV caches (a Python length, a growing key range) do not,
-so graphs are refused for layouts with "kv" or "kv_window" layers. The generator never looks inside a
-state except to list its tensors (memory accounting, restoring a state after a graph's warm-up).
+Recurrent layers written that way qualify. A state whose shapes change (a KV cache's growing key
+range) qualifies by implementing `make_static()`, after which its one-token steps have fixed shapes;
+attention's caches do (the length becomes a device scalar, each step reads the whole preallocated
+cache under a mask of the filled slots). Graphs are refused, naming the sublayer, for any other
+state. The generator never looks inside a state except to list its tensors (memory accounting,
+restoring a state after a graph's warm-up) and to call `make_static`.
 
 Prompts of different lengths
 ----------------------------
@@ -87,6 +90,23 @@ def check_cacheable(model) -> None:
                     f"{kind!r}, but {type(module).__qualname__} has no init_state(batch_size, max_length, device, "
                     f"dtype). Implement it, or register the layer with state='none' if it keeps no history "
                     f"(see the contract in hybrid/generation.py)")
+
+
+def make_static(model, state: list[Any]) -> None:
+    """Switch every growing cache in `state` to fixed-shape one-token steps (CUDA-graph decoding), or
+    raise naming the first sublayer whose state has no such mode."""
+    for spec, block_state in zip(model.layout, state):
+        branch_states = block_state if len(spec.branches) > 1 else [block_state]
+        for branch, branch_state in zip(spec.branches, branch_states):
+            kind = LAYERS.get(branch.type).state_kind(branch.config)
+            if kind in ("none", "recurrent"):
+                continue
+            if not callable(getattr(branch_state, "make_static", None)):
+                raise ValueError(
+                    f"cuda_graph=True: sublayer {spec.index} ({spec.alias!r}, layer type {branch.type!r}) keeps a "
+                    f"{kind!r} state whose shape changes from step to step ({type(branch_state).__qualname__} has "
+                    f"no make_static()); decode this layout without a CUDA graph")
+            branch_state.make_static()
 
 
 def state_tensors(state: Any) -> list[Tensor]:
@@ -141,9 +161,10 @@ class StepDecoder:
     """One-token forward over a state: tokens (batch,) -> logits (batch, vocab), state updated in place.
 
     With `cuda_graph=True` the step is captured once in a CUDA graph and replayed, removing the
-    per-kernel launch cost that dominates small-batch decoding. Capture needs every layer's state to be
-    "none" or "recurrent" (see the module docstring). The returned logits are a static buffer then:
-    read them before the next call.
+    per-kernel launch cost that dominates small-batch decoding. Capture needs every state to keep fixed
+    shapes: "none" and "recurrent" ones do, and KV caches switch to it (`make_static`: the length in a
+    device tensor, each step attending over the whole preallocated cache with a mask). The returned
+    logits are a static buffer then: read them before the next call.
     """
 
     def __init__(self, model, state: list[Any], batch_size: int, cuda_graph: bool = False):
@@ -156,11 +177,7 @@ class StepDecoder:
         device = self.model.embedding.weight.device
         if device.type != "cuda":
             raise ValueError(f"cuda_graph=True needs the model on a CUDA device; it is on {device}")
-        stateful = {kind for kinds in state_kinds(self.model) for kind in kinds} - {"none", "recurrent"}
-        if stateful:
-            raise ValueError(f"cuda_graph=True needs fixed-shape states, but this layout has layers with state "
-                             f"{sorted(stateful)} (a KV cache grows by one position per step). Decode it without "
-                             f"a CUDA graph")
+        make_static(self.model, self.state)  # KV caches: a device position and masked full-cache steps
         self.tokens = torch.zeros(batch_size, 1, dtype=torch.long, device=device)
         tensors = state_tensors(self.state)
         saved = [t.clone() for t in tensors]  # warm-up steps advance the state; it is put back below
@@ -275,7 +292,7 @@ def generate(model, prompt_ids: Any, max_new_tokens: int, temperature: float = 1
     callback: called after every step with a list holding, per prompt, the token it emitted at this
         step or None (still reading its prompt, or finished): streaming output.
     prefill_chunk: prefill in chunks of this many tokens. cuda_graph: replay the decoding step from a
-        CUDA graph (recurrent-only layouts on GPU; see `StepDecoder`).
+        CUDA graph (on a GPU, for layouts whose states have fixed shapes; see `StepDecoder`).
 
     Returns the prompts followed by their new tokens, in the input's form: a 1-D tensor; a
     (batch, length + max_new_tokens) tensor, rows that stopped early filled with eos_id; or a list of 1-D tensors.

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from hybrid.errors import ConfigError
-from hybrid.generation import generate, prefill, sample_next, state_kinds, state_nbytes
+from hybrid.generation import generate, make_static, prefill, sample_next, state_kinds, state_nbytes
 from hybrid.model import HybridLM
 from hybrid.model_config import ModelConfig
 from hybrid.registry import LAYERS, register_layer
@@ -89,6 +89,31 @@ def test_prefill_then_decode_matches_parallel_forward(preset):
     close(prefill(model, ids[:, :9], state), full[:, 8])
     for t in range(9, 14):
         close(model(ids[:, t:t + 1], state)[:, 0], full[:, t])
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("preset", PRESETS)
+def test_fixed_shape_decoding_matches_parallel_forward(preset):
+    """The steps a CUDA graph replays (KV caches with a device position, masked full-cache attention),
+    run eagerly: after a prefill they continue the parallel forward, past a sliding window's size too."""
+    model = build(preset)
+    ids = tokens(2, 21)
+    full = model(ids)
+    state = model.init_state(2, 21)
+    close(prefill(model, ids[:, :6], state), full[:, 5])
+    make_static(model, state)
+    for t in range(6, 21):
+        close(model(ids[:, t:t + 1], state)[:, 0], full[:, t])
+
+
+@torch.no_grad()
+def test_fixed_shape_cache_refuses_a_second_prefill():
+    model = build("transformer")
+    state = model.init_state(1, 8)
+    prefill(model, tokens(1, 3), state)
+    make_static(model, state)
+    with pytest.raises(RuntimeError, match="fixed shapes"):
+        prefill(model, tokens(1, 2), state)
 
 
 @torch.no_grad()
@@ -266,8 +291,27 @@ class Forgetful(Decay):
     init_state = None
 
 
+@dataclass
+class GrowingState:
+    seen: list  # a Python list of past inputs: its shapes change every step
+
+
+@register_layer("test_growing", config=DecayConfig, state="kv", override=True)
+class Growing(Decay):
+    """Test layer with a growing state and no fixed-shape mode."""
+
+    def init_state(self, batch_size, max_length, device=None, dtype=None):
+        return GrowingState([])
+
+
+def test_cuda_graph_refusal_names_the_sublayer_without_fixed_shapes():
+    model = HybridLM(ModelConfig(d_model=8, layout="mlp test_growing")).eval()
+    with pytest.raises(ValueError, match=r"sublayer 1 .*'test_growing'.*make_static"):
+        make_static(model, model.init_state(1, 4))
+
+
 @torch.no_grad()
-@pytest.mark.parametrize("name", [n for n in LAYERS.names() if n != "test_forgetful"])
+@pytest.mark.parametrize("name", [n for n in LAYERS.names() if n not in ("test_forgetful", "test_growing")])
 def test_every_registered_layer_decodes_like_its_parallel_forward(name):
     entry = LAYERS.get(name)
     try:
@@ -389,17 +433,13 @@ def test_gpu_bf16_decoding_matches_parallel_forward(preset):
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("preset", ["mamba", "jamba"])
+@pytest.mark.parametrize("preset", list(GPU_LAYOUTS))
 def test_gpu_generate_mixed_lengths_and_cuda_graph(preset):
     model = build_gpu(preset)
     prompts = [tokens(1, n, seed=n)[0].cuda() for n in (5, 17, 11)]
     together = generate(model, prompts, 8, temperature=0)
     for prompt, out in zip(prompts, together):
         assert torch.equal(out, generate(model, prompt, 8, temperature=0))
-    if "kv" in {k for kinds in state_kinds(model) for k in kinds}:
-        with pytest.raises(ValueError, match="cuda_graph=True needs fixed-shape states"):
-            generate(model, prompts, 4, cuda_graph=True)
-        return
     model.bfloat16()
     eager = generate(model, prompts, 16, temperature=0.7, seed=1)
     graphed = generate(model, prompts, 16, temperature=0.7, seed=1, cuda_graph=True)

@@ -48,7 +48,7 @@ def add_parser(sub) -> None:
     p.add_argument("--dtype", choices=sorted(DTYPES), default=None,
                    help="weights and caches dtype (default bfloat16 on CUDA, float32 on CPU)")
     p.add_argument("--cuda-graph", action="store_true", help="replay the decoding step from a CUDA graph "
-                                                             "(layouts without attention)")
+                                                             "(GPU; KV caches switch to fixed shapes)")
     p.add_argument("--trust-checkpoint", action="store_true",
                    help="unpickle arbitrary objects in the checkpoint (only for files you trust); by default only "
                         "tensors and plain containers load")

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hybrid.init import mark_residual_out
@@ -66,9 +67,24 @@ class KVCache:
     k: Tensor
     v: Tensor
     length: int = 0
+    position: Tensor | None = None  # the length as a device scalar, after `make_static` (graph decoding)
+
+    def make_static(self) -> None:
+        """Decode with fixed shapes from now on (CUDA graphs): the length lives in `position`, a device
+        scalar advanced in place, and each step attends over every slot with a mask of the filled ones.
+        One-way: the Python `length` stops advancing, so no multi-token update may follow."""
+        if self.position is None:
+            self.position = torch.full((), self.length, dtype=torch.long, device=self.k.device)
+
+    def step_static(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Store one new position (batch, 1, heads, dim) at `position`; return every slot's keys and values
+        (batch, slots, heads, dim) and which slots the new query sees (slots,) bool. The caller sized the
+        cache (init_state's max_length): a step past it is not checked (that would need the host)."""
+        return _store_static(self, self.position.view(1), k, v, torch.arange(self.k.shape[1], device=k.device))
 
     def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Store the new positions; return every key and value so far, (batch, length, n_kv_heads, head_dim)."""
+        _check_dynamic(self)
         end = self.length + k.shape[1]
         if end > self.k.shape[1]:
             raise RuntimeError(f"KV cache holds {self.k.shape[1]} positions; {end} needed. "
@@ -90,10 +106,20 @@ class KVWindowCache:
     k: Tensor
     v: Tensor
     length: int = 0  # positions seen so far
+    position: Tensor | None = None  # as KVCache.position
+
+    make_static = KVCache.make_static
+
+    def step_static(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """As KVCache.step_static, in slot position % window. Order within the ring does not matter to
+        attention (keys carry their rotation); the filled slots are those below position + 1."""
+        slots = torch.arange(self.k.shape[1], device=k.device)
+        return _store_static(self, (self.position % self.k.shape[1]).view(1), k, v, slots)
 
     def update(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Store the new positions; return the keys and values a chunk of new queries may see, in order:
         the last window - 1 cached positions, then the new ones (batch, <= window - 1 + new, heads, dim)."""
+        _check_dynamic(self)
         n, window = k.shape[1], self.k.shape[1]
         kept = min(self.length, window - 1)
         if kept:
@@ -107,6 +133,31 @@ class KVWindowCache:
         self.v[:, slots] = v[:, n - stored:]
         self.length += n
         return k_all, v_all
+
+
+def _check_dynamic(cache: KVCache | KVWindowCache) -> None:
+    if cache.position is not None:
+        raise RuntimeError("this KV cache decodes with fixed shapes (make_static, for a CUDA graph): it takes "
+                           "one token per step from then on; start a new state for another prefill")
+
+
+def _store_static(cache: KVCache | KVWindowCache, slot: Tensor, k: Tensor, v: Tensor,
+                  slots: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    if k.shape[1] != 1:
+        raise ValueError(f"a fixed-shape KV cache step takes one position, got {k.shape[1]}")
+    cache.k.index_copy_(1, slot, k.to(cache.k.dtype))
+    cache.v.index_copy_(1, slot, v.to(cache.v.dtype))
+    seen = slots <= cache.position  # every slot once the position passes the ring's size
+    cache.position += 1
+    return cache.k, cache.v, seen
+
+
+def _attend_filled(q: Tensor, k: Tensor, v: Tensor, seen: Tensor) -> Tensor:
+    """One query per row, (batch, 1, heads, dim), against every cache slot with the unfilled ones masked:
+    fixed shapes for a CUDA graph, at the cost of reading the whole cache each step."""
+    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.to(q.dtype).transpose(1, 2), v.to(q.dtype).transpose(1, 2),
+                                         attn_mask=seen.view(1, 1, 1, -1), enable_gqa=k.shape[2] != q.shape[2])
+    return out.transpose(1, 2)  # (batch, 1, heads, dim)
 
 
 def positions_in_documents(seq_idx: Tensor) -> Tensor:
@@ -173,6 +224,8 @@ class Attention(nn.Module):
         h, hkv, d = self.n_heads, self.n_kv_heads, self.head_dim
         if seq_idx is not None and state is not None:
             raise ValueError("Attention: packed sequences (seq_idx) are for training; decode one sequence per row")
+        # fixed-shape decoding (CUDA graphs); a longer input to such a cache is refused by its update
+        static = state is not None and state.position is not None and length == 1
         offset = state.length if state is not None else 0
         qkv = self.qkv(x).view(batch, length, h + 2 * hkv, d)  # (batch, length, all heads, head_dim)
         q, k, v = qkv.split([h, hkv, hkv], dim=2)
@@ -181,6 +234,8 @@ class Attention(nn.Module):
         if self.rotary_dim:
             if seq_idx is not None:  # positions restart in each document
                 cos, sin = rotary_tables(positions_in_documents(seq_idx), self.rotary_dim, self.config.rope_theta)
+            elif static:  # the position is on the device
+                cos, sin = rotary_tables(state.position.view(1), self.rotary_dim, self.config.rope_theta)
             else:
                 cos, sin = self._rotary_tables(offset, length, x.device)
             if self.config.qk_norm:
@@ -189,8 +244,11 @@ class Attention(nn.Module):
             else:  # queries and keys are adjacent in qkv: rotate them in one pass
                 qk = apply_rotary(qkv[:, :, :h + hkv], cos, sin, self.config.rope_backend)
                 q, k = qk.split([h, hkv], dim=2)
-        if state is not None:
-            k, v = state.update(k, v)
-        out = attention(q, k, v, causal=True, window=self.config.window, seq_idx=seq_idx,
-                        dropout_p=self.config.dropout if self.training else 0.0, backend=self.config.backend)
+        if static:
+            out = _attend_filled(q, *state.step_static(k, v))
+        else:
+            if state is not None:
+                k, v = state.update(k, v)
+            out = attention(q, k, v, causal=True, window=self.config.window, seq_idx=seq_idx,
+                            dropout_p=self.config.dropout if self.training else 0.0, backend=self.config.backend)
         return self.out_proj(out.reshape(batch, length, h * d))  # (batch, length, d_model)
