@@ -8,6 +8,7 @@ mamba_ssm's Triton `selective_state_update` (the peer), measured in the same run
 Models (d_model 768, vocab 50304, bf16 weights and caches, tied embeddings):
     transformer  "(A F) x12"               A: 12 heads, RoPE; F: SwiGLU, hidden 2048
     mamba        "M x24"                   M: Mamba-1, d_state 16, expand 2 (d_inner 1536)
+    mamba2       "M2 x24"                  M2: Mamba-2, d_state 128, headdim 64 (--models to include it)
     jamba        "(M F M F M F A F) x3"    as above, attention without positional encoding (Jamba)
 
 Context. A real prompt of PREFILL tokens is prefilled in one parallel forward; every attention KV cache
@@ -46,10 +47,11 @@ GiB = 2**30
 def model_config(name: str, d_model: int, vocab: int) -> ModelConfig:
     heads = max(1, d_model // 64)
     layers = {"M": {"type": "mamba", "d_state": 16, "d_conv": 4, "expand": 2},
+              "M2": {"type": "mamba2", "d_state": 128, "headdim": 64},
               "F": {"type": "mlp", "hidden": 8 * d_model // 3 // 64 * 64 or 64},
               "A": {"type": "attention", "n_heads": heads},
               "N": {"type": "attention", "n_heads": heads, "rope_theta": None}}
-    layout = {"transformer": "(A F) x12", "mamba": "M x24", "jamba": "(M F M F M F N F) x3"}[name]
+    layout = {"transformer": "(A F) x12", "mamba": "M x24", "mamba2": "M2 x24", "jamba": "(M F M F M F N F) x3"}[name]
     return ModelConfig(d_model=d_model, vocab_size=vocab, layers=layers, layout=layout)
 
 
