@@ -8,13 +8,12 @@ a whole run (for ablations and debugging).
 """
 from __future__ import annotations
 
-import importlib
 from typing import Callable
 
 import torch
 from torch import Tensor
 
-from hybrid.kernels.backend_choice import requested_backend
+from hybrid.kernels.backend_choice import load_backend, requested_backend
 
 BACKENDS = ("auto", "triton", "torch", "ref")
 ENV_VAR = "HYBRID_CONV_BACKEND"
@@ -41,11 +40,7 @@ def resolve_backend(backend: str, is_cuda: bool, dtype: torch.dtype = torch.floa
 
 
 def _load(table: dict, backend: str) -> Callable:
-    module, name = table[backend]
-    try:
-        return getattr(importlib.import_module(module), name)
-    except ImportError as err:
-        raise RuntimeError(f"causal conv1d backend {backend!r} is unavailable: {err}") from err
+    return load_backend(table, backend, "causal conv1d")
 
 
 def _check_params(where: str, x: Tensor, weight: Tensor, bias: Tensor | None, activation: str | None) -> int:

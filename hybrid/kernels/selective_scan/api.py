@@ -10,12 +10,11 @@ HYBRID_SCAN_BACKEND replaces "auto" for a whole run (for ablations and debugging
 """
 from __future__ import annotations
 
-import importlib
 from typing import Callable
 
 from torch import Tensor
 
-from hybrid.kernels.backend_choice import requested_backend
+from hybrid.kernels.backend_choice import load_backend, requested_backend
 
 BACKENDS = ("auto", "triton", "torch", "ref")
 ENV_VAR = "HYBRID_SCAN_BACKEND"
@@ -38,11 +37,7 @@ def resolve_backend(backend: str, is_cuda: bool) -> str:
 
 
 def _load(table: dict, backend: str) -> Callable:
-    module, name = table[backend]
-    try:
-        return getattr(importlib.import_module(module), name)
-    except ImportError as err:
-        raise RuntimeError(f"selective scan backend {backend!r} is unavailable: {err}") from err
+    return load_backend(table, backend, "selective scan")
 
 
 def _check_dtypes(where: str, **tensors) -> None:

@@ -6,13 +6,12 @@ land. The environment variable HYBRID_SSD_BACKEND replaces "auto" for a whole ru
 """
 from __future__ import annotations
 
-import importlib
 from typing import Callable
 
 import torch
 from torch import Tensor
 
-from hybrid.kernels.backend_choice import requested_backend
+from hybrid.kernels.backend_choice import load_backend, requested_backend
 
 BACKENDS = ("auto", "torch", "ref")
 ENV_VAR = "HYBRID_SSD_BACKEND"
@@ -28,8 +27,7 @@ def resolve_backend(backend: str, is_cuda: bool) -> str:
 
 
 def _load(backend: str) -> Callable:
-    module, name = _SCAN[backend]
-    return getattr(importlib.import_module(module), name)
+    return load_backend(_SCAN, backend, "SSD")
 
 
 def _check(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None, z: Tensor | None,

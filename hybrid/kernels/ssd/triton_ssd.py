@@ -32,7 +32,7 @@ Kernels and grids (b batch, c chunks, h heads, g groups, P headdim, N d_state):
   _state_passing_fwd_kernel  (P N / BLOCK, h, b)               sequential over chunks, in place: s_c -> prev_c
   _chunk_scan_fwd_kernel     (Q / BM * P / BP, h, b c)         y (and y before the gate, fp32, with z)
   _state_passing_bwd_kernel  (P N / BLOCK, h, b)               reverse over chunks, in place: d prev_c -> d s_c
-  _chunk_scan_bwd_dx_kernel  (Q / BM * P / BP, h, b c)         dx, and per-position partials of ddt and d a-hat
+  _chunk_scan_bwd_dx_kernel  (Q / BM_DX * P / BP, h, b c)       dx, and per-position partials of ddt and d a-hat
   _chunk_scan_bwd_dcb_kernel (Q / BM, Q / BM, b c g)           dCB (fp32), and the d a-hat of the quadratic part
   _chunk_scan_bwd_dbc_kernel (Q / BM * N / BN, g, b c)         dB or dC
 Every accumulator, the states, CB, dt and a-hat are fp32. The matmuls take their operands in the inputs'
@@ -49,7 +49,6 @@ from __future__ import annotations
 import os
 
 import torch
-import torch.nn.functional as F
 import triton
 import triton.language as tl
 from torch import Tensor
@@ -110,11 +109,14 @@ def _dt_cumsum_kernel(dt_ptr, a_ptr, bias_ptr, dtp_ptr, acs_ptr,
     c = tl.program_id(1).to(tl.int64)
     b = tl.program_id(2).to(tl.int64)
     offs_q = tl.arange(0, BLOCK_Q)
-    t = c * chunk + offs_q
+    row0 = c * chunk  # the chunk's first step
+    # every tensor's pointer moves to this batch row and chunk (int64); tile offsets from it stay int32
+    dt_ptr += b * s_dt_b + row0 * s_dt_l
+    t = row0 + offs_q
     mask_h = offs_h < heads
     in_chunk = mask_h[:, None] & (offs_q[None, :] < chunk)
     valid = in_chunk & (t[None, :] < length)  # (BLOCK_H, BLOCK_Q)
-    dt = tl.load(dt_ptr + b * s_dt_b + t[None, :] * s_dt_l + offs_h[:, None] * s_dt_h, mask=valid,
+    dt = tl.load(dt_ptr + offs_q[None, :] * s_dt_l + offs_h[:, None] * s_dt_h, mask=valid,
                  other=0.0).to(tl.float32)
     if HAS_BIAS:
         dt += tl.load(bias_ptr + offs_h, mask=mask_h, other=0.0).to(tl.float32)[:, None]
@@ -125,9 +127,10 @@ def _dt_cumsum_kernel(dt_ptr, a_ptr, bias_ptr, dtp_ptr, acs_ptr,
     dt = tl.where(valid, dt, 0.0)  # padded steps neither decay nor add
     a = tl.load(a_ptr + offs_h, mask=mask_h, other=0.0).to(tl.float32)
     acs = tl.cumsum(dt * a[:, None], axis=1)
-    out = ((b * heads + offs_h[:, None]) * n_chunks + c) * chunk + offs_q[None, :]  # (b, h, c, Q)
-    tl.store(dtp_ptr + out, dt, mask=in_chunk)
-    tl.store(acs_ptr + out, acs, mask=in_chunk)
+    base = (b * heads * n_chunks + c) * chunk  # (b, h, c, Q)
+    out = offs_h[:, None] * (n_chunks * chunk) + offs_q[None, :]
+    tl.store(dtp_ptr + base + out, dt, mask=in_chunk)
+    tl.store(acs_ptr + base + out, acs, mask=in_chunk)
 
 
 @triton.jit
@@ -145,22 +148,27 @@ def _chunk_cb_kernel(c_ptr, b_ptr, cb_ptr, length, n_chunks, chunk, groups, dsta
     g = pid % groups
     c = (pid // groups) % n_chunks
     b = pid // groups // n_chunks
+    row0 = c * chunk  # the chunk's first step
+    # every tensor's pointer moves to this batch row and chunk (int64); tile offsets from it stay int32
+    c_ptr += b * s_c_b + row0 * s_c_l
+    b_ptr += b * s_b_b + row0 * s_b_l
     offs_i = i0 + tl.arange(0, BM)
     offs_j = j0 + tl.arange(0, BN)
-    ti, tj = c * chunk + offs_i, c * chunk + offs_j
+    ti, tj = row0 + offs_i, row0 + offs_j
     mi = (offs_i < chunk) & (ti < length)
     mj = (offs_j < chunk) & (tj < length)
     acc = tl.zeros((BM, BN), tl.float32)
     for k0 in range(0, dstate, BK):
         kk = k0 + tl.arange(0, BK)
         mk = kk < dstate
-        cc = tl.load(c_ptr + b * s_c_b + ti[:, None] * s_c_l + g * s_c_g + kk[None, :] * s_c_n,
+        cc = tl.load(c_ptr + offs_i[:, None] * s_c_l + g * s_c_g + kk[None, :] * s_c_n,
                      mask=mi[:, None] & mk[None, :], other=0.0)  # (BM, BK)
-        bb = tl.load(b_ptr + b * s_b_b + tj[None, :] * s_b_l + g * s_b_g + kk[:, None] * s_b_n,
+        bb = tl.load(b_ptr + offs_j[None, :] * s_b_l + g * s_b_g + kk[:, None] * s_b_n,
                      mask=mk[:, None] & mj[None, :], other=0.0)  # (BK, BN)
         acc = tl.dot(cc.to(DOT), bb.to(DOT), acc, input_precision=PREC)
-    out = (((b * n_chunks + c) * groups + g) * chunk + offs_i[:, None]) * chunk + offs_j[None, :]
-    tl.store(cb_ptr + out, acc, mask=(offs_i[:, None] < chunk) & (offs_j[None, :] < chunk))
+    out = offs_i[:, None] * chunk + offs_j[None, :]
+    tl.store(cb_ptr + ((b * n_chunks + c) * groups + g) * chunk * chunk + out, acc,
+             mask=(offs_i[:, None] < chunk) & (offs_j[None, :] < chunk))
 
 
 @triton.jit
@@ -176,6 +184,10 @@ def _chunk_outer_kernel(u_ptr, v_ptr, dtp_ptr, acs_ptr, seq_ptr, out_ptr,
     h = tl.program_id(1)
     pid = tl.program_id(2).to(tl.int64)
     b, c = pid // n_chunks, pid % n_chunks
+    row0 = c * chunk  # the chunk's first step
+    # every tensor's pointer moves to this batch row and chunk (int64); tile offsets from it stay int32
+    u_ptr += b * s_u_b + row0 * s_u_l
+    v_ptr += b * s_v_b + row0 * s_v_l
     n_pb = tl.cdiv(headdim, BP)
     offs_p = (pid_pn % n_pb) * BP + tl.arange(0, BP)
     offs_n = (pid_pn // n_pb) * BN + tl.arange(0, BN)
@@ -187,13 +199,13 @@ def _chunk_outer_kernel(u_ptr, v_ptr, dtp_ptr, acs_ptr, seq_ptr, out_ptr,
     if HAS_SEQ:
         seq_row = seq_ptr + b * s_s_b
         if TO_END:
-            doc_ref = _doc(seq_row, c * chunk + chunk - 1, length, s_s_l)
+            doc_ref = _doc(seq_row, row0 + chunk - 1, length, s_s_l)
         else:
-            doc_ref = _doc(seq_row, c * chunk - 1, length, s_s_l)
+            doc_ref = _doc(seq_row, row0 - 1, length, s_s_l)
     acc = tl.zeros((BP, BN), tl.float32)
     for k0 in range(0, chunk, BK):
         kk = k0 + tl.arange(0, BK)
-        t = c * chunk + kk
+        t = row0 + kk
         mk = (kk < chunk) & (t < length)
         acs = tl.load(acs_ptr + vec + kk, mask=kk < chunk, other=0.0)
         if TO_END:
@@ -202,13 +214,13 @@ def _chunk_outer_kernel(u_ptr, v_ptr, dtp_ptr, acs_ptr, seq_ptr, out_ptr,
             w = _masked_exp(acs, mk)
         if HAS_SEQ:
             w = tl.where(_doc(seq_row, t, length, s_s_l) == doc_ref, w, 0.0)
-        uu = tl.load(u_ptr + b * s_u_b + t[:, None] * s_u_l + h * s_u_h + offs_p[None, :] * s_u_p,
+        uu = tl.load(u_ptr + kk[:, None] * s_u_l + h * s_u_h + offs_p[None, :] * s_u_p,
                      mask=mk[:, None] & mp[None, :], other=0.0).to(tl.float32)  # (BK, BP)
-        vv = tl.load(v_ptr + b * s_v_b + t[:, None] * s_v_l + g * s_v_g + offs_n[None, :] * s_v_n,
+        vv = tl.load(v_ptr + kk[:, None] * s_v_l + g * s_v_g + offs_n[None, :] * s_v_n,
                      mask=mk[:, None] & mn[None, :], other=0.0)  # (BK, BN)
         acc = tl.dot(tl.trans((uu * w[:, None]).to(DOT)), vv.to(DOT), acc, input_precision=PREC)
-    out = (((b * n_chunks + c) * heads + h) * headdim + offs_p[:, None]) * dstate + offs_n[None, :]
-    tl.store(out_ptr + out, acc, mask=mp[:, None] & mn[None, :])
+    out = offs_p[:, None] * dstate + offs_n[None, :]
+    tl.store(out_ptr + ((b * n_chunks + c) * heads + h) * headdim * dstate + out, acc, mask=mp[:, None] & mn[None, :])
 
 
 @triton.jit
@@ -260,13 +272,18 @@ def _chunk_scan_fwd_kernel(cb_ptr, x_ptr, z_ptr, dtp_ptr, acs_ptr, seq_ptr, c_pt
     h = tl.program_id(1)
     pid = tl.program_id(2).to(tl.int64)
     b, c = pid // n_chunks, pid % n_chunks
+    row0 = c * chunk  # the chunk's first step
+    # every tensor's pointer moves to this batch row and chunk (int64); tile offsets from it stay int32
+    c_ptr += b * s_c_b + row0 * s_c_l
+    x_ptr += b * s_x_b + row0 * s_x_l
+    z_ptr += b * s_z_b + row0 * s_z_l
     groups = heads // heads_per_group
     g = h // heads_per_group
     n_ib = tl.cdiv(chunk, BM)
     i0 = (pid_ip % n_ib) * BM
     offs_i = i0 + tl.arange(0, BM)
     offs_p = (pid_ip // n_ib) * BP + tl.arange(0, BP)
-    ti = c * chunk + offs_i
+    ti = row0 + offs_i
     mi = (offs_i < chunk) & (ti < length)
     mp = offs_p < headdim
     vec = ((b * heads + h) * n_chunks + c) * chunk
@@ -274,7 +291,7 @@ def _chunk_scan_fwd_kernel(cb_ptr, x_ptr, z_ptr, dtp_ptr, acs_ptr, seq_ptr, c_pt
     if HAS_SEQ:
         seq_row = seq_ptr + b * s_s_b
         doc_i = _doc(seq_row, ti, length, s_s_l)
-        doc_first = _doc(seq_row, c * chunk - 1, length, s_s_l)
+        doc_first = _doc(seq_row, row0 - 1, length, s_s_l)
 
     # from the past: exp(a-hat_i) C_i prev_c, prev (P, N) read as (N, P)
     acc = tl.zeros((BM, BP), tl.float32)
@@ -282,7 +299,7 @@ def _chunk_scan_fwd_kernel(cb_ptr, x_ptr, z_ptr, dtp_ptr, acs_ptr, seq_ptr, c_pt
     for n0 in range(0, dstate, BN):
         nn = n0 + tl.arange(0, BN)
         mn = nn < dstate
-        cc = tl.load(c_ptr + b * s_c_b + ti[:, None] * s_c_l + g * s_c_g + nn[None, :] * s_c_n,
+        cc = tl.load(c_ptr + offs_i[:, None] * s_c_l + g * s_c_g + nn[None, :] * s_c_n,
                      mask=mi[:, None] & mn[None, :], other=0.0)  # (BM, BN)
         pv = tl.load(prev_base + offs_p[None, :] * dstate + nn[:, None], mask=mn[:, None] & mp[None, :], other=0.0)
         acc = tl.dot(cc.to(DOT), pv.to(DOT), acc, input_precision=PREC)
@@ -295,7 +312,7 @@ def _chunk_scan_fwd_kernel(cb_ptr, x_ptr, z_ptr, dtp_ptr, acs_ptr, seq_ptr, c_pt
     cb_base = cb_ptr + ((b * n_chunks + c) * groups + g) * chunk * chunk
     for j0 in range(0, tl.minimum(i0 + BM, chunk), BK):
         offs_j = j0 + tl.arange(0, BK)
-        tj = c * chunk + offs_j
+        tj = row0 + offs_j
         mj = (offs_j < chunk) & (tj < length)
         keep = (offs_j[None, :] <= offs_i[:, None]) & mi[:, None] & mj[None, :]  # (BM, BK)
         if HAS_SEQ:
@@ -304,22 +321,23 @@ def _chunk_scan_fwd_kernel(cb_ptr, x_ptr, z_ptr, dtp_ptr, acs_ptr, seq_ptr, c_pt
         dt_j = tl.load(dtp_ptr + vec + offs_j, mask=offs_j < chunk, other=0.0)
         cb = tl.load(cb_base + offs_i[:, None] * chunk + offs_j[None, :], mask=keep, other=0.0)
         w = cb * _masked_exp(acs_i[:, None] - acs_j[None, :], keep) * dt_j[None, :]
-        xj = tl.load(x_ptr + b * s_x_b + tj[:, None] * s_x_l + h * s_x_h + offs_p[None, :] * s_x_p,
+        xj = tl.load(x_ptr + offs_j[:, None] * s_x_l + h * s_x_h + offs_p[None, :] * s_x_p,
                      mask=mj[:, None] & mp[None, :], other=0.0)  # (BK, BP)
         acc = tl.dot(w.to(DOT), xj.to(DOT), acc, input_precision=PREC)
 
     mask = mi[:, None] & mp[None, :]
     if HAS_D:
-        xi = tl.load(x_ptr + b * s_x_b + ti[:, None] * s_x_l + h * s_x_h + offs_p[None, :] * s_x_p,
+        xi = tl.load(x_ptr + offs_i[:, None] * s_x_l + h * s_x_h + offs_p[None, :] * s_x_p,
                      mask=mask, other=0.0).to(tl.float32)
         acc += xi * tl.load(d_ptr + h * s_d_h + offs_p * s_d_p, mask=mp, other=0.0).to(tl.float32)[None, :]
-    out = b * s_y_b + ti[:, None] * s_y_l + h * s_y_h + offs_p[None, :] * s_y_p
+    y_base = b * s_y_b + row0 * s_y_l  # y and ypre: one layout
+    out = offs_i[:, None] * s_y_l + h * s_y_h + offs_p[None, :] * s_y_p
     if HAS_Z:
-        tl.store(ypre_ptr + out, acc, mask=mask)  # y before the gate, fp32, for dz
-        zz = tl.load(z_ptr + b * s_z_b + ti[:, None] * s_z_l + h * s_z_h + offs_p[None, :] * s_z_p,
+        tl.store(ypre_ptr + y_base + out, acc, mask=mask)  # y before the gate, fp32, for dz
+        zz = tl.load(z_ptr + offs_i[:, None] * s_z_l + h * s_z_h + offs_p[None, :] * s_z_p,
                      mask=mask, other=0.0).to(tl.float32)
         acc = acc * zz * tl.sigmoid(zz)
-    tl.store(y_ptr + out, _cast_out(acc, y_ptr), mask=mask)
+    tl.store(y_ptr + y_base + out, _cast_out(acc, y_ptr), mask=mask)
 
 
 # ---------------------------------------------------------------------------- backward kernels
@@ -374,6 +392,13 @@ def _chunk_scan_bwd_dx_kernel(cb_ptr, x_ptr, g_ptr, dtp_ptr, acs_ptr, seq_ptr, b
     h = tl.program_id(1)
     pid = tl.program_id(2).to(tl.int64)
     b, c = pid // n_chunks, pid % n_chunks
+    row0 = c * chunk  # the chunk's first step
+    # every tensor's pointer moves to this batch row and chunk (int64); tile offsets from it stay int32
+    g_ptr += b * s_g_b + row0 * s_g_l
+    b_ptr += b * s_b_b + row0 * s_b_l
+    c_ptr += b * s_c_b + row0 * s_c_l
+    x_ptr += b * s_x_b + row0 * s_x_l
+    dx_ptr += b * s_dx_b + row0 * s_dx_l
     groups = heads // heads_per_group
     g = h // heads_per_group
     n_jb = tl.cdiv(chunk, BM)
@@ -381,7 +406,7 @@ def _chunk_scan_bwd_dx_kernel(cb_ptr, x_ptr, g_ptr, dtp_ptr, acs_ptr, seq_ptr, b
     pid_p = pid_jp // n_jb
     offs_j = j0 + tl.arange(0, BM)
     offs_p = pid_p * BP + tl.arange(0, BP)
-    tj = c * chunk + offs_j
+    tj = row0 + offs_j
     mj = (offs_j < chunk) & (tj < length)
     mp = offs_p < headdim
     vec = ((b * heads + h) * n_chunks + c) * chunk
@@ -392,15 +417,15 @@ def _chunk_scan_bwd_dx_kernel(cb_ptr, x_ptr, g_ptr, dtp_ptr, acs_ptr, seq_ptr, b
     if HAS_SEQ:
         seq_row = seq_ptr + b * s_s_b
         doc_j = _doc(seq_row, tj, length, s_s_l)
-        keep_end = keep_end & (doc_j == _doc(seq_row, c * chunk + chunk - 1, length, s_s_l))
-        keep_first = keep_first & (doc_j == _doc(seq_row, c * chunk - 1, length, s_s_l))
+        keep_end = keep_end & (doc_j == _doc(seq_row, row0 + chunk - 1, length, s_s_l))
+        keep_first = keep_first & (doc_j == _doc(seq_row, row0 - 1, length, s_s_l))
 
     # inside the chunk: sum over i >= j of CB[i, j] exp(a-hat_i - a-hat_j) g_i
     acc = tl.zeros((BM, BP), tl.float32)
     cb_base = cb_ptr + ((b * n_chunks + c) * groups + g) * chunk * chunk
     for i0 in range((j0 // BK) * BK, chunk, BK):
         offs_i = i0 + tl.arange(0, BK)
-        ti = c * chunk + offs_i
+        ti = row0 + offs_i
         mi = (offs_i < chunk) & (ti < length)
         keep = (offs_i[None, :] >= offs_j[:, None]) & mj[:, None] & mi[None, :]  # (BM, BK)
         if HAS_SEQ:
@@ -408,7 +433,7 @@ def _chunk_scan_bwd_dx_kernel(cb_ptr, x_ptr, g_ptr, dtp_ptr, acs_ptr, seq_ptr, b
         acs_i = tl.load(acs_ptr + vec + offs_i, mask=offs_i < chunk, other=0.0)
         cbt = tl.load(cb_base + offs_i[None, :] * chunk + offs_j[:, None], mask=keep, other=0.0)  # CB[i, j]
         w = cbt * _masked_exp(acs_i[None, :] - acs_j[:, None], keep)
-        gi = tl.load(g_ptr + b * s_g_b + ti[:, None] * s_g_l + h * s_g_h + offs_p[None, :] * s_g_p,
+        gi = tl.load(g_ptr + offs_i[:, None] * s_g_l + h * s_g_h + offs_p[None, :] * s_g_p,
                      mask=mi[:, None] & mp[None, :], other=0.0)  # (BK, BP)
         acc = tl.dot(w.to(DOT), gi.to(DOT), acc, input_precision=PREC)
 
@@ -421,24 +446,24 @@ def _chunk_scan_bwd_dx_kernel(cb_ptr, x_ptr, g_ptr, dtp_ptr, acs_ptr, seq_ptr, b
         mn = nn < dstate
         mask_jn = mj[:, None] & mn[None, :]
         mask_np = mn[:, None] & mp[None, :]
-        bb = tl.load(b_ptr + b * s_b_b + tj[:, None] * s_b_l + g * s_b_g + nn[None, :] * s_b_n, mask=mask_jn, other=0.0)
+        bb = tl.load(b_ptr + offs_j[:, None] * s_b_l + g * s_b_g + nn[None, :] * s_b_n, mask=mask_jn, other=0.0)
         dsv = tl.load(ds_ptr + st_base + offs_p[None, :] * dstate + nn[:, None], mask=mask_np, other=0.0)
         acc_s = tl.dot(bb.to(DOT), dsv.to(DOT), acc_s, input_precision=PREC)
-        cc = tl.load(c_ptr + b * s_c_b + tj[:, None] * s_c_l + g * s_c_g + nn[None, :] * s_c_n, mask=mask_jn, other=0.0)
+        cc = tl.load(c_ptr + offs_j[:, None] * s_c_l + g * s_c_g + nn[None, :] * s_c_n, mask=mask_jn, other=0.0)
         pv = tl.load(prev_ptr + st_base + offs_p[None, :] * dstate + nn[:, None], mask=mask_np, other=0.0)
         acc_p = tl.dot(cc.to(DOT), pv.to(DOT), acc_p, input_precision=PREC)
 
     mask = mj[:, None] & mp[None, :]
-    xj = tl.load(x_ptr + b * s_x_b + tj[:, None] * s_x_l + h * s_x_h + offs_p[None, :] * s_x_p,
+    xj = tl.load(x_ptr + offs_j[:, None] * s_x_l + h * s_x_h + offs_p[None, :] * s_x_p,
                  mask=mask, other=0.0).to(tl.float32)
-    gj = tl.load(g_ptr + b * s_g_b + tj[:, None] * s_g_l + h * s_g_h + offs_p[None, :] * s_g_p,
+    gj = tl.load(g_ptr + offs_j[:, None] * s_g_l + h * s_g_h + offs_p[None, :] * s_g_p,
                  mask=mask, other=0.0).to(tl.float32)
     to_end = _masked_exp(acs_end - acs_j, keep_end)
     r = acc + to_end[:, None] * acc_s
     dx = dt_j[:, None] * r
     if HAS_D:
         dx += gj * tl.load(d_ptr + h * s_d_h + offs_p * s_d_p, mask=mp, other=0.0).to(tl.float32)[None, :]
-    tl.store(dx_ptr + b * s_dx_b + tj[:, None] * s_dx_l + h * s_dx_h + offs_p[None, :] * s_dx_p,
+    tl.store(dx_ptr + offs_j[:, None] * s_dx_l + h * s_dx_h + offs_p[None, :] * s_dx_p,
              _cast_out(dx, dx_ptr), mask=mask)
     part = part_ptr + pid_p * s_part + vec + offs_j
     in_chunk = offs_j < chunk
@@ -465,17 +490,22 @@ def _chunk_scan_bwd_dcb_kernel(x_ptr, g_ptr, dtp_ptr, acs_ptr, seq_ptr, cb_ptr, 
     g = pid % groups
     c = (pid // groups) % n_chunks
     b = pid // groups // n_chunks
+    row0 = c * chunk  # the chunk's first step
+    # every tensor's pointer moves to this batch row and chunk (int64); tile offsets from it stay int32
+    g_ptr += b * s_g_b + row0 * s_g_l
+    x_ptr += b * s_x_b + row0 * s_x_l
     offs_i = i0 + tl.arange(0, BM)
     offs_j = j0 + tl.arange(0, BM)
-    ti, tj = c * chunk + offs_i, c * chunk + offs_j
+    ti, tj = row0 + offs_i, row0 + offs_j
     mi = (offs_i < chunk) & (ti < length)
     mj = (offs_j < chunk) & (tj < length)
     keep = (offs_j[None, :] <= offs_i[:, None]) & mi[:, None] & mj[None, :]
     if HAS_SEQ:
         seq_row = seq_ptr + b * s_s_b
         keep = keep & (_doc(seq_row, ti, length, s_s_l)[:, None] == _doc(seq_row, tj, length, s_s_l)[None, :])
-    cb_offs = (((b * n_chunks + c) * groups + g) * chunk + offs_i[:, None]) * chunk + offs_j[None, :]
-    cb = tl.load(cb_ptr + cb_offs, mask=keep, other=0.0)
+    cb_base = ((b * n_chunks + c) * groups + g) * chunk * chunk
+    cb_offs = offs_i[:, None] * chunk + offs_j[None, :]
+    cb = tl.load(cb_ptr + cb_base + cb_offs, mask=keep, other=0.0)
     dcb = tl.zeros((BM, BM), tl.float32)
     for hh in range(heads_per_group):
         h = g * heads_per_group + hh
@@ -483,9 +513,9 @@ def _chunk_scan_bwd_dcb_kernel(x_ptr, g_ptr, dtp_ptr, acs_ptr, seq_ptr, cb_ptr, 
         for p0 in range(0, headdim, BK):
             pp = p0 + tl.arange(0, BK)
             mp = pp < headdim
-            gi = tl.load(g_ptr + b * s_g_b + ti[:, None] * s_g_l + h * s_g_h + pp[None, :] * s_g_p,
+            gi = tl.load(g_ptr + offs_i[:, None] * s_g_l + h * s_g_h + pp[None, :] * s_g_p,
                          mask=mi[:, None] & mp[None, :], other=0.0)  # (BM, BK)
-            xj = tl.load(x_ptr + b * s_x_b + tj[None, :] * s_x_l + h * s_x_h + pp[:, None] * s_x_p,
+            xj = tl.load(x_ptr + offs_j[None, :] * s_x_l + h * s_x_h + pp[:, None] * s_x_p,
                          mask=mp[:, None] & mj[None, :], other=0.0)  # (BK, BM)
             gx = tl.dot(gi.to(DOT), xj.to(DOT), gx, input_precision=PREC)
         vec = ((b * heads + h) * n_chunks + c) * chunk
@@ -497,7 +527,7 @@ def _chunk_scan_bwd_dcb_kernel(x_ptr, g_ptr, dtp_ptr, acs_ptr, seq_ptr, cb_ptr, 
         t = dcb_h * cb
         tl.store(dacs_ptr + pid_j * s_part + vec + offs_i, tl.sum(t, axis=1), mask=offs_i < chunk)
         tl.store(dacs_ptr + s_plane + pid_i * s_part + vec + offs_j, -tl.sum(t, axis=0), mask=offs_j < chunk)
-    tl.store(dcb_ptr + cb_offs, dcb, mask=(offs_i[:, None] < chunk) & (offs_j[None, :] < chunk))
+    tl.store(dcb_ptr + cb_base + cb_offs, dcb, mask=(offs_i[:, None] < chunk) & (offs_j[None, :] < chunk))
 
 
 @triton.jit
@@ -514,12 +544,17 @@ def _chunk_scan_bwd_dbc_kernel(dcb_ptr, v_ptr, u_ptr, st_ptr, dtp_ptr, acs_ptr, 
     g = tl.program_id(1)
     pid = tl.program_id(2).to(tl.int64)
     b, c = pid // n_chunks, pid % n_chunks
+    row0 = c * chunk  # the chunk's first step
+    # every tensor's pointer moves to this batch row and chunk (int64); tile offsets from it stay int32
+    v_ptr += b * s_v_b + row0 * s_v_l
+    u_ptr += b * s_u_b + row0 * s_u_l
+    out_ptr += b * s_o_b + row0 * s_o_l
     groups = heads // heads_per_group
     n_rb = tl.cdiv(chunk, BM)
     r0 = (pid_rn % n_rb) * BM
     offs_r = r0 + tl.arange(0, BM)
     offs_n = (pid_rn // n_rb) * BN + tl.arange(0, BN)
-    tr = c * chunk + offs_r
+    tr = row0 + offs_r
     mr = (offs_r < chunk) & (tr < length)
     mn = offs_n < dstate
     dcb_base = dcb_ptr + ((b * n_chunks + c) * groups + g) * chunk * chunk
@@ -533,7 +568,7 @@ def _chunk_scan_bwd_dbc_kernel(dcb_ptr, v_ptr, u_ptr, st_ptr, dtp_ptr, acs_ptr, 
         lo, hi = 0, tl.minimum(r0 + BM, chunk)
     for k0 in range(lo, hi, BK):
         kk = k0 + tl.arange(0, BK)
-        tk = c * chunk + kk
+        tk = row0 + kk
         mk = (kk < chunk) & (tk < length)
         if FOR_B:
             keep = (kk[None, :] >= offs_r[:, None]) & mr[:, None] & mk[None, :]
@@ -541,7 +576,7 @@ def _chunk_scan_bwd_dbc_kernel(dcb_ptr, v_ptr, u_ptr, st_ptr, dtp_ptr, acs_ptr, 
         else:
             keep = (kk[None, :] <= offs_r[:, None]) & mr[:, None] & mk[None, :]
             d = tl.load(dcb_base + offs_r[:, None] * chunk + kk[None, :], mask=keep, other=0.0)  # dCB[i=r, j=k]
-        vv = tl.load(v_ptr + b * s_v_b + tk[:, None] * s_v_l + g * s_v_g + offs_n[None, :] * s_v_n,
+        vv = tl.load(v_ptr + kk[:, None] * s_v_l + g * s_v_g + offs_n[None, :] * s_v_n,
                      mask=mk[:, None] & mn[None, :], other=0.0)  # (BK, BN)
         acc = tl.dot(d.to(DOT), vv.to(DOT), acc, input_precision=PREC)
 
@@ -549,11 +584,11 @@ def _chunk_scan_bwd_dbc_kernel(dcb_ptr, v_ptr, u_ptr, st_ptr, dtp_ptr, acs_ptr, 
     if FOR_B:
         keep_r = mr
         if HAS_SEQ:
-            keep_r = keep_r & (doc_r == _doc(seq_row, c * chunk + chunk - 1, length, s_s_l))
+            keep_r = keep_r & (doc_r == _doc(seq_row, row0 + chunk - 1, length, s_s_l))
     else:
         keep_r = mr
         if HAS_SEQ:
-            keep_r = keep_r & (doc_r == _doc(seq_row, c * chunk - 1, length, s_s_l))
+            keep_r = keep_r & (doc_r == _doc(seq_row, row0 - 1, length, s_s_l))
     for hh in range(heads_per_group):
         h = g * heads_per_group + hh
         vec = ((b * heads + h) * n_chunks + c) * chunk
@@ -567,11 +602,11 @@ def _chunk_scan_bwd_dbc_kernel(dcb_ptr, v_ptr, u_ptr, st_ptr, dtp_ptr, acs_ptr, 
         for p0 in range(0, headdim, BK):
             pp = p0 + tl.arange(0, BK)
             mp = pp < headdim
-            uu = tl.load(u_ptr + b * s_u_b + tr[:, None] * s_u_l + h * s_u_h + pp[None, :] * s_u_p,
+            uu = tl.load(u_ptr + offs_r[:, None] * s_u_l + h * s_u_h + pp[None, :] * s_u_p,
                          mask=mr[:, None] & mp[None, :], other=0.0).to(tl.float32)  # (BM, BK)
             sv = tl.load(st_base + pp[:, None] * dstate + offs_n[None, :], mask=mp[:, None] & mn[None, :], other=0.0)
             acc = tl.dot((uu * w[:, None]).to(DOT), sv.to(DOT), acc, input_precision=PREC)
-    tl.store(out_ptr + b * s_o_b + tr[:, None] * s_o_l + g * s_o_g + offs_n[None, :] * s_o_n,
+    tl.store(out_ptr + offs_r[:, None] * s_o_l + g * s_o_g + offs_n[None, :] * s_o_n,
              _cast_out(acc, out_ptr), mask=mr[:, None] & mn[None, :])
 
 
@@ -594,14 +629,20 @@ def _pow2(n: int, lo: int = 16, hi: int | None = None) -> int:
 
 
 def _config(chunk: int, headdim: int, dstate: int) -> dict:
-    """Tile sizes. tl.dot needs every side >= 16 (smaller sizes are masked). On the GPU, 64-wide tiles of
-    the chunk, the head dimension and the state (a first choice, not yet swept: benchmarks/bench_ssd.py).
-    The interpreter pays per operation, not per element: whole chunks, heads and states per program."""
+    """Tile sizes and launch options. tl.dot needs every side >= 16 (smaller sizes are masked).
+
+    GPU: 64-wide tiles of the chunk, the head dimension and the state, 8 warps, 2 pipeline stages, and
+    32-step row tiles for the dx kernel, which holds two (rows, channels) accumulators and the state tiles.
+    Chosen from the register and shared-memory use of the kernels compiled for sm_90 (bf16, P 64, N 128),
+    not yet from timings (benchmarks/bench_ssd.py): with 4 warps or 3 stages the backward kernels spilled
+    0.9-1.4 KB of registers per thread; with these settings only the dx kernel spills (8 bytes), and fp32
+    operands take at most 96 KB of shared memory. The interpreter pays per operation, not per element:
+    whole chunks, heads and states per program."""
     if INTERPRET:
         q, p, n = _pow2(chunk), _pow2(headdim), _pow2(dstate)
-        return dict(BM=q, BK=q, BP=p, BN=n, BLOCK=p * n, warps=1)
-    return dict(BM=min(64, _pow2(chunk)), BK=min(64, _pow2(chunk)), BP=_pow2(headdim, hi=64),
-                BN=_pow2(dstate, hi=64), BLOCK=1024, warps=4)
+        return dict(BM=q, BM_DX=q, BK=q, BP=p, BN=n, BLOCK=p * n, warps=1, stages=1)
+    return dict(BM=min(64, _pow2(chunk)), BM_DX=min(32, _pow2(chunk)), BK=min(64, _pow2(chunk)),
+                BP=_pow2(headdim, hi=64), BN=_pow2(dstate, hi=64), BLOCK=1024, warps=8, stages=2)
 
 
 def _dot_dtype(x: Tensor, B: Tensor, C: Tensor):
@@ -612,6 +653,10 @@ def _dot_dtype(x: Tensor, B: Tensor, C: Tensor):
         if not INTERPRET:  # the interpreter's bf16 dot is wrong (see the header)
             return tl.bfloat16, None
     return tl.float32, "tf32x3"
+
+
+def _launch_options(cfg: dict) -> dict:
+    return dict(num_warps=cfg["warps"], num_stages=cfg["stages"])
 
 
 def _d_strides(D: Tensor | None) -> tuple[int, int]:
@@ -629,6 +674,7 @@ def _ssd_fwd(x, dt, A, B, C, chunk, D, z, dt_bias, dt_softplus, dt_limit, initia
     n_chunks = triton.cdiv(length, chunk)
     cfg = _config(chunk, headdim, dstate)
     dot, prec = _dot_dtype(x, B, C)
+    opts = _launch_options(cfg)
     dev, f32 = x.device, torch.float32
     seq, s_seq = (seq_idx, seq_idx.stride()) if seq_idx is not None else (x, (0, 0))
 
@@ -640,13 +686,13 @@ def _ssd_fwd(x, dt, A, B, C, chunk, D, z, dt_bias, dt_softplus, dt_limit, initia
     _launch_dt((triton.cdiv(heads, block_h), n_chunks, batch), dt, A.contiguous(), bias, dtp, acs,
                length, heads, n_chunks, chunk, float(dt_limit[0]), float(dt_limit[1]), *dt.stride(),
                HAS_BIAS=dt_bias is not None, SOFTPLUS=dt_softplus, HAS_LIMIT=has_limit,
-               BLOCK_H=block_h, BLOCK_Q=triton.next_power_of_2(chunk), num_warps=cfg["warps"])
+               BLOCK_H=block_h, BLOCK_Q=triton.next_power_of_2(chunk), **opts)
 
     cb = torch.empty((batch, n_chunks, groups, chunk, chunk), device=dev, dtype=f32)
     bm, bk = cfg["BM"], cfg["BK"]
     _launch_cb((triton.cdiv(chunk, bm), triton.cdiv(chunk, bm), batch * n_chunks * groups), C, B, cb,
                length, n_chunks, chunk, groups, dstate, *C.stride(), *B.stride(),
-               DOT=dot, PREC=prec, BM=bm, BN=bm, BK=min(cfg["BN"], 64), num_warps=cfg["warps"])
+               DOT=dot, PREC=prec, BM=bm, BN=bm, BK=min(cfg["BN"], 64), **opts)
 
     states = torch.empty((batch, n_chunks, heads, headdim, dstate), device=dev, dtype=f32)
     bp, bn = cfg["BP"], cfg["BN"]
@@ -654,7 +700,7 @@ def _ssd_fwd(x, dt, A, B, C, chunk, D, z, dt_bias, dt_softplus, dt_limit, initia
                   x, B, dtp, acs, seq, states, length, heads, n_chunks, chunk, headdim, dstate, hpg,
                   *x.stride(), *B.stride(), *s_seq,
                   TO_END=True, HAS_SEQ=seq_idx is not None, DOT=dot, PREC=prec, BP=bp, BN=bn, BK=bk,
-                  num_warps=cfg["warps"])
+                  **opts)
 
     final = torch.empty((batch, heads, headdim, dstate), device=dev, dtype=f32)
     init = initial_states.float().contiguous() if initial_states is not None else final
@@ -663,7 +709,7 @@ def _ssd_fwd(x, dt, A, B, C, chunk, D, z, dt_bias, dt_softplus, dt_limit, initia
     _launch_pass_fwd((triton.cdiv(size, block), heads, batch), states, init, acs, seq, final,
                      length, heads, n_chunks, chunk, size, *s_seq,
                      HAS_INIT=initial_states is not None, HAS_SEQ=seq_idx is not None, BLOCK=block,
-                     num_warps=cfg["warps"])
+                     **opts)
     prev = states  # now the state entering each chunk
 
     y = torch.empty((batch, length, heads, headdim), device=dev, dtype=x.dtype)
@@ -675,7 +721,7 @@ def _ssd_fwd(x, dt, A, B, C, chunk, D, z, dt_bias, dt_softplus, dt_limit, initia
                      length, heads, n_chunks, chunk, headdim, dstate, hpg,
                      *x.stride(), *zz.stride(), *C.stride(), *s_seq, *y.stride(), *_d_strides(D),
                      HAS_D=D is not None, HAS_Z=z is not None, HAS_SEQ=seq_idx is not None, DOT=dot, PREC=prec,
-                     BM=bm, BP=bp, BN=bn, BK=bk, num_warps=cfg["warps"])
+                     BM=bm, BP=bp, BN=bn, BK=bk, **opts)
     return y, final, (dtp, acs, cb, prev, ypre if z is not None else None)
 
 
@@ -700,6 +746,7 @@ def _ssd_bwd(dy, dfinal, x, dt, A, B, C, chunk, D, z, dt_bias, dt_softplus, dt_l
     n_chunks = triton.cdiv(length, chunk)
     cfg = _config(chunk, headdim, dstate)
     dot, prec = _dot_dtype(x, B, C)
+    opts = _launch_options(cfg)
     dev, f32 = x.device, torch.float32
     seq, s_seq = (seq_idx, seq_idx.stride()) if seq_idx is not None else (x, (0, 0))
     bm, bk, bp, bn = cfg["BM"], cfg["BK"], cfg["BP"], cfg["BN"]
@@ -723,7 +770,7 @@ def _ssd_bwd(dy, dfinal, x, dt, A, B, C, chunk, D, z, dt_bias, dt_softplus, dt_l
     _launch_outer((triton.cdiv(headdim, bp) * triton.cdiv(dstate, bn), heads, batch * n_chunks),
                   g, C, dtp, acs, seq, ds, length, heads, n_chunks, chunk, headdim, dstate, hpg,
                   *g.stride(), *C.stride(), *s_seq,
-                  TO_END=False, HAS_SEQ=has_seq, DOT=dot, PREC=prec, BP=bp, BN=bn, BK=bk, num_warps=cfg["warps"])
+                  TO_END=False, HAS_SEQ=has_seq, DOT=dot, PREC=prec, BP=bp, BN=bn, BK=bk, **opts)
     size = headdim * dstate
     block = min(cfg["BLOCK"], triton.next_power_of_2(size))
     n_blocks = triton.cdiv(size, block)
@@ -733,7 +780,7 @@ def _ssd_bwd(dy, dfinal, x, dt, A, B, C, chunk, D, z, dt_bias, dt_softplus, dt_l
     _launch_pass_bwd((n_blocks, heads, batch), ds, prev, acs, seq, dfin, dinit if dinit is not None else prev, dcarry,
                      length, heads, n_chunks, chunk, size, n_blocks, *s_seq,
                      HAS_DFINAL=dfinal is not None, HAS_INIT=initial_states is not None, HAS_SEQ=has_seq,
-                     BLOCK=block, num_warps=cfg["warps"])
+                     BLOCK=block, **opts)
 
     # dx and the per-position partials of ddt and d a-hat
     n_pb = triton.cdiv(headdim, bp)
@@ -741,12 +788,12 @@ def _ssd_bwd(dy, dfinal, x, dt, A, B, C, chunk, D, z, dt_bias, dt_softplus, dt_l
     part = torch.empty((3, n_pb, batch, heads, n_chunks, chunk), device=dev, dtype=f32)
     dx = torch.empty((batch, length, heads, headdim), device=dev, dtype=x.dtype)
     Dt = D if D is not None else x
-    _launch_dx((triton.cdiv(chunk, bm) * n_pb, heads, batch * n_chunks),
+    _launch_dx((triton.cdiv(chunk, cfg["BM_DX"]) * n_pb, heads, batch * n_chunks),
                cb, x, g, dtp, acs, seq, B, C, ds, prev, Dt, dx, part,
                length, heads, n_chunks, chunk, headdim, dstate, hpg, plane, n_pb * plane,
                *x.stride(), *g.stride(), *B.stride(), *C.stride(), *s_seq, *dx.stride(), *_d_strides(D),
-               HAS_D=D is not None, HAS_SEQ=has_seq, DOT=dot, PREC=prec, BM=bm, BP=bp, BN=bn, BK=bk,
-               num_warps=cfg["warps"])
+               HAS_D=D is not None, HAS_SEQ=has_seq, DOT=dot, PREC=prec, BM=cfg["BM_DX"], BP=bp, BN=bn,
+               BK=bk, **opts)
 
     # dCB and the d a-hat of the quadratic part
     n_qb = triton.cdiv(chunk, bm)
@@ -755,7 +802,7 @@ def _ssd_bwd(dy, dfinal, x, dt, A, B, C, chunk, D, z, dt_bias, dt_softplus, dt_l
     _launch_dcb((n_qb, n_qb, batch * n_chunks * groups), x, g, dtp, acs, seq, cb, dcb, dacs_qq,
                 length, heads, n_chunks, chunk, headdim, hpg, plane, n_qb * plane,
                 *x.stride(), *g.stride(), *s_seq,
-                HAS_SEQ=has_seq, DOT=dot, PREC=prec, BM=bm, BK=min(bp, 64), num_warps=cfg["warps"])
+                HAS_SEQ=has_seq, DOT=dot, PREC=prec, BM=bm, BK=min(bp, 64), **opts)
 
     dB = torch.empty_like(B)
     dC = torch.empty_like(C)
@@ -765,7 +812,7 @@ def _ssd_bwd(dy, dfinal, x, dt, A, B, C, chunk, D, z, dt_bias, dt_softplus, dt_l
                     length, heads, n_chunks, chunk, headdim, dstate, hpg,
                     *v.stride(), *u.stride(), *s_seq, *out.stride(),
                     FOR_B=for_b, HAS_SEQ=has_seq, DOT=dot, PREC=prec, BM=bm, BN=bn, BK=min(bk, bp),
-                    num_warps=cfg["warps"])
+                    **opts)
 
     # d a-hat per position (b, h, c, Q): the state path's T at j and its sum at the chunk's end, the
     # quadratic part's row and column sums, the carry of the state passing at the end
@@ -808,7 +855,9 @@ class SsdFn(torch.autograd.Function):
         return (*grads[:8], grads[8] if ctx.needs_input_grad[8] else None, None, None, None, None)
 
 
-def _check(x: Tensor, B: Tensor, C: Tensor, z: Tensor | None, seq_idx: Tensor | None) -> None:
+def _check(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None, z: Tensor | None,
+           dt_bias: Tensor | None, initial_states: Tensor | None, seq_idx: Tensor | None) -> None:
+    """The kernels read every tensor by its shape: a wrong one would be read out of bounds, not refused."""
     for name, t in (("x", x), ("B", B), ("C", C), ("z", z)):
         if t is not None and t.dtype not in SUPPORTED_DTYPES:
             raise TypeError(f"ssd (triton): {name} must be float16, bfloat16 or float32, got {t.dtype}; "
@@ -817,6 +866,15 @@ def _check(x: Tensor, B: Tensor, C: Tensor, z: Tensor | None, seq_idx: Tensor | 
         raise ValueError(f"ssd (triton): x must be (batch, length, heads, headdim) and B, C (batch, length, groups, "
                          f"d_state) with groups dividing heads; got x {tuple(x.shape)}, B {tuple(B.shape)}, "
                          f"C {tuple(C.shape)}")
+    batch, length, heads, headdim = x.shape
+    expected = {"dt": (dt, [(batch, length, heads)]), "A": (A, [(heads,)]), "D": (D, [(heads,), (heads, headdim)]),
+                "z": (z, [tuple(x.shape)]), "dt_bias": (dt_bias, [(heads,)]),
+                "initial_states": (initial_states, [(batch, heads, headdim, B.shape[3])]),
+                "seq_idx": (seq_idx, [(batch, length)])}
+    for name, (t, shapes) in expected.items():
+        if t is not None and tuple(t.shape) not in shapes:
+            raise ValueError(f"ssd (triton): {name} must have shape {' or '.join(map(str, shapes))}, "
+                             f"got {tuple(t.shape)}")
     if seq_idx is not None and seq_idx.is_floating_point():
         raise TypeError(f"ssd (triton): seq_idx must hold integer document ids, got {seq_idx.dtype}")
     if not (x.is_cuda or INTERPRET):
@@ -844,7 +902,7 @@ def ssd_triton(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, chunk_siz
     state (batch, heads, headdim, d_state) fp32. Differentiable in x, dt, A, B, C, D, z, dt_bias and
     initial_states.
     """
-    _check(x, B, C, z, seq_idx)
+    _check(x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx)
     if chunk_size < 1:
         raise ValueError(f"ssd (triton): chunk_size must be >= 1, got {chunk_size}")
     batch, length, heads, headdim = x.shape
