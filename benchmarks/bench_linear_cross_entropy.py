@@ -44,8 +44,8 @@ def implementations():
     return impls
 
 
-def measure(fn, device: str) -> tuple[float, int]:
-    """(ms, peak bytes above what was allocated before) of fn() on device."""
+def measure(fn, clear, device: str) -> tuple[float, int]:
+    """(ms, peak bytes above what was allocated before) of fn() on device; clear() frees its outputs."""
     if device == "cpu":
         times = []
         for _ in range(5):
@@ -57,6 +57,7 @@ def measure(fn, device: str) -> tuple[float, int]:
 
     fn()
     torch.cuda.synchronize()
+    clear()  # the previous call's gradients are not part of what the next one allocates
     base = torch.cuda.memory_allocated()
     torch.cuda.reset_peak_memory_stats()
     fn()
@@ -79,8 +80,11 @@ def bench_shape(rows: int, d: int, vocab: int, device: str) -> list[str]:
                 loss = impl(h, w, t)
             loss.backward()
 
+        def clear():
+            h.grad, w.grad = None, None
+
         try:
-            ms, peak = measure(step, device)
+            ms, peak = measure(step, clear, device)
         except torch.OutOfMemoryError:
             lines.append(f"| ({rows}, {d}, {vocab}) | {name} | out of memory | - |")
             continue

@@ -22,8 +22,8 @@ _MAMBA_KEYS = {"d_state", "d_conv", "expand", "dt_rank", "dt_min", "dt_max", "dt
 _MAMBA2_KEYS = {"d_state", "d_conv", "conv_init", "expand", "headdim", "d_ssm", "ngroups", "A_init_range",
                 "D_has_hdim", "rmsnorm", "norm_before_gate", "dt_min", "dt_max", "dt_init_floor", "dt_limit",
                 "bias", "conv_bias", "chunk_size"}
-_MAMBA2_IGNORED = {"use_mem_eff_path"}  # a choice of mamba_ssm's kernels, not of the model
-_MIXERS = {"Mamba1": ("mamba", _MAMBA_KEYS), "Mamba2": ("mamba2", _MAMBA2_KEYS)}
+# ssm_cfg.layer -> (our layer type, the keys it takes, keys dropped: choices of mamba_ssm's kernels, not of the model)
+_MIXERS = {"Mamba1": ("mamba", _MAMBA_KEYS, set()), "Mamba2": ("mamba2", _MAMBA2_KEYS, {"use_mem_eff_path"})}
 
 
 def mamba_ssm_model_config(cfg: dict[str, Any], state_dict: dict[str, torch.Tensor] | None = None) -> ModelConfig:
@@ -32,8 +32,8 @@ def mamba_ssm_model_config(cfg: dict[str, Any], state_dict: dict[str, torch.Tens
     layer = ssm_cfg.pop("layer", "Mamba1")
     if layer not in _MIXERS:
         raise ValueError(f"only Mamba-1 and Mamba-2 checkpoints load (ssm_cfg.layer={layer!r})")
-    mixer, keys = _MIXERS[layer]
-    ssm_cfg = {k: v for k, v in ssm_cfg.items() if k not in _MAMBA2_IGNORED or layer != "Mamba2"}
+    mixer, keys, dropped = _MIXERS[layer]
+    ssm_cfg = {k: v for k, v in ssm_cfg.items() if k not in dropped}
     unknown = set(ssm_cfg) - keys
     if unknown:
         raise ValueError(f"ssm_cfg keys not supported for {layer}: {sorted(unknown)}")

@@ -20,12 +20,14 @@ sequence, from its config's `shapes()`; e = 2 under bfloat16 autocast, else 4; P
                  CPU reference scan keeps and the Triton scan recomputes); an attention sublayer
                  whose backend materialises the softmax (eager, sdpa_math) adds 2 e * B * heads * L *
                  min(L, window) for its scores and probabilities (the fused kernels auto picks, SDPA's
-                 on the CPU, flash on CUDA, keep none); then 12 B L vocab for the float32 logits, their
-                 log-softmax and its gradient.
+                 on the CPU, flash on CUDA, keep none); a layer that keeps more declares it with
+                 `activation_elements(L)`, float32 elements per example (mamba2's chunked SSD: its
+                 (L, chunk, heads) decay and score tensors), counted as 4 B times that; then 12 B L vocab
+                 for the float32 logits, their log-softmax and its gradient.
     eval         a held-out batch's forward without gradients (batch Be, length Le, the longest):
                  the same per-token terms for one sublayer at a time plus the float32 logits,
                  e * Be * Le * (2 W_max + 4 d_model + S_max) + 4 Be * Le * vocab (+ materialised
-                 attention scores).
+                 attention scores and declared activation elements).
     data         the held-out sets the task keeps in host memory: 16 bytes per token (int64
                  inputs and targets).
 
@@ -162,6 +164,12 @@ def _attention_scores(config: Any, length: int) -> int:
     return heads * length * min(length, window or length)
 
 
+def _declared(block: nn.Module, length: int) -> int:
+    """float32 elements per example that the sublayer's branches declare beyond the per-token terms."""
+    return sum(m.activation_elements(length) for m in getattr(block, "branches", [])
+               if callable(getattr(m, "activation_elements", None)))
+
+
 def _resolve(root: RootConfig, device: torch.device | None) -> tuple[torch.device, int]:
     """The training device (as the trainer resolves "auto") and the activation bytes per element."""
     if device is None:
@@ -204,7 +212,7 @@ def estimate(root: RootConfig, device: torch.device | None = None, *, model: nn.
     length = shapes.train_length if shapes else 0
     eb, el = (shapes.eval_batch, shapes.eval_length) if shapes else (0, 0)
     widths: dict[int, tuple[int, int]] = {}
-    train_tokens = eval_tokens = train_scores = eval_scores = 0
+    train_tokens = eval_tokens = train_scores = eval_scores = train_declared = eval_declared = 0
     for spec, block in zip(root.layout, model.blocks):
         if id(block) not in widths:
             widths[id(block)] = _widths(block, {i: br.config for i, br in enumerate(spec.branches)})
@@ -213,8 +221,11 @@ def estimate(root: RootConfig, device: torch.device | None = None, *, model: nn.
         eval_tokens = max(eval_tokens, 2 * w + 4 * d + s)
         train_scores += sum(_attention_scores(br.config, length) for br in spec.branches)
         eval_scores = max(eval_scores, sum(_attention_scores(br.config, el) for br in spec.branches))
-    activations = e * b * length * train_tokens + 2 * e * b * train_scores + 12 * b * length * vocab
-    eval_ = e * eb * el * eval_tokens + 2 * e * eb * eval_scores + 4 * eb * el * vocab
+        train_declared += _declared(block, length)
+        eval_declared = max(eval_declared, _declared(block, el))
+    activations = (e * b * length * train_tokens + 2 * e * b * train_scores + 4 * b * train_declared
+                   + 12 * b * length * vocab)
+    eval_ = e * eb * el * eval_tokens + 2 * e * eb * eval_scores + 4 * eb * eval_declared + 4 * eb * el * vocab
     data = 16 * shapes.heldout_tokens if shapes else 0
     weights, grads, optimizer = 4 * n_params, 4 * trainable, 8 * trainable
     total = weights + optimizer + max(grads + activations, eval_) + (data if device.type == "cpu" else 0)

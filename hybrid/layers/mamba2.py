@@ -79,6 +79,8 @@ class Mamba2(nn.Module):
         super().__init__()
         self.config = c = config
         self.d_model = d_model
+        if c.expand * d_model != int(c.expand * d_model):
+            raise ValueError(f"mamba2: expand ({c.expand}) times d_model ({d_model}) must be a whole number of channels")
         self.d_inner = int(c.expand * d_model)
         self.d_ssm = self.d_inner if c.d_ssm is None else c.d_ssm
         if self.d_ssm > self.d_inner or self.d_ssm % c.headdim or (self.d_ssm // c.headdim) % c.ngroups:
@@ -104,6 +106,15 @@ class Mamba2(nn.Module):
         self.out_proj = mark_residual_out(nn.Linear(self.d_inner, d_model, bias=c.bias))
         mark_no_weight_decay(self.dt_bias, self.A_log, self.D)
         mark_no_reinit(self.dt_bias, self.A_log, self.D)
+
+    def activation_elements(self, length: int) -> int:
+        """float32 elements per example the chunked PyTorch SSD keeps for its backward beyond the
+        projections (for `hybrid.estimate`): three (length, chunk, heads) decay and score tensors and
+        the chunk states, (chunks, heads, headdim, d_state) twice."""
+        c = self.config
+        q = min(c.chunk_size, max(length, 1))
+        chunks = -(-length // q)
+        return 3 * chunks * q * q * self.nheads + 2 * chunks * self.nheads * c.headdim * c.d_state
 
     def init_state(self, batch_size: int, max_length: int = 0, device=None, dtype=None) -> Mamba2State:
         c = self.config

@@ -79,6 +79,27 @@ def test_chunked_bf16_inputs_keep_fp32_state():
     torch.testing.assert_close(y1, y0.to(torch.bfloat16).float(), rtol=1e-2, atol=1e-2)  # y is stored in bf16
 
 
+def test_chunked_under_bf16_autocast_keeps_the_state_in_fp32():
+    """Under autocast the chunked products still run in fp32: the final state (which decoding continues
+    from) matches the recurrence as in fp32, and y only carries its own bf16 rounding."""
+    inputs = make(2, 70, 4, 8, 2, 8, z=True, h0=True)
+    y0, s0, _ = run(inputs, "ref")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y1, s1, _ = run(inputs, "torch", chunk_size=16)
+    torch.testing.assert_close(s1, s0, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(y1, y0, rtol=1e-4, atol=1e-4)
+
+
+def test_a_document_boundary_on_a_chunk_boundary():
+    inputs = make(1, 48, 2, 4, 1, 4, h0=True)
+    inputs["seq_idx"] = torch.tensor([[0] * 16 + [1] * 16 + [2] * 16], dtype=torch.int32)  # chunks of 16
+    y0, s0, g0 = run(inputs, "ref")
+    y1, s1, g1 = run(inputs, "torch", chunk_size=16)
+    torch.testing.assert_close(y1, y0, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(s1, s0, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(g1["initial_states"], g0["initial_states"], rtol=1e-4, atol=1e-4)
+
+
 def test_dt_limit_clamps_the_step():
     inputs = make(1, 20, 2, 4, 1, 4)
     y0, _, _ = run(inputs, "ref", limit=(0.2, 0.4))
@@ -108,6 +129,8 @@ def test_state_update_continues_the_scan():
     last = ssd_state_update(state, x[:, 8], dt[:, 8], A, B[:, 8], C[:, 8], D, z[:, 8], dt_bias=inputs["dt_bias"],
                             dt_softplus=True)
     torch.testing.assert_close(last, full[:, 8], rtol=1e-5, atol=1e-5)
+    _, final = ssd(x, dt, A, B, C, D=D, z=z, dt_bias=inputs["dt_bias"], dt_softplus=True, return_final_states=True)
+    torch.testing.assert_close(state, final, rtol=1e-5, atol=1e-5)  # updated in place to the scan's final state
 
 
 @pytest.mark.parametrize("change,match", [
@@ -117,6 +140,8 @@ def test_state_update_continues_the_scan():
     pytest.param({"D": torch.zeros(2, 5)}, "D must be", id="D-shape"),
     pytest.param({"initial_states": torch.zeros(1, 2, 3, 5)}, "initial_states", id="h0-shape"),
     pytest.param({"seq_idx": torch.zeros(1, 4)}, "seq_idx", id="seq-float"),
+    pytest.param({"x": torch.zeros(1, 0, 2, 3), "dt": torch.zeros(1, 0, 2), "B": torch.zeros(1, 0, 1, 4),
+                  "C": torch.zeros(1, 0, 1, 4)}, "no steps", id="length-0"),
 ])
 def test_rejects_bad_shapes(change, match):
     args = {"x": torch.zeros(1, 4, 2, 3), "dt": torch.zeros(1, 4, 2), "A": -torch.ones(2),

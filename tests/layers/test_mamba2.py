@@ -63,6 +63,8 @@ def test_init_follows_mamba2_defaults():
 
 
 def test_bad_head_layout_is_refused():
+    with pytest.raises(ValueError, match="whole number"):
+        Mamba2(33, Mamba2Config(expand=1.5, headdim=8))
     with pytest.raises(ValueError, match="headdim"):
         Mamba2(48, Mamba2Config(headdim=40))
     with pytest.raises(ValueError, match="ngroups"):
@@ -88,24 +90,24 @@ def _peer_ssd(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_softp
     return (y.to(x.dtype), final) if return_final_states else y.to(x.dtype)
 
 
-def _import_peer_mamba2():
+def _import_peer_mamba2(monkeypatch):
+    """mamba_ssm's Mamba2 on its PyTorch paths, patched for this test only."""
     if not PEERS.is_dir():
         pytest.skip(f"mamba_ssm peer sources not found at {PEERS}")
-    hub = types.ModuleType("huggingface_hub")
-    hub.PyTorchModelHubMixin = type("PyTorchModelHubMixin", (), {})
-    sys.modules.setdefault("huggingface_hub", hub)
-    sys.path.insert(0, str(PEERS))
+    if "huggingface_hub" not in sys.modules:  # imported for a mixin only
+        hub = types.ModuleType("huggingface_hub")
+        hub.PyTorchModelHubMixin = type("PyTorchModelHubMixin", (), {})
+        monkeypatch.setitem(sys.modules, "huggingface_hub", hub)
+    monkeypatch.syspath_prepend(str(PEERS))
     try:
         import mamba_ssm.modules.mamba2 as peer
         from mamba_ssm.ops.triton.layernorm_gated import rms_norm_ref
     except ImportError as err:
         pytest.skip(f"cannot import the mamba_ssm peer: {err}")
-    finally:
-        sys.path.remove(str(PEERS))
-    peer.mamba_chunk_scan_combined = _peer_ssd  # its maths, in the peer's PyTorch (the CPU path)
-    peer.selective_state_update = None  # its PyTorch decoding step
-    peer.RMSNormGated.forward = lambda self, x, z=None: rms_norm_ref(
-        x, self.weight, self.bias, z=z, eps=self.eps, group_size=self.group_size, norm_before_gate=self.norm_before_gate)
+    monkeypatch.setattr(peer, "mamba_chunk_scan_combined", _peer_ssd)  # its maths, in the peer's PyTorch
+    monkeypatch.setattr(peer, "selective_state_update", None)  # its PyTorch decoding step
+    monkeypatch.setattr(peer.RMSNormGated, "forward", lambda self, x, z=None: rms_norm_ref(
+        x, self.weight, self.bias, z=z, eps=self.eps, group_size=self.group_size, norm_before_gate=self.norm_before_gate))
     return peer.Mamba2
 
 
@@ -114,8 +116,8 @@ def _import_peer_mamba2():
     pytest.param(dict(d_state=8, headdim=8, ngroups=2, D_has_hdim=True, norm_before_gate=True), id="G2-Dhdim"),
     pytest.param(dict(d_state=8, headdim=16, d_ssm=32, rmsnorm=False), id="mlp-part-no-norm"),
 ])
-def test_mamba_ssm_mamba2_weights_load_and_agree(kwargs):
-    PeerMamba2 = _import_peer_mamba2()
+def test_mamba_ssm_mamba2_weights_load_and_agree(kwargs, monkeypatch):
+    PeerMamba2 = _import_peer_mamba2(monkeypatch)
     torch.manual_seed(0)
     theirs = PeerMamba2(40, use_mem_eff_path=False, **kwargs)
     ours = Mamba2(40, Mamba2Config(**kwargs))
@@ -125,8 +127,8 @@ def test_mamba_ssm_mamba2_weights_load_and_agree(kwargs):
     torch.testing.assert_close(ours(u), theirs(u), rtol=1e-4, atol=1e-5)
 
 
-def test_mamba_ssm_mamba2_decoding_step_agrees():
-    PeerMamba2 = _import_peer_mamba2()
+def test_mamba_ssm_mamba2_decoding_step_agrees(monkeypatch):
+    PeerMamba2 = _import_peer_mamba2(monkeypatch)
     torch.manual_seed(0)
     theirs = PeerMamba2(40, d_state=8, headdim=16, use_mem_eff_path=False)
     ours = Mamba2(40, Mamba2Config(d_state=8, headdim=16))

@@ -65,7 +65,8 @@ def test_moe_with_capacity_refuses_capture_and_names_the_setting():
 
 
 def test_every_built_in_layer_declares_capture():
-    model = _model("A F M S", {"A": {"type": "attention", "n_heads": 2}, "F": "mlp", "M": "mamba", "S": "s4d"})
+    model = _model("A F M S M2", {"A": {"type": "attention", "n_heads": 2}, "F": "mlp", "M": "mamba", "S": "s4d",
+                                  "M2": {"type": "mamba2", "d_state": 8, "headdim": 16}})
     assert graph_refusal(model, torch.device("cuda"), torch.bfloat16) is None
 
 
@@ -108,13 +109,14 @@ MIXED = {"type": "mqar", "vocab_size": 64, "train": [{"length": 16, "num_kv_pair
                                                        {"length": 32, "num_kv_pairs": 4}],
          "test": [{"length": 16, "num_kv_pairs": 2}, {"length": 64, "num_kv_pairs": 8}],
          "eval_examples": 64, "eval_batch_size": 24}
-LAYOUTS = {"attention": "(A F) x2", "mamba": "M x2", "hybrid": "M F A F", "s4d": "S F"}
+LAYOUTS = {"attention": "(A F) x2", "mamba": "M x2", "hybrid": "M F A F", "s4d": "S F", "mamba2": "M2 F"}
 
 
 def _gpu_config(tiny, layout, **train_):
     path = tiny(**{"device": "cuda", "dtype": "float32", "steps": 10, "checkpoint_every": 4, "eval_every": 5, **train_})
     layers = {"A": {"type": "attention", "n_heads": 2}, "F": {"type": "mlp", "expand": 2},
-              "M": {"type": "mamba", "d_state": 8}, "S": {"type": "s4d"}}
+              "M": {"type": "mamba", "d_state": 8}, "S": {"type": "s4d"},
+              "M2": {"type": "mamba2", "d_state": 8, "headdim": 16, "chunk_size": 8}}
     import yaml
     cfg = yaml.safe_load(path.read_text())
     cfg["model"].update(layers=layers, layout=layout)

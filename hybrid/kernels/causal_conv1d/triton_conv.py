@@ -28,7 +28,9 @@ and mask arithmetic, and W exponentials, instead of W and 1) in exchange for no 
 memory. That arithmetic, not DRAM, bounds the backward: on an H200 at (8, 1536, 2048), width 4, bf16,
 it takes 0.21 ms against about 0.04 ms for a copy of its bytes (the forward: 0.047 against 0.029), and the
 forward + backward 0.54 ms (with the previous, slower backward tile) against 0.92 ms for cuDNN's
-depthwise F.conv1d + silu. The same program accumulates the weight and bias gradients of its
+depthwise F.conv1d + silu; at a small shape it trails (forward+backward at (4, 2048, 512): 0.39 against
+0.27 ms; at length 512 the backward grid has one program per batch row and channel block, not yet scaled to the GPU).
+The same program accumulates the weight and bias gradients of its
 outputs t = s in fp32 registers, walking the length in a grid-stride loop over TILES_PER_PROGRAM
 tiles; each program writes one (BLOCK_D, BLOCK_W >= W + 1) fp32 partial and the launcher sums the
 (batch x length-programs) partials with torch.sum in fp32: deterministic, unlike atomics, for a

@@ -17,8 +17,10 @@ BACKENDS = ("auto", "chunked", "ref")
 ENV_VAR = "HYBRID_LINEAR_CE_BACKEND"
 
 
-def _check(hidden: Tensor, weight: Tensor, targets: Tensor, bias: Tensor | None) -> None:
+def _check(hidden: Tensor, weight: Tensor, targets: Tensor, bias: Tensor | None, chunk_rows: int | None) -> None:
     where = "linear_cross_entropy"
+    if chunk_rows is not None and chunk_rows < 1:
+        raise ValueError(f"{where}: chunk_rows must be >= 1 (or None for the default), got {chunk_rows}")
     if hidden.dim() != 2 or weight.dim() != 2 or hidden.shape[1] != weight.shape[1]:
         raise ValueError(f"{where}: hidden must be (n, d) and weight (vocab, d) with the same d, got "
                          f"{tuple(hidden.shape)} and {tuple(weight.shape)}")
@@ -41,7 +43,7 @@ def linear_cross_entropy(hidden: Tensor, weight: Tensor, targets: Tensor, bias: 
     Returns a () fp32 tensor, differentiable in hidden, weight and bias. Under autocast the matmuls
     run in autocast's dtype, as an nn.Linear head would.
     """
-    _check(hidden, weight, targets, bias)
+    _check(hidden, weight, targets, bias, chunk_rows)
     backend = requested_backend(backend, BACKENDS, ENV_VAR, "linear cross-entropy")
     if backend == "ref":
         return linear_cross_entropy_ref(hidden, weight, targets.long(), bias, ignore_index)

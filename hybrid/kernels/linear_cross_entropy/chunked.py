@@ -11,9 +11,9 @@ tensor, the largest allocation of a small model's step. Here each chunk of c row
 
 and drops z and g before the next chunk, so the peak holds one chunk's logits (Liger-Kernel's
 fused linear cross-entropy does the same). The gradients are ready when the forward returns; the
-backward only scales them by the incoming gradient of the loss. The price: the forward always pays
-for the gradient matmuls, also under torch.no_grad (where they are skipped) or when the loss is
-not differentiated (then they are wasted).
+backward only scales them by the incoming gradient of the loss. The price: whenever an input
+requires grad, the forward pays for the gradient matmuls, wasted if the loss is then not
+differentiated (under torch.no_grad nothing requires grad and they are skipped).
 """
 from __future__ import annotations
 
@@ -38,6 +38,7 @@ class LinearCrossEntropyFn(torch.autograd.Function):
         grad_h = torch.empty_like(hidden) if need_h else None
         grad_w = torch.zeros(weight.shape, device=weight.device, dtype=torch.float32) if need_w else None
         grad_b = torch.zeros(bias.shape, device=bias.device, dtype=torch.float32) if need_b else None
+        w_cast: Tensor | None = None  # the weight in the matmul dtype, cast once (not per chunk)
         for start in range(0, hidden.shape[0], chunk_rows):
             h = hidden[start:start + chunk_rows]  # (c, d)
             t = targets[start:start + chunk_rows]  # (c,)
@@ -57,7 +58,8 @@ class LinearCrossEntropyFn(torch.autograd.Function):
                 grad_b += g.sum(0)
             g = g.to(matmul_dtype)
             if need_h:
-                grad_h[start:start + chunk_rows] = (g @ weight.to(matmul_dtype)).to(hidden.dtype)
+                w_cast = weight.to(matmul_dtype) if w_cast is None else w_cast
+                grad_h[start:start + chunk_rows] = (g @ w_cast).to(hidden.dtype)
             if need_w:
                 grad_w += g.t() @ h.to(matmul_dtype)  # (V, d): matmul in its dtype, summed in fp32
         ctx.save_for_backward(grad_h, grad_w, grad_b)

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from hybrid.kernels.backend_choice import load_backend, requested_backend
+from hybrid.kernels.ssd.reference import ssd_state_update_ref
 
 BACKENDS = ("auto", "torch", "ref")
 ENV_VAR = "HYBRID_SSD_BACKEND"
@@ -21,7 +22,8 @@ _SCAN = {"torch": ("hybrid.kernels.ssd.chunked", "ssd_chunked"),
          "ref": ("hybrid.kernels.ssd.reference", "ssd_ref")}
 
 
-def resolve_backend(backend: str, is_cuda: bool) -> str:
+def resolve_backend(backend: str) -> str:
+    """The concrete backend for a request: 'auto' (or the environment variable) is "torch" on every device."""
     backend = requested_backend(backend, BACKENDS, ENV_VAR, "SSD")
     return "torch" if backend == "auto" else backend
 
@@ -59,6 +61,8 @@ def _check(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | N
                          f"got {tuple(seq_idx.shape)} {seq_idx.dtype}")
     if chunk_size < 1:
         raise ValueError(f"{where}: chunk_size must be >= 1, got {chunk_size}")
+    if length == 0:
+        raise ValueError(f"{where}: x has no steps (length 0)")
 
 
 def ssd(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, chunk_size: int = 256, D: Tensor | None = None,
@@ -82,10 +86,10 @@ def ssd(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, chunk_size: int 
     final state (batch, heads, headdim, d_state) fp32. Differentiable in every float input.
     """
     _check(x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx, chunk_size)
-    fn = _load(resolve_backend(backend, x.is_cuda))
-    kwargs = {"chunk_size": chunk_size} if fn.__name__ != "ssd_ref" else {}
-    return fn(x, dt, A, B, C, D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus, dt_limit=tuple(dt_limit),
-              initial_states=initial_states, seq_idx=seq_idx, return_final_states=return_final_states, **kwargs)
+    fn = _load(resolve_backend(backend))
+    return fn(x, dt, A, B, C, chunk_size=chunk_size, D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus,
+              dt_limit=tuple(dt_limit), initial_states=initial_states, seq_idx=seq_idx,
+              return_final_states=return_final_states)
 
 
 def ssd_state_update(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None,
@@ -93,8 +97,11 @@ def ssd_state_update(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor,
                      dt_limit: tuple[float, float] = NO_LIMIT) -> Tensor:
     """One decoding step of `ssd`, updating `state` (batch, heads, headdim, d_state) fp32 in place.
     x, z: (batch, heads, headdim); dt: (batch, heads); B, C: (batch, groups, d_state). Returns y like x."""
-    from hybrid.kernels.ssd.reference import ssd_state_update_ref  # noqa: PLC0415
-
     if state.dtype != torch.float32:
         raise TypeError(f"ssd_state_update: the state must be float32, got {state.dtype}")
+    if x.dim() != 3 or state.shape[:3] != x.shape or dt.shape != x.shape[:2] or B.shape != C.shape \
+            or B.dim() != 3 or B.shape[0] != x.shape[0] or B.shape[2] != state.shape[3]:
+        raise ValueError(f"ssd_state_update: need state (batch, heads, headdim, d_state), x (batch, heads, headdim), "
+                         f"dt (batch, heads), B and C (batch, groups, d_state); got state {tuple(state.shape)}, "
+                         f"x {tuple(x.shape)}, dt {tuple(dt.shape)}, B {tuple(B.shape)}, C {tuple(C.shape)}")
     return ssd_state_update_ref(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, tuple(dt_limit))

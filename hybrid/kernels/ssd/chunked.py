@@ -37,6 +37,15 @@ def ssd_chunked(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, chunk_si
                 dt_softplus: bool = False, dt_limit: tuple[float, float] = (0.0, float("inf")),
                 initial_states: Tensor | None = None, seq_idx: Tensor | None = None,
                 return_final_states: bool = False):
+    """The chunked SSD; shapes and semantics as `hybrid.kernels.ssd.ssd`. Every product runs in fp32,
+    autocast or not (its bf16 matmuls would round the state carried from chunk to chunk)."""
+    with torch.autocast(x.device.type, enabled=False):
+        return _ssd_chunked(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, dt_limit, initial_states,
+                            seq_idx, return_final_states)
+
+
+def _ssd_chunked(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, dt_limit, initial_states, seq_idx,
+                 return_final_states):
     batch, length, heads, headdim = x.shape
     groups, n = B.shape[2], B.shape[3]
     r = heads // groups  # heads per group
@@ -67,7 +76,7 @@ def ssd_chunked(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, chunk_si
     if seq is not None:
         to_end = to_end * (s == s[:, :, -1:])[..., None, None]
     chunk_states = torch.einsum("bcjgn,bcjgr,bcjgrp->bcgrpn", Bf, to_end, xdt)  # (b, c, g, r, P, N)
-    state = (initial_states.float().view(batch, groups, r, headdim, n) if initial_states is not None else
+    state = (initial_states.float().reshape(batch, groups, r, headdim, n) if initial_states is not None else
              x.new_zeros(batch, groups, r, headdim, n, dtype=torch.float32))
     chunk_decay = torch.exp(a_cs[:, :, -1])  # (b, c, g, r): across a whole chunk
     previous = []  # the state entering each chunk

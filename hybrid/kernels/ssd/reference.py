@@ -46,9 +46,10 @@ def skip_term(D: Tensor | None, x: Tensor) -> Tensor | float:
 def ssd_ref(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None,
             z: Tensor | None = None, dt_bias: Tensor | None = None, dt_softplus: bool = False,
             dt_limit: tuple[float, float] = (0.0, float("inf")), initial_states: Tensor | None = None,
-            seq_idx: Tensor | None = None, return_final_states: bool = False):
-    """The recurrence one step at a time. Shapes as `hybrid.kernels.ssd.ssd`; returns y in x's
-    dtype, and the final state (batch, heads, headdim, N) fp32 with `return_final_states`."""
+            seq_idx: Tensor | None = None, return_final_states: bool = False, chunk_size: int | None = None):
+    """The recurrence one step at a time. Shapes as `hybrid.kernels.ssd.ssd` (`chunk_size` is
+    accepted and ignored: there are no chunks); returns y in x's dtype, and the final state
+    (batch, heads, headdim, N) fp32 with `return_final_states`."""
     batch, length, heads, headdim = x.shape
     xf = x.float()
     dtf = discretize_dt(dt, dt_bias, dt_softplus, dt_limit)  # (batch, length, heads)
