@@ -49,7 +49,8 @@ class Mamba2Config:
     bias: bool = field(default=False, metadata={"help": "biases in in_proj and out_proj"})
     conv_bias: bool = field(default=True, metadata={"help": "bias in conv1d"})
     chunk_size: int = field(default=256, metadata={"help": "SSD chunk length"})
-    ssd_backend: Literal["auto", "torch", "ref"] = field(default="auto", metadata={"help": "SSD implementation"})
+    ssd_backend: Literal["auto", "triton", "torch", "ref"] = field(
+        default="auto", metadata={"help": "SSD implementation (auto: chunked PyTorch for now)"})
     conv_backend: Literal["auto", "triton", "torch", "ref"] = field(
         default="auto", metadata={"help": "causal conv1d + SiLU implementation (auto: Triton on GPU)"})
 

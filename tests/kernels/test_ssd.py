@@ -6,11 +6,16 @@ so outputs agree to ~1e-5 (atol 1e-4 with rtol 1e-4 on O(1) values). In bf16 the
 the same way on both sides and all arithmetic is fp32, so the same bound holds against the fp32
 reference fed the rounded inputs.
 """
+import os
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-from hybrid.kernels.ssd import ssd, ssd_ref, ssd_state_update
+if not torch.cuda.is_available():  # the "triton" backend runs under the interpreter
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from hybrid.kernels.ssd import ssd, ssd_ref, ssd_state_update  # noqa: E402
 
 NAMES = ("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_states")
 
@@ -63,6 +68,17 @@ def test_chunked_matches_the_recurrence(shape, chunk):
     inputs = make(**shape)
     y0, s0, g0 = run(inputs, "ref")
     y1, s1, g1 = run(inputs, "torch", chunk_size=chunk)
+    torch.testing.assert_close(y1, y0, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(s1, s0, rtol=1e-4, atol=1e-4)
+    for name in g0:
+        torch.testing.assert_close(g1[name], g0[name], rtol=1e-4, atol=2e-4, msg=lambda m: f"d{name}: {m}")
+
+
+def test_triton_backend_through_the_public_function():
+    """backend="triton" reaches the kernels (their own tests: test_ssd_triton.py) with the same result."""
+    inputs = make(2, 37, 4, 8, 2, 8, D="channel", z=True, h0=True, seq=True)
+    y0, s0, g0 = run(inputs, "ref")
+    y1, s1, g1 = run(inputs, "triton", chunk_size=16)
     torch.testing.assert_close(y1, y0, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(s1, s0, rtol=1e-4, atol=1e-4)
     for name in g0:

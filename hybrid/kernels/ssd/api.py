@@ -1,8 +1,10 @@
 """The public SSD (Mamba-2) scan: input checks and the one place where a backend is chosen.
 
-Backends (STYLE 9): "torch" (chunked PyTorch, `chunked.py`; autograd backward) and "ref" (the
-sequential recurrence, `reference.py`). "auto" is "torch" on every device until the Triton kernels
-land. The environment variable HYBRID_SSD_BACKEND replaces "auto" for a whole run.
+Backends (STYLE 9): "triton" (chunked SSD kernels forward and backward, `triton_ssd.py`; CUDA, or
+the CPU under TRITON_INTERPRET=1), "torch" (chunked PyTorch, `chunked.py`; autograd backward) and
+"ref" (the sequential recurrence, `reference.py`). "auto" is "torch" on every device until the
+Triton kernels have been checked and timed on a GPU (they are tested under the interpreter only).
+The environment variable HYBRID_SSD_BACKEND replaces "auto" for a whole run.
 """
 from __future__ import annotations
 
@@ -14,11 +16,12 @@ from torch import Tensor
 from hybrid.kernels.backend_choice import load_backend, requested_backend
 from hybrid.kernels.ssd.reference import ssd_state_update_ref
 
-BACKENDS = ("auto", "torch", "ref")
+BACKENDS = ("auto", "triton", "torch", "ref")
 ENV_VAR = "HYBRID_SSD_BACKEND"
 NO_LIMIT = (0.0, float("inf"))
 
-_SCAN = {"torch": ("hybrid.kernels.ssd.chunked", "ssd_chunked"),
+_SCAN = {"triton": ("hybrid.kernels.ssd.triton_ssd", "ssd_triton"),
+         "torch": ("hybrid.kernels.ssd.chunked", "ssd_chunked"),
          "ref": ("hybrid.kernels.ssd.reference", "ssd_ref")}
 
 

@@ -38,11 +38,14 @@ Kernels and grids (b batch, c chunks, h heads, g groups, P headdim, N d_state):
 Every accumulator, the states, CB, dt and a-hat are fp32. The matmuls take their operands in the inputs'
 dtype when x, B and C are all fp16 or all bf16 (tensor cores; the fp32 factors exp(.) dt and the states are
 rounded to it for the product, as mamba_ssm does), else fp32 with "tf32x3" (about fp32 accuracy). Partial
-sums over blocks go to separate buffers summed by PyTorch: deterministic, no atomics.
+sums over blocks go to separate buffers summed by PyTorch: deterministic, no atomics. The forward saves
+for the backward dt and a-hat, CB, the states entering every chunk ((b, c, h, P, N) fp32, as large as x
+times 2 N / Q in bf16) and, with z, y before the gate (fp32); the backward recomputes none of them.
 
-Under TRITON_INTERPRET=1 (the CPU tests) two interpreter defects of Triton 3.9 are worked around: its dot
-of bf16 operands multiplies their raw bits (so bf16 inputs use fp32 dots there), and its fp32 -> bf16 cast
-truncates (so values are rounded to nearest-even by their bits first, _cast_out).
+Under TRITON_INTERPRET=1 (the CPU tests) two interpreter defects of Triton 3.9 are worked around, so that the
+CPU tests see the GPU's numerics: its dot of bf16 operands multiplies their raw bits (a bf16 operand is
+given as the fp32 value rounded to bf16 instead, _operand), and its fp32 -> bf16 cast truncates (values are
+rounded to nearest-even by their bits first, _cast_out).
 """
 from __future__ import annotations
 
@@ -74,14 +77,30 @@ def _softplus(x):
 
 
 @triton.jit
+def _round_bf16(v):
+    # fp32 v rounded to the nearest-even bf16, kept in fp32 (by its bits; NaN and overflow aside)
+    bits = v.to(tl.uint32, bitcast=True)
+    bits = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16) << 16
+    return bits.to(tl.float32, bitcast=True)
+
+
+@triton.jit
 def _cast_out(v, ptr):
     """v (fp32) in the element type of ptr, rounded to nearest-even."""
     if _ROUND_BF16:
         if ptr.dtype.element_ty == tl.bfloat16:  # the interpreter's cast truncates: round the bits first
-            bits = v.to(tl.uint32, bitcast=True)
-            bits = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16) << 16
-            v = bits.to(tl.float32, bitcast=True)
+            v = _round_bf16(v)
     return v.to(ptr.dtype.element_ty)
+
+
+@triton.jit
+def _operand(v, DOT: tl.constexpr):
+    """A matmul operand in the dtype DOT. The interpreter's bf16 dot multiplies the raw bits: there a bf16
+    operand is the fp32 value rounded to bf16, which the fp32 dot then multiplies exactly as the GPU would."""
+    if _ROUND_BF16:
+        if DOT == tl.bfloat16:
+            return _round_bf16(v.to(tl.float32))
+    return v.to(DOT)
 
 
 @triton.jit
@@ -165,7 +184,7 @@ def _chunk_cb_kernel(c_ptr, b_ptr, cb_ptr, length, n_chunks, chunk, groups, dsta
                      mask=mi[:, None] & mk[None, :], other=0.0)  # (BM, BK)
         bb = tl.load(b_ptr + offs_j[None, :] * s_b_l + g * s_b_g + kk[:, None] * s_b_n,
                      mask=mk[:, None] & mj[None, :], other=0.0)  # (BK, BN)
-        acc = tl.dot(cc.to(DOT), bb.to(DOT), acc, input_precision=PREC)
+        acc = tl.dot(_operand(cc, DOT), _operand(bb, DOT), acc, input_precision=PREC)
     out = offs_i[:, None] * chunk + offs_j[None, :]
     tl.store(cb_ptr + ((b * n_chunks + c) * groups + g) * chunk * chunk + out, acc,
              mask=(offs_i[:, None] < chunk) & (offs_j[None, :] < chunk))
@@ -218,7 +237,7 @@ def _chunk_outer_kernel(u_ptr, v_ptr, dtp_ptr, acs_ptr, seq_ptr, out_ptr,
                      mask=mk[:, None] & mp[None, :], other=0.0).to(tl.float32)  # (BK, BP)
         vv = tl.load(v_ptr + kk[:, None] * s_v_l + g * s_v_g + offs_n[None, :] * s_v_n,
                      mask=mk[:, None] & mn[None, :], other=0.0)  # (BK, BN)
-        acc = tl.dot(tl.trans((uu * w[:, None]).to(DOT)), vv.to(DOT), acc, input_precision=PREC)
+        acc = tl.dot(tl.trans(_operand(uu * w[:, None], DOT)), _operand(vv, DOT), acc, input_precision=PREC)
     out = offs_p[:, None] * dstate + offs_n[None, :]
     tl.store(out_ptr + ((b * n_chunks + c) * heads + h) * headdim * dstate + out, acc, mask=mp[:, None] & mn[None, :])
 
@@ -263,8 +282,8 @@ def _chunk_scan_fwd_kernel(cb_ptr, x_ptr, z_ptr, dtp_ptr, acs_ptr, seq_ptr, c_pt
                            length, heads, n_chunks, chunk, headdim, dstate, heads_per_group,
                            s_x_b, s_x_l, s_x_h, s_x_p, s_z_b, s_z_l, s_z_h, s_z_p, s_c_b, s_c_l, s_c_g, s_c_n,
                            s_s_b, s_s_l, s_y_b, s_y_l, s_y_h, s_y_p, s_d_h, s_d_p,
-                           HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_SEQ: tl.constexpr,
-                           DOT: tl.constexpr, PREC: tl.constexpr,
+                           HAS_D: tl.constexpr, HAS_Z: tl.constexpr, STORE_PRE: tl.constexpr,
+                           HAS_SEQ: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr,
                            BM: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
     """(4): y of BM steps i and BP channels p of one (batch, chunk, head):
     y_i = exp(a-hat_i) C_i prev_c + sum_{j<=i} CB_ij exp(a-hat_i - a-hat_j) dt_j x_j + D x_i, times silu(z_i)."""
@@ -302,7 +321,7 @@ def _chunk_scan_fwd_kernel(cb_ptr, x_ptr, z_ptr, dtp_ptr, acs_ptr, seq_ptr, c_pt
         cc = tl.load(c_ptr + offs_i[:, None] * s_c_l + g * s_c_g + nn[None, :] * s_c_n,
                      mask=mi[:, None] & mn[None, :], other=0.0)  # (BM, BN)
         pv = tl.load(prev_base + offs_p[None, :] * dstate + nn[:, None], mask=mn[:, None] & mp[None, :], other=0.0)
-        acc = tl.dot(cc.to(DOT), pv.to(DOT), acc, input_precision=PREC)
+        acc = tl.dot(_operand(cc, DOT), _operand(pv, DOT), acc, input_precision=PREC)
     keep_i = mi
     if HAS_SEQ:
         keep_i = keep_i & (doc_i == doc_first)
@@ -323,7 +342,7 @@ def _chunk_scan_fwd_kernel(cb_ptr, x_ptr, z_ptr, dtp_ptr, acs_ptr, seq_ptr, c_pt
         w = cb * _masked_exp(acs_i[:, None] - acs_j[None, :], keep) * dt_j[None, :]
         xj = tl.load(x_ptr + offs_j[:, None] * s_x_l + h * s_x_h + offs_p[None, :] * s_x_p,
                      mask=mj[:, None] & mp[None, :], other=0.0)  # (BK, BP)
-        acc = tl.dot(w.to(DOT), xj.to(DOT), acc, input_precision=PREC)
+        acc = tl.dot(_operand(w, DOT), _operand(xj, DOT), acc, input_precision=PREC)
 
     mask = mi[:, None] & mp[None, :]
     if HAS_D:
@@ -333,7 +352,8 @@ def _chunk_scan_fwd_kernel(cb_ptr, x_ptr, z_ptr, dtp_ptr, acs_ptr, seq_ptr, c_pt
     y_base = b * s_y_b + row0 * s_y_l  # y and ypre: one layout
     out = offs_i[:, None] * s_y_l + h * s_y_h + offs_p[None, :] * s_y_p
     if HAS_Z:
-        tl.store(ypre_ptr + y_base + out, acc, mask=mask)  # y before the gate, fp32, for dz
+        if STORE_PRE:  # y before the gate, fp32, for dz
+            tl.store(ypre_ptr + y_base + out, acc, mask=mask)
         zz = tl.load(z_ptr + offs_i[:, None] * s_z_l + h * s_z_h + offs_p[None, :] * s_z_p,
                      mask=mask, other=0.0).to(tl.float32)
         acc = acc * zz * tl.sigmoid(zz)
@@ -435,7 +455,7 @@ def _chunk_scan_bwd_dx_kernel(cb_ptr, x_ptr, g_ptr, dtp_ptr, acs_ptr, seq_ptr, b
         w = cbt * _masked_exp(acs_i[None, :] - acs_j[:, None], keep)
         gi = tl.load(g_ptr + offs_i[:, None] * s_g_l + h * s_g_h + offs_p[None, :] * s_g_p,
                      mask=mi[:, None] & mp[None, :], other=0.0)  # (BK, BP)
-        acc = tl.dot(w.to(DOT), gi.to(DOT), acc, input_precision=PREC)
+        acc = tl.dot(_operand(w, DOT), _operand(gi, DOT), acc, input_precision=PREC)
 
     # B_j d s_c^T (for dx) and C_j prev_c^T (for d a-hat), the (P, N) states read as (N, P)
     st_base = ((b * n_chunks + c) * heads + h) * headdim * dstate
@@ -448,10 +468,10 @@ def _chunk_scan_bwd_dx_kernel(cb_ptr, x_ptr, g_ptr, dtp_ptr, acs_ptr, seq_ptr, b
         mask_np = mn[:, None] & mp[None, :]
         bb = tl.load(b_ptr + offs_j[:, None] * s_b_l + g * s_b_g + nn[None, :] * s_b_n, mask=mask_jn, other=0.0)
         dsv = tl.load(ds_ptr + st_base + offs_p[None, :] * dstate + nn[:, None], mask=mask_np, other=0.0)
-        acc_s = tl.dot(bb.to(DOT), dsv.to(DOT), acc_s, input_precision=PREC)
+        acc_s = tl.dot(_operand(bb, DOT), _operand(dsv, DOT), acc_s, input_precision=PREC)
         cc = tl.load(c_ptr + offs_j[:, None] * s_c_l + g * s_c_g + nn[None, :] * s_c_n, mask=mask_jn, other=0.0)
         pv = tl.load(prev_ptr + st_base + offs_p[None, :] * dstate + nn[:, None], mask=mask_np, other=0.0)
-        acc_p = tl.dot(cc.to(DOT), pv.to(DOT), acc_p, input_precision=PREC)
+        acc_p = tl.dot(_operand(cc, DOT), _operand(pv, DOT), acc_p, input_precision=PREC)
 
     mask = mj[:, None] & mp[None, :]
     xj = tl.load(x_ptr + offs_j[:, None] * s_x_l + h * s_x_h + offs_p[None, :] * s_x_p,
@@ -517,7 +537,7 @@ def _chunk_scan_bwd_dcb_kernel(x_ptr, g_ptr, dtp_ptr, acs_ptr, seq_ptr, cb_ptr, 
                          mask=mi[:, None] & mp[None, :], other=0.0)  # (BM, BK)
             xj = tl.load(x_ptr + offs_j[None, :] * s_x_l + h * s_x_h + pp[:, None] * s_x_p,
                          mask=mp[:, None] & mj[None, :], other=0.0)  # (BK, BM)
-            gx = tl.dot(gi.to(DOT), xj.to(DOT), gx, input_precision=PREC)
+            gx = tl.dot(_operand(gi, DOT), _operand(xj, DOT), gx, input_precision=PREC)
         vec = ((b * heads + h) * n_chunks + c) * chunk
         acs_i = tl.load(acs_ptr + vec + offs_i, mask=offs_i < chunk, other=0.0)
         acs_j = tl.load(acs_ptr + vec + offs_j, mask=offs_j < chunk, other=0.0)
@@ -578,7 +598,7 @@ def _chunk_scan_bwd_dbc_kernel(dcb_ptr, v_ptr, u_ptr, st_ptr, dtp_ptr, acs_ptr, 
             d = tl.load(dcb_base + offs_r[:, None] * chunk + kk[None, :], mask=keep, other=0.0)  # dCB[i=r, j=k]
         vv = tl.load(v_ptr + kk[:, None] * s_v_l + g * s_v_g + offs_n[None, :] * s_v_n,
                      mask=mk[:, None] & mn[None, :], other=0.0)  # (BK, BN)
-        acc = tl.dot(d.to(DOT), vv.to(DOT), acc, input_precision=PREC)
+        acc = tl.dot(_operand(d, DOT), _operand(vv, DOT), acc, input_precision=PREC)
 
     # the state terms, one head of the group at a time
     if FOR_B:
@@ -605,7 +625,7 @@ def _chunk_scan_bwd_dbc_kernel(dcb_ptr, v_ptr, u_ptr, st_ptr, dtp_ptr, acs_ptr, 
             uu = tl.load(u_ptr + offs_r[:, None] * s_u_l + h * s_u_h + pp[None, :] * s_u_p,
                          mask=mr[:, None] & mp[None, :], other=0.0).to(tl.float32)  # (BM, BK)
             sv = tl.load(st_base + pp[:, None] * dstate + offs_n[None, :], mask=mp[:, None] & mn[None, :], other=0.0)
-            acc = tl.dot((uu * w[:, None]).to(DOT), sv.to(DOT), acc, input_precision=PREC)
+            acc = tl.dot(_operand(uu * w[:, None], DOT), _operand(sv, DOT), acc, input_precision=PREC)
     tl.store(out_ptr + offs_r[:, None] * s_o_l + g * s_o_g + offs_n[None, :] * s_o_n,
              _cast_out(acc, out_ptr), mask=mr[:, None] & mn[None, :])
 
@@ -635,9 +655,9 @@ def _config(chunk: int, headdim: int, dstate: int) -> dict:
     32-step row tiles for the dx kernel, which holds two (rows, channels) accumulators and the state tiles.
     Chosen from the register and shared-memory use of the kernels compiled for sm_90 (bf16, P 64, N 128),
     not yet from timings (benchmarks/bench_ssd.py): with 4 warps or 3 stages the backward kernels spilled
-    0.9-1.4 KB of registers per thread; with these settings only the dx kernel spills (8 bytes), and fp32
-    operands take at most 96 KB of shared memory. The interpreter pays per operation, not per element:
-    whole chunks, heads and states per program."""
+    0.9-1.4 KB of registers per thread; with these settings, in bf16 only the dx kernel spills (8 bytes);
+    fp32 operands spill 0.1-0.4 KB in the backward and take at most 96 KB of shared memory. The interpreter
+    pays per operation, not per element: whole chunks, heads and states per program."""
     if INTERPRET:
         q, p, n = _pow2(chunk), _pow2(headdim), _pow2(dstate)
         return dict(BM=q, BM_DX=q, BK=q, BP=p, BN=n, BLOCK=p * n, warps=1, stages=1)
@@ -648,10 +668,7 @@ def _config(chunk: int, headdim: int, dstate: int) -> dict:
 def _dot_dtype(x: Tensor, B: Tensor, C: Tensor):
     """(operand dtype, input precision) of the matmuls: the half dtype when x, B and C all have it, else fp32."""
     if x.dtype == B.dtype == C.dtype and x.dtype in (torch.float16, torch.bfloat16):
-        if x.dtype == torch.float16:
-            return tl.float16, None
-        if not INTERPRET:  # the interpreter's bf16 dot is wrong (see the header)
-            return tl.bfloat16, None
+        return (tl.float16 if x.dtype == torch.float16 else tl.bfloat16), None
     return tl.float32, "tf32x3"
 
 
@@ -665,9 +682,11 @@ def _d_strides(D: Tensor | None) -> tuple[int, int]:
     return (D.stride(0), 0) if D.dim() == 1 else (D.stride(0), D.stride(1))
 
 
-def _ssd_fwd(x, dt, A, B, C, chunk, D, z, dt_bias, dt_softplus, dt_limit, initial_states, seq_idx):
+def _ssd_fwd(x, dt, A, B, C, chunk, D, z, dt_bias, dt_softplus, dt_limit, initial_states, seq_idx,
+             for_backward=True):
     """Stages (1)-(4). Returns y (x's dtype), the final state (fp32) and what the backward needs:
-    dt and a-hat (b, h, c, Q), CB (b, c, g, Q, Q), prev (b, c, h, P, N) and y before the gate (fp32, or None)."""
+    dt and a-hat (b, h, c, Q), CB (b, c, g, Q, Q), prev (b, c, h, P, N) and y before the gate (fp32; None
+    without z or without `for_backward`)."""
     batch, length, heads, headdim = x.shape
     groups, dstate = B.shape[2], B.shape[3]
     hpg = heads // groups
@@ -713,16 +732,17 @@ def _ssd_fwd(x, dt, A, B, C, chunk, D, z, dt_bias, dt_softplus, dt_limit, initia
     prev = states  # now the state entering each chunk
 
     y = torch.empty((batch, length, heads, headdim), device=dev, dtype=x.dtype)
-    ypre = torch.empty((batch, length, heads, headdim), device=dev, dtype=f32) if z is not None else y
+    store_pre = z is not None and for_backward
+    ypre = torch.empty((batch, length, heads, headdim), device=dev, dtype=f32) if store_pre else y
     zz = z if z is not None else x
     Dt = D if D is not None else x
     _launch_scan_fwd((triton.cdiv(chunk, bm) * triton.cdiv(headdim, bp), heads, batch * n_chunks),
                      cb, x, zz, dtp, acs, seq, C, prev, Dt, y, ypre,
                      length, heads, n_chunks, chunk, headdim, dstate, hpg,
                      *x.stride(), *zz.stride(), *C.stride(), *s_seq, *y.stride(), *_d_strides(D),
-                     HAS_D=D is not None, HAS_Z=z is not None, HAS_SEQ=seq_idx is not None, DOT=dot, PREC=prec,
-                     BM=bm, BP=bp, BN=bn, BK=bk, **opts)
-    return y, final, (dtp, acs, cb, prev, ypre if z is not None else None)
+                     HAS_D=D is not None, HAS_Z=z is not None, STORE_PRE=store_pre, HAS_SEQ=seq_idx is not None,
+                     DOT=dot, PREC=prec, BM=bm, BP=bp, BN=bn, BK=bk, **opts)
+    return y, final, (dtp, acs, cb, prev, ypre if store_pre else None)
 
 
 def _dt_backward(ddt_proc: Tensor, dt: Tensor, dt_bias: Tensor | None, dt_softplus: bool, dt_limit) -> tuple:
@@ -839,11 +859,13 @@ def _ssd_bwd(dy, dfinal, x, dt, A, B, C, chunk, D, z, dt_bias, dt_softplus, dt_l
 
 class SsdFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx, chunk, dt_softplus, dt_limit):
+    def forward(ctx, x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx, chunk, dt_softplus, dt_limit,
+                for_backward):
         ctx.set_materialize_grads(False)  # an unused final state needs no zeros
         y, final, saved = _ssd_fwd(x, dt, A, B, C, chunk, D, z, dt_bias, dt_softplus, dt_limit,
-                                   initial_states, seq_idx)
-        ctx.save_for_backward(x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx, *saved)
+                                   initial_states, seq_idx, for_backward)
+        if for_backward:
+            ctx.save_for_backward(x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx, *saved)
         ctx.chunk, ctx.dt_softplus, ctx.dt_limit = chunk, dt_softplus, dt_limit
         return y, final
 
@@ -852,7 +874,7 @@ class SsdFn(torch.autograd.Function):
         x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx, dtp, acs, cb, prev, ypre = ctx.saved_tensors
         grads = _ssd_bwd(dy, dfinal, x, dt, A, B, C, ctx.chunk, D, z, dt_bias, ctx.dt_softplus, ctx.dt_limit,
                          initial_states, seq_idx, dtp, acs, cb, prev, ypre)
-        return (*grads[:8], grads[8] if ctx.needs_input_grad[8] else None, None, None, None, None)
+        return (*grads[:8], grads[8] if ctx.needs_input_grad[8] else None, None, None, None, None, None)
 
 
 def _check(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None, z: Tensor | None,
@@ -912,6 +934,7 @@ def ssd_triton(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, chunk_siz
                  x.new_zeros(batch, heads, headdim, B.shape[3], dtype=torch.float32))
         return (y, final) if return_final_states else y
     chunk = min(chunk_size, length)
-    y, final = SsdFn.apply(x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx, chunk, dt_softplus,
-                           tuple(float(v) for v in dt_limit))
+    tensors = (x, dt, A, B, C, D, z, dt_bias, initial_states)
+    for_backward = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+    y, final = SsdFn.apply(*tensors, seq_idx, chunk, dt_softplus, tuple(float(v) for v in dt_limit), for_backward)
     return (y, final) if return_final_states else y

@@ -1,0 +1,153 @@
+"""SSD (Mamba-2 scan) benchmark: ours (Triton, hybrid/kernels/ssd/triton_ssd.py) and our chunked PyTorch
+backend against mamba_ssm's Triton `mamba_chunk_scan_combined` (when importable), all in the same run.
+
+    PYTHONPATH=. python3 benchmarks/bench_ssd.py [--peer .peers/mamba] [--quick] [--out FILE]
+
+Times are medians of triton.testing.do_bench (CUDA events) in ms, eager mode for every implementation;
+bf16 x, dt, B, C, z; fp32 A, D (per head), dt_bias; softplus on, z and D given (the Mamba-2 block's call),
+one B/C group, chunk 256. "fwd" is the forward under no_grad; "fwd+bwd" the forward and the backward of
+<y, dy> (every input a leaf). The first shape is (batch 4, length 2048, heads 32, headdim 64, state 128);
+the sweep varies the length (512..32K), the state (64..256) and the head dimension (64, 128) around it.
+An implementation that runs out of memory at a shape gets a note instead of a row; the chunked backend is
+not run past 8K steps. The table is rewritten after every shape, so a run cut short keeps what it measured.
+The first call of each implementation at a shape includes Triton's compilation (and mamba_ssm's autotuning)
+in do_bench's warm-up, not in the times. Without CUDA it prints a message and exits.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from hybrid.kernels.ssd.chunked import ssd_chunked  # noqa: E402
+
+CHUNK = 256
+# (batch, length, heads, headdim, state)
+MAIN = (4, 2048, 32, 64, 128)
+SWEEP = [(4, 512, 32, 64, 128), (4, 8192, 32, 64, 128), (2, 32768, 32, 64, 128),
+         (4, 2048, 32, 64, 64), (4, 2048, 32, 64, 256), (4, 2048, 16, 128, 128), (4, 2048, 16, 128, 256)]
+PASSES = [("fwd", False), ("fwd+bwd", True)]
+CHUNKED_MAX_LENGTH = 8192
+
+
+def make(batch, length, heads, headdim, dstate, device="cuda", dtype=torch.bfloat16):
+    r = lambda *s: torch.randn(*s, device=device)  # noqa: E731
+    return {"x": r(batch, length, heads, headdim).to(dtype), "dt": (r(batch, length, heads) * 0.5 - 1).to(dtype),
+            "A": -(torch.rand(heads, device=device) + 0.5), "B": r(batch, length, 1, dstate).to(dtype),
+            "C": r(batch, length, 1, dstate).to(dtype), "D": r(heads), "z": r(batch, length, heads, headdim).to(dtype),
+            "dt_bias": r(heads) * 0.5}
+
+
+def implementations(peer: str | None):
+    from hybrid.kernels.ssd.triton_ssd import ssd_triton
+
+    impls = [("ours (Triton)", lambda i: ssd_triton(i["x"], i["dt"], i["A"], i["B"], i["C"], CHUNK, D=i["D"], z=i["z"],
+                                                    dt_bias=i["dt_bias"], dt_softplus=True)),
+             ("ours (chunked torch)", lambda i: ssd_chunked(i["x"], i["dt"], i["A"], i["B"], i["C"], CHUNK, D=i["D"],
+                                                            z=i["z"], dt_bias=i["dt_bias"], dt_softplus=True))]
+    note = None
+    if peer is not None:
+        sys.path.insert(0, peer)
+        try:
+            from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
+        except ImportError as err:
+            note = f"mamba_ssm not importable from {peer}: {err}"
+        else:
+            impls.insert(0, ("mamba_ssm mamba_chunk_scan_combined", lambda i: mamba_chunk_scan_combined(
+                i["x"], i["dt"], i["A"], i["B"], i["C"], CHUNK, D=i["D"], z=i["z"], dt_bias=i["dt_bias"],
+                dt_softplus=True)))
+    return impls, note
+
+
+def bench(fn, inputs, backward: bool) -> float:
+    import triton
+
+    if not backward:
+        def run():
+            with torch.no_grad():
+                fn(inputs)
+        return triton.testing.do_bench(run, warmup=10, rep=50, return_mode="median")
+    leaves = {k: v.detach().clone().requires_grad_() for k, v in inputs.items()}
+    dy = torch.randn(inputs["x"].shape, device="cuda", dtype=inputs["x"].dtype)
+
+    def run_bwd():
+        fn(leaves).backward(dy)
+    return triton.testing.do_bench(run_bwd, warmup=10, rep=50, return_mode="median",
+                                   grad_to_none=list(leaves.values()))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--peer", default=".peers/mamba", help="folder holding the mamba_ssm package (the peer)")
+    ap.add_argument("--no-peer", action="store_true", help="ours only")
+    ap.add_argument("--quick", action="store_true", help="the first shape only")
+    ap.add_argument("--out", default=None, help="markdown file to write (default benchmarks/results/...)")
+    args = ap.parse_args()
+    if not torch.cuda.is_available():
+        print("bench_ssd: no CUDA device, nothing to measure (the Triton kernels and the peer need a GPU)")
+        return
+    impls, note = implementations(None if args.no_peer else args.peer)
+    notes = [note] if note else []
+    name = torch.cuda.get_device_name()
+    tag = name.lower().replace(" ", "_").replace("(", "").replace(")", "")
+    out = args.out or os.path.join(os.path.dirname(__file__), "results", f"ssd_{tag}.md")
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    rows = []
+    for shape in [MAIN] + ([] if args.quick else SWEEP):
+        inputs = make(*shape)
+        for label, backward in PASSES:
+            times = {}
+            for impl, fn in impls:
+                if impl == "ours (chunked torch)" and shape[1] > CHUNKED_MAX_LENGTH:
+                    notes.append(f"{impl} at {shape} {label}: not run past {CHUNKED_MAX_LENGTH} steps, to keep the "
+                                 "run short (its fp32 (batch, chunks, Q, Q, heads) tensors: 2 GB each at 2 x 32K)")
+                    continue
+                try:
+                    times[impl] = bench(fn, inputs, backward)
+                except torch.OutOfMemoryError:
+                    notes.append(f"{impl} at {shape} {label}: out of memory")
+                    torch.cuda.empty_cache()
+                    continue
+                except Exception as err:  # noqa: BLE001  (a peer refusing a shape must not end the run)
+                    notes.append(f"{impl} at {shape} {label}: {type(err).__name__}: {str(err).splitlines()[0]}")
+                    continue
+            base = times.get("ours (Triton)")
+            for impl, ms in times.items():
+                ratio = f"{ms / base:.2f}x" if base else "-"
+                rows.append(f"| {shape} | {label} | {impl} | {ms:.3f} | {ratio} |")
+                print(rows[-1], flush=True)
+        del inputs
+        torch.cuda.empty_cache()
+        write(out, name, rows, notes)  # after every shape: a run cut short keeps what it measured
+    print(open(out).read())
+
+
+def write(path: str, name: str, rows: list[str], notes: list[str]) -> None:
+    import triton
+
+    text = "\n".join([
+        f"# SSD (Mamba-2 chunked scan) on {name}",
+        "",
+        f"torch {torch.__version__}, triton {triton.__version__}; bf16 x, dt, B, C, z; fp32 A, D, dt_bias; "
+        f"softplus, D and z on; groups 1; chunk {CHUNK}. Median of triton.testing.do_bench, eager, all "
+        "implementations in the same run. \"x ours\" is each row's time over ours (Triton) at the same shape "
+        "and pass (> 1: slower than ours).",
+        "",
+        "| (batch, length, heads, headdim, state) | pass | implementation | ms | x ours |",
+        "| --- | --- | --- | --- | --- |",
+        *rows,
+        "",
+        *[f"- {n}" for n in notes],
+        "",
+    ])
+    with open(path, "w") as f:
+        f.write(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The GPU side of the work in flight, as one device command (each part has its own time cap):
+#   benchmarks/run_gpu_checks.sh OUT_DIR [PEERS]       PEERS: mamba_ssm's sources, e.g. .peers/mamba
+# 1. every test marked `cuda` (kernels, layers, generation with CUDA graphs, training);
+# 2. kernel benchmarks: causal conv1d, linear cross-entropy, SSD (with the peer when given);
+# 3. whole models: bench_model.py at 8 x 2048 (with mamba_ssm's blocks when PEERS is given) and
+#    bench_generate.py at batch 1 and 64, context 8K, eager and graphed.
+# Logs and tables go to OUT_DIR (tables also to benchmarks/results/ by each script's default name).
+# No MPS here: a test that provokes a device-side error would stop every client of an MPS server.
+set -uo pipefail
+OUT=${1:?usage: benchmarks/run_gpu_checks.sh OUT_DIR [PEERS]}
+PEERS=${2:-}
+cd "$(dirname "$0")/.."
+mkdir -p "$OUT"
+part() {  # name, cap in seconds, command...
+  local name=$1 cap=$2; shift 2
+  echo "== $name (cap ${cap}s)"
+  timeout --kill-after=15 "$cap" "$@" > "$OUT/$name.log" 2>&1; echo "rc $?" >> "$OUT/$name.log"
+  tail -3 "$OUT/$name.log"
+}
+part cuda_tests "${CAP_TESTS:-300}" python -m pytest tests -m cuda -q -p no:cacheprovider
+part bench_causal_conv1d 60 python benchmarks/bench_causal_conv1d.py --out "$OUT/causal_conv1d.md"
+part bench_linear_cross_entropy 60 python benchmarks/bench_linear_cross_entropy.py --out "$OUT/linear_cross_entropy.md"
+part bench_ssd 90 python benchmarks/bench_ssd.py ${PEERS:+--peer "$PEERS"} --out "$OUT/ssd.md"
+part bench_model 240 python benchmarks/bench_model.py ${PEERS:+--peers "$PEERS"} --out "$OUT/model.md"
+part bench_generate 180 python benchmarks/bench_generate.py --models transformer,mamba,mamba2,jamba \
+  --contexts 8192 --batches 1,64 ${PEERS:+--peers "$PEERS"} --out "$OUT/generate.md"
