@@ -60,6 +60,7 @@ import triton.language as tl
 from torch import Tensor
 
 from hybrid.kernels.launch import FastLauncher
+from hybrid.kernels.triton_math import softplus as _softplus
 
 LOG2E = tl.constexpr(1.4426950408889634)
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -70,16 +71,6 @@ INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 def _affine_combine(a1, b1, a2, b2):
     # h -> a1 h + b1 followed by h -> a2 h + b2
     return a1 * a2, a2 * b1 + b2
-
-
-@triton.jit
-def _softplus(x):
-    # log(1 + e^x) = max(x, 0) + log1p(e^-|x|); log1p(e) = log(w) e / (w - 1), w = 1 + e, is exact to
-    # rounding where log(1 + e) alone loses the small e. Identity above 20 as torch.nn.functional.softplus.
-    e = tl.exp(-tl.abs(x))
-    w = 1.0 + e
-    log1p = tl.where(w == 1.0, e, tl.log(w) * e / (w - 1.0))
-    return tl.where(x > 20.0, x, tl.maximum(x, 0.0) + log1p)
 
 
 @triton.jit

@@ -16,7 +16,7 @@ import triton.language as tl
 from torch import Tensor
 
 from hybrid.kernels.launch import FastLauncher
-from hybrid.kernels.selective_scan.triton_scan import _softplus
+from hybrid.kernels.triton_math import softplus as _softplus
 
 
 @triton.jit

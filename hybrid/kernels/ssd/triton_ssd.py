@@ -57,6 +57,7 @@ import triton.language as tl
 from torch import Tensor
 
 from hybrid.kernels.launch import FastLauncher
+from hybrid.kernels.triton_math import softplus as _softplus
 from hybrid.kernels.ssd.reference import discretize_dt
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -66,15 +67,6 @@ NO_LIMIT = (0.0, float("inf"))
 
 
 # ---------------------------------------------------------------------------- helpers
-
-@triton.jit
-def _softplus(x):
-    # F.softplus: log(1 + e^x), the identity above 20; log1p(e) = log(w) e / (w - 1), w = 1 + e, keeps small e
-    e = tl.exp(-tl.abs(x))
-    w = 1.0 + e
-    log1p = tl.where(w == 1.0, e, tl.log(w) * e / (w - 1.0))
-    return tl.where(x > 20.0, x, tl.maximum(x, 0.0) + log1p)
-
 
 @triton.jit
 def _round_bf16(v):
