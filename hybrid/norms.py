@@ -37,7 +37,7 @@ class GatedRMSNorm(nn.Module):
         if gate is not None and not self.norm_before_gate:
             xf = xf * gate
         groups = xf.unflatten(-1, (-1, self.group_size))  # (..., groups, group_size)
-        y = (groups * torch.rsqrt(groups.pow(2).mean(-1, keepdim=True) + self.eps)).flatten(-2) * self.weight.float()
+        y = F.rms_norm(groups, (self.group_size,), None, self.eps).flatten(-2) * self.weight.float()
         if gate is not None and self.norm_before_gate:
             y = y * gate
         return y.to(x.dtype)
