@@ -81,7 +81,7 @@ class KVCache:
         """Store one new position (batch, 1, heads, dim) at `position`; return every slot's keys and values
         (batch, slots, heads, dim) and which slots the new query sees (slots,) bool. The caller sized the
         cache (init_state's max_length): a step past it is not checked (that would need the host)."""
-        return _store_static(self, self.position.view(1), k, v, torch.arange(self.k.shape[1], device=k.device))
+        return _store_static(self, self.position.view(1), k, v)
 
     def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Store the new positions; return every key and value so far, (batch, length, n_kv_heads, head_dim)."""
@@ -115,8 +115,7 @@ class KVWindowCache:
     def step_static(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """As KVCache.step_static, in slot position % window. Order within the ring does not matter to
         attention (keys carry their rotation); the filled slots are those below position + 1."""
-        slots = torch.arange(self.k.shape[1], device=k.device)
-        return _store_static(self, (self.position % self.k.shape[1]).view(1), k, v, slots)
+        return _store_static(self, (self.position % self.k.shape[1]).view(1), k, v)
 
     def update(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Store the new positions; return the keys and values a chunk of new queries may see, in order:
@@ -143,13 +142,13 @@ def _check_dynamic(cache: KVCache | KVWindowCache) -> None:
                            "one token per step from then on; start a new state for another prefill")
 
 
-def _store_static(cache: KVCache | KVWindowCache, slot: Tensor, k: Tensor, v: Tensor,
-                  slots: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def _store_static(cache: KVCache | KVWindowCache, slot: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     if k.shape[1] != 1:
         raise ValueError(f"a fixed-shape KV cache step takes one position, got {k.shape[1]}")
     cache.k.index_copy_(1, slot, k.to(cache.k.dtype))
     cache.v.index_copy_(1, slot, v.to(cache.v.dtype))
-    seen = slots <= cache.position  # every slot once the position passes the ring's size
+    # slots filled so far (every slot of a ring once the position passes its size)
+    seen = torch.arange(cache.k.shape[1], device=k.device) <= cache.position
     cache.position += 1
     return cache.k, cache.v, seen
 

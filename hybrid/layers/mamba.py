@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hybrid.init import mark_no_reinit, mark_no_weight_decay, mark_residual_out
-from hybrid.kernels.causal_conv1d import causal_conv1d, causal_conv1d_update
+from hybrid.kernels.causal_conv1d import causal_conv1d, causal_conv1d_continue, causal_conv1d_update
 from hybrid.kernels.selective_scan import selective_scan, selective_state_update
 from hybrid.layers.projections import channels_to_channels, channels_to_tokens, tokens_to_channels
 from hybrid.registry import register_layer
@@ -107,14 +107,7 @@ class Mamba(nn.Module):
         bias, backend = self.conv1d.bias, self.config.conv_backend
         if state is None:
             return causal_conv1d(x, weight, bias, activation="silu", backend=backend)
-        length, keep = x.shape[-1], state.conv.shape[-1]  # keep = d_conv - 1
-        if length == 1:  # decoding: one output from the cached inputs, which shift in place
-            return causal_conv1d_update(x, state.conv, weight, bias, activation="silu", backend=backend)
-        past = state.conv.to(x.dtype)  # (batch, d_inner, d_conv - 1), the inputs before x
-        out = causal_conv1d(x, weight, bias, activation="silu", initial_states=past, backend=backend)
-        # the cache keeps the last d_conv - 1 inputs of [past, x]
-        state.conv.copy_(torch.cat([past[..., min(length, keep):], x[..., max(length - keep, 0):]], dim=-1))
-        return out
+        return causal_conv1d_continue(x, state.conv, weight, bias, activation="silu", backend=backend)
 
     def _step(self, hidden: Tensor, state: MambaState) -> Tensor:
         """One decoding step, (batch, 1, d_model) -> (batch, 1, d_model): the token-major projections

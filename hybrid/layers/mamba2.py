@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hybrid.init import mark_no_reinit, mark_no_weight_decay, mark_residual_out
-from hybrid.kernels.causal_conv1d import causal_conv1d, causal_conv1d_update
+from hybrid.kernels.causal_conv1d import causal_conv1d, causal_conv1d_continue
 from hybrid.kernels.ssd import ssd, ssd_state_update
 from hybrid.norms import GatedRMSNorm
 from hybrid.registry import register_layer
@@ -129,13 +129,7 @@ class Mamba2(nn.Module):
         x = xBC.transpose(1, 2)  # (batch, conv_dim, length): a channel-last view, no copy
         if state is None:
             return causal_conv1d(x, weight, bias, activation="silu", backend=backend).transpose(1, 2)
-        length, keep = x.shape[-1], state.conv.shape[-1]
-        if length == 1:  # decoding: one output from the cached inputs, which shift in place
-            return causal_conv1d_update(x, state.conv, weight, bias, activation="silu", backend=backend).transpose(1, 2)
-        past = state.conv.to(x.dtype)  # (batch, conv_dim, d_conv - 1)
-        out = causal_conv1d(x, weight, bias, activation="silu", initial_states=past, backend=backend)
-        state.conv.copy_(torch.cat([past[..., min(length, keep):], x[..., max(length - keep, 0):]], dim=-1))
-        return out.transpose(1, 2)
+        return causal_conv1d_continue(x, state.conv, weight, bias, activation="silu", backend=backend).transpose(1, 2)
 
     def forward(self, hidden: Tensor, state: Mamba2State | None = None) -> Tensor:
         c = self.config

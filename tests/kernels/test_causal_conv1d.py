@@ -13,7 +13,7 @@ import torch.nn.functional as F
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from hybrid.kernels.causal_conv1d import (causal_conv1d, causal_conv1d_ref,  # noqa: E402
+from hybrid.kernels.causal_conv1d import (causal_conv1d, causal_conv1d_continue, causal_conv1d_ref,  # noqa: E402
                                           causal_conv1d_update, causal_conv1d_update_ref, resolve_backend)
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
@@ -209,6 +209,21 @@ def test_length_zero():
 
 
 # ---------------------------------------------------------------------------- decoding step
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+@pytest.mark.parametrize("width", [1, 2, 4])
+def test_continue_in_pieces_equals_one_convolution(backend, width):
+    """Prefill, a chunk shorter than the cache, single steps: the outputs of one convolution over the
+    whole sequence, and the cache holding the last width - 1 inputs."""
+    inp = make_inputs(2, 6, 17, width, device="cpu")
+    x, w, b = inp["x"].to(DEV), inp["weight"].to(DEV), inp["bias"].to(DEV)
+    whole = causal_conv1d_ref(x, w, b, activation="silu")
+    cache = torch.zeros(2, 6, width - 1, device=DEV)
+    pieces = [causal_conv1d_continue(x[..., a:e], cache, w, b, activation="silu", backend=backend)
+              for a, e in [(0, 9), (9, 10), (10, 11), (11, 17)]]
+    torch.testing.assert_close(torch.cat(pieces, dim=-1), whole, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(cache, x[..., 17 - (width - 1):], rtol=0, atol=0)
+
 
 @pytest.mark.parametrize("backend", ["triton", "torch"])
 @pytest.mark.parametrize("width,steps", [(4, None), (4, 3), (2, 1), (1, None), (3, 5)],

@@ -142,3 +142,22 @@ def causal_conv1d_update(x: Tensor, conv_state: Tensor, weight: Tensor, bias: Te
         raise TypeError(f"{where}: conv_state must be a floating-point tensor, got {conv_state.dtype}")
     fn = _load(_UPDATE, resolve_backend(backend, x.is_cuda, x.dtype, width))
     return fn(x, conv_state, weight, bias, activation=activation)
+
+
+def causal_conv1d_continue(x: Tensor, conv_state: Tensor, weight: Tensor, bias: Tensor | None = None,
+                           activation: str | None = None, backend: str = "auto") -> Tensor:
+    """`causal_conv1d` of x continuing a sequence whose last inputs `conv_state` caches, leaving in it
+    the last width - 1 inputs after x: prefill from a state, chunked prefill and decoding steps alike.
+
+    x:          (batch, dim, length), length >= 1, a layout `causal_conv1d` takes
+    conv_state: (batch, dim, width - 1), oldest first, updated in place
+    weight:     (dim, width); bias: (dim,) or None; activation: None, "silu" or "swish"
+    Returns (batch, dim, length) in x's dtype.
+    """
+    length, keep = x.shape[-1], conv_state.shape[-1]
+    if length == 1:  # a decoding step: the update kernel shifts the cache in place
+        return causal_conv1d_update(x, conv_state, weight, bias, activation=activation, backend=backend)
+    past = conv_state.to(x.dtype)  # the inputs before x
+    out = causal_conv1d(x, weight, bias, activation=activation, initial_states=past, backend=backend)
+    conv_state.copy_(torch.cat([past[..., min(length, keep):], x[..., max(length - keep, 0):]], dim=-1))
+    return out
