@@ -225,6 +225,11 @@ def test_continue_in_pieces_equals_one_convolution(backend, width):
     torch.testing.assert_close(cache, x[..., 17 - (width - 1):], rtol=0, atol=0)
 
 
+def test_continue_names_a_cache_of_the_wrong_width():
+    with pytest.raises(ValueError, match=r"conv_state \(batch, dim, width - 1\).*conv_state \(1, 4, 2\)"):
+        causal_conv1d_continue(torch.randn(1, 4, 5), torch.zeros(1, 4, 2), torch.randn(4, 4))
+
+
 @pytest.mark.parametrize("backend", ["triton", "torch"])
 @pytest.mark.parametrize("width,steps", [(4, None), (4, 3), (2, 1), (1, None), (3, 5)],
                          ids=["W4-one", "W4-steps3", "W2-steps1", "W1-one", "W3-steps5"])

@@ -154,6 +154,10 @@ def causal_conv1d_continue(x: Tensor, conv_state: Tensor, weight: Tensor, bias: 
     weight:     (dim, width); bias: (dim,) or None; activation: None, "silu" or "swish"
     Returns (batch, dim, length) in x's dtype.
     """
+    if x.dim() != 3 or weight.dim() != 2 or conv_state.shape != (x.shape[0], x.shape[1], weight.shape[-1] - 1):
+        raise ValueError(f"causal_conv1d_continue: need x (batch, dim, length), weight (dim, width) and conv_state "
+                         f"(batch, dim, width - 1); got x {tuple(x.shape)}, weight {tuple(weight.shape)}, "
+                         f"conv_state {tuple(conv_state.shape)}")
     length, keep = x.shape[-1], conv_state.shape[-1]
     if length == 1:  # a decoding step: the update kernel shifts the cache in place
         return causal_conv1d_update(x, conv_state, weight, bias, activation=activation, backend=backend)
