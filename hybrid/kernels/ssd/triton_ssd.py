@@ -749,6 +749,33 @@ def _dt_backward(ddt_proc: Tensor, dt: Tensor, dt_bias: Tensor | None, dt_softpl
     return grads[0], (grads[1] if dt_bias is not None else None)
 
 
+def _gate_backward(dy: Tensor, z: Tensor | None, ypre: Tensor | None) -> tuple[Tensor, Tensor | None]:
+    """g = dout silu(z) = d loss / d y, and dz = dout y silu'(z), silu'(z) = sig(z) (1 + z (1 - sig(z)));
+    without a gate g is dout."""
+    if z is None:
+        return dy, None
+    zf = z.float()
+    sig = torch.sigmoid(zf)
+    dyf = dy.float()
+    g = dyf * zf * sig  # (b, L, h, P) fp32
+    return g, (dyf * ypre * sig * (1 + zf * (1 - sig))).to(z.dtype)
+
+
+def _decay_backward(part: Tensor, dacs_qq: Tensor, dcarry: Tensor, A: Tensor, dtp: Tensor,
+                    length: int) -> tuple[Tensor, Tensor]:
+    """(d dt after its processing (b, L, h), dA) from the kernels' partials. d a-hat per position
+    (b, h, c, Q): the state path's T at j and its sum at the chunk's end, the quadratic part's row and
+    column sums, the carry of the state passing at the end; then d a_t = sum_{i >= t} d a-hat_i."""
+    batch, heads, n_chunks, chunk = dtp.shape
+    part = part.sum(1)  # (3, b, h, c, Q)
+    dacs = part[1] - part[2] + dacs_qq.sum((0, 1))
+    dacs[..., -1] += part[2].sum(-1) + dcarry.sum(-1)
+    da = dacs.flip(-1).cumsum(-1).flip(-1)
+    ddt_proc = part[0] + da * A.float()[None, :, None, None]
+    dA = (da * dtp).sum((0, 2, 3))
+    return ddt_proc.reshape(batch, heads, n_chunks * chunk)[:, :, :length].transpose(1, 2), dA
+
+
 def _ssd_bwd(dy, dfinal, x, dt, A, B, C, chunk, D, z, dt_bias, dt_softplus, dt_limit, initial_states, seq_idx,
              dtp, acs, cb, prev, ypre):
     """Every gradient: (dx, ddt, dA, dB, dC, dD, dz, ddt_bias, d initial_states), in the inputs' dtypes."""
@@ -766,16 +793,7 @@ def _ssd_bwd(dy, dfinal, x, dt, A, B, C, chunk, D, z, dt_bias, dt_softplus, dt_l
     if dy is None:  # only the final state was used
         dy = torch.zeros_like(x)
 
-    # the gate: g = dout silu(z) = d loss / d y;  dz = dout y silu'(z), silu'(z) = sig(z) (1 + z (1 - sig(z)))
-    dz = None
-    if z is not None:
-        zf = z.float()
-        sig = torch.sigmoid(zf)
-        dyf = dy.float()
-        g = dyf * zf * sig  # (b, L, h, P) fp32
-        dz = (dyf * ypre * sig * (1 + zf * (1 - sig))).to(z.dtype)
-    else:
-        g = dy
+    g, dz = _gate_backward(dy, z, ypre)
 
     # d prev_c = sum_i exp(a-hat_i) g_i C_i^T, then the reverse state passing turns it into d s_c
     ds = torch.empty_like(prev)
@@ -826,16 +844,7 @@ def _ssd_bwd(dy, dfinal, x, dt, A, B, C, chunk, D, z, dt_bias, dt_softplus, dt_l
                     FOR_B=for_b, HAS_SEQ=has_seq, DOT=dot, PREC=prec, BM=bm, BN=bn, BK=min(bk, bp),
                     **opts)
 
-    # d a-hat per position (b, h, c, Q): the state path's T at j and its sum at the chunk's end, the
-    # quadratic part's row and column sums, the carry of the state passing at the end
-    part = part.sum(1)  # (3, b, h, c, Q)
-    dacs = part[1] - part[2] + dacs_qq.sum((0, 1))
-    dacs[..., -1] += part[2].sum(-1) + dcarry.sum(-1)
-    da = dacs.flip(-1).cumsum(-1).flip(-1)  # d a_t = sum_{i >= t} d a-hat_i
-    Af = A.float()
-    ddt_proc = part[0] + da * Af[None, :, None, None]
-    dA = (da * dtp).sum((0, 2, 3))
-    ddt_proc = ddt_proc.reshape(batch, heads, n_chunks * chunk)[:, :, :length].transpose(1, 2)  # (b, L, h)
+    ddt_proc, dA = _decay_backward(part, dacs_qq, dcarry, A, dtp, length)
     ddt, dbias = _dt_backward(ddt_proc, dt, dt_bias, dt_softplus, dt_limit)
 
     dD = None
