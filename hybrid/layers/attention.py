@@ -68,7 +68,6 @@ class KVCache:
     v: Tensor
     length: int = 0
     position: Tensor | None = None  # the length as a device scalar, after `make_static` (graph decoding)
-    rope: tuple[Tensor, Tensor] | None = None  # cos, sin (max_length, rotary_dim / 2) of every position it will see
 
     def make_static(self) -> None:
         """Decode with fixed shapes from now on (CUDA graphs): the length lives in `position`, a device
@@ -108,7 +107,6 @@ class KVWindowCache:
     v: Tensor
     length: int = 0  # positions seen so far
     position: Tensor | None = None  # as KVCache.position
-    rope: tuple[Tensor, Tensor] | None = None  # as KVCache.rope (the positions are absolute, not slots)
 
     make_static = KVCache.make_static
 
@@ -215,10 +213,7 @@ class Attention(nn.Module):
         shape = (batch_size, slots, self.n_kv_heads, self.head_dim)
         dtype = dtype or self.qkv.weight.dtype
         k, v = torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype)
-        # the rotary tables of every position decoding will reach, computed once instead of at each step
-        rope = (rotary_tables(torch.arange(max_length, device=device), self.rotary_dim, self.config.rope_theta)
-                if self.rotary_dim else None)
-        return KVWindowCache(k, v, rope=rope) if window is not None else KVCache(k, v, rope=rope)
+        return KVWindowCache(k, v) if window is not None else KVCache(k, v)
 
     def forward(self, x: Tensor, state: KVCache | KVWindowCache | None = None, *,
                 seq_idx: Tensor | None = None) -> Tensor:
@@ -239,9 +234,7 @@ class Attention(nn.Module):
             if seq_idx is not None:  # positions restart in each document
                 cos, sin = rotary_tables(positions_in_documents(seq_idx), self.rotary_dim, self.config.rope_theta)
             elif static:  # the position is on the device
-                cos, sin = (t.index_select(0, state.position.view(1)) for t in state.rope)
-            elif state is not None and state.rope is not None and offset + length <= state.rope[0].shape[0]:
-                cos, sin = (t[offset:offset + length] for t in state.rope)
+                cos, sin = rotary_tables(state.position.view(1), self.rotary_dim, self.config.rope_theta)
             else:
                 cos, sin = self._rotary_tables(offset, length, x.device)
             if self.config.qk_norm:
