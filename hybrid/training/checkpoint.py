@@ -50,7 +50,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
     # torch wants CPU byte tensors here, and a checkpoint loaded with map_location="cuda" has moved them
     random.setstate(state["python"])
     name, keys, *rest = state["numpy"]  # keys: a tensor, or an ndarray in checkpoints before this format
-    keys = keys.numpy() if isinstance(keys, torch.Tensor) else keys
+    keys = keys.cpu().numpy() if isinstance(keys, torch.Tensor) else keys
     np.random.set_state((name, np.asarray(keys, dtype=np.uint32), *rest))
     torch.set_rng_state(_cpu_bytes(state["torch"]))
     if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():

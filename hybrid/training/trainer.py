@@ -93,7 +93,9 @@ def train(root: RootConfig | str | Path, overrides: list[str] | None = None, *, 
         run.set_status("failed", error=message)
         raise OutOfMemory(message) from None
     except BaseException as err:
-        if not isinstance(err, (KeyboardInterrupt, SystemExit)) and run.status().get("state") == "running":
+        # "interrupted" too: a resumed run that fails before its loop starts still shows the old state
+        state = run.status().get("state")
+        if not isinstance(err, (KeyboardInterrupt, SystemExit)) and state in ("running", "interrupted"):
             run.set_status("failed", error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc())
         raise
 
@@ -311,6 +313,10 @@ def _finish(s: _Session, step: int, ending: str) -> dict[str, Any]:
     """Final evaluation, checkpoint and results."""
     final: dict[str, float] = {}
     if s.cfg.final_eval:
+        # The trained weights first: a run stopped during a long final evaluation (every length of an
+        # extrapolation study) resumes at its last step and only evaluates again.
+        _checkpoint(s, step)
+        s.run.set_status("running", step=step)
         final = _evaluate(s, None)
         s.logger.log(step, {**final, "final": 1}, s.elapsed())
         value = final.get(s.cfg.early_stop.metric)

@@ -162,3 +162,44 @@ def test_rng_state_of_an_older_checkpoint_still_restores():
     state["numpy"] = (name, keys.numpy().astype(np.uint32), *rest)  # the form of older checkpoints: an ndarray
     set_rng_state(state)
     assert np.array_equal(np.random.rand(4), expected)
+
+
+def test_a_run_stopped_in_its_final_evaluation_resumes_to_evaluate_only(tiny, tmp_path, monkeypatch):
+    config = tiny()
+    whole = train(load_config(config, ["name=whole"]))
+    import hybrid.training.trainer as trainer_module
+    evaluate = trainer_module._evaluate
+
+    def final_dies(s, max_batches, sets=None):
+        if max_batches is None:  # the final evaluation
+            raise Killed()
+        return evaluate(s, max_batches, sets)
+
+    monkeypatch.setattr(trainer_module, "_evaluate", final_dies)
+    with pytest.raises(Killed):
+        train(load_config(config, ["name=cut"]))
+    cut_dir = tmp_path / "runs" / "cut"
+    assert json.loads((cut_dir / "status.json").read_text())["step"] == 12  # checkpointed before evaluating
+    monkeypatch.setattr(trainer_module, "_evaluate", evaluate)
+    resumed = resume_run(cut_dir)
+    assert _losses(cut_dir) == _losses(tmp_path / "runs" / "whole")  # no step trained twice
+    assert resumed["final"] == whole["final"] and resumed["state"] == "completed"
+
+
+def test_a_resume_that_fails_before_training_is_recorded_as_failed(tiny, tmp_path, monkeypatch):
+    config = tiny()
+    with pytest.raises(Killed):
+        train(load_config(config, ["name=cut"]), on_step=_kill_at(5))
+    cut_dir = tmp_path / "runs" / "cut"
+    status = json.loads((cut_dir / "status.json").read_text())
+    (cut_dir / "status.json").write_text(json.dumps({**status, "state": "interrupted"}))  # as after a SIGTERM
+    import hybrid.training.trainer as trainer_module
+
+    def broken(state):
+        raise RuntimeError("cannot restore")
+
+    monkeypatch.setattr(trainer_module, "set_rng_state", broken)
+    with pytest.raises(RuntimeError):
+        resume_run(cut_dir)
+    status = json.loads((cut_dir / "status.json").read_text())
+    assert status["state"] == "failed" and "cannot restore" in status["error"]
