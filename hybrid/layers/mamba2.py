@@ -50,7 +50,7 @@ class Mamba2Config:
     conv_bias: bool = field(default=True, metadata={"help": "bias in conv1d"})
     chunk_size: int = field(default=256, metadata={"help": "SSD chunk length"})
     ssd_backend: Literal["auto", "triton", "torch", "ref"] = field(
-        default="auto", metadata={"help": "SSD implementation (auto: chunked PyTorch for now)"})
+        default="auto", metadata={"help": "SSD implementation (auto: the Triton kernels on CUDA, chunked PyTorch on the CPU)"})
     conv_backend: Literal["auto", "triton", "torch", "ref"] = field(
         default="auto", metadata={"help": "causal conv1d + SiLU implementation (auto: Triton on GPU)"})
 

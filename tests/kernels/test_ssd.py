@@ -149,6 +149,35 @@ def test_state_update_continues_the_scan():
     torch.testing.assert_close(state, final, rtol=1e-5, atol=1e-5)  # updated in place to the scan's final state
 
 
+@pytest.mark.parametrize("batch,heads,headdim,groups,n,D,z,bias,softplus,dtype", [
+    pytest.param(1, 4, 3, 2, 5, "head", True, True, True, torch.float32, id="B1-groups2-Dhead-z"),
+    pytest.param(3, 2, 5, 1, 7, "channel", False, True, True, torch.float32, id="B3-Dchannel"),
+    pytest.param(2, 6, 4, 3, 4, None, True, False, False, torch.float32, id="noD-nobias-nosoftplus"),
+    pytest.param(2, 4, 8, 1, 16, "head", True, True, True, torch.bfloat16, id="bf16"),
+])
+def test_triton_state_update_matches_the_reference(batch, heads, headdim, groups, n, D, z, bias, softplus, dtype):
+    # the step through Mamba-1's Triton step kernel (under the interpreter without a GPU) against the
+    # PyTorch reference: the same output and the same state, updated in place
+    inputs = make(batch, 1, heads, headdim, groups, n, D=D, z=z, seed=3)
+    x, dt, B, C = (inputs[k][:, 0].to(dtype) for k in ("x", "dt", "B", "C"))
+    zz = inputs["z"][:, 0].to(dtype) if z else None
+    kw = {"D": inputs["D"], "z": zz, "dt_bias": inputs["dt_bias"] if bias else None, "dt_softplus": softplus}
+    state = torch.randn(batch, heads, headdim, n, generator=torch.Generator().manual_seed(4))
+    expected = state.clone()
+    y_ref = ssd_state_update(expected, x, dt, inputs["A"], B, C, backend="ref", **kw)
+    y = ssd_state_update(state, x, dt, inputs["A"], B, C, backend="triton", **kw)
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(y.float(), y_ref.float(), rtol=tol, atol=tol)
+    torch.testing.assert_close(state, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_triton_state_update_refuses_a_dt_limit():
+    inputs = make(1, 1, 2, 3, 1, 4)
+    x, dt, B, C = (inputs[k][:, 0] for k in ("x", "dt", "B", "C"))
+    with pytest.raises(ValueError, match="dt_limit"):
+        ssd_state_update(torch.zeros(1, 2, 3, 4), x, dt, inputs["A"], B, C, dt_limit=(0.0, 0.1), backend="triton")
+
+
 @pytest.mark.parametrize("change,match", [
     pytest.param({"dt": torch.zeros(1, 4, 3)}, "dt must be", id="dt-heads"),
     pytest.param({"A": torch.zeros(3)}, "A must be", id="A-heads"),
