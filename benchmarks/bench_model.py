@@ -128,7 +128,7 @@ def main() -> None:
         model = build(layout)
         if swap_in_peer_mamba(model, peers):
             tps, mem = measure(model, args.steps, args.batch, args.length, False, not args.worker_thread)
-            label = ("mamba_ssm Mamba2 blocks (its Triton SSD; ours: chunked PyTorch SSD)" if "M2" in layout
+            label = ("mamba_ssm Mamba2 blocks (its Triton SSD)" if "M2" in layout
                      else "mamba_ssm Mamba blocks")
             rows.append((name, label, model.num_parameters(), tps, mem))
             print(rows[-1], flush=True)
