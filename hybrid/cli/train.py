@@ -1,6 +1,7 @@
 """`hybrid train CONFIG [key=value ...]` and `hybrid train --resume RUN_DIR`."""
 from __future__ import annotations
 
+import os
 import sys
 
 
@@ -13,7 +14,9 @@ def add_parser(sub) -> None:
                     "results.json.\n\nexamples:\n"
                     "  hybrid train configs/experiments/quick.yaml\n"
                     "  hybrid train configs/experiments/quick.yaml model.d_model=128 train.lr=1e-3 name=wide\n"
-                    "  hybrid train --resume runs/quick          # after a crash or kill -9",
+                    "  hybrid train --resume runs/quick          # after a crash or kill -9\n"
+                    "  torchrun --nproc-per-node 4 -m hybrid train configs/experiments/quick.yaml train.parallel=ddp\n"
+                    "                                            # data-parallel (ddp or fsdp; batch_size stays global)",
         formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
     p.add_argument("config", nargs="?", help="YAML config file (omit with --resume)")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.steps=2000 model.d_model=128")
@@ -49,6 +52,8 @@ def run(args) -> int:
     except Interrupted as err:
         print(f"stopped: {err}", file=sys.stderr)
         return 130
+    if int(os.environ.get("RANK", 0)) != 0:  # under torchrun, rank 0 reports
+        return 0
     final = results.get("final") or {}
     shown = {k: v for k, v in final.items() if k.startswith("eval/all/")}
     print(f"{results['name']}: {results['state']} at step {results['step']} in {results['wall_time_s']:.1f}s; "

@@ -21,14 +21,17 @@ class TrainBatches:
     """`take(s)` -> (inputs, targets, logits capacity) of step s on `device`; `prefetch(s)` starts
     drawing it early. The capacity is `step.scored_capacity` of the targets, read at drawing time."""
 
-    def __init__(self, task: Any, batch_size: int, accumulation: int, device: torch.device):
+    def __init__(self, task: Any, batch_size: int, accumulation: int, device: torch.device, parallel: Any = None):
         self.task, self.batch_size, self.accumulation, self.device = task, batch_size, accumulation, device
+        self.parallel = parallel  # data parallelism: the global batch is drawn, this rank keeps its rows
         self.side = torch.cuda.Stream(device) if device.type == "cuda" else None
         self._ready: tuple[int, Tensor, Tensor, int] | None = None
 
     def _draw(self, s: int) -> tuple[Tensor, Tensor, int]:
         batch = self.task.train_batch(s, self.batch_size, self.device)
         inputs, targets = batch.inputs.to(self.device), batch.targets.to(self.device)
+        if self.parallel is not None:
+            inputs, targets = self.parallel.rows(inputs), self.parallel.rows(targets)
         return inputs, targets, scored_capacity(targets, self.accumulation)
 
     def prefetch(self, s: int) -> None:

@@ -99,14 +99,15 @@ def _rotate(path: Path, previous: Path) -> None:
     os.replace(link, previous)
 
 
-def save_checkpoint(run_dir: Path, *, model: torch.nn.Module, optimizer: dict[str, Any], scheduler: dict[str, Any],
-                    step: int, extra: dict[str, Any] | None = None) -> Path:
+def save_checkpoint(run_dir: Path, *, model: torch.nn.Module | dict[str, Any], optimizer: dict[str, Any],
+                    scheduler: dict[str, Any], step: int, extra: dict[str, Any] | None = None,
+                    rotate: bool = True) -> Path:
     """Write `run_dir/checkpoint.pt` atomically, keeping the one before as checkpoint.prev.pt.
-    `optimizer` and `scheduler` are state dicts (the training step makes them: a graphed step saves
+    `model` is the module or its (full) state dict; `optimizer` and `scheduler` are state dicts (the training step makes them: a graphed step saves
     its tensor learning rate as the float an eager run would); `step` is the optimiser steps done."""
     state = {
         "step": step,
-        "model": model.state_dict(),
+        "model": model if isinstance(model, dict) else model.state_dict(),
         "optimizer": optimizer,
         "scheduler": scheduler,
         "rng": rng_state(),
@@ -115,7 +116,8 @@ def save_checkpoint(run_dir: Path, *, model: torch.nn.Module, optimizer: dict[st
     path, previous = Path(run_dir) / CHECKPOINT, Path(run_dir) / PREVIOUS
     if not path.exists():  # a previous checkpoint without a latest one is of an earlier run (--overwrite)
         previous.unlink(missing_ok=True)
-    atomic_write(path, lambda f: torch.save(state, f), keep_previous=previous)
+    # rotate=False replaces the latest in place (the same step again, say with the final evaluation's best)
+    atomic_write(path, lambda f: torch.save(state, f), keep_previous=previous if rotate else None)
     return path
 
 

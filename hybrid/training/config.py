@@ -65,6 +65,10 @@ class TrainConfig:
                 "(the same numbers as eager), or pad every batch to the longest training length (one graph "
                 "when every example of a setting scores as many positions; padded positions are not scored; "
                 "refused with MoE, whose auxiliary losses would count them)"})
+    parallel: Literal["auto", "none", "ddp", "fsdp"] = field(default="auto", metadata={
+        "help": "data parallelism under torchrun (hybrid/training/distributed.py): auto = none in one process, ddp "
+                "under torchrun, fsdp when weights, gradients and optimiser state would not fit; batch_size stays "
+                "the global batch"})
     threads: int | None = field(default=None, metadata={"help": "CPU threads (torch.set_num_threads); null: torch's default"})
     out_dir: str = field(default="runs", metadata={"help": "root of run directories: a run writes to <out_dir>/<name>"})
     run_dir: str | None = field(default=None, metadata={"help": "the run directory itself (overrides out_dir/name)"})

@@ -99,3 +99,16 @@ class MetricsLogger:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+
+
+class NullLogger:
+    """MetricsLogger's interface writing nothing (the ranks other than 0 of a data-parallel job)."""
+
+    def truncate_after(self, step: int) -> None:
+        pass
+
+    def log(self, step: int, metrics: dict[str, Any], elapsed: float | None = None) -> None:
+        pass
+
+    def close(self) -> None:
+        pass

@@ -41,11 +41,13 @@ def graph_refusal(model: nn.Module, device: torch.device, amp: torch.dtype | Non
     return None
 
 
-def use_graphs(cfg: TrainConfig, model: nn.Module, device: torch.device, amp: torch.dtype | None) -> tuple[bool, str]:
+def use_graphs(cfg: TrainConfig, model: nn.Module, device: torch.device, amp: torch.dtype | None,
+               parallel: str = "none") -> tuple[bool, str]:
     """(capture the step?, why), or a ConfigError when cuda_graph is true and the step cannot be captured."""
     if cfg.cuda_graph is False:
         return False, "cuda_graph false"
-    why = graph_refusal(model, device, amp)
+    why = (f"train.parallel {parallel}: the data-parallel step is not captured" if parallel != "none"
+           else graph_refusal(model, device, amp))
     if why is None:
         types = sorted({spec.type for block in model.blocks for spec in block.spec.branches})
         return True, f"cuda_graph {cfg.cuda_graph}: every layer is capturable: {', '.join(types)}"
@@ -71,10 +73,13 @@ def pad_shape(task: Any, micro_batch: int) -> tuple[int, int] | None:
 
 
 def build_step(cfg: TrainConfig, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, task: Any,
-               amp: torch.dtype | None, device: torch.device, start: int) -> EagerStep | GraphedStep:
-    """The run's training step (see the module header); logs which and why."""
-    model_fn: Callable[[Tensor], Tensor] = torch.compile(model) if cfg.compile else model
-    graphed, why = use_graphs(cfg, model, device, amp)
+               amp: torch.dtype | None, device: torch.device, start: int, parallel: Any = None,
+               wrapped: nn.Module | None = None) -> EagerStep | GraphedStep:
+    """The run's training step (see the module header); logs which and why. Under data parallelism
+    (`parallel`, `hybrid.training.distributed`) the step calls `wrapped` (DDP, or the FSDP-sharded model)."""
+    called = wrapped if wrapped is not None else model
+    model_fn: Callable[[Tensor], Tensor] = torch.compile(called) if cfg.compile else called
+    graphed, why = use_graphs(cfg, model, device, amp, parallel.mode if parallel is not None else "none")
     if graphed:
         if cfg.graph_shapes == "pad" and any(hasattr(m, "aux_losses") for m in model.modules() if m is not model):
             raise ConfigError("train.graph_shapes pad would count the padded positions in the auxiliary losses "
@@ -83,7 +88,7 @@ def build_step(cfg: TrainConfig, model: nn.Module, optimizer: torch.optim.Optimi
         step = GraphedStep(model, model_fn, optimizer, scheduler, cfg, amp, device, start, pad_to=pad_to,
                            strict=cfg.cuda_graph is True)
     else:
-        step = EagerStep(model, model_fn, optimizer, scheduler, cfg, amp, device)
+        step = EagerStep(model, model_fn, optimizer, scheduler, cfg, amp, device, parallel)
     step.mode = ("compiled + " if cfg.compile else "") + step.mode  # as the log and results.json name it
     padded = f", batches padded to length {pad_to[0]}, logits at {pad_to[1]} positions" if graphed and pad_to else ""
     log.info("training step: %s (%s)%s", step.mode, why, padded)

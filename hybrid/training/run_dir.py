@@ -174,3 +174,23 @@ class RunDir:
     @property
     def finished(self) -> bool:
         return self.status().get("state") in FINAL_STATES
+
+
+class FollowerRunDir(RunDir):
+    """The run directory as a rank other than 0 of a data-parallel job sees it: read, never written
+    (rank 0 writes the config, status, metrics, results and checkpoints)."""
+
+    def create(self) -> "RunDir":
+        return self
+
+    def write_config(self, yaml_text: str) -> None:
+        pass
+
+    def write_meta(self, device: torch.device, extra: dict[str, Any] | None = None) -> None:
+        pass
+
+    def set_status(self, state: str, **fields: Any) -> None:
+        pass
+
+    def write_results(self, results: dict[str, Any]) -> None:
+        pass

@@ -119,18 +119,27 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
 
 
 def forward_backward(model_fn: Callable[..., Tensor], model: nn.Module, inputs: Tensor, targets: Tensor,
-                     capacity: int, accumulation: int, amp: torch.dtype | None) -> tuple[Tensor, dict[str, Tensor]]:
+                     capacity: int, accumulation: int, amp: torch.dtype | None,
+                     parallel: Any = None) -> tuple[Tensor, dict[str, Tensor]]:
     """Gradients of one optimiser batch (accumulated over micro-batches); returns the summed loss and
     the auxiliary losses averaged over micro-batches, as device tensors. No host synchronisation.
-    `capacity`: logits per micro-batch (`scored_capacity`)."""
-    scored = (targets != IGNORE_INDEX).sum().clamp(min=1)
+    `capacity`: logits per micro-batch (`scored_capacity`). `parallel` (data parallelism,
+    `hybrid.training.distributed.Parallel`): this rank's rows of the batch, normalised by the whole
+    batch's scored positions and scaled by the world size (DDP and FSDP average gradients); the
+    returned loss is then this rank's part of the batch's."""
+    scored = (targets != IGNORE_INDEX).sum()
+    world = 1
+    if parallel is not None and parallel.world > 1:
+        scored, world = parallel.total(scored), parallel.world
+    scored = scored.clamp(min=1)
     loss_sum = torch.zeros((), device=inputs.device)
     aux_sums: dict[str, Tensor] = {}
     for inp, tgt in zip(inputs.chunk(accumulation), targets.chunk(accumulation)):
         with autocast(inputs.device, amp):
             loss = _batch_loss(model_fn, inp, tgt, scored, capacity)
             aux = model.aux_losses()
-        total = loss + sum(v.float() for v in aux.values()) / accumulation if aux else loss
+        scaled = loss * world if world > 1 else loss
+        total = scaled + sum(v.float() for v in aux.values()) / accumulation if aux else scaled
         # On the calling thread: autograd's hand-off to its CUDA worker thread buys nothing on one
         # device and costs host time (cold caches, two context switches), which small models see.
         with torch.autograd.set_multithreading_enabled(False):
@@ -152,16 +161,20 @@ class EagerStep:
     mode = "eager"
 
     def __init__(self, model: nn.Module, model_fn: Callable[[Tensor], Tensor], optimizer: torch.optim.Optimizer,
-                 scheduler: Any, cfg: TrainConfig, amp: torch.dtype | None, device: torch.device):
+                 scheduler: Any, cfg: TrainConfig, amp: torch.dtype | None, device: torch.device,
+                 parallel: Any = None):
         self.model, self.model_fn, self.optimizer, self.scheduler = model, model_fn, optimizer, scheduler
-        self.cfg, self.amp = cfg, amp
+        self.cfg, self.amp, self.parallel = cfg, amp, parallel
         self.params = list(model.parameters())
         self.stats = StepStats(device)
 
     def __call__(self, s: int, inputs: Tensor, targets: Tensor, capacity: int) -> None:
         loss_sum, aux = forward_backward(self.model_fn, self.model, inputs, targets, capacity, self.cfg.accumulation,
-                                         self.amp)
+                                         self.amp, self.parallel)
         grad_norm = clip_gradients(self.params, self.cfg.grad_clip)
+        if self.parallel is not None and self.parallel.world > 1:
+            loss_sum = self.parallel.total(loss_sum)  # the whole batch's loss, on every rank
+            grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm  # FSDP: a DTensor
         for what, value in zip(("loss", "gradient norm"), torch.stack([loss_sum, grad_norm]).tolist()):  # one sync
             if not math.isfinite(value):
                 raise NonFinite(s + 1, what, value, self.cfg.lr * lr_factor(s, self.cfg))

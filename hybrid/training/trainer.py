@@ -21,7 +21,7 @@ import logging
 import math
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -36,13 +36,15 @@ from hybrid.training.build import (autocast_dtype, build_task_of, check_eval_set
                                    resolve_device, run_dir_of)
 from hybrid.training.checkpoint import load_checkpoint, save_checkpoint, set_rng_state
 from hybrid.training.config import TrainConfig
+from hybrid.training.distributed import (Parallel, load_model_state, load_optimizer_state, model_state,
+                                         optimizer_state, rank_device, resolve_mode, setup, wrap)
 from hybrid.training.evaluation import GraphedStats, run_evaluation
 from hybrid.training.graphed import GraphedStep
 from hybrid.training.interrupt import Interrupted, StopSignals
-from hybrid.training.logging import MetricsLogger
+from hybrid.training.logging import MetricsLogger, NullLogger
 from hybrid.training.modes import build_step
 from hybrid.training.optim import build_optimizer, build_scheduler, lr_factor
-from hybrid.training.run_dir import CONFIG, RunDir
+from hybrid.training.run_dir import CONFIG, FollowerRunDir, RunDir
 from hybrid.training.step import EagerStep, NonFinite, Window
 
 log = logging.getLogger(__name__)
@@ -70,17 +72,32 @@ def train(root: RootConfig | str | Path, overrides: list[str] | None = None, *, 
     """
     if not isinstance(root, RootConfig):
         root = load_config(root, overrides)
-    run = RunDir(run_dir_of(root))
-    if run.file(CONFIG).exists() and not (resume or overwrite):
+    cfg = root.train
+    parallel = setup(cfg.parallel, cfg.batch_size, cfg.accumulation, resolve_device(cfg.device))
+    try:
+        return _train(root, parallel, resume, overwrite, on_step)
+    finally:
+        parallel.end()
+
+
+def _train(root: RootConfig, parallel: Parallel, resume: bool, overwrite: bool,
+           on_step: Callable[[int], None] | None) -> dict[str, Any]:
+    # under torchrun, rank 0 alone writes the run directory; the other ranks read it
+    run = RunDir(run_dir_of(root)) if parallel.main else FollowerRunDir(run_dir_of(root))
+    if not parallel.main:
+        logging.getLogger("hybrid").setLevel(logging.WARNING)
+    exists = run.file(CONFIG).exists()
+    parallel.barrier()  # every rank has looked before rank 0 writes
+    if exists and not (resume or overwrite):
         raise RunExists(f"{run.path} already holds a run ({run.status().get('state', 'unknown state')}); "
                         f"continue it with `hybrid train --resume {run.path}`, or pass --overwrite, "
                         f"or choose another train.run_dir / name")
-    if overwrite and not resume:
+    if overwrite and not resume and parallel.main:
         for name in ("checkpoint.pt", "checkpoint.prev.pt", "metrics.jsonl", "results.json", "status.json"):
             run.file(name).unlink(missing_ok=True)
     run.create()
     try:
-        session = _setup(root, run, resume)
+        session = _setup(root, run, resume, parallel)
         if isinstance(session, dict):  # resumed a finished run
             return session
         with StopSignals() as stop:
@@ -121,6 +138,7 @@ class _Session:
     train_time: float = 0.0
     train_tokens: int = 0
     eval_stats: GraphedStats | None = None
+    parallel: Parallel = field(default_factory=Parallel)
 
     @property
     def cfg(self) -> TrainConfig:
@@ -130,27 +148,29 @@ class _Session:
         return time.perf_counter() - self.t_start
 
 
-def _setup(root: RootConfig, run: RunDir, resume: bool) -> _Session | dict[str, Any]:
+def _setup(root: RootConfig, run: RunDir, resume: bool, parallel: Parallel) -> _Session | dict[str, Any]:
     """Build the model, optimiser, schedule and step; restore a checkpoint. A finished run's results instead."""
     cfg = root.train
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    device = resolve_device(cfg.device)
+    device = rank_device(resolve_device(cfg.device), parallel)
     amp = autocast_dtype(cfg, device)
     task = build_task_of(root)
     check_vocab(root, task)
     check_eval_sets(root, task)
 
-    check_fits(root, device)  # weights, optimiser state and activations against the device's free memory
+    est = check_fits(root, device)  # weights, optimiser state and activations against the device's free memory
+    resolve_mode(parallel, est.weight_bytes + est.grad_bytes + est.optimizer_bytes, device)
     torch.manual_seed(root.seed)
     model = HybridLM(root.model, root.layout).to(device)
+    wrapped = wrap(model, parallel, device)  # DDP around it, or the model sharded in place (FSDP)
     optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, cfg)
     state = load_checkpoint(run.path, map_location=device) if resume else None
     start, extra = 0, {}
     if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        load_model_state(model, state["model"], parallel)
+        load_optimizer_state(model, optimizer, state["optimizer"], parallel)
         scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
         start, extra = state["step"], state["extra"]
@@ -161,22 +181,31 @@ def _setup(root: RootConfig, run: RunDir, resume: bool) -> _Session | dict[str, 
     run.write_config(dump_config(root))
     run.write_meta(device, {"resumed_at_step": start} if state is not None else None)
     run.set_status("running", step=start)
-    logger = MetricsLogger(run.path, tensorboard=cfg.tensorboard)
+    logger = MetricsLogger(run.path, tensorboard=cfg.tensorboard) if parallel.main else NullLogger()
     logger.truncate_after(start)
-    log.info("%s: %s parameters, %d sublayers, device %s%s", root.name, f"{model.num_parameters():,}",
-             len(root.layout), device, f", autocast {amp}" if amp else "")
-    train_step = build_step(cfg, model, optimizer, scheduler, task, amp, device, start)
+    log.info("%s: %s parameters, %d sublayers, device %s%s%s", root.name, f"{model.num_parameters():,}",
+             len(root.layout), device, f", autocast {amp}" if amp else "",
+             f", {parallel.mode} over {parallel.world} ranks" if parallel.world > 1 else "")
+    data_parallel = parallel if parallel.world > 1 else None
+    train_step = build_step(cfg, model, optimizer, scheduler, task, amp, device, start, data_parallel,
+                            wrapped if parallel.mode == "ddp" else None)
     session = _Session(root, run, device, amp, task, model, optimizer, scheduler, train_step, logger, start,
-                       time.perf_counter() - extra.get("elapsed", 0.0), extra.get("best"), extra.get("max_length", 0))
+                       time.perf_counter() - extra.get("elapsed", 0.0), extra.get("best"), extra.get("max_length", 0),
+                       parallel=parallel)
     session.eval_stats = train_step.evaluation_stats(task)
     return session
 
 
-def _checkpoint(s: _Session, step: int) -> None:
+def _checkpoint(s: _Session, step: int, rotate: bool = True) -> None:
     data = s.task.position(step, s.cfg.batch_size) if hasattr(s.task, "position") else {"step": step}
     optimizer, scheduler = s.train_step.state_dicts(step)
-    save_checkpoint(s.run.path, model=s.model, optimizer=optimizer, scheduler=scheduler, step=step,
-                    extra={"elapsed": s.elapsed(), "best": s.best, "max_length": s.max_length, "data": data})
+    # full state dicts, parameters by name: resumable on any number of ranks (collectives under FSDP)
+    model, optimizer = model_state(s.model, s.parallel), optimizer_state(s.model, s.optimizer, optimizer, s.parallel)
+    if s.parallel.main:
+        save_checkpoint(s.run.path, model=model, optimizer=optimizer, scheduler=scheduler, step=step,
+                        extra={"elapsed": s.elapsed(), "best": s.best, "max_length": s.max_length, "data": data},
+                        rotate=rotate)
+    s.parallel.barrier()
 
 
 def _evaluate(s: _Session, max_batches: int | None, sets: list[str] | None = None) -> dict[str, float]:
@@ -232,9 +261,10 @@ def _loop(s: _Session, on_step: Callable[[int], None] | None, stop: StopSignals)
     from tqdm.auto import tqdm  # noqa: PLC0415
 
     cfg = s.cfg
-    batches = TrainBatches(s.task, cfg.batch_size, cfg.accumulation, s.device)
-    bar = tqdm(total=cfg.steps, initial=s.start, disable=not cfg.progress, desc=s.root.name, dynamic_ncols=True,
-               mininterval=0.5)
+    batches = TrainBatches(s.task, cfg.batch_size, cfg.accumulation, s.device,
+                           s.parallel if s.parallel.world > 1 else None)
+    bar = tqdm(total=cfg.steps, initial=s.start, disable=not cfg.progress or not s.parallel.main, desc=s.root.name,
+               dynamic_ncols=True, mininterval=0.5)
     s.model.train()
     step, last_eval, mark = s.start, {}, time.perf_counter()
 
@@ -251,7 +281,7 @@ def _loop(s: _Session, on_step: Callable[[int], None] | None, stop: StopSignals)
             if i + 1 < cfg.steps:
                 batches.prefetch(i + 1)  # drawn while the GPU runs step i
             step = i + 1
-            s.train_tokens += inputs.numel()
+            s.train_tokens += inputs.numel() * s.parallel.world
             if on_step is not None:
                 on_step(step)
             bar.update(1)
@@ -261,8 +291,9 @@ def _loop(s: _Session, on_step: Callable[[int], None] | None, stop: StopSignals)
                 _log_window(s, step, window, last_eval, bar)
             evaluating = cfg.eval_every and step % cfg.eval_every == 0 and step != cfg.steps
             checkpointing = cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step != cfg.steps
-            if stop.received is not None:
-                _stop_on_signal(s, step, stop.received)
+            received = _agreed_signal(s, step, stop.received)
+            if received is not None:
+                _stop_on_signal(s, step, received)
             if evaluating or checkpointing:
                 s.train_step.check(step)  # a non-finite step since the last read stops the run here
                 synced()
@@ -285,6 +316,17 @@ def _loop(s: _Session, on_step: Callable[[int], None] | None, stop: StopSignals)
     finally:
         bar.close()
     return step, "completed"
+
+
+def _agreed_signal(s: _Session, step: int, received: str | None) -> str | None:
+    """The signal to stop on at this step. Under data parallelism every rank must stop at the same step
+    (a checkpoint is a collective): the ranks agree at log steps, stopping if any of them got one."""
+    if s.parallel.world == 1:
+        return received
+    if step % s.cfg.log_every and step != s.cfg.steps:
+        return None
+    flag = s.parallel.total(torch.tensor(float(received is not None), device=s.device))
+    return (received or "a signal to another rank") if flag.item() > 0 else None
 
 
 def _stop_on_signal(s: _Session, step: int, name: str) -> None:
@@ -322,7 +364,7 @@ def _finish(s: _Session, step: int, ending: str) -> dict[str, Any]:
         value = final.get(s.cfg.early_stop.metric)
         if _improves(s, value):
             s.best = value
-    _checkpoint(s, step)
+    _checkpoint(s, step, rotate=not s.cfg.final_eval)  # after a final evaluation: the same step again
     wall = s.elapsed()
     model = s.model
     results = {

@@ -1,0 +1,108 @@
+"""Data parallelism on the CPU: two gloo ranks (DDP, FSDP2) log the losses of one process with the same
+global batch, and a checkpoint written on two ranks resumes on one and on two with an uninterrupted run's
+losses. Each job is two spawned processes joined as torchrun would (RANK, WORLD_SIZE, MASTER_ADDR...)."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from hybrid.config import load_config
+from hybrid.errors import ConfigError
+from hybrid.training.logging import read_metrics
+from hybrid.training.trainer import resume_run, train
+
+WORLD = 2
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(rank: int, port: int, config: str, overrides: list[str], resume_dir: str | None, kill_at: int | None):
+    os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(WORLD),
+                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+    torch.set_num_threads(1)
+
+    def die(step):
+        if step == kill_at:
+            raise SystemExit(17)  # every rank stops after this step, before any clean-up
+
+    if resume_dir:
+        resume_run(resume_dir)
+    else:
+        train(load_config(config, overrides), on_step=die if kill_at else None)
+
+
+def _job(config, overrides=(), resume_dir=None, kill_at=None) -> list[int]:
+    """Run one two-rank job; the ranks' exit codes."""
+    ctx = mp.get_context("spawn")
+    port = _free_port()
+    procs = [ctx.Process(target=_worker, args=(r, port, str(config), list(overrides), resume_dir and str(resume_dir),
+                                               kill_at)) for r in range(WORLD)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=240)
+    return [p.exitcode for p in procs]
+
+
+def _losses(run_dir):
+    return [(m["step"], m["train/loss"]) for m in read_metrics(run_dir / "metrics.jsonl") if "train/loss" in m]
+
+
+def _assert_close_losses(a, b):
+    assert [s for s, _ in a] == [s for s, _ in b]
+    torch.testing.assert_close(torch.tensor([v for _, v in a]), torch.tensor([v for _, v in b]), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_two_ranks_log_the_losses_of_one_process(tiny, tmp_path, mode):
+    config = tiny(steps=6, checkpoint_every=3, eval_every=3)
+    train(load_config(config, ["name=one"]))
+    assert _job(config, ["name=two", f"train.parallel={mode}"]) == [0, 0]
+    _assert_close_losses(_losses(tmp_path / "runs" / "two"), _losses(tmp_path / "runs" / "one"))
+    one = json.loads((tmp_path / "runs" / "one" / "results.json").read_text())
+    two = json.loads((tmp_path / "runs" / "two" / "results.json").read_text())
+    assert two["state"] == "completed" and two["final"]["eval/all/accuracy"] == pytest.approx(
+        one["final"]["eval/all/accuracy"], abs=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_a_two_rank_checkpoint_resumes_on_one_and_on_two(tiny, tmp_path, mode):
+    config = tiny(steps=8, checkpoint_every=4, eval_every=0)
+    train(load_config(config, ["name=whole"]))
+    codes = _job(config, ["name=cut", f"train.parallel={mode}"], kill_at=6)
+    assert codes == [17, 17]
+    cut = tmp_path / "runs" / "cut"
+    assert json.loads((cut / "status.json").read_text())["step"] == 4  # the last checkpoint
+    again = tmp_path / "runs" / "again"
+    shutil.copytree(cut, again)
+    resume_run(cut)  # one process
+    assert _job(config, resume_dir=again) == [0, 0]  # two ranks
+    whole = _losses(tmp_path / "runs" / "whole")
+    _assert_close_losses(_losses(cut), whole)
+    _assert_close_losses(_losses(again), whole)
+
+
+def test_a_world_size_that_does_not_divide_the_batch_is_a_config_error(tiny, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(ConfigError, match="divisible by the world size 3"):
+        train(load_config(tiny(), ["name=odd", "train.parallel=ddp"]))
+
+
+def test_ddp_in_one_process_trains_alone_and_says_so(tiny, tmp_path, caplog):
+    config = tiny(steps=3)
+    alone = train(load_config(config, ["name=alone", "train.parallel=ddp"]))
+    plain = train(load_config(config, ["name=plain"]))
+    assert "without data parallelism" in caplog.text
+    assert _losses(tmp_path / "runs" / "alone") == _losses(tmp_path / "runs" / "plain")
+    assert alone["final"] == plain["final"]
