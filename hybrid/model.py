@@ -99,6 +99,16 @@ class HybridLM(nn.Module):
         root = load_config(source, dotted)
         return cls(root.model)
 
+    @classmethod
+    def from_hf(cls, path: str | Path) -> "HybridLM":
+        """A transformers model folder of a supported class (`hybrid.hf`), as a HybridLM with its weights."""
+        from hybrid.hf import import_hf  # noqa: PLC0415 (transformers only where it is used)
+
+        config, state_dict = import_hf(path)
+        model = cls(config)
+        model.load_state_dict(state_dict)
+        return model
+
     def init_state(self, batch_size: int, max_length: int, device=None, dtype=None) -> list[Any]:
         """Fresh inference state for every sublayer position (None where a layer keeps none)."""
         device = device or self.embedding.weight.device

@@ -9,7 +9,7 @@ import sys
 from hybrid.errors import ConfigError
 
 # Order shown in --help.
-SUBCOMMANDS = ["show", "layers", "tasks", "train", "sweep", "report", "generate"]
+SUBCOMMANDS = ["show", "layers", "tasks", "train", "sweep", "report", "generate", "export", "hf_import"]
 
 DESCRIPTION = """\
 Compose sequence-model layers (Mamba, attention, MLP/MoE, your own) through YAML layouts, train
@@ -53,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     if not args.command:
         parser.print_help(sys.stderr)
-        print(f"error: no command given; choose one of {', '.join(SUBCOMMANDS)}", file=sys.stderr)
+        commands = ", ".join("import" if n == "hf_import" else n for n in SUBCOMMANDS)
+        print(f"error: no command given; choose one of {commands}", file=sys.stderr)
         return 2
     try:
         return args.run(args) or 0

@@ -19,7 +19,8 @@ def add_parser(sub) -> None:
     p.add_argument("config", help="YAML config file")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. model.d_model=512")
     p.add_argument("--megatron", action="store_true", help="also print Megatron-LM's hybrid pattern string")
-    p.add_argument("--hf", action="store_true", help="also print an HF-style layer_types list (JSON)")
+    p.add_argument("--hf", action="store_true", help="also print an HF-style layer_types list (JSON) and the transformers class "
+                                                        "the layout exports to (or what does not fit)")
     p.set_defaults(run=run)
 
 
@@ -46,4 +47,10 @@ def run(args) -> int:
             print(f"megatron pattern: not expressible: {err}")
     if args.hf:
         print(f"layer_types: {json.dumps(hf_layer_types(root.layout))}")
+        from hybrid.hf import HFMismatch, hf_class_for  # noqa: PLC0415
+
+        try:
+            print(f"transformers class: {hf_class_for(m)} (hybrid export --format hf writes it)")
+        except HFMismatch as err:
+            print(f"transformers class: none: {err}")
     return 0

@@ -1,0 +1,109 @@
+"""What every Hugging Face mapping shares: reading a layout as a class would see it, refusals that name
+the first sublayer or setting that does not fit, and the folder format (config.json + safetensors)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from hybrid.model_config import ModelConfig
+
+WEIGHTS = "model.safetensors"
+
+
+class HFMismatch(ValueError):
+    """A layout or option that a transformers class cannot represent: names what and which class came closest."""
+
+    def __init__(self, what: str, closest: str | None = None):
+        self.what, self.closest = what, closest
+        super().__init__(what + (f" (closest class: {closest})" if closest else ""))
+
+
+def sublayers(model_config: ModelConfig) -> list[tuple[int, str, str, Any]]:
+    """(index, alias, layer type, layer config) per sublayer; refuses parallel and shared sublayers,
+    which no single-stack class has."""
+    from hybrid.layout import compile_layout  # noqa: PLC0415
+
+    layout = compile_layout(model_config.layers, model_config.layout, model_config.shared, model_config.overrides)
+    out = []
+    for spec in layout:
+        if spec.is_parallel:
+            raise HFMismatch(f"sublayer {spec.index} {spec.alias!r} runs {spec.type} in parallel", "FalconH1ForCausalLM")
+        if spec.tie is not None:
+            raise HFMismatch(f"sublayer {spec.index} {spec.alias!r} is a shared block", "Zamba2ForCausalLM")
+        branch = spec.branches[0]
+        out.append((spec.index, spec.alias, branch.type, branch.config))
+    return out
+
+
+def require(condition: bool, what: str, closest: str | None = None) -> None:
+    if not condition:
+        raise HFMismatch(what, closest)
+
+
+def check_rmsnorm(model_config: ModelConfig, cls: str) -> None:
+    require(model_config.norm == "rmsnorm", f"model.norm is {model_config.norm}; {cls} uses RMSNorm", cls)
+
+
+def hf_modules():
+    """transformers and safetensors, or an ImportError saying how to install them."""
+    try:
+        import safetensors.torch  # noqa: PLC0415
+        import transformers  # noqa: PLC0415
+    except ImportError as err:
+        raise ImportError(f"Hugging Face interop needs transformers and safetensors ({err}); "
+                          f"pip install 'hybrid[hf]'") from None
+    return transformers, safetensors.torch
+
+
+def write_folder(out: Path, hf_config: Any, weights: dict[str, Tensor]) -> Path:
+    """config.json (from the transformers config object) and model.safetensors into `out`."""
+    _, st = hf_modules()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    hf_config.save_pretrained(out)
+    st.save_file({k: v.detach().contiguous().cpu() for k, v in weights.items()}, str(out / WEIGHTS),
+                 metadata={"format": "pt"})
+    return out
+
+
+def read_folder(path: Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    """(config.json as a dict, every weight) of a transformers model folder (one or sharded safetensors)."""
+    _, st = hf_modules()
+    path = Path(path)
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{path}: no config.json (a transformers model folder holds config.json and "
+                                f"*.safetensors)")
+    config = json.loads(config_file.read_text())
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"{path}: no *.safetensors weights")
+    weights: dict[str, Tensor] = {}
+    for f in files:
+        weights.update(st.load_file(str(f)))
+    return config, weights
+
+
+def take(weights: dict[str, Tensor], key: str, where: str) -> Tensor:
+    if key not in weights:
+        raise KeyError(f"{where}: weight {key!r} missing from the checkpoint")
+    return weights.pop(key)
+
+
+def check_all_used(weights: dict[str, Tensor], where: str) -> None:
+    if weights:
+        raise ValueError(f"{where}: weights with no place in the model: {sorted(weights)[:8]}"
+                         + (f" and {len(weights) - 8} more" if len(weights) > 8 else ""))
+
+
+def lm_head_and_tie(weights: dict[str, Tensor], embedding_key: str, tie: bool) -> tuple[Tensor, Tensor | None]:
+    """(embedding, lm head or None when tied)."""
+    emb = take(weights, embedding_key, "embedding")
+    head = weights.pop("lm_head.weight", None)
+    if tie and head is not None and not torch.equal(head, emb):
+        raise ValueError("tie_word_embeddings is set but lm_head.weight differs from the embedding")
+    return emb, None if tie else head

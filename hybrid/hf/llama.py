@@ -1,0 +1,123 @@
+"""`(A F) xN` Transformers of our attention and SwiGLU MLP <-> transformers' LlamaForCausalLM.
+
+HF's decoder layer i is our sublayers 2i (input_layernorm -> self_attn) and 2i + 1
+(post_attention_layernorm -> mlp). Our fused qkv projection is Llama's q_proj, k_proj, v_proj
+stacked in that order; our fc1 is [up_proj; gate_proj] (value * silu(gate)), fc2 is down_proj.
+Both use GPT-NeoX / Llama rotary embeddings (rotate-half pairs), so no weight permutation is needed.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from hybrid.hf.common import check_all_used, check_rmsnorm, hf_modules, lm_head_and_tie, require, sublayers, take
+from hybrid.model_config import ModelConfig
+
+CLASS = "LlamaForCausalLM"
+
+
+def check(mc: ModelConfig) -> None:
+    """Refuse (HFMismatch) what LlamaForCausalLM cannot represent."""
+    subs = sublayers(mc)
+    check_rmsnorm(mc, CLASS)
+    require(len(subs) % 2 == 0, f"{len(subs)} sublayers; {CLASS} alternates attention and MLP, (A F) xN", CLASS)
+    a0, f0 = subs[0][3], subs[1][3]
+    for index, alias, kind, config in subs:
+        want = "attention" if index % 2 == 0 else "mlp"
+        require(kind == want, f"sublayer {index} {alias!r} is {kind}, where {CLASS} has {want}",
+                "JambaForCausalLM" if kind in ("mamba", "moe") else "NemotronHForCausalLM")
+        if kind == "attention":
+            require(config.rope_theta is not None, f"sublayer {index} {alias!r}: no positional encoding (NoPE); "
+                                                   f"{CLASS} uses RoPE", "JambaForCausalLM")
+            require(config.rotary_fraction == 1.0, f"sublayer {index} {alias!r}: partial RoPE "
+                                                   f"(rotary_fraction {config.rotary_fraction})", "NemotronHForCausalLM")
+            require(config.window is None, f"sublayer {index} {alias!r}: a sliding window of {config.window}",
+                    "MistralForCausalLM")
+            require(not config.qk_norm, f"sublayer {index} {alias!r}: qk_norm", "Qwen3ForCausalLM")
+            same = (config.n_heads, config.n_kv_heads, config.head_dim, config.rope_theta, config.bias) == \
+                   (a0.n_heads, a0.n_kv_heads, a0.head_dim, a0.rope_theta, a0.bias)
+        else:
+            require(config.activation == "swiglu", f"sublayer {index} {alias!r}: MLP activation "
+                                                   f"{config.activation}; {CLASS} uses SwiGLU", "GPT2LMHeadModel")
+            same = (config.expand, config.hidden, config.multiple_of, config.bias) == \
+                   (f0.expand, f0.hidden, f0.multiple_of, f0.bias)
+        require(same, f"sublayer {index} {alias!r} differs from the first of its kind; {CLASS} has one setting "
+                      f"for every layer", CLASS)
+
+
+def to_hf(model) -> tuple[Any, dict[str, Tensor]]:
+    """(transformers LlamaConfig, weights by HF name) of a HybridLM that `check` accepts."""
+    transformers, _ = hf_modules()
+    mc = model.config
+    check(mc)
+    attn, mlp = model.blocks[0].branches[0], model.blocks[1].branches[0]
+    a = attn.config
+    config = transformers.LlamaConfig(
+        vocab_size=mc.vocab_size, hidden_size=mc.d_model, intermediate_size=mlp.hidden,
+        num_hidden_layers=len(model.blocks) // 2, num_attention_heads=attn.n_heads,
+        num_key_value_heads=attn.n_kv_heads, head_dim=attn.head_dim, rms_norm_eps=mc.norm_eps,
+        rope_theta=a.rope_theta, attention_bias=a.bias, mlp_bias=mlp.config.bias, hidden_act="silu",
+        tie_word_embeddings=mc.tie_embeddings)
+    config.architectures = [CLASS]
+    ours = model.state_dict()
+    q, kv = attn.n_heads * attn.head_dim, attn.n_kv_heads * attn.head_dim
+    weights = {"model.embed_tokens.weight": ours["embedding.weight"], "model.norm.weight": ours["norm_f.weight"]}
+    for i in range(len(model.blocks) // 2):
+        at, ml, hf = f"blocks.{2 * i}.", f"blocks.{2 * i + 1}.", f"model.layers.{i}."
+        weights[hf + "input_layernorm.weight"] = ours[at + "norm.weight"]
+        weights[hf + "post_attention_layernorm.weight"] = ours[ml + "norm.weight"]
+        for part in ("weight", "bias"):
+            if at + "branches.0.qkv." + part in ours:
+                wq, wk, wv = ours[at + "branches.0.qkv." + part].split([q, kv, kv])
+                weights.update({hf + f"self_attn.q_proj.{part}": wq, hf + f"self_attn.k_proj.{part}": wk,
+                                hf + f"self_attn.v_proj.{part}": wv,
+                                hf + f"self_attn.o_proj.{part}": ours[at + "branches.0.out_proj." + part]})
+            if ml + "branches.0.fc1." + part in ours:
+                up, gate = ours[ml + "branches.0.fc1." + part].chunk(2)
+                weights.update({hf + f"mlp.up_proj.{part}": up, hf + f"mlp.gate_proj.{part}": gate,
+                                hf + f"mlp.down_proj.{part}": ours[ml + "branches.0.fc2." + part]})
+    if not mc.tie_embeddings:
+        weights["lm_head.weight"] = ours["lm_head.weight"]
+    return config, weights
+
+
+def from_hf(config: dict[str, Any], weights: dict[str, Tensor]) -> tuple[ModelConfig, dict[str, Tensor]]:
+    """(our ModelConfig, our state dict) of a LlamaForCausalLM folder's config.json and weights."""
+    weights = dict(weights)
+    require(config.get("hidden_act", "silu") == "silu", f"hidden_act {config.get('hidden_act')!r}; ours is SwiGLU")
+    rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
+    require(rope.get("rope_type", rope.get("type", "default")) == "default",
+            f"RoPE scaling {rope.get('rope_type', rope.get('type'))!r}; ours is plain RoPE")
+    theta = rope.get("rope_theta", config.get("rope_theta", 10000.0))
+    d, heads = config["hidden_size"], config["num_attention_heads"]
+    layers = {"A": {"type": "attention", "n_heads": heads, "n_kv_heads": config.get("num_key_value_heads") or heads,
+                    "head_dim": config.get("head_dim") or d // heads, "rope_theta": float(theta),
+                    "bias": config.get("attention_bias", False)},
+              "F": {"type": "mlp", "activation": "swiglu", "hidden": config["intermediate_size"],
+                    "bias": config.get("mlp_bias", False)}}
+    n, tie = config["num_hidden_layers"], config.get("tie_word_embeddings", False)
+    mc = ModelConfig(d_model=d, vocab_size=config["vocab_size"], layers=layers, layout=f"(A F) x{n}", norm="rmsnorm",
+                     norm_eps=config.get("rms_norm_eps", 1e-6), tie_embeddings=tie)
+    emb, head = lm_head_and_tie(weights, "model.embed_tokens.weight", tie)
+    ours = {"embedding.weight": emb, "norm_f.weight": take(weights, "model.norm.weight", CLASS),
+            "lm_head.weight": emb if head is None else head}
+    for i in range(n):
+        at, ml, hf = f"blocks.{2 * i}.", f"blocks.{2 * i + 1}.", f"model.layers.{i}."
+        ours[at + "norm.weight"] = take(weights, hf + "input_layernorm.weight", CLASS)
+        ours[ml + "norm.weight"] = take(weights, hf + "post_attention_layernorm.weight", CLASS)
+        for part in ("weight", "bias"):
+            if hf + f"self_attn.q_proj.{part}" in weights:
+                ours[at + "branches.0.qkv." + part] = torch.cat([weights.pop(hf + f"self_attn.{p}_proj.{part}")
+                                                                  for p in "qkv"])
+                ours[at + "branches.0.out_proj." + part] = take(weights, hf + f"self_attn.o_proj.{part}", CLASS)
+            if hf + f"mlp.up_proj.{part}" in weights:
+                ours[ml + "branches.0.fc1." + part] = torch.cat([weights.pop(hf + f"mlp.up_proj.{part}"),
+                                                                  weights.pop(hf + f"mlp.gate_proj.{part}")])
+                ours[ml + "branches.0.fc2." + part] = take(weights, hf + f"mlp.down_proj.{part}", CLASS)
+    weights.pop("model.rotary_emb.inv_freq", None)  # a buffer older transformers saved
+    for i in range(n):
+        weights.pop(f"model.layers.{i}.self_attn.rotary_emb.inv_freq", None)
+    check_all_used(weights, CLASS)
+    return mc, ours
