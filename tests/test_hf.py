@@ -32,6 +32,9 @@ CASES = {
     "mamba": (MAMBA, "M x3", {}),
     "mamba-untied-bias": ({"M": {"type": "mamba", "d_state": 4, "bias": True, "dt_rank": 3}}, "M x2",
                           {"tie_embeddings": False}),
+    "mamba2": ({"M2": {"type": "mamba2", "d_state": 8, "headdim": 8, "chunk_size": 4}}, "M2 x2", {}),
+    "mamba2-groups-untied": ({"M2": {"type": "mamba2", "d_state": 6, "headdim": 4, "ngroups": 2, "bias": True,
+                                     "chunk_size": 8}}, "M2 x2", {"tie_embeddings": False}),
     "llama": (LLAMA, "(A F) x2", {}),
     "llama-untied-bias": ({"A": {"type": "attention", "n_heads": 2, "bias": True},
                            "F": {"type": "mlp", "hidden": 40, "bias": True}}, "(A F) x2", {"tie_embeddings": False}),
@@ -65,8 +68,17 @@ def test_imported_model_matches_transformers_and_its_greedy_generation(case, tmp
     ids = torch.randint(0, 61, (2, 11), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         assert relative_error(model(ids), theirs(ids).logits) <= RTOL
+        out = model.generate(ids, 8, temperature=0)
+        # every new token is the argmax of transformers' own forward over the sequence so far
+        assert torch.equal(theirs(out).logits[:, ids.shape[1] - 1:-1].argmax(-1), out[:, ids.shape[1]:])
         expected = theirs.generate(ids, max_new_tokens=8, do_sample=False, min_new_tokens=8, pad_token_id=0)
-    assert torch.equal(model.generate(ids, 8, temperature=0), expected)
+    if case not in CACHED_STEP_DIFFERS:
+        assert torch.equal(out, expected)
+
+
+# transformers 5.24's Mamba2 generate (its cached step, reference kernels on the CPU) departs from its
+# own forward with n_groups > 1: its continuation is not the argmax of its forward; ours is (above)
+CACHED_STEP_DIFFERS = {"mamba2-groups-untied"}
 
 
 @pytest.mark.parametrize("layers,layout,match,closest", [

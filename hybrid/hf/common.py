@@ -88,6 +88,11 @@ def read_folder(path: Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
     return config, weights
 
 
+def number(value: Any) -> float:
+    """A float of config.json; transformers writes infinities as {"__float__": "Infinity"}."""
+    return float(value["__float__"]) if isinstance(value, dict) and "__float__" in value else float(value)
+
+
 def take(weights: dict[str, Tensor], key: str, where: str) -> Tensor:
     if key not in weights:
         raise KeyError(f"{where}: weight {key!r} missing from the checkpoint")
