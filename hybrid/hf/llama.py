@@ -68,16 +68,8 @@ def to_hf(model) -> tuple[Any, dict[str, Tensor]]:
         at, ml, hf = f"blocks.{2 * i}.", f"blocks.{2 * i + 1}.", f"model.layers.{i}."
         weights[hf + "input_layernorm.weight"] = ours[at + "norm.weight"]
         weights[hf + "post_attention_layernorm.weight"] = ours[ml + "norm.weight"]
-        for part in ("weight", "bias"):
-            if at + "branches.0.qkv." + part in ours:
-                wq, wk, wv = ours[at + "branches.0.qkv." + part].split([q, kv, kv])
-                weights.update({hf + f"self_attn.q_proj.{part}": wq, hf + f"self_attn.k_proj.{part}": wk,
-                                hf + f"self_attn.v_proj.{part}": wv,
-                                hf + f"self_attn.o_proj.{part}": ours[at + "branches.0.out_proj." + part]})
-            if ml + "branches.0.fc1." + part in ours:
-                up, gate = ours[ml + "branches.0.fc1." + part].chunk(2)
-                weights.update({hf + f"mlp.up_proj.{part}": up, hf + f"mlp.gate_proj.{part}": gate,
-                                hf + f"mlp.down_proj.{part}": ours[ml + "branches.0.fc2." + part]})
+        attention_to_hf(ours, at + "branches.0.", hf + "self_attn.", q, kv, weights)
+        mlp_to_hf(ours, ml + "branches.0.", hf + "mlp.", weights)
     if not mc.tie_embeddings:
         weights["lm_head.weight"] = ours["lm_head.weight"]
     return config, weights
@@ -107,17 +99,48 @@ def from_hf(config: dict[str, Any], weights: dict[str, Tensor]) -> tuple[ModelCo
         at, ml, hf = f"blocks.{2 * i}.", f"blocks.{2 * i + 1}.", f"model.layers.{i}."
         ours[at + "norm.weight"] = take(weights, hf + "input_layernorm.weight", CLASS)
         ours[ml + "norm.weight"] = take(weights, hf + "post_attention_layernorm.weight", CLASS)
-        for part in ("weight", "bias"):
-            if hf + f"self_attn.q_proj.{part}" in weights:
-                ours[at + "branches.0.qkv." + part] = torch.cat([weights.pop(hf + f"self_attn.{p}_proj.{part}")
-                                                                  for p in "qkv"])
-                ours[at + "branches.0.out_proj." + part] = take(weights, hf + f"self_attn.o_proj.{part}", CLASS)
-            if hf + f"mlp.up_proj.{part}" in weights:
-                ours[ml + "branches.0.fc1." + part] = torch.cat([weights.pop(hf + f"mlp.up_proj.{part}"),
-                                                                  weights.pop(hf + f"mlp.gate_proj.{part}")])
-                ours[ml + "branches.0.fc2." + part] = take(weights, hf + f"mlp.down_proj.{part}", CLASS)
-    weights.pop("model.rotary_emb.inv_freq", None)  # a buffer older transformers saved
-    for i in range(n):
-        weights.pop(f"model.layers.{i}.self_attn.rotary_emb.inv_freq", None)
+        attention_from_hf(weights, hf + "self_attn.", at + "branches.0.", ours)
+        mlp_from_hf(weights, hf + "mlp.", ml + "branches.0.", ours)
+    drop_rotary_buffers(weights, n)
     check_all_used(weights, CLASS)
     return mc, ours
+
+
+def attention_to_hf(ours: dict[str, Tensor], src: str, dst: str, q: int, kv: int, weights: dict[str, Tensor]) -> None:
+    """Our attention at `src` (fused qkv, out_proj) as q_proj, k_proj, v_proj, o_proj at `dst`."""
+    for part in ("weight", "bias"):
+        if src + "qkv." + part in ours:
+            wq, wk, wv = ours[src + "qkv." + part].split([q, kv, kv])
+            weights.update({dst + f"q_proj.{part}": wq, dst + f"k_proj.{part}": wk, dst + f"v_proj.{part}": wv,
+                            dst + f"o_proj.{part}": ours[src + "out_proj." + part]})
+
+
+def attention_from_hf(weights: dict[str, Tensor], src: str, dst: str, ours: dict[str, Tensor]) -> None:
+    for part in ("weight", "bias"):
+        if src + f"q_proj.{part}" in weights:
+            ours[dst + "qkv." + part] = torch.cat([weights.pop(src + f"{p}_proj.{part}") for p in "qkv"])
+            ours[dst + "out_proj." + part] = take(weights, src + f"o_proj.{part}", src)
+
+
+def mlp_to_hf(ours: dict[str, Tensor], src: str, dst: str, weights: dict[str, Tensor]) -> None:
+    """Our SwiGLU MLP at `src` (fc1 = [value; gate], fc2) as up_proj, gate_proj, down_proj at `dst`."""
+    for part in ("weight", "bias"):
+        if src + "fc1." + part in ours:
+            up, gate = ours[src + "fc1." + part].chunk(2)
+            weights.update({dst + f"up_proj.{part}": up, dst + f"gate_proj.{part}": gate,
+                            dst + f"down_proj.{part}": ours[src + "fc2." + part]})
+
+
+def mlp_from_hf(weights: dict[str, Tensor], src: str, dst: str, ours: dict[str, Tensor]) -> None:
+    for part in ("weight", "bias"):
+        if src + f"up_proj.{part}" in weights:
+            ours[dst + "fc1." + part] = torch.cat([weights.pop(src + f"up_proj.{part}"),
+                                                   weights.pop(src + f"gate_proj.{part}")])
+            ours[dst + "fc2." + part] = take(weights, src + f"down_proj.{part}", src)
+
+
+def drop_rotary_buffers(weights: dict[str, Tensor], n: int) -> None:
+    """inv_freq buffers that older transformers saved: recomputed from rope_theta, not weights."""
+    weights.pop("model.rotary_emb.inv_freq", None)
+    for i in range(n):
+        weights.pop(f"model.layers.{i}.self_attn.rotary_emb.inv_freq", None)
