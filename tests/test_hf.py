@@ -38,6 +38,10 @@ CASES = {
     "bamba": ({"M2": {"type": "mamba2", "d_state": 8, "headdim": 8, "chunk_size": 4},
                "A": {"type": "attention", "n_heads": 4, "n_kv_heads": 2, "rotary_fraction": 0.5},
                "F": {"type": "mlp", "hidden": 40}}, "M2 F A F M2 F", {}),
+    "jamba": ({"M": {"type": "mamba", "d_state": 8, "inner_norm_eps": 1e-5},
+               "A": {"type": "attention", "n_heads": 4, "n_kv_heads": 2, "rope_theta": None},
+               "F": {"type": "mlp", "hidden": 40}, "E": {"type": "moe", "n_experts": 4, "top_k": 2, "hidden": 40}},
+              "M F M E A F M E", {}),
     "llama": (LLAMA, "(A F) x2", {}),
     "llama-untied-bias": ({"A": {"type": "attention", "n_heads": 2, "bias": True},
                            "F": {"type": "mlp", "hidden": 40, "bias": True}}, "(A F) x2", {"tie_embeddings": False}),
@@ -85,7 +89,9 @@ CACHED_STEP_DIFFERS = {"mamba2-groups-untied"}
 
 
 @pytest.mark.parametrize("layers,layout,match,closest", [
-    pytest.param({**MAMBA, **LLAMA}, "M A F", "sublayer 1 'A' is attention", "JambaForCausalLM", id="mamba+attention"),
+    pytest.param({**MAMBA, **LLAMA}, "M A F", "3 sublayers; JambaForCausalLM pairs", "JambaForCausalLM",
+                 id="mamba-attention-unpaired"),
+    pytest.param({**MAMBA, **LLAMA}, "M F A F", "inner_norm_eps", "JambaForCausalLM", id="jamba-without-inner-norms"),
     pytest.param({"A": {"type": "attention", "n_heads": 2, "window": 8}, "F": {"type": "mlp"}}, "(A F) x2",
                  "sliding window", "MistralForCausalLM", id="window"),
     pytest.param({"A": {"type": "attention", "n_heads": 2, "rope_theta": None}, "F": {"type": "mlp"}}, "(A F) x2",
@@ -135,4 +141,5 @@ def test_cli_export_of_a_layout_no_class_represents_says_why(tmp_path, capsys):
     model = ours({"M": {"type": "mamba"}, "F": {"type": "mlp"}}, "(M F) x1")
     torch.save(model.state_dict(), tmp_path / "ck.pt")
     assert main(["export", str(config), str(tmp_path / "hf"), "--checkpoint", str(tmp_path / "ck.pt")]) == 2
-    assert "sublayer 1 'F' is mlp" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "Mamba inner_norm_eps None" in err and "JambaForCausalLM" in err

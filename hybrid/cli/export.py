@@ -9,9 +9,9 @@ def add_parser(sub) -> None:
         "export", help="write a trained model as a Hugging Face transformers folder",
         description="Build the model of CONFIG, load its weights from --checkpoint and write OUT as a transformers "
                     "model folder (config.json + model.safetensors) that AutoModelForCausalLM.from_pretrained "
-                    "loads with the same logits. Supported: pure Mamba-1 stacks (MambaForCausalLM) and "
-                    "(A F) xN Transformers of RoPE attention and SwiGLU MLPs (LlamaForCausalLM); `hybrid show "
-                    "--hf CONFIG` says in advance which class a layout maps to, or what does not fit.\n\n"
+                    "loads with the same logits. Classes: MambaForCausalLM, Mamba2ForCausalLM, LlamaForCausalLM, "
+                    "JambaForCausalLM, BambaForCausalLM (hybrid/hf/); `hybrid show --hf CONFIG` says in advance "
+                    "which class a layout maps to, or what does not fit.\n\n"
                     "example:\n  hybrid export configs/layouts/mamba.yaml --checkpoint runs/m/checkpoint.pt "
                     "--format hf exported/m",
         formatter_class=__import__("argparse").RawDescriptionHelpFormatter)

@@ -9,7 +9,8 @@ def add_parser(sub) -> None:
     p = sub.add_parser(
         "import", help="read a Hugging Face transformers folder into a config and checkpoint",
         description="Read a transformers model folder (config.json + *.safetensors) of a supported class "
-                    "(MambaForCausalLM, LlamaForCausalLM) and write OUT/config.yaml (the model section: its layout "
+                    "(MambaForCausalLM, Mamba2ForCausalLM, LlamaForCausalLM, JambaForCausalLM, "
+                    "BambaForCausalLM) and write OUT/config.yaml (the model section: its layout "
                     "and arguments) and OUT/checkpoint.pt (its weights), with the same logits.\n\n"
                     "example:\n  hybrid import hf/tiny-mamba imported/\n"
                     "  hybrid generate imported/config.yaml --checkpoint imported/checkpoint.pt --prompt-ids 1,2,3",

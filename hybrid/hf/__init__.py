@@ -9,6 +9,7 @@ Classes (one module each, both directions, exact: the logits agree in fp32):
     MambaForCausalLM   `M xN`, Mamba-1 layers                         (hybrid/hf/mamba.py)
     Mamba2ForCausalLM  `M2 xN`, Mamba-2 layers                        (hybrid/hf/mamba2.py)
     LlamaForCausalLM   `(A F) xN`, RoPE attention + SwiGLU MLP         (hybrid/hf/llama.py)
+    JambaForCausalLM   Mamba-1 (dt/B/C norms) or NoPE attention, each followed by an MLP or MoE (jamba.py)
     BambaForCausalLM   Mamba-2 or attention, each followed by a SwiGLU MLP (hybrid/hf/bamba.py)
 A layout no class represents is an HFMismatch naming the first sublayer or setting that does not
 fit and the class that came closest. Needs the optional extra `hf` (transformers, safetensors).
@@ -20,12 +21,13 @@ from typing import Any
 
 from torch import Tensor
 
-from hybrid.hf import bamba, llama, mamba, mamba2
+from hybrid.hf import bamba, jamba, llama, mamba, mamba2
 from hybrid.hf.common import HFMismatch, read_folder, sublayers, write_folder
 from hybrid.model_config import ModelConfig
 
-MAPPINGS = {mamba.CLASS: mamba, mamba2.CLASS: mamba2, llama.CLASS: llama, bamba.CLASS: bamba}
-MODEL_TYPES = {"mamba": mamba.CLASS, "mamba2": mamba2.CLASS, "llama": llama.CLASS, "bamba": bamba.CLASS}
+MAPPINGS = {mamba.CLASS: mamba, mamba2.CLASS: mamba2, llama.CLASS: llama, jamba.CLASS: jamba, bamba.CLASS: bamba}
+MODEL_TYPES = {"mamba": mamba.CLASS, "mamba2": mamba2.CLASS, "llama": llama.CLASS, "jamba": jamba.CLASS,
+               "bamba": bamba.CLASS}
 
 __all__ = ["HFMismatch", "MAPPINGS", "export_hf", "hf_class_for", "import_hf"]
 
@@ -42,7 +44,8 @@ def hf_class_for(model_config: ModelConfig) -> str:
             errors[name] = err
     kinds = {kind for _, _, kind, _ in sublayers(model_config)}
     closest = (mamba2.CLASS if kinds == {"mamba2"} else bamba.CLASS if "mamba2" in kinds
-               else llama.CLASS if kinds <= {"attention", "mlp"} else mamba.CLASS)
+               else llama.CLASS if kinds <= {"attention", "mlp"} else mamba.CLASS if kinds == {"mamba"}
+               else jamba.CLASS)
     raise errors[closest]
 
 

@@ -3,6 +3,7 @@
     x, z   = in_proj(u)                                  (batch, 2 * d_inner, length)
     x      = silu(causal depthwise conv1d(x))            one fused op (hybrid.kernels.causal_conv1d)
     dt, B, C = x_proj(x);  dt = dt_proj(dt)              input-dependent step and projections
+                                                         (Jamba: RMSNorm of dt, B and C first, `inner_norm_eps`)
     y      = selective_scan(x, dt, A = -exp(A_log), B, C, D, z, dt bias, softplus)
     out    = out_proj(y)
 
@@ -24,6 +25,7 @@ from hybrid.init import mark_no_reinit, mark_no_weight_decay, mark_residual_out
 from hybrid.kernels.causal_conv1d import causal_conv1d, causal_conv1d_continue, causal_conv1d_update
 from hybrid.kernels.selective_scan import selective_scan, selective_state_update
 from hybrid.layers.projections import channels_to_channels, channels_to_tokens, tokens_to_channels
+from hybrid.norms import RMSNorm
 from hybrid.registry import register_layer
 
 
@@ -39,6 +41,8 @@ class MambaConfig:
     dt_scale: float = field(default=1.0, metadata={"help": "scale of the dt_proj weight init"})
     dt_init_floor: float = field(default=1e-4, metadata={"help": "lower clamp of the initial dt"})
     conv_bias: bool = field(default=True, metadata={"help": "bias in conv1d"})
+    inner_norm_eps: float | None = field(default=None, metadata={
+        "help": "RMSNorm of dt, B and C after x_proj with this epsilon (Jamba's dt/b/c_layernorm); null: none"})
     bias: bool = field(default=False, metadata={"help": "biases in in_proj and out_proj"})
     scan_backend: Literal["auto", "triton", "torch", "ref"] = field(
         default="auto", metadata={"help": "selective scan implementation (auto: Triton on GPU, PyTorch on CPU)"})
@@ -91,6 +95,10 @@ class Mamba(nn.Module):
         A = torch.arange(1, c.d_state + 1, dtype=torch.float32).repeat(self.d_inner, 1)
         self.A_log = nn.Parameter(torch.log(A))
         self.D = nn.Parameter(torch.ones(self.d_inner))
+        if c.inner_norm_eps is not None:  # Jamba's names
+            self.dt_layernorm = RMSNorm(self.dt_rank, c.inner_norm_eps)
+            self.b_layernorm = RMSNorm(c.d_state, c.inner_norm_eps)
+            self.c_layernorm = RMSNorm(c.d_state, c.inner_norm_eps)
         mark_no_weight_decay(self.A_log, self.D, self.dt_proj.bias)
         mark_no_reinit(self.A_log, self.D, self.dt_proj.bias, self.dt_proj.weight)
 
@@ -118,6 +126,8 @@ class Mamba(nn.Module):
         x = causal_conv1d_update(x, state.conv, self.conv1d.weight[:, 0], self.conv1d.bias, activation="silu",
                                  backend=c.conv_backend)
         dt, B, C = F.linear(x, self.x_proj.weight).split([self.dt_rank, c.d_state, c.d_state], dim=-1)
+        if c.inner_norm_eps is not None:
+            dt, B, C = self.dt_layernorm(dt), self.b_layernorm(B), self.c_layernorm(C)
         dt = F.linear(dt, self.dt_proj.weight)  # (batch, d_inner); bias added in the update
         y = selective_state_update(state.ssm, x, dt, -torch.exp(self.A_log.float()), B, C, self.D.float(), z=z,
                                    dt_bias=self.dt_proj.bias.float(), dt_softplus=True, backend=c.scan_backend)
@@ -133,6 +143,9 @@ class Mamba(nn.Module):
         x, z = tokens_to_channels(hidden, self.in_proj.weight, self.in_proj.bias, chunks=2)  # (batch, d_inner, length)
         x = self._conv(x, state)  # silu(conv(x)): (batch, d_inner, length)
         dt, B, C = channels_to_channels(x, self.x_proj.weight).split([self.dt_rank, c.d_state, c.d_state], dim=1)
+        if c.inner_norm_eps is not None:  # over the channels of (batch, channels, length)
+            dt, B, C = (norm(t.transpose(1, 2)).transpose(1, 2).contiguous() for norm, t in
+                        ((self.dt_layernorm, dt), (self.b_layernorm, B), (self.c_layernorm, C)))
         dt = channels_to_channels(dt, self.dt_proj.weight)  # (batch, d_inner, length); bias added in the scan
         A = -torch.exp(self.A_log.float())  # (d_inner, d_state)
         y = selective_scan(x, dt, A, B, C, self.D.float(), z=z, delta_bias=self.dt_proj.bias.float(),

@@ -27,6 +27,9 @@ def block_reference(m: Mamba, u: torch.Tensor) -> torch.Tensor:
     x = F.silu(conv + W["conv1d.bias"][:, None])  # (batch, d_inner, length)
     dbc = x.transpose(1, 2) @ W["x_proj.weight"].T
     dt, B, C = dbc.split([m.dt_rank, c.d_state, c.d_state], dim=-1)
+    if c.inner_norm_eps is not None:  # Jamba: RMSNorm of dt, B, C
+        rms = lambda t, w: t * torch.rsqrt(t.square().mean(-1, keepdim=True) + c.inner_norm_eps) * w  # noqa: E731
+        dt, B, C = rms(dt, W["dt_layernorm.weight"]), rms(B, W["b_layernorm.weight"]), rms(C, W["c_layernorm.weight"])
     dt = F.softplus(dt @ W["dt_proj.weight"].T + W["dt_proj.bias"])  # (batch, length, d_inner)
     A = -torch.exp(W["A_log"])
     h = torch.zeros(u.shape[0], m.d_inner, c.d_state, dtype=torch.float64)
@@ -74,6 +77,20 @@ def test_backends_agree_forward_and_backward(dtype, tol):
         grads.append({n: p.grad for n, p in m.named_parameters()})
     for name in grads[0]:
         torch.testing.assert_close(grads[0][name], grads[1][name], rtol=tol * 10, atol=tol * 10, msg=name)
+
+
+@pytest.mark.parametrize("backend", ["ref", "torch"])
+def test_inner_norms_of_dt_b_c_match_the_reference_forward_and_decoding(backend):
+    m = Mamba(24, MambaConfig(d_state=8, inner_norm_eps=1e-6, scan_backend=backend))
+    with torch.no_grad():  # ones at init; random so that a norm applied to the wrong tensor shows
+        for norm in (m.dt_layernorm, m.b_layernorm, m.c_layernorm):
+            norm.weight.uniform_(0.5, 1.5)
+    u = torch.randn(2, 17, 24)
+    full = m(u)
+    torch.testing.assert_close(full.double(), block_reference(m, u), rtol=1e-4, atol=1e-5)
+    state = m.init_state(2, max_length=17)
+    parts = [m(u[:, :9], state)] + [m(u[:, t:t + 1], state) for t in range(9, 17)]
+    torch.testing.assert_close(torch.cat(parts, 1), full, rtol=1e-5, atol=1e-6)
 
 
 def test_cached_steps_equal_parallel_forward_and_state_is_context_free():
