@@ -3,6 +3,8 @@ and its logits equal ours; import -> our logits equal transformers'; greedy gene
 caches equals transformers' generate; layouts no class represents are refused by name."""
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 
@@ -13,7 +15,17 @@ from hybrid.hf import HFMismatch, export_hf, hf_class_for  # noqa: E402
 from hybrid.model import HybridLM  # noqa: E402
 from hybrid.model_config import ModelConfig  # noqa: E402
 
-RTOL = 1e-4  # the issue's bound on the relative error of the logits, fp32 on the CPU
+RTOL = 1e-4  # the bound on the relative error of the logits, fp32 on the CPU
+
+
+@pytest.fixture(autouse=True)
+def _reference_paths_only(monkeypatch):
+    """transformers runs mamba_ssm's kernels when it can import them, and the peer copy that other tests
+    put on sys.path has no compiled CUDA parts: hide it, so that transformers takes its PyTorch paths."""
+    for name in [m for m in sys.modules if m.split(".")[0] in ("mamba_ssm", "selective_scan_cuda", "causal_conv1d")]:
+        monkeypatch.delitem(sys.modules, name)
+    for name in ("mamba_ssm", "selective_scan_cuda", "causal_conv1d"):
+        monkeypatch.setitem(sys.modules, name, None)
 
 
 def ours(layers, layout, **kw) -> HybridLM:
