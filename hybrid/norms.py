@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import Tensor, nn
 
 
@@ -21,7 +22,11 @@ class RMSNorm(nn.Module):
 
 class GatedRMSNorm(nn.Module):
     """Mamba-2's gated RMSNorm over groups of `group_size` channels, computed in fp32:
-    norm(x * silu(z)) * weight, or norm(x) * weight * silu(z) with `norm_before_gate`."""
+    norm(x * silu(z)) * weight, or norm(x) * weight * silu(z) with `norm_before_gate`.
+
+    Under autograd it keeps only x, z and the weight for the backward and recomputes the fp32 steps
+    there (activation checkpointing): the fp32 intermediates of a (batch, length, d_inner) input
+    would otherwise be held until the backward, ten times the bf16 input's size."""
 
     def __init__(self, dim: int, eps: float = 1e-5, group_size: int | None = None, norm_before_gate: bool = False):
         super().__init__()
@@ -32,12 +37,19 @@ class GatedRMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: Tensor, z: Tensor | None = None) -> Tensor:
+        if not torch.is_grad_enabled():
+            return self._norm(x, z, self.weight)
+        # no RNG inside: preserve_rng_state=False also keeps it capturable in a CUDA graph
+        return torch.utils.checkpoint.checkpoint(self._norm, x, z, self.weight, use_reentrant=False,
+                                                 preserve_rng_state=False)
+
+    def _norm(self, x: Tensor, z: Tensor | None, weight: Tensor) -> Tensor:
         xf = x.float()
         gate = F.silu(z.float()) if z is not None else None
         if gate is not None and not self.norm_before_gate:
             xf = xf * gate
         groups = xf.unflatten(-1, (-1, self.group_size))  # (..., groups, group_size)
-        y = F.rms_norm(groups, (self.group_size,), None, self.eps).flatten(-2) * self.weight.float()
+        y = F.rms_norm(groups, (self.group_size,), None, self.eps).flatten(-2) * weight.float()
         if gate is not None and self.norm_before_gate:
             y = y * gate
         return y.to(x.dtype)

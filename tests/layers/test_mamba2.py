@@ -206,3 +206,25 @@ def test_triton_conv_backend_agrees_in_training_and_decoding():
         state = layers[1].init_state(2, device=device)
         steps = torch.cat([layers[1](u[:, :7], state)] + [layers[1](u[:, t:t + 1], state) for t in range(7, 11)], 1)
     torch.testing.assert_close(steps, outs[0].detach(), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("norm_before_gate", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gated_norm_keeps_only_its_inputs_for_the_backward(norm_before_gate, dtype):
+    from hybrid.norms import GatedRMSNorm
+
+    norm = GatedRMSNorm(12, group_size=4, norm_before_gate=norm_before_gate)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+    x, z = (torch.randn(2, 7, 12, dtype=dtype, requires_grad=True) for _ in range(2))
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        y = norm(x, z)
+    assert sum(t.numel() * t.element_size() for t in saved) <= 2 * x.numel() * x.element_size() + 12 * 4
+    y.square().sum().backward()
+    x2, z2, w2 = (t.detach().clone().requires_grad_() for t in (x, z, norm.weight))
+    y2 = norm._norm(x2, z2, w2)  # without the checkpoint
+    y2.square().sum().backward()
+    torch.testing.assert_close(y, y2)
+    for a, b in ((x.grad, x2.grad), (z.grad, z2.grad), (norm.weight.grad, w2.grad)):
+        torch.testing.assert_close(a, b)
