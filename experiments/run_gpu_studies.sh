@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The GPU studies and their reports, in pieces:
 #   experiments/run_gpu_studies.sh [STUDY ...]     (default: selective_copying induction_heads mqar_zoology)
+#   TOGETHER=1 PACK=out experiments/run_gpu_studies.sh induction_heads induction_heads/investigation
 # Each study's runs live in its folder (experiments/<study>/runs/, checked in for the GPU studies), so
 # running this again skips finished runs and resumes the others from their checkpoints. JOBS runs
 # (default 8) share the GPU at a time; small models leave it mostly idle, so they time-slice well.
@@ -17,17 +18,29 @@ studies=("$@")
 python -c "import torch; print('torch', torch.__version__, '| cuda', torch.cuda.is_available(), '|',
            torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU')"
 
-for name in "${studies[@]}"; do
-  cap_var="CAP_${name^^}"
+# NAME: a study (experiments/NAME/sweep.yaml, its report in experiments/NAME) or STUDY/FILE, another
+# sweep of a study (experiments/STUDY/FILE.yaml, its runs and report in experiments/STUDY/FILE).
+run_one() {
+  local name=$1 sweep out cap_var cap start
+  if [[ $name == */* ]]; then sweep="experiments/$name.yaml"; else sweep="experiments/$name/sweep.yaml"; fi
+  out="experiments/$name"
+  cap_var="CAP_${name//[^A-Za-z0-9]/_}"; cap_var=${cap_var^^}
   cap=${!cap_var:-${CAP:-600}}
   start=$SECONDS
   echo "== $name (cap ${cap}s)"
   timeout --signal=TERM --kill-after="${KILL_AFTER:-30}" "$cap" \
-    python -m hybrid sweep "experiments/$name/sweep.yaml" --no-progress --jobs "${JOBS:-8}" \
+    python -m hybrid sweep "$sweep" --out "$out" --no-progress --jobs "${JOBS:-8}" \
     || echo "!! $name: sweep exited with $? (failed runs or the time cap); the report covers what finished"
-  timeout 120 python -m hybrid report "experiments/$name" || echo "!! $name: no report"
+  timeout 120 python -m hybrid report "$out" > /dev/null || echo "!! $name: no report"
   echo "== $name took $((SECONDS - start))s"
-done
+}
+# TOGETHER=1 runs the sweeps at the same time (each with its JOBS), else one after another
+if [ -n "${TOGETHER:-}" ]; then
+  for name in "${studies[@]}"; do run_one "$name" & done
+  wait
+else
+  for name in "${studies[@]}"; do run_one "$name"; done
+fi
 # PACK=DIR: each study's run directories as DIR/<study>.tgz.aa, .ab, ... of at most 15 MiB (a transfer
 # with a per-file limit lost a whole study's runs once), without the previous checkpoints and TensorBoard
 # files. Unpack with: cat DIR/<study>.tgz.* | tar xzf -
@@ -35,7 +48,7 @@ if [ -n "${PACK:-}" ]; then
   mkdir -p "$PACK"
   for name in "${studies[@]}"; do
     tar czf - --exclude=checkpoint.prev.pt --exclude=tb "experiments/$name"/*runs* "experiments/$name"/*/runs \
-      2>/dev/null | split -b 15m - "$PACK/$name.tgz."
+      2>/dev/null | split -b 15m - "$PACK/${name//\//_}.tgz."
   done
 fi
 echo "all: ${SECONDS}s; reports in experiments/*/report/"
