@@ -10,7 +10,7 @@ import torch
 from hybrid.config import load_config
 from hybrid.errors import CheckpointError, ConfigError
 from hybrid.model import HybridLM
-from hybrid.training.checkpoint import read_checkpoint
+from hybrid.training.checkpoint import read_checkpoint, state_dict_mismatch
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # prefixes that wrappers add to parameter names: torch.compile, DistributedDataParallel
@@ -74,16 +74,10 @@ def load_weights(model: HybridLM, path: str, trust: bool = False) -> None:
     for prefix in WRAPPER_PREFIXES:
         if weights and all(k.startswith(prefix) for k in weights):
             weights = {k[len(prefix):]: v for k, v in weights.items()}
-    expected = model.state_dict()
     tied = {"lm_head.weight"} if model.config.tie_embeddings else set()
-    missing = [k for k in expected if k not in weights and k not in tied]
-    unexpected = [k for k in weights if k not in expected]
-    wrong = [f"{k} {tuple(v.shape)} (model: {tuple(expected[k].shape)})" for k, v in weights.items()
-             if k in expected and v.shape != expected[k].shape]
-    if missing or unexpected or wrong:
-        problems = [f"{what} {names[:4]}{' ...' if len(names) > 4 else ''}" for what, names in
-                    (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)) if names]
-        raise ConfigError(f"checkpoint {path!r} does not match the config's model: {'; '.join(problems)}. "
+    problems = state_dict_mismatch(model.state_dict(), weights, tied)
+    if problems:
+        raise ConfigError(f"checkpoint {path!r} does not match the config's model: {problems}. "
                           f"Use the config (and overrides) it was trained with", key="--checkpoint")
     model.load_state_dict(weights, strict=False)
 

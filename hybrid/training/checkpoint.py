@@ -151,6 +151,18 @@ def _reason(err: BaseException) -> str:
     return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
+def state_dict_mismatch(expected: dict[str, Any], weights: dict[str, Any], tied: set[str] = frozenset()) -> str | None:
+    """What keeps `weights` from loading into a model whose state dict is `expected` (missing and
+    unexpected names, wrong shapes), or None when it fits. `tied`: names that may be absent (a tied head)."""
+    missing = [k for k in expected if k not in weights and k not in tied]
+    unexpected = [k for k in weights if k not in expected]
+    wrong = [f"{k} {tuple(v.shape)} (model: {tuple(expected[k].shape)})" for k, v in weights.items()
+             if k in expected and tuple(v.shape) != tuple(expected[k].shape)]
+    problems = [f"{what} {names[:4]}{' ...' if len(names) > 4 else ''}" for what, names in
+                (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)) if names]
+    return "; ".join(problems) or None
+
+
 def load_checkpoint(run_dir: Path, map_location: Any = "cpu") -> dict[str, Any] | None:
     """The checkpoint of `run_dir`, or None when it has none. A damaged latest checkpoint falls back
     to checkpoint.prev.pt (the damaged file set aside, see the module header); a CheckpointError

@@ -29,12 +29,13 @@ import torch
 
 from hybrid.config import RootConfig, dump_config, load_config
 from hybrid.estimate import check_fits
-from hybrid.errors import ConfigError
+from hybrid.errors import CheckpointError, ConfigError
 from hybrid.model import HybridLM
 from hybrid.training.batches import TrainBatches
 from hybrid.training.build import (autocast_dtype, build_task_of, check_eval_sets, check_vocab, inference_state_size,
                                    resolve_device, run_dir_of)
-from hybrid.training.checkpoint import load_checkpoint, save_checkpoint, set_rng_state
+from hybrid.training.checkpoint import (load_checkpoint, save_checkpoint, set_rng_state,
+                                        state_dict_mismatch)
 from hybrid.training.config import TrainConfig
 from hybrid.training.distributed import (Parallel, load_model_state, load_optimizer_state, model_state,
                                          optimizer_state, rank_device, resolve_mode, setup, wrap)
@@ -169,6 +170,11 @@ def _setup(root: RootConfig, run: RunDir, resume: bool, parallel: Parallel) -> _
     state = load_checkpoint(run.path, map_location=device) if resume else None
     start, extra = 0, {}
     if state is not None:
+        problems = state_dict_mismatch(model.state_dict(), state["model"])
+        if problems:
+            raise CheckpointError(f"holds a model of another layout or size than the run's config: {problems}. "
+                                  f"Resume with the config it was written with, or start afresh (--overwrite)",
+                                  file=str(run.file("checkpoint.pt")))
         load_model_state(model, state["model"], parallel)
         load_optimizer_state(model, optimizer, state["optimizer"], parallel)
         scheduler.load_state_dict(state["scheduler"])

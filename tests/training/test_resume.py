@@ -203,3 +203,13 @@ def test_a_resume_that_fails_before_training_is_recorded_as_failed(tiny, tmp_pat
         resume_run(cut_dir)
     status = json.loads((cut_dir / "status.json").read_text())
     assert status["state"] == "failed" and "cannot restore" in status["error"]
+
+
+def test_resuming_with_another_layout_names_the_checkpoint_and_the_mismatch(tiny, tmp_path):
+    from hybrid.errors import CheckpointError
+
+    config = tiny()
+    with pytest.raises(Killed):
+        train(load_config(config, ["name=cut"]), on_step=_kill_at(5))
+    with pytest.raises(CheckpointError, match=r"another layout or size.*missing \['blocks.4"):
+        resume_run(tmp_path / "runs" / "cut", ["model.layout=(A F) x3"])
