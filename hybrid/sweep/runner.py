@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from hybrid.config import dump_config
+from hybrid.errors import ConfigError
 from hybrid.summary import format_table
 from hybrid.sweep.spec import RunSpec, SweepSpec, override_strings, resolve_run
 from hybrid.training.checkpoint import CHECKPOINT
@@ -64,6 +65,8 @@ def resolve_jobs(jobs: int | str, spec: SweepSpec | None = None, runs: list[RunS
     gpus = torch.cuda.device_count()
     if gpus == 0:
         return 1
+    if spec is not None and spec.gpus_per_run > 1:  # one multi-GPU run per group of GPUs
+        return max(1, gpus // spec.gpus_per_run)
     runs = spec.runs if spec is not None and runs is None else runs
     if not runs:  # nothing to size (or nothing left to run)
         return gpus
@@ -77,6 +80,15 @@ def resolve_jobs(jobs: int | str, spec: SweepSpec | None = None, runs: list[RunS
     return gpus * per_gpu
 
 
+def gpu_groups(count: int, per_run: int) -> list[list[int]]:
+    """The GPUs 0..count-1 in groups of `per_run` (a ConfigError when there are GPUs but too few)."""
+    if count == 0:
+        return []
+    if count < per_run:
+        raise ConfigError(f"gpus_per_run {per_run}, but this machine has {count} GPU(s)", key="gpus_per_run")
+    return [list(range(i, i + per_run)) for i in range(0, count - per_run + 1, per_run)]
+
+
 def _run_inprocess(spec: SweepSpec, run: RunSpec, progress: bool) -> None:
     from hybrid.training.trainer import train  # noqa: PLC0415
 
@@ -85,15 +97,19 @@ def _run_inprocess(spec: SweepSpec, run: RunSpec, progress: bool) -> None:
     train(root, resume=True)
 
 
-def _run_subprocess(spec: SweepSpec, run: RunSpec, gpu: int | None) -> None:
-    """Train in a worker process (`hybrid train --resume DIR`), its output in `<run>/train.log`."""
+def _run_subprocess(spec: SweepSpec, run: RunSpec, gpus: list[int] | None) -> None:
+    """Train in a worker process (`hybrid train --resume DIR`), its output in `<run>/train.log`; with
+    gpus_per_run > 1 a torchrun job of that many ranks, one per GPU in `gpus` (gloo ranks without GPUs)."""
     rd = run_dir(spec, run).create()
     root = resolve_run(spec, run)
     rd.write_config(dump_config(root))
     env = dict(os.environ)
-    if gpu is not None:
-        env["CUDA_VISIBLE_DEVICES"] = str(gpu)
-    cmd = [sys.executable, "-m", "hybrid", "train", "--resume", str(rd.path), "train.progress=false"]
+    if gpus is not None:
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, gpus))
+    launch = [sys.executable]
+    if spec.gpus_per_run > 1:
+        launch += ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={spec.gpus_per_run}"]
+    cmd = [*launch, "-m", "hybrid", "train", "--resume", str(rd.path), "train.progress=false"]
     with open(rd.file("train.log"), "a") as out:
         code = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, env=env).returncode
     if code != 0 and not rd.finished:
@@ -117,10 +133,10 @@ def run_sweep(spec: SweepSpec, *, jobs: int | str | None = None, progress: bool 
     skipped = len(spec.runs) - len(todo)
     log.info("sweep %s: %d runs (%d finished, %d to run) in %s, %d at a time", spec.name, len(spec.runs), skipped,
              len(todo), spec.out_dir, jobs)
-    gpus = list(range(torch.cuda.device_count()))
-    # One slot per run at a time; with more jobs than GPUs, runs share GPUs round-robin (small
-    # models leave a GPU mostly idle, waiting on the host).
-    free = [gpus[i % len(gpus)] for i in range(jobs)] if gpus else [None] * jobs
+    # One slot per run at a time, a slot being gpus_per_run GPUs; with more jobs than slots, runs share
+    # them round-robin (small models leave a GPU mostly idle, waiting on the host).
+    groups = gpu_groups(torch.cuda.device_count(), spec.gpus_per_run)
+    free = [groups[i % len(groups)] for i in range(jobs)] if groups else [None] * jobs
     lock = threading.Lock()
 
     def one(index: int, run: RunSpec) -> None:
@@ -128,7 +144,7 @@ def run_sweep(spec: SweepSpec, *, jobs: int | str | None = None, progress: bool 
         log.info("[%d/%d] %s", index + 1, len(todo), run.name)
         rd = run_dir(spec, run)
         try:
-            if jobs == 1:
+            if jobs == 1 and spec.gpus_per_run == 1:
                 _run_inprocess(spec, run, progress)
             else:
                 with lock:
@@ -147,7 +163,7 @@ def run_sweep(spec: SweepSpec, *, jobs: int | str | None = None, progress: bool 
 
     if jobs == 1:
         for i, run in enumerate(todo):
-            one(i, run)
+            one(i, run)  # in this process, or (gpus_per_run > 1) a torchrun job at a time
     else:
         pool = ThreadPoolExecutor(max_workers=jobs)
         try:

@@ -14,6 +14,7 @@
       task.vocab_size: [64, 128]                        #   crossed with the grid
       model.vocab_size: [64, 128]
     select: {over: [train.lr], metric: eval/all/accuracy, mode: max}   # best-of-lr in reports
+    gpus_per_run: 2                                     # each run data-parallel over 2 GPUs (torchrun)
 
 Keys are dotted config paths (any override `hybrid train` accepts); values may be mappings or
 lists (written into the run's config as they are) of plain YAML data. A sweep has at most
@@ -36,7 +37,7 @@ import yaml
 from hybrid.config import COMMAND_LINE, RootConfig, _is_file, _read_yaml, load_config
 from hybrid.errors import ConfigError, did_you_mean, shown
 
-TOP_KEYS = ("name", "config", "overrides", "grid", "zip", "select", "out", "jobs")
+TOP_KEYS = ("name", "config", "overrides", "grid", "zip", "select", "out", "jobs", "gpus_per_run")
 SELECT_KEYS = ("over", "metric", "mode")
 MAX_RUNS = 10_000
 
@@ -60,6 +61,7 @@ class SweepSpec:
     mode: str = "max"
     out: Path | None = None
     jobs: int | str = 1
+    gpus_per_run: int = 1  # > 1: each run is a torchrun job of that many ranks (data-parallel)
 
     @property
     def out_dir(self) -> Path:
@@ -300,13 +302,17 @@ def load_sweep(path: Path | str, *, check: bool = True) -> SweepSpec:
         runs.append(RunSpec(name, overrides, labels, ",".join(group_parts) or "base"))
 
     jobs = parse_jobs(data.get("jobs", 1), file, "jobs")
+    gpus_per_run = data.get("gpus_per_run", 1)
+    if not isinstance(gpus_per_run, int) or isinstance(gpus_per_run, bool) or gpus_per_run < 1:
+        raise ConfigError(f"expected a positive integer, got {shown(gpus_per_run)}", key="gpus_per_run", file=file)
     if data.get("out") is not None and not isinstance(data["out"], str):
         raise ConfigError(f"expected a folder path, got {shown(data['out'])}", key="out", file=file)
     if data.get("name") is not None and not isinstance(data["name"], (str, int)):
         raise ConfigError(f"expected a name, got {shown(data['name'])}", key="name", file=file)
     spec = SweepSpec(path=path, name=str(data.get("name") or path.parent.name), config=config, runs=runs,
                      select_over=over, metric=str(select.get("metric", "eval/all/accuracy")), mode=mode,
-                     out=(path.parent / data["out"]).resolve() if data.get("out") else None, jobs=jobs)
+                     out=(path.parent / data["out"]).resolve() if data.get("out") else None, jobs=jobs,
+                     gpus_per_run=gpus_per_run)
     if check:
         for run in runs:
             resolve_run(spec, run)

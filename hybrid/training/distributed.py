@@ -22,7 +22,8 @@ Checkpoints are full state dicts written by rank 0 in the single-process format 
 parameters by name, the optimiser's state by parameter name), so a run resumes on any number of ranks,
 1 included. Every rank evaluates every held-out batch (FSDP's forward needs all of them); rank 0 alone
 writes logs, metrics, status and results. CUDA graphs are not captured under ddp or fsdp (eager steps);
-torch.compile works under both.
+torch.compile works under both. A sweep runs each of its runs as such a job with `gpus_per_run: N`
+(`hybrid.sweep.runner`).
 """
 from __future__ import annotations
 

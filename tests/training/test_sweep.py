@@ -153,7 +153,7 @@ def test_more_jobs_than_gpus_share_them(tiny, tmp_path, monkeypatch):
     monkeypatch.setattr(runner.torch.cuda, "device_count", lambda: 1)
     monkeypatch.setattr(runner, "_run_subprocess", fake_subprocess)
     states = run_sweep(spec, jobs=3, progress=False)
-    assert sorted(seen) == [0, 0, 0]
+    assert sorted(seen) == [[0], [0], [0]]
     assert set(states.values()) == {"completed"}
 
 
@@ -181,3 +181,49 @@ def test_jobs_auto_packs_small_runs_per_gpu_by_their_memory_estimate(tiny, tmp_p
     assert runner.resolve_jobs("auto", spec) == 2  # never fewer than one per GPU
     monkeypatch.setattr(runner.torch.cuda, "device_count", lambda: 0)
     assert runner.resolve_jobs("auto", spec) == 1
+
+
+def test_runs_of_several_gpus_get_groups_of_them(tiny, tmp_path, monkeypatch):
+    """gpus_per_run 2 on 4 GPUs: two runs at a time (jobs auto), each on its own pair."""
+    import threading
+    import time
+
+    from hybrid.sweep import runner
+
+    tiny()
+    spec = load_sweep(write_sweep(tmp_path, {"grid": {"seed": [0, 1, 2, 3]}, "gpus_per_run": 2}))
+    seen, lock = [], threading.Lock()
+
+    def fake_subprocess(spec_, run, gpus):
+        with lock:
+            seen.append(tuple(gpus))
+        time.sleep(0.05)
+        runner.run_dir(spec_, run).create().set_status("completed")
+
+    monkeypatch.setattr(runner.torch.cuda, "device_count", lambda: 4)
+    monkeypatch.setattr(runner, "_run_subprocess", fake_subprocess)
+    run_sweep(spec, jobs="auto", progress=False)
+    assert sorted(seen) == [(0, 1), (0, 1), (2, 3), (2, 3)]
+    monkeypatch.setattr(runner.torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ConfigError, match="gpus_per_run 2, but this machine has 1 GPU"):
+        run_sweep(load_sweep(write_sweep(tmp_path, {"grid": {"seed": [5]}, "gpus_per_run": 2}, "more.yaml")),
+                  progress=False)
+
+
+def test_a_two_rank_sweep_run_on_the_cpu_logs_one_process_losses(tiny, tmp_path):
+    """gpus_per_run 2 without GPUs: each run is a torchrun job of two gloo ranks."""
+    from hybrid.config import load_config
+    from hybrid.training.logging import read_metrics
+    from hybrid.training.trainer import train
+
+    config = tiny(steps=4, eval_every=0, checkpoint_every=2)
+    spec = load_sweep(write_sweep(tmp_path, {"grid": {"seed": [3]}, "gpus_per_run": 2, "out": "two"}))
+    assert run_sweep(spec, progress=False) == {"seed=3": "completed"}
+    train(load_config(config, ["name=one"]))
+
+    def losses(run_dir):
+        return [(m["step"], round(m["train/loss"], 5)) for m in read_metrics(run_dir / "metrics.jsonl")
+                if "train/loss" in m]
+
+    assert losses(tmp_path / "two" / "runs" / "seed=3") == losses(tmp_path / "runs" / "one")
+    assert "ddp over 2 ranks" in (tmp_path / "two" / "runs" / "seed=3" / "train.log").read_text()
