@@ -9,6 +9,7 @@ fc1 = [up; gate]; down_proj is our fc2.
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -68,8 +69,6 @@ def check(mc: ModelConfig) -> None:
 
 
 def _hidden(config: Any, d_model: int) -> int:
-    import math  # noqa: PLC0415
-
     hidden = config.hidden or int(math.ceil(config.expand * d_model))
     return -(-hidden // config.multiple_of) * config.multiple_of
 
@@ -134,7 +133,8 @@ def from_hf(config: dict[str, Any], weights: dict[str, Tensor]) -> tuple[ModelCo
               "A": {"type": "attention", "n_heads": config["num_attention_heads"],
                     "n_kv_heads": config.get("num_key_value_heads"), "rope_theta": None},
               "F": {"type": "mlp", "activation": "swiglu", "hidden": config["intermediate_size"]},
-              "E": {"type": "moe", "n_experts": config.get("num_experts", 16), "top_k": config.get("num_experts_per_tok", 2),
+              "E": {"type": "moe", "n_experts": config.get("num_experts", 16),
+                    "top_k": config.get("num_experts_per_tok", 2),
                     "hidden": config["intermediate_size"], "activation": "swiglu", "renormalize": False,
                     "aux_loss_coef": config.get("router_aux_loss_coef", 0.001)}}
     ap, ao = config.get("attn_layer_period", 8), config.get("attn_layer_offset", 4)

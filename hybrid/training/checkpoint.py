@@ -103,8 +103,9 @@ def save_checkpoint(run_dir: Path, *, model: torch.nn.Module | dict[str, Any], o
                     scheduler: dict[str, Any], step: int, extra: dict[str, Any] | None = None,
                     rotate: bool = True) -> Path:
     """Write `run_dir/checkpoint.pt` atomically, keeping the one before as checkpoint.prev.pt.
-    `model` is the module or its (full) state dict; `optimizer` and `scheduler` are state dicts (the training step makes them: a graphed step saves
-    its tensor learning rate as the float an eager run would); `step` is the optimiser steps done."""
+    `model` is the module or its (full) state dict; `optimizer` and `scheduler` are state dicts (the
+    training step makes them: a graphed step saves its tensor learning rate as the float an eager run
+    would); `step` is the optimiser steps done."""
     state = {
         "step": step,
         "model": model if isinstance(model, dict) else model.state_dict(),
