@@ -12,7 +12,8 @@ from typing import Any
 from torch import Tensor
 
 from hybrid.hf import mamba2
-from hybrid.hf.common import check_all_used, check_rmsnorm, hf_modules, lm_head_and_tie, number, require, sublayers, take
+from hybrid.hf.common import (check_all_used, check_rmsnorm, decoder_from_hf, decoder_to_hf, hf_modules, move,
+                              number, require, sublayers)
 from hybrid.hf.llama import attention_from_hf, attention_to_hf, drop_rotary_buffers, mlp_from_hf, mlp_to_hf
 from hybrid.model_config import ModelConfig
 
@@ -71,11 +72,9 @@ def to_hf(model) -> tuple[Any, dict[str, Tensor]]:
         tie_word_embeddings=mc.tie_embeddings, **kw)
     config.architectures = [CLASS]
     ours = model.state_dict()
-    weights = {"model.embed_tokens.weight": ours["embedding.weight"], "model.final_layernorm.weight": ours["norm_f.weight"]}
+    weights = decoder_to_hf(model, len(model.blocks) // 2, "pre_ff_layernorm", "final_layernorm")
     for i, mixer in enumerate(mixers):
         mx, ml, hf = f"blocks.{2 * i}.", f"blocks.{2 * i + 1}.", f"model.layers.{i}."
-        weights[hf + "input_layernorm.weight"] = ours[mx + "norm.weight"]
-        weights[hf + "pre_ff_layernorm.weight"] = ours[ml + "norm.weight"]
         if i in attn_idx:
             attention_to_hf(ours, mx + "branches.0.", hf + "self_attn.", mixer.n_heads * mixer.head_dim,
                             mixer.n_kv_heads * mixer.head_dim, weights)
@@ -83,8 +82,6 @@ def to_hf(model) -> tuple[Any, dict[str, Tensor]]:
             weights.update({hf + "mamba." + name: ours[mx + "branches.0." + name] for name in mamba2.MIXER
                             if mx + "branches.0." + name in ours})
         mlp_to_hf(ours, ml + "branches.0.", hf + "feed_forward.", weights)
-    if not mc.tie_embeddings:
-        weights["lm_head.weight"] = ours["lm_head.weight"]
     return config, weights
 
 
@@ -116,19 +113,13 @@ def from_hf(config: dict[str, Any], weights: dict[str, Tensor]) -> tuple[ModelCo
     tie = config.get("tie_word_embeddings", False)
     mc = ModelConfig(d_model=d, vocab_size=config["vocab_size"], layers=layers, layout=layout, norm="rmsnorm",
                      norm_eps=eps, tie_embeddings=tie)
-    emb, head = lm_head_and_tie(weights, "model.embed_tokens.weight", tie)
-    ours = {"embedding.weight": emb, "norm_f.weight": take(weights, "model.final_layernorm.weight", CLASS),
-            "lm_head.weight": emb if head is None else head}
+    ours = decoder_from_hf(weights, n, "pre_ff_layernorm", "final_layernorm", tie, CLASS)
     for i in range(n):
         mx, ml, hf = f"blocks.{2 * i}.", f"blocks.{2 * i + 1}.", f"model.layers.{i}."
-        ours[mx + "norm.weight"] = take(weights, hf + "input_layernorm.weight", CLASS)
-        ours[ml + "norm.weight"] = take(weights, hf + "pre_ff_layernorm.weight", CLASS)
         if i in attn:
             attention_from_hf(weights, hf + "self_attn.", mx + "branches.0.", ours)
         else:
-            for name in mamba2.MIXER:
-                if hf + "mamba." + name in weights:
-                    ours[mx + "branches.0." + name] = weights.pop(hf + "mamba." + name)
+            move(weights, hf + "mamba.", ours, mx + "branches.0.", mamba2.MIXER)
         mlp_from_hf(weights, hf + "feed_forward.", ml + "branches.0.", ours)
     drop_rotary_buffers(weights, n)
     check_all_used(weights, CLASS)

@@ -112,3 +112,61 @@ def lm_head_and_tie(weights: dict[str, Tensor], embedding_key: str, tie: bool) -
     if tie and head is not None and not torch.equal(head, emb):
         raise ValueError("tie_word_embeddings is set but lm_head.weight differs from the embedding")
     return emb, None if tie else head
+
+
+def backbone_to_hf(model, mixer_names: tuple[str, ...]) -> dict[str, Tensor]:
+    """The weights of a one-mixer-per-layer stack (HF Mamba, Mamba2) by HF name: backbone.embeddings,
+    backbone.layers.i.norm and .mixer.<name>, backbone.norm_f, and lm_head unless tied."""
+    ours = model.state_dict()
+    weights = {"backbone.embeddings.weight": ours["embedding.weight"], "backbone.norm_f.weight": ours["norm_f.weight"]}
+    for i in range(len(model.blocks)):
+        weights[f"backbone.layers.{i}.norm.weight"] = ours[f"blocks.{i}.norm.weight"]
+        weights.update({f"backbone.layers.{i}.mixer.{name}": ours[f"blocks.{i}.branches.0.{name}"]
+                        for name in mixer_names if f"blocks.{i}.branches.0.{name}" in ours})
+    if not model.config.tie_embeddings:
+        weights["lm_head.weight"] = ours["lm_head.weight"]
+    return weights
+
+
+def backbone_from_hf(weights: dict[str, Tensor], n: int, mixer_names: tuple[str, ...], tie: bool,
+                     cls: str) -> dict[str, Tensor]:
+    """Our state dict of a `backbone_to_hf` stack of n layers; the weights taken are removed from `weights`."""
+    emb, head = lm_head_and_tie(weights, "backbone.embeddings.weight", tie)
+    ours = {"embedding.weight": emb, "norm_f.weight": take(weights, "backbone.norm_f.weight", cls),
+            "lm_head.weight": emb if head is None else head}
+    for i in range(n):
+        ours[f"blocks.{i}.norm.weight"] = take(weights, f"backbone.layers.{i}.norm.weight", cls)
+        move(weights, f"backbone.layers.{i}.mixer.", ours, f"blocks.{i}.branches.0.", mixer_names)
+    return ours
+
+
+def decoder_to_hf(model, n: int, ffn_norm: str, final_norm: str) -> dict[str, Tensor]:
+    """The norms and embeddings of a (mixer, FFN)-pair decoder by HF name (Llama, Jamba, Bamba):
+    model.embed_tokens, model.layers.i.input_layernorm and .<ffn_norm>, model.<final_norm>, lm_head."""
+    ours = model.state_dict()
+    weights = {"model.embed_tokens.weight": ours["embedding.weight"], f"model.{final_norm}.weight": ours["norm_f.weight"]}
+    for i in range(n):
+        weights[f"model.layers.{i}.input_layernorm.weight"] = ours[f"blocks.{2 * i}.norm.weight"]
+        weights[f"model.layers.{i}.{ffn_norm}.weight"] = ours[f"blocks.{2 * i + 1}.norm.weight"]
+    if not model.config.tie_embeddings:
+        weights["lm_head.weight"] = ours["lm_head.weight"]
+    return weights
+
+
+def decoder_from_hf(weights: dict[str, Tensor], n: int, ffn_norm: str, final_norm: str, tie: bool,
+                    cls: str) -> dict[str, Tensor]:
+    """Our norms and embeddings of a `decoder_to_hf` decoder of n layers (removed from `weights`)."""
+    emb, head = lm_head_and_tie(weights, "model.embed_tokens.weight", tie)
+    ours = {"embedding.weight": emb, "norm_f.weight": take(weights, f"model.{final_norm}.weight", cls),
+            "lm_head.weight": emb if head is None else head}
+    for i in range(n):
+        ours[f"blocks.{2 * i}.norm.weight"] = take(weights, f"model.layers.{i}.input_layernorm.weight", cls)
+        ours[f"blocks.{2 * i + 1}.norm.weight"] = take(weights, f"model.layers.{i}.{ffn_norm}.weight", cls)
+    return ours
+
+
+def move(weights: dict[str, Tensor], src: str, ours: dict[str, Tensor], dst: str, names: tuple[str, ...]) -> None:
+    """weights[src + name] -> ours[dst + name] for the names present (removed from `weights`)."""
+    for name in names:
+        if src + name in weights:
+            ours[dst + name] = weights.pop(src + name)

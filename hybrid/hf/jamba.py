@@ -15,7 +15,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from hybrid.hf.common import check_all_used, check_rmsnorm, hf_modules, lm_head_and_tie, require, sublayers, take
+from hybrid.hf.common import (check_all_used, check_rmsnorm, decoder_from_hf, decoder_to_hf, hf_modules, move,
+                              require, sublayers, take)
 from hybrid.hf.llama import attention_from_hf, attention_to_hf, mlp_from_hf, mlp_to_hf
 from hybrid.hf.mamba import MIXER as MAMBA_MIXER
 from hybrid.model_config import ModelConfig
@@ -97,11 +98,9 @@ def to_hf(model) -> tuple[Any, dict[str, Tensor]]:
         mamba_conv_bias=mamba.config.conv_bias, mamba_proj_bias=mamba.config.bias)
     config.architectures = [CLASS]
     ours = model.state_dict()
-    weights = {"model.embed_tokens.weight": ours["embedding.weight"], "model.final_layernorm.weight": ours["norm_f.weight"]}
+    weights = decoder_to_hf(model, len(model.blocks) // 2, "pre_ff_layernorm", "final_layernorm")
     for i in range(n):
         mx, ff, hf = f"blocks.{2 * i}.", f"blocks.{2 * i + 1}.", f"model.layers.{i}."
-        weights[hf + "input_layernorm.weight"] = ours[mx + "norm.weight"]
-        weights[hf + "pre_ff_layernorm.weight"] = ours[ff + "norm.weight"]
         if i in attn:
             attention_to_hf(ours, mx + "branches.0.", hf + "self_attn.", a.n_heads * a.head_dim,
                             a.n_kv_heads * a.head_dim, weights)
@@ -115,8 +114,6 @@ def to_hf(model) -> tuple[Any, dict[str, Tensor]]:
                             hf + "feed_forward.experts.down_proj": ours[ff + "branches.0.fc2.weight"]})
         else:
             mlp_to_hf(ours, ff + "branches.0.", hf + "feed_forward.", weights)
-    if not mc.tie_embeddings:
-        weights["lm_head.weight"] = ours["lm_head.weight"]
     return config, weights
 
 
@@ -145,19 +142,13 @@ def from_hf(config: dict[str, Any], weights: dict[str, Tensor]) -> tuple[ModelCo
     mc = ModelConfig(d_model=d, vocab_size=config["vocab_size"], layers={k: v for k, v in layers.items() if k in used},
                      layout=" ".join(" ".join(pair) for pair in pattern), norm="rmsnorm", norm_eps=eps,
                      tie_embeddings=tie)
-    emb, head = lm_head_and_tie(weights, "model.embed_tokens.weight", tie)
-    ours = {"embedding.weight": emb, "norm_f.weight": take(weights, "model.final_layernorm.weight", CLASS),
-            "lm_head.weight": emb if head is None else head}
+    ours = decoder_from_hf(weights, n, "pre_ff_layernorm", "final_layernorm", tie, CLASS)
     for i, (mixer, ffn) in enumerate(pattern):
         mx, ff, hf = f"blocks.{2 * i}.", f"blocks.{2 * i + 1}.", f"model.layers.{i}."
-        ours[mx + "norm.weight"] = take(weights, hf + "input_layernorm.weight", CLASS)
-        ours[ff + "norm.weight"] = take(weights, hf + "pre_ff_layernorm.weight", CLASS)
         if mixer == "A":
             attention_from_hf(weights, hf + "self_attn.", mx + "branches.0.", ours)
         else:
-            for k in MAMBA_MIXER + INNER_NORMS:
-                if hf + "mamba." + k in weights:
-                    ours[mx + "branches.0." + k] = weights.pop(hf + "mamba." + k)
+            move(weights, hf + "mamba.", ours, mx + "branches.0.", MAMBA_MIXER + INNER_NORMS)
         if ffn == "E":
             ours.update(_experts_from_hf(weights, hf + "feed_forward.", ff + "branches.0.", layers["E"]["n_experts"]))
         else:

@@ -12,7 +12,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from hybrid.hf.common import check_all_used, check_rmsnorm, hf_modules, lm_head_and_tie, require, sublayers, take
+from hybrid.hf.common import (check_all_used, check_rmsnorm, decoder_from_hf, decoder_to_hf, hf_modules, require,
+                              sublayers, take)
 from hybrid.model_config import ModelConfig
 
 CLASS = "LlamaForCausalLM"
@@ -63,15 +64,11 @@ def to_hf(model) -> tuple[Any, dict[str, Tensor]]:
     config.architectures = [CLASS]
     ours = model.state_dict()
     q, kv = attn.n_heads * attn.head_dim, attn.n_kv_heads * attn.head_dim
-    weights = {"model.embed_tokens.weight": ours["embedding.weight"], "model.norm.weight": ours["norm_f.weight"]}
+    weights = decoder_to_hf(model, len(model.blocks) // 2, "post_attention_layernorm", "norm")
     for i in range(len(model.blocks) // 2):
         at, ml, hf = f"blocks.{2 * i}.", f"blocks.{2 * i + 1}.", f"model.layers.{i}."
-        weights[hf + "input_layernorm.weight"] = ours[at + "norm.weight"]
-        weights[hf + "post_attention_layernorm.weight"] = ours[ml + "norm.weight"]
         attention_to_hf(ours, at + "branches.0.", hf + "self_attn.", q, kv, weights)
         mlp_to_hf(ours, ml + "branches.0.", hf + "mlp.", weights)
-    if not mc.tie_embeddings:
-        weights["lm_head.weight"] = ours["lm_head.weight"]
     return config, weights
 
 
@@ -92,13 +89,9 @@ def from_hf(config: dict[str, Any], weights: dict[str, Tensor]) -> tuple[ModelCo
     n, tie = config["num_hidden_layers"], config.get("tie_word_embeddings", False)
     mc = ModelConfig(d_model=d, vocab_size=config["vocab_size"], layers=layers, layout=f"(A F) x{n}", norm="rmsnorm",
                      norm_eps=config.get("rms_norm_eps", 1e-6), tie_embeddings=tie)
-    emb, head = lm_head_and_tie(weights, "model.embed_tokens.weight", tie)
-    ours = {"embedding.weight": emb, "norm_f.weight": take(weights, "model.norm.weight", CLASS),
-            "lm_head.weight": emb if head is None else head}
+    ours = decoder_from_hf(weights, n, "post_attention_layernorm", "norm", tie, CLASS)
     for i in range(n):
         at, ml, hf = f"blocks.{2 * i}.", f"blocks.{2 * i + 1}.", f"model.layers.{i}."
-        ours[at + "norm.weight"] = take(weights, hf + "input_layernorm.weight", CLASS)
-        ours[ml + "norm.weight"] = take(weights, hf + "post_attention_layernorm.weight", CLASS)
         attention_from_hf(weights, hf + "self_attn.", at + "branches.0.", ours)
         mlp_from_hf(weights, hf + "mlp.", ml + "branches.0.", ours)
     drop_rotary_buffers(weights, n)

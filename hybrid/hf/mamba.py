@@ -10,8 +10,8 @@ from typing import Any
 
 from torch import Tensor
 
-from hybrid.hf.common import (HFMismatch, check_all_used, check_rmsnorm, hf_modules, lm_head_and_tie, require,
-                              sublayers, take)
+from hybrid.hf.common import (HFMismatch, backbone_from_hf, backbone_to_hf, check_all_used, check_rmsnorm,
+                              hf_modules, require, sublayers)
 from hybrid.model_config import ModelConfig
 
 CLASS = "MambaForCausalLM"
@@ -56,16 +56,7 @@ def to_hf(model) -> tuple[Any, dict[str, Tensor]]:
         time_step_floor=c.dt_init_floor, residual_in_fp32=mc.residual_in_fp32,
         tie_word_embeddings=mc.tie_embeddings, intermediate_size=mixer0.d_inner)
     config.architectures = [CLASS]
-    ours = model.state_dict()
-    weights = {"backbone.embeddings.weight": ours["embedding.weight"], "backbone.norm_f.weight": ours["norm_f.weight"]}
-    for i in range(len(model.blocks)):
-        weights[f"backbone.layers.{i}.norm.weight"] = ours[f"blocks.{i}.norm.weight"]
-        for name in MIXER:
-            key = f"blocks.{i}.branches.0.{name}"
-            if key in ours:
-                weights[f"backbone.layers.{i}.mixer.{name}"] = ours[key]
-    if not mc.tie_embeddings:
-        weights["lm_head.weight"] = ours["lm_head.weight"]
+    weights = backbone_to_hf(model, MIXER)
     return config, weights
 
 
@@ -84,14 +75,6 @@ def from_hf(config: dict[str, Any], weights: dict[str, Tensor]) -> tuple[ModelCo
     mc = ModelConfig(d_model=d_model, vocab_size=config["vocab_size"], layers={"M": layer}, layout=f"M x{n}",
                      norm="rmsnorm", norm_eps=config.get("layer_norm_epsilon", 1e-5), tie_embeddings=tie,
                      residual_in_fp32=config.get("residual_in_fp32", True))
-    emb, head = lm_head_and_tie(weights, "backbone.embeddings.weight", tie)
-    ours = {"embedding.weight": emb, "norm_f.weight": take(weights, "backbone.norm_f.weight", CLASS),
-            "lm_head.weight": emb if head is None else head}
-    for i in range(n):
-        ours[f"blocks.{i}.norm.weight"] = take(weights, f"backbone.layers.{i}.norm.weight", CLASS)
-        for name in MIXER:
-            key = f"backbone.layers.{i}.mixer.{name}"
-            if key in weights:
-                ours[f"blocks.{i}.branches.0.{name}"] = weights.pop(key)
+    ours = backbone_from_hf(weights, n, MIXER, tie, CLASS)
     check_all_used(weights, CLASS)
     return mc, ours
