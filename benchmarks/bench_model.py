@@ -8,7 +8,8 @@ Models at ~130M parameters (d_model 768, vocab 50304), batch 8 x 2048, bf16 auto
 Peer, when its sources are given with --peers: the same models with every Mamba mixer replaced by
 mamba_ssm's `Mamba` block (its CUDA selective scan; no causal_conv1d) and every Mamba-2 mixer by its
 `Mamba2` (its Triton SSD, the non-fused path: use_mem_eff_path=False, no causal_conv1d), so only the
-mixer differs.
+mixer differs. The transformer is always also measured against a plain nn.Module of the same shapes
+with F.scaled_dot_product_attention (benchmarks/plain_transformer.py).
 Every model runs its backward on the calling thread, as `hybrid train` does (autograd's
 set_multithreading_enabled(False)); --worker-thread measures PyTorch's default instead, which hands
 the backward to autograd's CUDA worker thread.
@@ -27,6 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from hybrid.model import HybridLM  # noqa: E402
 from hybrid.model_config import ModelConfig  # noqa: E402
+from plain_transformer import PlainTransformer  # noqa: E402
 
 LAYERS = {"M": {"type": "mamba", "d_state": 16}, "M2": {"type": "mamba2", "d_state": 128, "headdim": 64},
           "A": {"type": "attention", "n_heads": 12}, "F": {"type": "mlp", "expand": 4, "activation": "gelu"}}
@@ -122,6 +124,14 @@ def main() -> None:
             print(rows[-1], flush=True)
             del model
             torch.cuda.empty_cache()
+        if name == "transformer":  # held to a plain nn.Module of the same shapes (benchmarks/plain_transformer.py)
+            torch.manual_seed(0)
+            plain = PlainTransformer()
+            tps, mem = measure(plain, args.steps, args.batch, args.length, False, not args.worker_thread)
+            rows.append((name, "plain nn.Module + SDPA (peer)", plain.num_parameters(), tps, mem))
+            print(rows[-1], flush=True)
+            del plain
+            torch.cuda.empty_cache()
         if not peers:
             continue
         torch.manual_seed(0)
@@ -140,10 +150,10 @@ def main() -> None:
     lines = [f"# Training throughput ({device}, torch {torch.__version__}, bf16 autocast, fused AdamW)", "",
              f"batch {args.batch} x {args.length} tokens, d_model 768, vocab 50304, {args.steps} timed steps after 3 warm-up; "
              f"backward on {where}", "",
-             "| model | implementation | params | tokens/s | vs mamba_ssm blocks | peak GiB |", "|---|---|---|---|---|---|"]
+             "| model | implementation | params | tokens/s | vs peer | peak GiB |", "|---|---|---|---|---|---|"]
     for name, label, params, tps, mem in rows:
-        peer = next((r[3] for r in rows if r[0] == name and r[1].startswith("mamba_ssm")), None)
-        ratio = f"{tps / peer:.2f}x" if peer and not label.startswith("mamba_ssm") else "-"
+        peer = next((r[3] for r in rows if r[0] == name and not r[1].startswith("ours")), None)
+        ratio = f"{tps / peer:.2f}x" if peer and label.startswith("ours") else "-"
         lines.append(f"| {name} | {label} | {params / 1e6:.1f}M | {tps / 1e3:.0f}k | {ratio} | {mem:.1f} |")
     text = "\n".join(lines)
     print(text)
