@@ -154,10 +154,11 @@ def test_state_update_continues_the_scan():
     pytest.param(3, 2, 5, 1, 7, "channel", False, True, True, torch.float32, id="B3-Dchannel"),
     pytest.param(2, 6, 4, 3, 4, None, True, False, False, torch.float32, id="noD-nobias-nosoftplus"),
     pytest.param(2, 4, 8, 1, 16, "head", True, True, True, torch.bfloat16, id="bf16"),
+    pytest.param(1, 2, 40, 1, 256, "channel", True, True, True, torch.float32, id="state256-headdim40-3-blocks"),
 ])
 def test_triton_state_update_matches_the_reference(batch, heads, headdim, groups, n, D, z, bias, softplus, dtype):
-    # the step through Mamba-1's Triton step kernel (under the interpreter without a GPU) against the
-    # PyTorch reference: the same output and the same state, updated in place
+    # the Triton step (under the interpreter without a GPU) against the PyTorch reference: the same
+    # output and the same state, updated in place
     inputs = make(batch, 1, heads, headdim, groups, n, D=D, z=z, seed=3)
     x, dt, B, C = (inputs[k][:, 0].to(dtype) for k in ("x", "dt", "B", "C"))
     zz = inputs["z"][:, 0].to(dtype) if z else None
@@ -171,11 +172,16 @@ def test_triton_state_update_matches_the_reference(batch, heads, headdim, groups
     torch.testing.assert_close(state, expected, rtol=1e-5, atol=1e-5)
 
 
-def test_triton_state_update_refuses_a_dt_limit():
-    inputs = make(1, 1, 2, 3, 1, 4)
-    x, dt, B, C = (inputs[k][:, 0] for k in ("x", "dt", "B", "C"))
-    with pytest.raises(ValueError, match="dt_limit"):
-        ssd_state_update(torch.zeros(1, 2, 3, 4), x, dt, inputs["A"], B, C, dt_limit=(0.0, 0.1), backend="triton")
+def test_triton_state_update_clamps_dt_as_the_reference_does():
+    inputs = make(2, 1, 3, 5, 1, 6, D="channel", z=True, seed=5)
+    x, dt, B, C, z = (inputs[k][:, 0] for k in ("x", "dt", "B", "C", "z"))
+    kw = {"D": inputs["D"], "z": z, "dt_bias": inputs["dt_bias"], "dt_softplus": True, "dt_limit": (0.2, 0.4)}
+    state = torch.randn(2, 3, 5, 6)
+    expected = state.clone()
+    y_ref = ssd_state_update(expected, x, dt, inputs["A"], B, C, backend="ref", **kw)
+    y = ssd_state_update(state, x, dt, inputs["A"], B, C, backend="triton", **kw)
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(state, expected, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("change,match", [

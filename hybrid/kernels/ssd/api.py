@@ -5,9 +5,8 @@ the CPU under TRITON_INTERPRET=1), "torch" (chunked PyTorch, `chunked.py`; autog
 "ref" (the sequential recurrence, `reference.py`). "auto" is "triton" on CUDA and "torch" on the CPU.
 The environment variable HYBRID_SSD_BACKEND replaces "auto" for a whole run.
 
-The decoding step (`ssd_state_update`) runs on CUDA as Mamba-1's Triton step kernel over the
-heads x headdim channels (`hybrid.kernels.selective_scan`), with each head's dt, A, D and dt_bias
-repeated over its channels; elsewhere, and with a dt_limit, as the PyTorch reference.
+The decoding step (`ssd_state_update`): "triton" (`triton_step.py`, CUDA or the interpreter; what
+"auto" picks on CUDA) or "ref" (the PyTorch reference; "auto" elsewhere).
 """
 from __future__ import annotations
 
@@ -103,8 +102,7 @@ def ssd_state_update(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor,
                      dt_limit: tuple[float, float] = NO_LIMIT, backend: str = "auto") -> Tensor:
     """One decoding step of `ssd`, updating `state` (batch, heads, headdim, d_state) fp32 in place.
     x, z: (batch, heads, headdim); dt: (batch, heads); B, C: (batch, groups, d_state). Returns y like x.
-    backend: "triton" (Mamba-1's step kernel; CUDA or the interpreter; no dt_limit), "ref", or "auto"
-    (triton on CUDA when dt_limit is the default, else ref)."""
+    backend: "triton" (`triton_step.py`; CUDA or the interpreter), "ref", or "auto" (triton on CUDA, else ref)."""
     if state.dtype != torch.float32:
         raise TypeError(f"ssd_state_update: the state must be float32, got {state.dtype}")
     if x.dim() != 3 or state.shape[:3] != x.shape or dt.shape != x.shape[:2] or B.shape != C.shape \
@@ -114,30 +112,8 @@ def ssd_state_update(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor,
                          f"x {tuple(x.shape)}, dt {tuple(dt.shape)}, B {tuple(B.shape)}, C {tuple(C.shape)}")
     if backend not in ("auto", "triton", "ref"):
         raise ValueError(f"ssd_state_update: backend must be auto, triton or ref, got {backend!r}")
-    unlimited = tuple(dt_limit) == NO_LIMIT
-    if backend == "triton" and not unlimited:
-        raise ValueError(f"ssd_state_update: the triton step takes no dt_limit (got {tuple(dt_limit)}); use ref")
-    if backend == "triton" or (backend == "auto" and state.is_cuda and state.is_contiguous() and unlimited):
-        return _step_as_channels(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
+    if backend == "triton" or (backend == "auto" and state.is_cuda):
+        from hybrid.kernels.ssd.triton_step import ssd_state_update_triton  # noqa: PLC0415
+
+        return ssd_state_update_triton(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, tuple(dt_limit))
     return ssd_state_update_ref(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, tuple(dt_limit))
-
-
-def _step_as_channels(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
-                      z: Tensor | None, dt_bias: Tensor | None, dt_softplus: bool) -> Tensor:
-    """The SSD step as Mamba-1's over heads * headdim channels: per-head values repeated over a head's
-    channels (A without a copy along the state); B and C groups map to the same channels."""
-    from hybrid.kernels.selective_scan.api import selective_state_update  # noqa: PLC0415
-
-    batch, heads, headdim, n = state.shape
-    dim = heads * headdim
-    flat = state.view(batch, dim, n)  # a view: the kernel updates `state` itself
-
-    def per_channel(t: Tensor) -> Tensor:
-        return t.repeat_interleave(headdim, dim=-1)
-
-    D_channels = None if D is None else (per_channel(D) if D.dim() == 1 else D.reshape(dim))
-    y = selective_state_update(flat, x.reshape(batch, dim), per_channel(dt), per_channel(A)[:, None].expand(dim, n),
-                               B, C, D=D_channels, z=None if z is None else z.reshape(batch, dim),
-                               dt_bias=None if dt_bias is None else per_channel(dt_bias), dt_softplus=dt_softplus,
-                               backend="triton")
-    return y.view(batch, heads, headdim)
