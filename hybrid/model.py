@@ -115,14 +115,16 @@ class HybridLM(nn.Module):
         return [block.init_state(batch_size, max_length, device=device, dtype=dtype) for block in self.blocks]
 
     def forward(self, input_ids: Tensor, state: list[Any] | None = None, num_last_tokens: int = 0, *,
-                positions: Tensor | None = None) -> Tensor:
+                positions: Tensor | None = None, hidden_only: bool = False) -> Tensor:
         """input_ids: (batch, length) int64 -> logits (batch, length, vocab_size).
 
         With `state` (from `init_state`), the input continues the sequence the state has seen and
         the state is updated in place: prefill, chunked prefill and one-token decoding steps.
         `num_last_tokens` > 0 computes logits for the last positions only (prefill needs one).
         `positions` (n,) int64, flat indices into batch * length, computes the logits of those
-        positions only, (n, vocab_size): a synthetic task scores a few positions per example."""
+        positions only, (n, vocab_size): a synthetic task scores a few positions per example.
+        `hidden_only` returns the final-normed hidden states instead of logits (d_model wide), for a
+        loss that applies the LM head itself (`hybrid.kernels.linear_cross_entropy`)."""
         x = self.embedding(input_ids)  # (batch, length, d_model)
         if self.config.residual_in_fp32:
             x = x.float()
@@ -133,6 +135,8 @@ class HybridLM(nn.Module):
             x = x.flatten(0, 1).index_select(0, positions)  # (n, d_model)
         elif num_last_tokens:
             x = x[:, -num_last_tokens:]
+        if hidden_only:
+            return self.norm_f(x)
         return self.lm_head(self.norm_f(x).to(self.lm_head.weight.dtype))
 
     def generate(self, prompt_ids: Any, max_new_tokens: int, **kwargs: Any) -> Any:

@@ -65,6 +65,10 @@ class TrainConfig:
                 "(the same numbers as eager), or pad every batch to the longest training length (one graph "
                 "when every example of a setting scores as many positions; padded positions are not scored; "
                 "refused with MoE, whose auxiliary losses would count them)"})
+    lm_loss: Literal["plain", "fused"] = field(default="plain", metadata={
+        "help": "a batch scored at every position (language modelling): plain = F.cross_entropy over the full fp32 "
+                "logits; fused = hybrid.kernels.linear_cross_entropy, which never holds them (9.5 GiB at 8 x 2048 "
+                "x 50,304; Liger-Kernel's kernel on CUDA when installed)"})
     parallel: Literal["auto", "none", "ddp", "fsdp"] = field(default="auto", metadata={
         "help": "data parallelism under torchrun (hybrid/training/distributed.py): auto = none in one process, ddp "
                 "under torchrun, fsdp when weights, gradients and optimiser state would not fit; batch_size stays "

@@ -108,7 +108,7 @@ class GraphedStep:
         last = self.lr_table.numel() - 1
         self.lr.copy_(self.lr_table.index_select(0, self.step_t.clamp(max=last))[0])
         loss_sum, aux = forward_backward(self.model_fn, self.model, inputs, targets, capacity, self.cfg.accumulation,
-                                         self.amp)
+                                         self.amp, lm_loss=self.cfg.lm_loss)
         grad_norm = clip_gradients(self.params, self.cfg.grad_clip)
         bad = ~(torch.isfinite(loss_sum) & torch.isfinite(grad_norm))
         first = bad & (self.bad_step < 0)
@@ -149,7 +149,8 @@ class GraphedStep:
         requires; the optimiser state is created by a skipped step, so nothing here changes the weights."""
         with side_stream(self.device):
             for _ in range(passes):
-                forward_backward(self.model_fn, self.model, inputs, targets, capacity, self.cfg.accumulation, self.amp)
+                forward_backward(self.model_fn, self.model, inputs, targets, capacity, self.cfg.accumulation, self.amp,
+                                 lm_loss=self.cfg.lm_loss)
                 clip_gradients(self.params, self.cfg.grad_clip)
             self.stats.ensure(self.model.aux_losses())
             if not self._optimizer_ready:  # creates AdamW's state without updating anything

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from hybrid.kernels.linear_cross_entropy import linear_cross_entropy
 from hybrid.tasks.base import IGNORE_INDEX
 from hybrid.training.config import TrainConfig
 from hybrid.training.optim import lr_factor
@@ -99,16 +100,21 @@ def scored_capacity(targets: Tensor, accumulation: int) -> int:
 
 
 def _batch_loss(model_fn: Callable[..., Tensor], inputs: Tensor, targets: Tensor, scored: Tensor,
-                capacity: int) -> Tensor:
+                capacity: int, head: Tensor | None = None) -> Tensor:
     """Summed next-token cross-entropy of a micro-batch over the scored positions of the whole batch.
 
     Logits are computed at `capacity` positions: every scored one, then unscored ones that the
     cross-entropy ignores. For a synthetic task that scores a few positions per example this skips
-    most of the LM head and the softmax over the vocabulary; the loss is the same sum."""
+    most of the LM head and the softmax over the vocabulary; the loss is the same sum. With `head` (the
+    LM head's weight; `train.lm_loss: fused`), a batch scored at every position never materialises
+    its logits: the model returns hidden states and `linear_cross_entropy` applies the head in pieces."""
     flat = targets.flatten()
     if capacity < flat.numel():
         picked = torch.argsort((flat == IGNORE_INDEX).to(torch.int8), stable=True)[:capacity]  # scored first
         logits, flat = model_fn(inputs, positions=picked), flat.index_select(0, picked)  # (capacity, vocab)
+    elif head is not None:
+        hidden = model_fn(inputs, hidden_only=True).flatten(0, 1)  # (batch * length, d_model)
+        return linear_cross_entropy(hidden, head, flat, ignore_index=IGNORE_INDEX) / scored
     else:
         logits = model_fn(inputs).flatten(0, 1)  # (batch * length, vocab)
     return F.cross_entropy(logits.float(), flat, ignore_index=IGNORE_INDEX, reduction="sum") / scored
@@ -120,7 +126,7 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
 
 def forward_backward(model_fn: Callable[..., Tensor], model: nn.Module, inputs: Tensor, targets: Tensor,
                      capacity: int, accumulation: int, amp: torch.dtype | None,
-                     parallel: Any = None) -> tuple[Tensor, dict[str, Tensor]]:
+                     parallel: Any = None, lm_loss: str = "plain") -> tuple[Tensor, dict[str, Tensor]]:
     """Gradients of one optimiser batch (accumulated over micro-batches); returns the summed loss and
     the auxiliary losses averaged over micro-batches, as device tensors. No host synchronisation.
     `capacity`: logits per micro-batch (`scored_capacity`). `parallel` (data parallelism,
@@ -132,11 +138,12 @@ def forward_backward(model_fn: Callable[..., Tensor], model: nn.Module, inputs: 
     if parallel is not None and parallel.world > 1:
         scored, world = parallel.total(scored), parallel.world
     scored = scored.clamp(min=1)
+    head = model.lm_head.weight if lm_loss == "fused" else None
     loss_sum = torch.zeros((), device=inputs.device)
     aux_sums: dict[str, Tensor] = {}
     for inp, tgt in zip(inputs.chunk(accumulation), targets.chunk(accumulation)):
         with autocast(inputs.device, amp):
-            loss = _batch_loss(model_fn, inp, tgt, scored, capacity)
+            loss = _batch_loss(model_fn, inp, tgt, scored, capacity, head)
             aux = model.aux_losses()
         scaled = loss * world if world > 1 else loss
         total = scaled + sum(v.float() for v in aux.values()) / accumulation if aux else scaled
@@ -170,7 +177,7 @@ class EagerStep:
 
     def __call__(self, s: int, inputs: Tensor, targets: Tensor, capacity: int) -> None:
         loss_sum, aux = forward_backward(self.model_fn, self.model, inputs, targets, capacity, self.cfg.accumulation,
-                                         self.amp, self.parallel)
+                                         self.amp, self.parallel, self.cfg.lm_loss)
         grad_norm = clip_gradients(self.params, self.cfg.grad_clip)
         if self.parallel is not None and self.parallel.world > 1:
             loss_sum = self.parallel.total(loss_sum)  # the whole batch's loss, on every rank

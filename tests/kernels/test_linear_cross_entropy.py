@@ -107,7 +107,17 @@ def test_rejects_a_chunk_of_no_rows(rows):
 def test_rejects_an_unknown_backend():
     h, w, b, t = make(4, 8, 10, False)
     with pytest.raises(ValueError, match="backend"):
+        linear_cross_entropy(h, w, t, backend="fused")
+
+
+def test_liger_backend_without_liger_kernel_says_how_to_install(monkeypatch):
+    import hybrid.kernels.linear_cross_entropy.api as api
+
+    monkeypatch.setattr(api, "_liger", lambda: None)
+    h, w, b, t = make(4, 8, 10, False)
+    with pytest.raises(RuntimeError, match="pip install liger-kernel"):
         linear_cross_entropy(h, w, t, backend="liger")
+    torch.testing.assert_close(linear_cross_entropy(h, w, t), linear_cross_entropy(h, w, t, backend="chunked"))
 
 
 @pytest.mark.cuda

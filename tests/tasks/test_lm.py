@@ -118,3 +118,31 @@ def test_packed_stream_spans_documents():
     s = PackedStream(corpus, seq_len=4, shuffle=False)
     assert s.windows_per_epoch == 3
     assert s.window(2).tolist() == [8, 9, 100, 101, 102]
+
+
+def test_fused_lm_loss_trains_as_the_plain_one(text_dir, tmp_path, monkeypatch):
+    # train.lm_loss fused: the LM head applied in row chunks by linear_cross_entropy, no full logits;
+    # the same losses as F.cross_entropy over the logits, to fp32 rounding
+    import yaml
+
+    from hybrid.config import load_config
+    from hybrid.training.logging import read_metrics
+    from hybrid.training.trainer import train
+
+    config = {"model": {"d_model": 32, "vocab_size": 257, "layers": {"M": {"type": "mamba", "d_state": 4},
+                                                                        "F": {"type": "mlp"}}, "layout": "M F"},
+              "task": _spec(text_dir),
+              "train": {"steps": 6, "batch_size": 4, "lr": 3e-3, "eval_every": 3, "checkpoint_every": 0, "log_every": 1,
+                        "device": "cpu", "progress": False, "tensorboard": False, "out_dir": str(tmp_path / "runs")}}
+    path = tmp_path / "lm.yaml"
+    path.write_text(yaml.safe_dump(config))
+    import hybrid.training.step as step_module
+
+    calls, fused = [], step_module.linear_cross_entropy
+    monkeypatch.setattr(step_module, "linear_cross_entropy", lambda *a, **k: calls.append(1) or fused(*a, **k))
+    runs = {mode: train(load_config(path, [f"name={mode}", f"train.lm_loss={mode}"])) for mode in ("plain", "fused")}
+    assert len(calls) == 6  # the fused run's six steps went through it
+    losses = {mode: [m["train/loss"] for m in read_metrics(tmp_path / "runs" / mode / "metrics.jsonl")
+                     if "train/loss" in m] for mode in runs}
+    torch.testing.assert_close(torch.tensor(losses["fused"]), torch.tensor(losses["plain"]), rtol=1e-5, atol=1e-6)
+    assert runs["fused"]["final"]["eval/val/loss"] == pytest.approx(runs["plain"]["final"]["eval/val/loss"], rel=1e-5)

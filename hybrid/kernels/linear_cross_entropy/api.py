@@ -1,7 +1,9 @@
 """The public linear + cross-entropy: input checks and the one place where a backend is chosen.
 
-Backends (STYLE 9): "chunked" (row chunks with the gradients computed in the forward, `chunked.py`:
-no (n, vocab) logits tensor) and "ref" (the whole logits, `reference.py`). "auto" is "chunked".
+Backends (STYLE 9): "liger" (Liger-Kernel's fused linear cross-entropy, an optional dependency; measured
+faster than ours on an H200: 19.2 against 34.1 ms at 16,384 x 768 x 50,304), "chunked" (row chunks with
+the gradients computed in the forward, `chunked.py`: no (n, vocab) logits tensor) and "ref" (the whole
+logits, `reference.py`). "auto" is "liger" on CUDA when liger_kernel imports, else "chunked".
 The environment variable HYBRID_LINEAR_CE_BACKEND replaces "auto" for a whole run.
 """
 from __future__ import annotations
@@ -13,7 +15,7 @@ from hybrid.kernels.backend_choice import requested_backend
 from hybrid.kernels.linear_cross_entropy.chunked import linear_cross_entropy_chunked
 from hybrid.kernels.linear_cross_entropy.reference import linear_cross_entropy_ref
 
-BACKENDS = ("auto", "chunked", "ref")
+BACKENDS = ("auto", "liger", "chunked", "ref")
 ENV_VAR = "HYBRID_LINEAR_CE_BACKEND"
 
 
@@ -45,6 +47,22 @@ def linear_cross_entropy(hidden: Tensor, weight: Tensor, targets: Tensor, bias: 
     """
     _check(hidden, weight, targets, bias, chunk_rows)
     backend = requested_backend(backend, BACKENDS, ENV_VAR, "linear cross-entropy")
+    if backend == "auto":
+        backend = "liger" if hidden.is_cuda and _liger() is not None else "chunked"
+    if backend == "liger":
+        fused = _liger()
+        if fused is None:
+            raise RuntimeError("linear_cross_entropy: backend 'liger' needs liger_kernel (pip install liger-kernel)")
+        return fused(hidden, weight, targets, bias=bias, ignore_index=ignore_index, reduction="sum").float()
     if backend == "ref":
         return linear_cross_entropy_ref(hidden, weight, targets.long(), bias, ignore_index)
     return linear_cross_entropy_chunked(hidden, weight, targets.long(), bias, ignore_index, chunk_rows)
+
+
+def _liger():
+    """Liger-Kernel's fused linear cross-entropy function, or None when liger_kernel does not import."""
+    try:
+        from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy  # noqa: PLC0415
+    except ImportError:
+        return None
+    return liger_fused_linear_cross_entropy
