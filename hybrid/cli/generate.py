@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import pickle
 import sys
+from pathlib import Path
 
 import torch
 
@@ -11,6 +12,7 @@ from hybrid.config import load_config
 from hybrid.errors import CheckpointError, ConfigError
 from hybrid.model import HybridLM
 from hybrid.training.checkpoint import read_checkpoint, state_dict_mismatch
+from hybrid.training.sharded import full_model_weights, is_sharded
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # prefixes that wrappers add to parameter names: torch.compile, DistributedDataParallel
@@ -66,6 +68,8 @@ def load_weights(model: HybridLM, path: str, trust: bool = False) -> None:
         raise ConfigError(f"checkpoint {path!r} holds objects other than tensors and plain containers "
                           f"({str(err).splitlines()[0]}); pass --trust-checkpoint if you trust the file",
                           key="--checkpoint") from None
+    if isinstance(blob, dict) and is_sharded(blob):  # an FSDP run's checkpoint: its shards beside it
+        blob = {"model": full_model_weights(Path(path).parent, blob["model"])}
     weights = blob.get("model", blob) if isinstance(blob, dict) else None
     if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
         keys = ", ".join(map(str, list(blob)[:8])) if isinstance(blob, dict) else type(blob).__name__

@@ -18,9 +18,9 @@ What keeps N ranks equal to one process with the same global batch (`train.batch
 Auxiliary losses (MoE load balancing) are each rank's own, averaged with the gradients: close to,
 not equal to, the whole batch's.
 
-Checkpoints are full state dicts written by rank 0 in the single-process format (the model's
-parameters by name, the optimiser's state by parameter name), so a run resumes on any number of ranks,
-1 included. Every rank evaluates every held-out batch (FSDP's forward needs all of them); rank 0 alone
+Checkpoints: under ddp (and in one process) full state dicts written by rank 0 (the optimiser's
+state by parameter name); under fsdp every rank writes its shards through torch.distributed.checkpoint
+(`hybrid.training.sharded`). Either resumes on any number of ranks, 1 included. Every rank evaluates every held-out batch (FSDP's forward needs all of them); rank 0 alone
 writes logs, metrics, status and results. CUDA graphs are not captured under ddp or fsdp (eager steps);
 torch.compile works under both. A sweep runs each of its runs as such a job with `gpus_per_run: N`
 (`hybrid.sweep.runner`).
@@ -148,15 +148,6 @@ def full_tensor(t: Tensor) -> Tensor:
     return t.full_tensor() if hasattr(t, "full_tensor") else t
 
 
-def model_state(model: nn.Module, p: Parallel) -> dict[str, Tensor]:
-    """The full state dict (on rank 0; a collective under FSDP, so every rank calls it)."""
-    if p.mode != "fsdp":
-        return model.state_dict()
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict  # noqa: PLC0415
-
-    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-
-
 def load_model_state(model: nn.Module, state: dict[str, Tensor], p: Parallel) -> None:
     if p.mode != "fsdp":
         model.load_state_dict(state)
@@ -166,16 +157,9 @@ def load_model_state(model: nn.Module, state: dict[str, Tensor], p: Parallel) ->
     set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True))
 
 
-def optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, plain: dict[str, Any],
-                    p: Parallel) -> dict[str, Any]:
-    """The optimiser's state for a checkpoint. One process or DDP: `plain` (optimizer.state_dict(), as
-    the training step made it) with parameters named instead of numbered; FSDP: gathered full, by name."""
-    if p.mode == "fsdp":
-        from torch.distributed.checkpoint.state_dict import (StateDictOptions,  # noqa: PLC0415
-                                                             get_optimizer_state_dict)
-
-        return get_optimizer_state_dict(model, optimizer,
-                                        options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+def optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, plain: dict[str, Any]) -> dict[str, Any]:
+    """The optimiser's state for a full checkpoint: `plain` (optimizer.state_dict(), as the training step
+    made it) with the parameters named instead of numbered, so that any world size can read it back."""
     names = _names_in_order(model, optimizer)
     return {"state": {names[i]: v for i, v in plain["state"].items()},
             "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in plain["param_groups"]]}
@@ -191,7 +175,7 @@ def load_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, sta
                                                              set_optimizer_state_dict)
 
         if not by_name:
-            state = optimizer_state(model, optimizer, state, Parallel())  # numbers -> names, the same order
+            state = optimizer_state(model, optimizer, state)  # numbers -> names, the same order
         set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
         return
     if by_name:

@@ -37,8 +37,8 @@ from hybrid.training.build import (autocast_dtype, build_task_of, check_eval_set
 from hybrid.training.checkpoint import (load_checkpoint, save_checkpoint, set_rng_state,
                                         state_dict_mismatch)
 from hybrid.training.config import TrainConfig
-from hybrid.training.distributed import (Parallel, load_model_state, load_optimizer_state, model_state,
-                                         optimizer_state, rank_device, resolve_mode, setup, wrap)
+from hybrid.training.distributed import (Parallel, load_model_state, load_optimizer_state, optimizer_state,
+                                         rank_device, resolve_mode, setup, wrap)
 from hybrid.training.evaluation import GraphedStats, run_evaluation
 from hybrid.training.graphed import GraphedStep
 from hybrid.training.interrupt import Interrupted, StopSignals
@@ -46,6 +46,8 @@ from hybrid.training.logging import MetricsLogger, NullLogger
 from hybrid.training.modes import build_step
 from hybrid.training.optim import build_optimizer, build_scheduler, lr_factor
 from hybrid.training.run_dir import CONFIG, FollowerRunDir, RunDir
+from hybrid.training.sharded import (is_sharded, load_shards, referenced_shards, remove_stale, save_shards,
+                                     shard_names)
 from hybrid.training.step import EagerStep, NonFinite, Window
 
 log = logging.getLogger(__name__)
@@ -170,13 +172,7 @@ def _setup(root: RootConfig, run: RunDir, resume: bool, parallel: Parallel) -> _
     state = load_checkpoint(run.path, map_location=device) if resume else None
     start, extra = 0, {}
     if state is not None:
-        problems = state_dict_mismatch(model.state_dict(), state["model"])
-        if problems:
-            raise CheckpointError(f"holds a model of another layout or size than the run's config: {problems}. "
-                                  f"Resume with the config it was written with, or start afresh (--overwrite)",
-                                  file=str(run.file("checkpoint.pt")))
-        load_model_state(model, state["model"], parallel)
-        load_optimizer_state(model, optimizer, state["optimizer"], parallel)
+        _restore(run, model, optimizer, state, parallel)
         scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
         start, extra = state["step"], state["extra"]
@@ -202,15 +198,37 @@ def _setup(root: RootConfig, run: RunDir, resume: bool, parallel: Parallel) -> _
     return session
 
 
+def _restore(run: RunDir, model: HybridLM, optimizer: torch.optim.Optimizer, state: dict[str, Any],
+             parallel: Parallel) -> None:
+    """A checkpoint's model and optimiser state, full or sharded, after checking it is of this model."""
+    sharded = is_sharded(state)
+    weights = ({k: torch.empty(shape, device="meta") for k, shape in shard_names(run.path, state["model"]).items()}
+               if sharded else state["model"])
+    problems = state_dict_mismatch(model.state_dict(), weights)
+    if problems:
+        raise CheckpointError(f"holds a model of another layout or size than the run's config: {problems}. "
+                              f"Resume with the config it was written with, or start afresh (--overwrite)",
+                              file=str(run.file("checkpoint.pt")))
+    if sharded:
+        load_shards(run.path, state["model"], model, optimizer)
+    else:
+        load_model_state(model, state["model"], parallel)
+        load_optimizer_state(model, optimizer, state["optimizer"], parallel)
+
+
 def _checkpoint(s: _Session, step: int, rotate: bool = True) -> None:
     data = s.task.position(step, s.cfg.batch_size) if hasattr(s.task, "position") else {"step": step}
     optimizer, scheduler = s.train_step.state_dicts(step)
-    # full state dicts, parameters by name: resumable on any number of ranks (collectives under FSDP)
-    model, optimizer = model_state(s.model, s.parallel), optimizer_state(s.model, s.optimizer, optimizer, s.parallel)
+    if s.parallel.mode == "fsdp":  # every rank writes its shards (hybrid.training.sharded)
+        model = optimizer = save_shards(s.run.path, step, s.model, s.optimizer, s.parallel.main, s.parallel.barrier)
+    else:  # full state dicts, parameters by name: resumable on any number of ranks
+        model, optimizer = s.model.state_dict(), optimizer_state(s.model, s.optimizer, optimizer)
     if s.parallel.main:
         save_checkpoint(s.run.path, model=model, optimizer=optimizer, scheduler=scheduler, step=step,
                         extra={"elapsed": s.elapsed(), "best": s.best, "max_length": s.max_length, "data": data},
                         rotate=rotate)
+        if s.parallel.mode == "fsdp":
+            remove_stale(s.run.path, referenced_shards(s.run.path))
     s.parallel.barrier()
 
 

@@ -83,6 +83,9 @@ def test_a_two_rank_checkpoint_resumes_on_one_and_on_two(tiny, tmp_path, mode):
     assert codes == [17, 17]
     cut = tmp_path / "runs" / "cut"
     assert json.loads((cut / "status.json").read_text())["step"] == 4  # the last checkpoint
+    sharded = torch.load(cut / "checkpoint.pt", weights_only=True)["model"]
+    assert (sharded == {"sharded": "checkpoint.dcp.4"}) == (mode == "fsdp")  # FSDP: each rank's shards
+    assert (cut / "checkpoint.dcp.4").is_dir() == (mode == "fsdp")
     again = tmp_path / "runs" / "again"
     shutil.copytree(cut, again)
     resume_run(cut)  # one process
@@ -90,6 +93,13 @@ def test_a_two_rank_checkpoint_resumes_on_one_and_on_two(tiny, tmp_path, mode):
     whole = _losses(tmp_path / "runs" / "whole")
     _assert_close_losses(_losses(cut), whole)
     _assert_close_losses(_losses(again), whole)
+    if mode == "fsdp":  # only the shards that checkpoint.pt and checkpoint.prev.pt name are kept
+        assert sorted(p.name for p in again.glob("checkpoint.dcp.*")) == ["checkpoint.dcp.4", "checkpoint.dcp.8"]
+        from hybrid.cli.generate import load_weights  # a sharded checkpoint loads whole in one process
+        from hybrid.model import HybridLM
+
+        root = load_config(config)
+        load_weights(HybridLM(root.model, root.layout), str(again / "checkpoint.pt"))
 
 
 def test_a_world_size_that_does_not_divide_the_batch_is_a_config_error(tiny, monkeypatch):
