@@ -116,3 +116,33 @@ def test_ddp_in_one_process_trains_alone_and_says_so(tiny, tmp_path, caplog):
     assert "without data parallelism" in caplog.text
     assert _losses(tmp_path / "runs" / "alone") == _losses(tmp_path / "runs" / "plain")
     assert alone["final"] == plain["final"]
+
+
+def test_kill_9_of_one_rank_ends_the_job_with_the_last_checkpoint_intact(tiny, tmp_path):
+    """torchrun, two gloo ranks: SIGKILL rank 1 mid-run; the job ends, checkpoint.pt is whole, --resume finishes."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    config = tiny(steps=400, checkpoint_every=20, eval_every=0, log_every=20)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "hybrid",
+           "train", str(config), "name=killed", "train.parallel=ddp"]
+    job = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    run = tmp_path / "runs" / "killed"
+    try:
+        deadline = time.time() + 120
+        while not (run / "checkpoint.pt").exists() and time.time() < deadline and job.poll() is None:
+            time.sleep(0.2)
+        ranks = subprocess.run(["pgrep", "-P", str(job.pid)], capture_output=True, text=True)  # torchrun's workers
+        pids = [int(p) for p in ranks.stdout.split()]
+        assert len(pids) == 2, ranks.stdout
+        os.kill(max(pids), signal.SIGKILL)  # the one started last: rank 1
+        assert job.wait(timeout=120) != 0  # torchrun ends the job
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+    step = torch.load(run / "checkpoint.pt", weights_only=False)["step"]
+    assert step > 0 and step % 20 == 0
+    resumed = resume_run(run)
+    assert resumed["state"] == "completed" and resumed["step"] == 400
