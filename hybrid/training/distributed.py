@@ -143,11 +143,6 @@ def wrap(model: nn.Module, p: Parallel, device: torch.device) -> nn.Module:
     return model
 
 
-def full_tensor(t: Tensor) -> Tensor:
-    """A DTensor (FSDP2's gradient norm, say) as a plain tensor; anything else unchanged."""
-    return t.full_tensor() if hasattr(t, "full_tensor") else t
-
-
 def load_model_state(model: nn.Module, state: dict[str, Tensor], p: Parallel) -> None:
     if p.mode != "fsdp":
         model.load_state_dict(state)

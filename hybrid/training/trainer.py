@@ -164,6 +164,10 @@ def _setup(root: RootConfig, run: RunDir, resume: bool, parallel: Parallel) -> _
 
     est = check_fits(root, device)  # weights, optimiser state and activations against the device's free memory
     resolve_mode(parallel, est.weight_bytes + est.grad_bytes + est.optimizer_bytes, device)
+    if parallel.mode == "fsdp" and cfg.lm_loss == "fused":
+        raise ConfigError("train.lm_loss fused applies the LM head outside the model's forward, where FSDP keeps its "
+                          "weight sharded; use train.lm_loss plain with fsdp, or train.parallel ddp",
+                          key="train.lm_loss")
     torch.manual_seed(root.seed)
     model = HybridLM(root.model, root.layout).to(device)
     wrapped = wrap(model, parallel, device)  # DDP around it, or the model sharded in place (FSDP)
