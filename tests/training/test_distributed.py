@@ -146,3 +146,10 @@ def test_kill_9_of_one_rank_ends_the_job_with_the_last_checkpoint_intact(tiny, t
     assert step > 0 and step % 20 == 0
     resumed = resume_run(run)
     assert resumed["state"] == "completed" and resumed["step"] == 400
+
+
+def test_the_fused_lm_loss_under_fsdp_is_refused(tiny, tmp_path):
+    config = tiny(steps=2)
+    # both ranks stop with the ConfigError before any step (the CLI prints it with its key)
+    assert _job(config, ["name=fused", "train.parallel=fsdp", "train.lm_loss=fused"]) == [1, 1]
+    assert not (tmp_path / "runs" / "fused" / "checkpoint.pt").exists()
