@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The GPU side of the work in flight, as one device command (each part has its own time cap):
 #   benchmarks/run_gpu_checks.sh OUT_DIR [PEERS]       PEERS: mamba_ssm's sources, e.g. .peers/mamba
+#   PARTS="bench_ssd bench_model" benchmarks/run_gpu_checks.sh OUT_DIR .peers/mamba   (some parts only)
+# The caps add up to more than one 10-minute device command: split the parts over two.
 # 1. every test marked `cuda` (kernels, layers, generation with CUDA graphs, training);
 # 2. kernel benchmarks: causal conv1d, linear cross-entropy, SSD (with the peer when given);
 # 3. whole models: bench_model.py at 8 x 2048 (with mamba_ssm's blocks when PEERS is given) and
@@ -12,8 +14,10 @@ OUT=${1:?usage: benchmarks/run_gpu_checks.sh OUT_DIR [PEERS]}
 PEERS=${2:-}
 cd "$(dirname "$0")/.."
 mkdir -p "$OUT"
-part() {  # name, cap in seconds, command...
+PARTS=${PARTS:-cuda_tests bench_causal_conv1d bench_linear_cross_entropy bench_ssd profile_step bench_model bench_generate}
+part() {  # name, cap in seconds, command...  (only the parts named in PARTS run)
   local name=$1 cap=$2; shift 2
+  [[ " $PARTS " == *" $name "* ]] || return 0
   echo "== $name (cap ${cap}s)"
   timeout --kill-after=15 "$cap" "$@" > "$OUT/$name.log" 2>&1; echo "rc $?" >> "$OUT/$name.log"
   tail -3 "$OUT/$name.log"
@@ -21,7 +25,8 @@ part() {  # name, cap in seconds, command...
 part cuda_tests "${CAP_TESTS:-300}" python -m pytest tests -m cuda -q -p no:cacheprovider
 part bench_causal_conv1d 60 python benchmarks/bench_causal_conv1d.py --out "$OUT/causal_conv1d.md"
 part bench_linear_cross_entropy 60 python benchmarks/bench_linear_cross_entropy.py --out "$OUT/linear_cross_entropy.md"
-part bench_ssd 90 python benchmarks/bench_ssd.py ${PEERS:+--peer "$PEERS"} --out "$OUT/ssd.md"
+part bench_ssd 300 python benchmarks/bench_ssd.py ${PEERS:+--peer "$PEERS"} --out "$OUT/ssd.md"
+part profile_step 60 python benchmarks/profile_step.py --lm "M x24" --out "$OUT/profile_mamba.md"
 part bench_model 240 python benchmarks/bench_model.py ${PEERS:+--peers "$PEERS"} --out "$OUT/model.md"
 part bench_generate 180 python benchmarks/bench_generate.py --models transformer,mamba,mamba2,jamba \
   --contexts 8192 --batches 1,64 ${PEERS:+--peers "$PEERS"} --out "$OUT/generate.md"
