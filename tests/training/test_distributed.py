@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import socket
+from pathlib import Path
 
 import pytest
 import torch
@@ -52,6 +53,19 @@ def _job(config, overrides=(), resume_dir=None, kill_at=None) -> list[int]:
     for p in procs:
         p.join(timeout=240)
     return [p.exitcode for p in procs]
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (Linux: from /proc)."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # after "pid (comm)": state, ppid, ...
+        except OSError:  # ended meanwhile
+            continue
+        if int(fields[1]) == pid:
+            children.append(int(stat.parent.name))
+    return children
 
 
 def _losses(run_dir):
@@ -134,9 +148,8 @@ def test_kill_9_of_one_rank_ends_the_job_with_the_last_checkpoint_intact(tiny, t
         deadline = time.time() + 120
         while not (run / "checkpoint.pt").exists() and time.time() < deadline and job.poll() is None:
             time.sleep(0.2)
-        ranks = subprocess.run(["pgrep", "-P", str(job.pid)], capture_output=True, text=True)  # torchrun's workers
-        pids = [int(p) for p in ranks.stdout.split()]
-        assert len(pids) == 2, ranks.stdout
+        pids = _children(job.pid)  # torchrun's workers
+        assert len(pids) == 2, pids
         os.kill(max(pids), signal.SIGKILL)  # the one started last: rank 1
         assert job.wait(timeout=120) != 0  # torchrun ends the job
     finally:
