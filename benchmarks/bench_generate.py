@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import inspect
 import re
 import sys
 import time
@@ -221,16 +220,6 @@ def step_kernel_table(peer, why: str, batches: list[int], dim: int = 1536, dstat
     return lines
 
 
-def ssd_step_backend() -> tuple[dict, str]:
-    """Our Mamba-2 step's backend: Triton when `ssd_state_update` offers a choice, else its one
-    implementation (PyTorch ops); the keyword arguments selecting it and its name."""
-    from hybrid.kernels.ssd.api import ssd_state_update  # noqa: PLC0415
-
-    if "backend" in inspect.signature(ssd_state_update).parameters:
-        return {"backend": "triton"}, "Triton"
-    return {}, "PyTorch ops: ssd_state_update has no Triton step"
-
-
 def ssd_step_inputs(batch: int, heads: int, headdim: int, dstate: int, groups: int, dev: str = "cuda"):
     """A Mamba-2 step's inputs: the state, our call's arguments, and the peer's (per-head dt, A, D and
     dt_bias expanded with stride 0 over headdim and d_state, as mamba_ssm's Mamba2.step passes them)."""
@@ -265,10 +254,8 @@ def ssd_step_kernel_table(peer, why: str, batches: list[int], heads: int = 24, h
 
     from hybrid.kernels.ssd.api import ssd_state_update  # noqa: PLC0415
 
-    kw, _ = ssd_step_backend()
-
     def ours(state, **args):
-        return ssd_state_update(state, **args, dt_softplus=True, **kw)
+        return ssd_state_update(state, **args, dt_softplus=True, backend="triton")
 
     lines = [("| batch | heads | headdim | state | matches peer | ours µs | mamba_ssm µs | ours µs (graph) "
               "| mamba_ssm µs (graph) | ours/peer (graph) |"), "|---|---|---|---|---|---|---|---|---|---|"]
@@ -407,8 +394,7 @@ def kernel_sections(peers: str | None, batches: list[int]) -> list[str]:
             "bf16 x, dt, z, B, C; fp32 state, A, D, dt_bias; softplus on.\n")]
     print("\n".join(out), flush=True)
     out += step_kernel_table(peer, why, [1, 8, 64])
-    _, backend = ssd_step_backend()
-    head = [f"\n## Mamba-2 step kernel: ours ({backend}) against mamba_ssm's Triton selective_state_update\n",
+    head = ["\n## Mamba-2 step kernel: ours (Triton) against mamba_ssm's Triton selective_state_update\n",
             ("The bench's Mamba-2 layer: 24 heads x headdim 64 (d_inner 1536), d_state 128, 1 group. Median µs as "
             "above; fp32 state (batch, heads, headdim, d_state); bf16 x, z (batch, heads, headdim), dt (batch, heads), "
             "B, C (batch, groups, d_state); fp32 A, D, dt_bias per head, which the peer gets expanded over headdim "
