@@ -155,3 +155,16 @@ def test_cli_export_of_a_layout_no_class_represents_says_why(tmp_path, capsys):
     assert main(["export", str(config), str(tmp_path / "hf"), "--checkpoint", str(tmp_path / "ck.pt")]) == 2
     err = capsys.readouterr().err
     assert "Mamba inner_norm_eps None" in err and "JambaForCausalLM" in err
+
+
+def test_cli_import_of_a_bad_folder_names_it(tmp_path, capsys):
+    from hybrid.cli import main
+
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    assert main(["import", str(folder), str(tmp_path / "out")]) == 2
+    assert f"{folder}: no config.json" in capsys.readouterr().err
+    (folder / "config.json").write_text('{"architectures": ["GPT2LMHeadModel"]}')
+    (folder / "model.safetensors").write_bytes(b"")
+    assert main(["import", str(folder), str(tmp_path / "out")]) == 2
+    assert "model.safetensors: not a readable safetensors file" in capsys.readouterr().err

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import sys
 from pathlib import Path
 
 
@@ -24,9 +25,13 @@ def run(args) -> int:
     import torch  # noqa: PLC0415
     import yaml  # noqa: PLC0415
 
-    from hybrid.hf import import_hf  # noqa: PLC0415
+    from hybrid.hf import HFMismatch, import_hf  # noqa: PLC0415
 
-    config, state_dict = import_hf(args.folder)
+    try:
+        config, state_dict = import_hf(args.folder)
+    except (HFMismatch, KeyError) as err:  # an unsupported class or option; a weight the class must have
+        print(f"error: {args.folder}: cannot import: {err.args[0] if err.args else err}", file=sys.stderr)
+        return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(f"# imported from {args.folder}\n"

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from hybrid.errors import ConfigError
 from hybrid.model_config import ModelConfig
 
 WEIGHTS = "model.safetensors"
@@ -76,15 +77,21 @@ def read_folder(path: Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
     path = Path(path)
     config_file = path / "config.json"
     if not config_file.is_file():
-        raise FileNotFoundError(f"{path}: no config.json (a transformers model folder holds config.json and "
-                                f"*.safetensors)")
-    config = json.loads(config_file.read_text())
+        raise ConfigError("no config.json: a transformers model folder holds config.json and *.safetensors",
+                          file=str(path))
+    try:
+        config = json.loads(config_file.read_text())
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"not JSON: {err}", file=str(config_file)) from None
     files = sorted(path.glob("*.safetensors"))
     if not files:
-        raise FileNotFoundError(f"{path}: no *.safetensors weights")
+        raise ConfigError("no *.safetensors weights beside config.json", file=str(path))
     weights: dict[str, Tensor] = {}
     for f in files:
-        weights.update(st.load_file(str(f)))
+        try:
+            weights.update(st.load_file(str(f)))
+        except Exception as err:  # noqa: BLE001  (safetensors raises its own error type for a damaged file)
+            raise ConfigError(f"not a readable safetensors file ({err})", file=str(f)) from None
     return config, weights
 
 
