@@ -38,7 +38,8 @@ def is_sharded(state: dict[str, Any]) -> bool:
 
 def save_shards(run_dir: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer, main: bool,
                 barrier) -> dict[str, str]:
-    """Write this rank's shards of step `step` (a collective); returns the marker checkpoint.pt holds."""
+    """Write this rank's shards of step `step` (a collective); returns the marker checkpoint.pt holds. The
+    caller writes checkpoint.pt on rank 0 and then waits at a barrier (trainer._checkpoint)."""
     name = f"{PREFIX}{step}"
     tmp = Path(run_dir) / f"{name}.tmp"
     if main and tmp.exists():
@@ -47,12 +48,11 @@ def save_shards(run_dir: Path, step: int, model: nn.Module, optimizer: torch.opt
     dcp.save({"model": get_model_state_dict(model), "optimizer": get_optimizer_state_dict(model, optimizer)},
              checkpoint_id=str(tmp))
     barrier()
-    if main:
+    if main:  # the caller's barrier after checkpoint.pt holds the other ranks until this is done
         final = Path(run_dir) / name
         if final.exists():  # the same step again (after a final evaluation)
             shutil.rmtree(final)
         tmp.rename(final)
-    barrier()
     return {MARK: name}
 
 
