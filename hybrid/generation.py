@@ -40,7 +40,8 @@ range) qualifies by implementing `make_static()`, after which its one-token step
 attention's caches do (the length becomes a device scalar, each step reads the whole preallocated
 cache under a mask of the filled slots). Graphs are refused, naming the sublayer, for any other
 state. The generator never looks inside a state except to list its tensors (memory accounting,
-restoring a state after a graph's warm-up) and to call `make_static`.
+restoring a state after a graph's warm-up: `snapshot_steps(steps)`, where a state defines it, saves only
+what that many steps write) and to call `make_static`.
 
 Prompts of different lengths
 ----------------------------
@@ -133,6 +134,43 @@ def state_tensors(state: Any) -> list[Tensor]:
     return list(found.values())
 
 
+def snapshot(state: Any, steps: int) -> Callable[[], None]:
+    """A function that puts `state` back as it is now after at most `steps` one-token steps (a CUDA
+    graph's warm-up). An object with `snapshot_steps(steps)` (the fixed-shape KV caches) saves only
+    what those steps write; every other tensor is copied whole. So a 70 GiB cache is not cloned."""
+    restores: list[Callable[[], None]] = []
+    seen: set[int] = set()
+
+    def walk(obj: Any) -> None:
+        if id(obj) in seen:
+            return
+        seen.add(id(obj))
+        if callable(getattr(obj, "snapshot_steps", None)):
+            restores.append(obj.snapshot_steps(steps))
+        elif isinstance(obj, Tensor):
+            saved = obj.clone()
+            restores.append(lambda t=obj, value=saved: t.copy_(value))
+        elif isinstance(obj, (list, tuple)):
+            for item in obj:
+                walk(item)
+        elif isinstance(obj, dict):
+            for item in obj.values():
+                walk(item)
+        elif dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+            for f in dataclasses.fields(obj):
+                walk(getattr(obj, f.name))
+        elif hasattr(obj, "__dict__") and not isinstance(obj, type):
+            for item in vars(obj).values():
+                walk(item)
+
+    walk(state)
+
+    def restore() -> None:
+        for undo in restores:
+            undo()
+    return restore
+
+
 def state_nbytes(state: Any) -> int:
     """Bytes held by a model state (for memory accounting: a recurrent state does not grow)."""
     return sum(t.numel() * t.element_size() for t in state_tensors(state))
@@ -179,19 +217,18 @@ class StepDecoder:
             raise ValueError(f"cuda_graph=True needs the model on a CUDA device; it is on {device}")
         make_static(self.model, self.state)  # KV caches: a device position and masked full-cache steps
         self.tokens = torch.zeros(batch_size, 1, dtype=torch.long, device=device)
-        tensors = state_tensors(self.state)
-        saved = [t.clone() for t in tensors]  # warm-up steps advance the state; it is put back below
+        warmup = 2
+        restore = snapshot(self.state, warmup)  # warm-up steps advance the state; it is put back below
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):  # compile kernels and allocate workspaces outside the capture
-            for _ in range(2):
+            for _ in range(warmup):
                 self.model(self.tokens, self.state)
         torch.cuda.current_stream().wait_stream(stream)
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
             self.logits = self.model(self.tokens, self.state)[:, -1]  # (batch, vocab)
-        for t, value in zip(tensors, saved):
-            t.copy_(value)
+        restore()
 
     def __call__(self, tokens: Tensor) -> Tensor:
         if self.graph is None:

@@ -18,7 +18,8 @@ import torch
 from torch import Tensor, nn
 
 from hybrid.errors import ConfigError
-from hybrid.generation import generate, make_static, prefill, sample_next, state_kinds, state_nbytes
+from hybrid.generation import (generate, make_static, prefill, sample_next, snapshot, state_kinds, state_nbytes,
+                               state_tensors)
 from hybrid.model import HybridLM
 from hybrid.model_config import ModelConfig
 from hybrid.registry import LAYERS, register_layer
@@ -104,6 +105,30 @@ def test_fixed_shape_decoding_matches_parallel_forward(preset):
     make_static(model, state)
     for t in range(6, 21):
         close(model(ids[:, t:t + 1], state)[:, 0], full[:, t])
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("preset", ["transformer", "samba", "jamba"])
+def test_snapshot_undoes_the_warm_up_steps(preset):
+    """What a CUDA graph's capture does before recording: snapshot, two steps, restore. The state must
+    come back bit for bit (the ring of samba's window 5 wraps during the steps), and a fixed-shape KV
+    cache must save only the two slots the steps write."""
+    model = build(preset)
+    state = model.init_state(2, 12)
+    prefill(model, tokens(2, 9), state)
+    make_static(model, state)
+    before = [t.clone() for t in state_tensors(state)]
+    restore = snapshot(state, 2)
+    for t in range(2):
+        model(tokens(2, 1, seed=t + 5), state)
+    assert any(not torch.equal(a, b) for a, b in zip(before, state_tensors(state)))
+    restore()
+    for a, b in zip(before, state_tensors(state)):
+        assert torch.equal(a, b)
+    cache = next(c for s in state for c in (s if isinstance(s, list) else [s]) if hasattr(c, "snapshot_steps"))
+    saved = [cell.cell_contents for cell in cache.snapshot_steps(2).__closure__
+             if isinstance(cell.cell_contents, Tensor) and cell.cell_contents.dim() == 4]
+    assert saved and all(t.shape[1] == 2 for t in saved)
 
 
 @torch.no_grad()

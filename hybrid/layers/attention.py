@@ -76,6 +76,11 @@ class KVCache:
         if self.position is None:
             self.position = torch.full((), self.length, dtype=torch.long, device=self.k.device)
 
+    def snapshot_steps(self, steps: int):
+        """A function undoing the next `steps` fixed-shape steps: it saves only the slots they write and
+        the position, not the whole cache (the CUDA graph's warm-up would otherwise clone it)."""
+        return _snapshot_slots(self, steps)
+
     def step_static(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Store one new position (batch, 1, heads, dim) at `position`; return every slot's keys and values
         (batch, slots, heads, dim) and which slots the new query sees (slots,) bool. The caller sized the
@@ -109,6 +114,7 @@ class KVWindowCache:
     position: Tensor | None = None  # as KVCache.position
 
     make_static = KVCache.make_static
+    snapshot_steps = KVCache.snapshot_steps
 
     def step_static(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """As KVCache.step_static, in slot position % window. Order within the ring does not matter to
@@ -138,6 +144,28 @@ def _check_dynamic(cache: KVCache | KVWindowCache) -> None:
     if cache.position is not None:
         raise RuntimeError("this KV cache decodes with fixed shapes (make_static, for a CUDA graph): it takes "
                            "one token per step from then on; start a new state for another prefill")
+
+
+def _snapshot_slots(cache: KVCache | KVWindowCache, steps: int):
+    if cache.position is None:  # a growing cache: its steps reassign `length`, so keep everything
+        saved = (cache.length, cache.k.clone(), cache.v.clone())
+
+        def restore_all() -> None:
+            cache.length = saved[0]
+            cache.k.copy_(saved[1])
+            cache.v.copy_(saved[2])
+        return restore_all
+    size = cache.k.shape[1]
+    ahead = cache.position + torch.arange(steps, device=cache.k.device)
+    # a ring writes slot p % window; a flat cache slot p (clamped: a step past it is not checked anyway)
+    slots = ahead % size if isinstance(cache, KVWindowCache) else ahead.clamp(max=size - 1)
+    position, k, v = cache.position.clone(), cache.k.index_select(1, slots), cache.v.index_select(1, slots)
+
+    def restore() -> None:
+        cache.position.copy_(position)
+        cache.k.index_copy_(1, slots, k)
+        cache.v.index_copy_(1, slots, v)
+    return restore
 
 
 def _store_static(cache: KVCache | KVWindowCache, slot: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
