@@ -22,7 +22,8 @@ Checkpoints: under ddp (and in one process) full state dicts written by rank 0 (
 state by parameter name); under fsdp every rank writes its shards through torch.distributed.checkpoint
 (`hybrid.training.sharded`). Either resumes on any number of ranks, 1 included. Every rank evaluates every held-out batch (FSDP's forward needs all of them); rank 0 alone
 writes logs, metrics, status and results. CUDA graphs are not captured under ddp or fsdp (eager steps);
-torch.compile works under both. A sweep runs each of its runs as such a job with `gpus_per_run: N`
+torch.compile runs under both (benchmarks/bench_distributed.py measures it). More ranks than GPUs on a node
+share them through gloo (NCCL allows one rank per GPU): slow, for tests and measurements. A sweep runs each of its runs as such a job with `gpus_per_run: N`
 (`hybrid.sweep.runner`).
 """
 from __future__ import annotations
@@ -104,15 +105,30 @@ def setup(parallel: str, batch_size: int, accumulation: int, device: torch.devic
                           f"micro-batch", key="train.batch_size")
     owns = not dist.is_initialized()
     if owns:
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        dist.init_process_group(backend(device, rank))
     return Parallel(rank, world, local, parallel, owns)
+
+
+def backend(device: torch.device, rank: int) -> str:
+    """nccl with a GPU per local rank; gloo on the CPU, and where ranks must share a GPU (NCCL refuses
+    two ranks on one device), which is for testing and measuring only: it is slow."""
+    if device.type != "cuda":
+        return "gloo"
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", 1)))
+    if local_world <= torch.cuda.device_count():
+        return "nccl"
+    if rank == 0:
+        log.warning("%d ranks on this node but %d GPU(s): ranks share GPUs, communicating through gloo (NCCL "
+                    "allows one rank per GPU); use this to test, not to train fast", local_world,
+                    torch.cuda.device_count())
+    return "gloo"
 
 
 def rank_device(device: torch.device, p: Parallel) -> torch.device:
     """Each rank's own GPU (cuda:LOCAL_RANK); the CPU stays the CPU."""
     if device.type != "cuda" or p.world == 1:
         return device
-    device = torch.device("cuda", p.local_rank)
+    device = torch.device("cuda", p.local_rank % torch.cuda.device_count())  # shared past the count: `backend`
     torch.cuda.set_device(device)
     return device
 

@@ -405,6 +405,8 @@ def _finish(s: _Session, step: int, ending: str) -> dict[str, Any]:
         "train_step": s.train_step.mode,
         "wall_time_s": wall, "device": str(s.device),
     }
+    if s.device.type == "cuda":  # this process's peak since it started (one rank's share under ddp / fsdp)
+        results["peak_memory_gib"] = torch.cuda.max_memory_allocated(s.device) / 2**30
     s.run.write_results(results)
     s.run.set_status(ending, step=step, wall_time_s=wall)
     s.logger.close()

@@ -166,3 +166,17 @@ def test_the_fused_lm_loss_under_fsdp_is_refused(tiny, tmp_path):
     # both ranks stop with the ConfigError before any step (the CLI prints it with its key)
     assert _job(config, ["name=fused", "train.parallel=fsdp", "train.lm_loss=fused"]) == [1, 1]
     assert not (tmp_path / "runs" / "fused" / "checkpoint.pt").exists()
+
+
+@pytest.mark.parametrize("local_world, gpus, expected", [(2, 2, "nccl"), (2, 4, "nccl"), (2, 1, "gloo"), (8, 4, "gloo")])
+def test_ranks_sharing_a_gpu_communicate_through_gloo(monkeypatch, local_world, gpus, expected):
+    """NCCL refuses two ranks on one GPU; past the GPU count the ranks share them through gloo."""
+    from hybrid.training import distributed  # noqa: PLC0415
+
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", str(local_world))
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    assert distributed.backend(torch.device("cuda"), rank=0) == expected
+    assert distributed.backend(torch.device("cpu"), rank=0) == "gloo"
+    parallel = distributed.Parallel(rank=local_world - 1, world=local_world, local_rank=local_world - 1, mode="ddp")
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: None)
+    assert distributed.rank_device(torch.device("cuda"), parallel) == torch.device("cuda", (local_world - 1) % gpus)
