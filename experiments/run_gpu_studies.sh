@@ -4,7 +4,8 @@
 #   TOGETHER=1 PACK=out experiments/run_gpu_studies.sh induction_heads induction_heads/investigation
 # Each study's runs live in its folder (experiments/<study>/runs/, checked in for the GPU studies), so
 # running this again skips finished runs and resumes the others from their checkpoints. JOBS runs
-# (default 8) share the GPU at a time; small models leave it mostly idle, so they time-slice well.
+# (default 8; JOBS_<STUDY> for one study) share the GPU at a time; small models leave it mostly idle,
+# so they time-slice well, up to about 8 processes in all (benchmarks/results/train_step_nvidia_h200.md).
 # Each study has a time cap (CAP_<STUDY> seconds, default CAP=600) after which its runs get SIGTERM,
 # checkpoint and stop; KILL_AFTER seconds later (default 30) whatever still runs is killed, so a piece
 # always ends near its cap.
@@ -21,15 +22,17 @@ python -c "import torch; print('torch', torch.__version__, '| cuda', torch.cuda.
 # NAME: a study (experiments/NAME/sweep.yaml, its report in experiments/NAME) or STUDY/FILE, another
 # sweep of a study (experiments/STUDY/FILE.yaml, its runs and report in experiments/STUDY/FILE).
 run_one() {
-  local name=$1 sweep out cap_var cap start
+  local name=$1 sweep out cap_var cap jobs_var jobs start
   if [[ $name == */* ]]; then sweep="experiments/$name.yaml"; else sweep="experiments/$name/sweep.yaml"; fi
   out="experiments/$name"
   cap_var="CAP_${name//[^A-Za-z0-9]/_}"; cap_var=${cap_var^^}
   cap=${!cap_var:-${CAP:-600}}
+  jobs_var="JOBS_${name//[^A-Za-z0-9]/_}"; jobs_var=${jobs_var^^}
+  jobs=${!jobs_var:-${JOBS:-8}}
   start=$SECONDS
   echo "== $name (cap ${cap}s)"
   timeout --signal=TERM --kill-after="${KILL_AFTER:-30}" "$cap" \
-    python -m hybrid sweep "$sweep" --out "$out" --no-progress --jobs "${JOBS:-8}" \
+    python -m hybrid sweep "$sweep" --out "$out" --no-progress --jobs "$jobs" \
     || echo "!! $name: sweep exited with $? (failed runs or the time cap); the report covers what finished"
   timeout 120 python -m hybrid report "$out" > /dev/null || echo "!! $name: no report"
   echo "== $name took $((SECONDS - start))s"
