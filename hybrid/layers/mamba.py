@@ -60,6 +60,10 @@ class MambaConfig:
 class MambaState:
     conv: Tensor  # (batch, d_inner, d_conv - 1): the last conv inputs
     ssm: Tensor   # (batch, d_inner, d_state) fp32
+    # A = -exp(A_log), D and the dt bias in fp32, made by the first decoding step and kept for the next
+    # ones (five fewer kernel launches a step, which bind eager decoding): a state decodes one model's
+    # weights as they were when it started. Not a field, so not counted as state.
+    step_constants = None
 
 
 @register_layer("mamba", config=MambaConfig, state="recurrent", megatron_symbol="M", hf_type="mamba", capturable=True)
@@ -129,8 +133,11 @@ class Mamba(nn.Module):
         if c.inner_norm_eps is not None:
             dt, B, C = self.dt_layernorm(dt), self.b_layernorm(B), self.c_layernorm(C)
         dt = F.linear(dt, self.dt_proj.weight)  # (batch, d_inner); bias added in the update
-        y = selective_state_update(state.ssm, x, dt, -torch.exp(self.A_log.float()), B, C, self.D.float(), z=z,
-                                   dt_bias=self.dt_proj.bias.float(), dt_softplus=True, backend=c.scan_backend)
+        if state.step_constants is None:
+            state.step_constants = (-torch.exp(self.A_log.float()), self.D.float(), self.dt_proj.bias.float())
+        A, D, dt_bias = state.step_constants
+        y = selective_state_update(state.ssm, x, dt, A, B, C, D, z=z, dt_bias=dt_bias, dt_softplus=True,
+                                   backend=c.scan_backend)
         return F.linear(y, self.out_proj.weight, self.out_proj.bias)[:, None]
 
     def forward(self, hidden: Tensor, state: MambaState | None = None) -> Tensor:
