@@ -88,15 +88,22 @@ def read_plan(path: Path) -> dict[str, Any]:
     return plan
 
 
+def _in_another_sweep(run: Path, root: Path) -> bool:
+    """Whether `run` lies in a sweep folder of its own below `root` (a study's investigation under the study)."""
+    return any((folder / SWEEP_PLAN).is_file() for folder in run.parents if folder != root and root in folder.parents)
+
+
 def collect(root: Path | str, metric: str | None = None, mode: str | None = None) -> Sweep:
-    """Every run directory under `root` (any depth), with the axes of `root/sweep.json` when present."""
+    """Every run directory under `root` (any depth) but those of another sweep below it (a folder with its
+    own sweep.json), with the axes of `root/sweep.json` when present."""
     root = Path(root)
     plan = read_plan(root / SWEEP_PLAN)
     planned = {r["name"]: r for r in plan.get("runs", [])}
     select = plan.get("select", {})
     runs = []
     order = {name: i for i, name in enumerate(planned)}
-    found = [c for c in root.rglob(CONFIG) if (c.parent / STATUS).is_file()]  # a bare config.yaml is no run
+    found = [c for c in root.rglob(CONFIG) if (c.parent / STATUS).is_file()  # a bare config.yaml is no run
+             and not _in_another_sweep(c.parent, root)]
     for config in sorted(found, key=lambda c: (order.get(c.parent.name, len(order)), str(c))):
         rd = RunDir(config.parent)
         status = rd.status()

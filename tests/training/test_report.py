@@ -50,6 +50,20 @@ def test_best_of_lr(tmp_path):
     assert rows["arch=mamba,model.d_model=64"].chosen == {"train.lr": "0.001"}  # the failed lr never wins
 
 
+def test_a_sweep_nested_in_another_is_left_to_its_own_report(tmp_path):
+    """A study's investigation sweep lives in a folder of the study (its own sweep.json): the study's
+    report covers its own runs only, and the investigation's report its own."""
+    _fixture(tmp_path)
+    nested = tmp_path / "investigation"
+    _run(nested, "variant=wd0", None, 0.8)
+    (nested / "sweep.json").write_text(json.dumps({"runs": [{"name": "variant=wd0", "axes": {"variant": "wd0"}}],
+                                                   "select": {"over": [], "metric": "eval/all/accuracy"}}))
+    assert "variant=wd0" not in {r.name for r in collect(tmp_path).runs}
+    assert [r.name for r in collect(nested).runs] == ["variant=wd0"]
+    _run(tmp_path / "loose", "plain", None, 0.5)  # a run in a folder without a plan of its own is still found
+    assert "plain" in {r.name for r in collect(tmp_path).runs}
+
+
 def test_report_cli_writes_tables_and_plots(tmp_path, capsys):
     _fixture(tmp_path)
     assert main(["report", str(tmp_path)]) == 0
