@@ -14,7 +14,7 @@ GPU): that checks correctness, not speed. Reported per case: tokens/s over the s
 the last logged loss, and its difference from the one-process eager run's (the same global batch:
 equal up to the order of the gradient reductions).
 
-    python benchmarks/bench_distributed.py [--ranks 1,2] [--steps 200] [--out FILE]
+    python benchmarks/bench_distributed.py [--ranks 1,2] [--steps 200] [--only 'none, eager;fsdp x2'] [--out FILE]
 """
 from __future__ import annotations
 
@@ -69,16 +69,24 @@ def cases(ranks: list[int]) -> list[tuple[str, int, list[str]]]:
     return out
 
 
-def run_case(config: Path, out: Path, ranks: int, overrides: list[str], timeout: int) -> dict:
-    """Train one case; its results.json plus the steady-state rate, or {"error": ...}."""
+def run_case(config: Path, out: Path, ranks: int, overrides: list[str], timeout: int, logs: Path | None = None) -> dict:
+    """Train one case; its results.json plus the steady-state rate, or {"error": ...}. With `logs`, the
+    case's output (its last 400 lines) is kept there."""
     run_dir = out / f"run{len(list(out.iterdir()))}"
     launch = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={ranks}"]
               if ranks else [sys.executable])
     cmd = [*launch, "-m", "hybrid", "train", str(config), f"train.run_dir={run_dir}", *overrides]
     start = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"})
+    try:
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                              env={**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"})
+    except subprocess.TimeoutExpired:
+        return {"error": f"not done in {timeout} s (--timeout)", "wall": time.perf_counter() - start}
     wall = time.perf_counter() - start
+    if logs is not None:
+        logs.mkdir(parents=True, exist_ok=True)
+        lines = (proc.stdout + proc.stderr).splitlines()[-400:]
+        (logs / f"{run_dir.name}.log").write_text(" ".join(cmd) + "\n" + "\n".join(lines) + "\n")
     if proc.returncode or not (run_dir / "results.json").is_file():
         lines = [ln.strip() for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()]
         said = [ln for ln in lines if re.match(r"(\[rank\d+\]: )?(\w+(Error|Exception)\b|error: )", ln)]
@@ -100,6 +108,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--d-model", type=int, default=768)
     p.add_argument("--layout", default="(M F M F M F A F) x2")
     p.add_argument("--timeout", type=int, default=300, help="seconds allowed per case")
+    p.add_argument("--only", default=None, help="case labels to run, ';' between them (default: all), "
+                   "e.g. 'none, eager;fsdp x2'")
+    p.add_argument("--logs", default=None, help="folder keeping each case's output (run<i>.log)")
     p.add_argument("--out", default=None, help="markdown file (default benchmarks/results/distributed_<gpus>x_<device>.md)")
     return p.parse_args()
 
@@ -112,6 +123,13 @@ def main() -> None:
     ranks = [int(r) for r in args.ranks.split(",")]
     rows = ["| case | ranks on GPUs | backend | train step | tokens/s | vs none, eager | peak GiB (rank 0) "
             "| last loss | loss - one process's | wall s |", "|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    path = Path(args.out or ROOT / "benchmarks" / "results" / f"distributed_{gpus}x_{name.split()[-1].lower()}.md")
+    head = [f"# Data-parallel training: {gpus} x {name}, torch {torch.__version__}\n",
+            f"`python benchmarks/bench_distributed.py --ranks {args.ranks} --steps {args.steps}`: `hybrid train` on "
+            f"the byte-level LM task (Python standard library source), d_model {args.d_model}, layout "
+            f"`{args.layout}`, global batch 8 x 2048, bf16 autocast, {args.steps} steps, no evaluation. tokens/s "
+            f"over the second half of each run (start-up, compilation and graph capture excluded). The loss column "
+            f"compares each case's last logged loss (the same global batches) with the one-process eager run's.\n"]
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         config = tmp / "bench.yaml"
@@ -119,8 +137,15 @@ def main() -> None:
                                         steps=args.steps))
         (tmp / "runs").mkdir()
         base = None
-        for label, n, overrides in cases(ranks):
-            r = run_case(config, tmp / "runs", n, overrides, args.timeout)
+        chosen = cases(ranks)
+        if args.only:
+            wanted = [w.strip() for w in args.only.split(";")]
+            unknown = [w for w in wanted if w not in {label for label, _, _ in chosen}]
+            if unknown:
+                sys.exit(f"--only: no case {unknown}; the cases are: " + "; ".join(label for label, _, _ in chosen))
+            chosen = [c for c in chosen if c[0] in wanted]
+        for label, n, overrides in chosen:
+            r = run_case(config, tmp / "runs", n, overrides, args.timeout, Path(args.logs) if args.logs else None)
             where = "1 process" if not n else f"{n} on {min(n, gpus)}"
             shared = "-" if n <= 1 else ("nccl" if n <= gpus else "gloo (shared GPU)")
             if "error" in r:
@@ -131,15 +156,7 @@ def main() -> None:
                             f"{r['rate'] / base['rate']:.2f}x | {r.get('peak_memory_gib', float('nan')):.2f} | "
                             f"{r['loss']:.4f} | {r['loss'] - base['loss']:+.1e} | {r['wall']:.0f} |")
             print(rows[-1], flush=True)
-    params = f"d_model {args.d_model}, layout `{args.layout}`"
-    text = [f"# Data-parallel training: {gpus} x {name}, torch {torch.__version__}\n",
-            f"`python benchmarks/bench_distributed.py --ranks {args.ranks} --steps {args.steps}`: `hybrid train` on "
-            f"the byte-level LM task (Python standard library source), {params}, global batch 8 x 2048, bf16 "
-            f"autocast, {args.steps} steps, no evaluation. tokens/s over the second half of each run (start-up, "
-            f"compilation and graph capture excluded). The loss column compares each case's last logged loss "
-            f"(the same global batches) with the one-process eager run's.\n", *rows]
-    path = Path(args.out or ROOT / "benchmarks" / "results" / f"distributed_{gpus}x_{name.split()[-1].lower()}.md")
-    path.write_text("\n".join(text) + "\n")
+            path.write_text("\n".join(head + rows) + "\n")  # after every case: a cut run keeps its rows
     print(f"wrote {path}")
 
 
