@@ -31,7 +31,8 @@ def _is_dir(path: Path) -> bool:
 
 def run(args) -> int:
     from hybrid.errors import ConfigError  # noqa: PLC0415
-    from hybrid.report.tables import collect, csv_table, markdown_table, runs_csv, unfinished  # noqa: PLC0415
+    from hybrid.report.tables import (collect, csv_table, evaluations_csv, markdown_table, runs_csv,  # noqa: PLC0415
+                                      unfinished)
 
     if not _is_dir(args.dir):
         raise ConfigError("is not a folder; give a sweep's output folder or any folder of run directories",
@@ -63,6 +64,8 @@ def run(args) -> int:
     (out / "report.md").write_text("\n".join(lines) + "\n")
     (out / "table.csv").write_text(csv_table(sweep))
     (out / "runs.csv").write_text(runs_csv(sweep))
+    (out / "evaluations.csv").write_text(evaluations_csv(sweep))
     print(table)
-    print(f"\nwrote {out / 'report.md'}, table.csv, runs.csv" + (", " + ", ".join(p.name for p in plots) if plots else ""))
+    written = ["table.csv", "runs.csv", "evaluations.csv", *(p.name for p in plots)]
+    print(f"\nwrote {out / 'report.md'}, " + ", ".join(written))
     return 0

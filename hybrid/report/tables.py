@@ -232,5 +232,22 @@ def runs_csv(sweep: Sweep) -> str:
     return buf.getvalue()
 
 
+def evaluations_csv(sweep: Sweep) -> str:
+    """Every evaluation of every run, one row per held-out set: run, step, periodic or final, set and
+    the sweep's metric there (`eval/<set>/<name>` with the metric's <name>): learning curves per set."""
+    name = sweep.metric.rsplit("/", 1)[-1]
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["run", "step", "evaluation", "set", name])
+    for r in sweep.runs:
+        for m in r.metrics:
+            kind = "final" if m.get("final") else "periodic"
+            for key, value in m.items():
+                parts = key.split("/")
+                if len(parts) == 3 and parts[0] == "eval" and parts[2] == name and isinstance(value, (int, float)):
+                    w.writerow([r.name, m.get("step", ""), kind, parts[1], _fmt(value, 6)])
+    return buf.getvalue()
+
+
 def unfinished(sweep: Sweep) -> list[RunRecord]:
     return [r for r in sweep.runs if r.state not in FINAL_STATES]

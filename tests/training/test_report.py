@@ -64,6 +64,19 @@ def test_a_sweep_nested_in_another_is_left_to_its_own_report(tmp_path):
     assert "plain" in {r.name for r in collect(tmp_path).runs}
 
 
+def test_evaluations_csv_holds_every_evaluation_per_set(tmp_path):
+    from hybrid.report.tables import evaluations_csv  # noqa: PLC0415
+
+    d = _run(tmp_path, "arch=mamba", None, 0.9)
+    logged = [{"step": 5, "eval/all/accuracy": 0.5, "eval/L64/accuracy": 0.6, "eval/L64/loss": 1.0},
+              {"step": 10, "eval/all/accuracy": 0.9, "eval/L64/accuracy": 0.9, "final": 1}]
+    (d / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in logged))
+    rows = list(csv.reader(io.StringIO(evaluations_csv(collect(tmp_path)))))
+    assert rows == [["run", "step", "evaluation", "set", "accuracy"],
+                    ["arch=mamba", "5", "periodic", "all", "0.500000"], ["arch=mamba", "5", "periodic", "L64", "0.600000"],
+                    ["arch=mamba", "10", "final", "all", "0.900000"], ["arch=mamba", "10", "final", "L64", "0.900000"]]
+
+
 def test_report_cli_writes_tables_and_plots(tmp_path, capsys):
     _fixture(tmp_path)
     assert main(["report", str(tmp_path)]) == 0
