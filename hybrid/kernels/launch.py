@@ -16,7 +16,9 @@ keeps one entry per length: cheap, and bounded by `MAX_ENTRIES`.
 The direct call uses the compiled kernel's launcher as Triton 3.6 to 3.9 define it (the sources of
 3.6 and 3.9 were read: `CompiledKernel.run(grid x, y, z, stream, function, packed_metadata,
 launch_metadata, enter_hook, exit_hook, *every parameter's value)`). Any other version, the
-interpreter, or a Triton launch hook (a profiler's) takes `kernel[grid]` every time.
+interpreter, or a Triton launch hook (a profiler's) takes `kernel[grid]` every time. Under
+torch.compile a launch is a graph break (`torch.compiler.disable`): Dynamo could not trace the key
+(a tensor's data_ptr), and the kernel runs as it does eagerly, between compiled regions.
 """
 from __future__ import annotations
 
@@ -53,6 +55,7 @@ class FastLauncher:
         self.direct = not INTERPRET and DIRECT_VERSIONS[0] <= _version(triton.__version__) <= DIRECT_VERSIONS[1]
         self._params = list(kernel.params) if self.direct else []  # the interpreter's kernels have none
 
+    @torch.compiler.disable  # torch.compile cannot trace the cache key (data_ptr); the kernel runs as in eager mode
     def __call__(self, grid: tuple[int, ...], *args, **kwargs):
         if not self.direct or _launch_hooks_set():
             return self.kernel[grid](*args, **kwargs)
