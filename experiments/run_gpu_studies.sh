@@ -44,14 +44,14 @@ if [ -n "${TOGETHER:-}" ]; then
 else
   for name in "${studies[@]}"; do run_one "$name"; done
 fi
-# PACK=DIR: each study's run directories as DIR/<study>.tgz.aa, .ab, ... of at most 15 MiB (a transfer
+# PACK=DIR: each study's run directories and sweep plans as DIR/<study>.tgz.aa, .ab, ... of at most 15 MiB (a transfer
 # with a per-file limit lost a whole study's runs once), without the previous checkpoints and TensorBoard
 # files. Unpack with: cat DIR/<study>.tgz.* | tar xzf -
 if [ -n "${PACK:-}" ]; then
   mkdir -p "$PACK"
   for name in "${studies[@]}"; do
     tar czf - --exclude=checkpoint.prev.pt --exclude=tb "experiments/$name"/*runs* "experiments/$name"/*/runs \
-      2>/dev/null | split -b 15m - "$PACK/${name//\//_}.tgz."
+      "experiments/$name"/sweep.json "experiments/$name"/*/sweep.json 2>/dev/null | split -b 15m - "$PACK/${name//\//_}.tgz."
   done
 fi
 echo "all: ${SECONDS}s; reports in experiments/*/report/"

@@ -94,15 +94,18 @@ def _in_another_sweep(run: Path, root: Path) -> bool:
 
 
 def collect(root: Path | str, metric: str | None = None, mode: str | None = None) -> Sweep:
-    """Every run directory under `root` (any depth) but those of another sweep below it (a folder with its
-    own sweep.json), with the axes of `root/sweep.json` when present."""
+    """The run directories of `root`: those in `root/runs/` when it has one (a sweep's output folder), else
+    every one below it (any depth) but another sweep's (a folder with its own sweep.json); with the axes
+    of `root/sweep.json` when present."""
     root = Path(root)
     plan = read_plan(root / SWEEP_PLAN)
     planned = {r["name"]: r for r in plan.get("runs", [])}
     select = plan.get("select", {})
     runs = []
     order = {name: i for i, name in enumerate(planned)}
-    found = [c for c in root.rglob(CONFIG) if (c.parent / STATUS).is_file()  # a bare config.yaml is no run
+    # a sweep's own folder: its runs/ only; any other folder: every run below it but another sweep's
+    candidates = (root / "runs").glob(f"*/{CONFIG}") if (root / "runs").is_dir() else root.rglob(CONFIG)
+    found = [c for c in candidates if (c.parent / STATUS).is_file()  # a bare config.yaml is no run
              and not _in_another_sweep(c.parent, root)]
     for config in sorted(found, key=lambda c: (order.get(c.parent.name, len(order)), str(c))):
         rd = RunDir(config.parent)

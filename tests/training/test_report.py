@@ -60,8 +60,12 @@ def test_a_sweep_nested_in_another_is_left_to_its_own_report(tmp_path):
                                                    "select": {"over": [], "metric": "eval/all/accuracy"}}))
     assert "variant=wd0" not in {r.name for r in collect(tmp_path).runs}
     assert [r.name for r in collect(nested).runs] == ["variant=wd0"]
-    _run(tmp_path / "loose", "plain", None, 0.5)  # a run in a folder without a plan of its own is still found
-    assert "plain" in {r.name for r in collect(tmp_path).runs}
+    _run(tmp_path / "extra", "plain", None, 0.5)  # a sweep's folder (runs/ in it): its runs/ only
+    assert "plain" not in {r.name for r in collect(tmp_path).runs}
+    top = tmp_path / "all"  # a folder of studies (no runs/ of its own): every run below it
+    _run(top / "a", "r1", None, 0.5)
+    _run(top / "b", "r2", None, 0.5)
+    assert sorted(r.name for r in collect(top).runs) == ["r1", "r2"]
 
 
 def test_evaluations_csv_holds_every_evaluation_per_set(tmp_path):
