@@ -20,11 +20,12 @@ not equal to, the whole batch's.
 
 Checkpoints: under ddp (and in one process) full state dicts written by rank 0 (the optimiser's
 state by parameter name); under fsdp every rank writes its shards through torch.distributed.checkpoint
-(`hybrid.training.sharded`). Either resumes on any number of ranks, 1 included. Every rank evaluates every held-out batch (FSDP's forward needs all of them); rank 0 alone
-writes logs, metrics, status and results. CUDA graphs are not captured under ddp or fsdp (eager steps);
-torch.compile runs under both (benchmarks/bench_distributed.py measures it). More ranks than GPUs on a node
-share them through gloo (NCCL allows one rank per GPU): slow, for tests and measurements. A sweep runs each of its runs as such a job with `gpus_per_run: N`
-(`hybrid.sweep.runner`).
+(`hybrid.training.sharded`). Either resumes on any number of ranks, 1 included. Every rank evaluates
+every held-out batch (FSDP's forward needs all of them); rank 0 alone writes logs, metrics, status and
+results. CUDA graphs are not captured under ddp or fsdp (eager steps); `train.compile` wraps the model
+under both, each Triton launch a graph break (benchmarks/bench_distributed.py measures the cases). More
+ranks than GPUs on a node share them through gloo (NCCL allows one rank per GPU): slow, for tests and
+measurements. A sweep runs each of its runs as such a job with `gpus_per_run: N` (`hybrid.sweep.runner`).
 """
 from __future__ import annotations
 
