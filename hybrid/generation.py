@@ -110,28 +110,38 @@ def make_static(model, state: list[Any]) -> None:
             branch_state.make_static()
 
 
-def state_tensors(state: Any) -> list[Tensor]:
-    """Every tensor inside a model state (lists, tuples, dicts, dataclasses, plain objects), each once."""
-    found: dict[int, Tensor] = {}
+def _walk(state: Any, visit: Callable[[Any], bool]) -> None:
+    """Call `visit` on every object inside a model state (lists, tuples, dicts, dataclass fields, plain
+    objects' attributes), each once; where it returns True the walk does not look inside that object."""
+    seen: set[int] = set()
 
     def walk(obj: Any) -> None:
-        if isinstance(obj, Tensor):
-            found.setdefault(id(obj), obj)
-        elif isinstance(obj, (list, tuple)):
-            for item in obj:
-                walk(item)
+        if id(obj) in seen:
+            return
+        seen.add(id(obj))
+        if visit(obj) or isinstance(obj, Tensor):
+            return
+        if isinstance(obj, (list, tuple)):
+            items = list(obj)
         elif isinstance(obj, dict):
-            for item in obj.values():
-                walk(item)
+            items = list(obj.values())
         elif dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-            for f in dataclasses.fields(obj):
-                walk(getattr(obj, f.name))
+            items = [getattr(obj, f.name) for f in dataclasses.fields(obj)]
         elif hasattr(obj, "__dict__") and not isinstance(obj, type):
-            for item in vars(obj).values():
-                walk(item)
+            items = list(vars(obj).values())
+        else:
+            items = []
+        for item in items:
+            walk(item)
 
     walk(state)
-    return list(found.values())
+
+
+def state_tensors(state: Any) -> list[Tensor]:
+    """Every tensor inside a model state (lists, tuples, dicts, dataclasses, plain objects), each once."""
+    found: list[Tensor] = []
+    _walk(state, lambda obj: isinstance(obj, Tensor) and found.append(obj) is None)
+    return found
 
 
 def snapshot(state: Any, steps: int) -> Callable[[], None]:
@@ -139,31 +149,17 @@ def snapshot(state: Any, steps: int) -> Callable[[], None]:
     graph's warm-up). An object with `snapshot_steps(steps)` (the fixed-shape KV caches) saves only
     what those steps write; every other tensor is copied whole. So a 70 GiB cache is not cloned."""
     restores: list[Callable[[], None]] = []
-    seen: set[int] = set()
 
-    def walk(obj: Any) -> None:
-        if id(obj) in seen:
-            return
-        seen.add(id(obj))
+    def visit(obj: Any) -> bool:
         if callable(getattr(obj, "snapshot_steps", None)):
             restores.append(obj.snapshot_steps(steps))
-        elif isinstance(obj, Tensor):
+            return True
+        if isinstance(obj, Tensor):
             saved = obj.clone()
             restores.append(lambda t=obj, value=saved: t.copy_(value))
-        elif isinstance(obj, (list, tuple)):
-            for item in obj:
-                walk(item)
-        elif isinstance(obj, dict):
-            for item in obj.values():
-                walk(item)
-        elif dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-            for f in dataclasses.fields(obj):
-                walk(getattr(obj, f.name))
-        elif hasattr(obj, "__dict__") and not isinstance(obj, type):
-            for item in vars(obj).values():
-                walk(item)
+        return False
 
-    walk(state)
+    _walk(state, visit)
 
     def restore() -> None:
         for undo in restores:
