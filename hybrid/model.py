@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from hybrid.init import is_no_reinit, is_no_weight_decay, is_residual_out
 from hybrid.layout import Layout, SublayerSpec, compile_layout
 from hybrid.model_config import ModelConfig
-from hybrid.norms import make_norm
+from hybrid.norms import add_and_norm, make_norm
 from hybrid.registry import LAYERS
 
 
@@ -31,7 +31,11 @@ class Residual(nn.Module):
         self.branches = nn.ModuleList(LAYERS.get(b.type).build(d_model, b.config) for b in spec.branches)
 
     def forward(self, x: Tensor, state: Any = None) -> Tensor:
-        h = self.norm(x)
+        """The sublayer's output for the residual stream x (the caller adds it)."""
+        return self.mix(self.norm(x), state)
+
+    def mix(self, h: Tensor, state: Any = None) -> Tensor:
+        """The branches over the normed input h, summed."""
         if len(self.branches) == 1:
             return self.branches[0](h, state)
         states = state if state is not None else [None] * len(self.branches)
@@ -128,8 +132,11 @@ class HybridLM(nn.Module):
         x = self.embedding(input_ids)  # (batch, length, d_model)
         if self.config.residual_in_fp32:
             x = x.float()
+        out = None
         for i, block in enumerate(self.blocks):
-            out = block(x, state[i] if state is not None else None)
+            h, x = add_and_norm(block.norm, out, x)  # x + the previous sublayer's output, and this one's pre-norm
+            out = block.mix(h, state[i] if state is not None else None)
+        if out is not None:
             x = x + out.to(x.dtype)
         if positions is not None:
             x = x.flatten(0, 1).index_select(0, positions)  # (n, d_model)

@@ -6,6 +6,8 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import Tensor, nn
 
+from hybrid.kernels.add_rms_norm import add_rms_norm
+
 
 class RMSNorm(nn.Module):
     """y = x / sqrt(mean(x^2) + eps) * weight (Zhang & Sennrich 2019), computed in fp32."""
@@ -53,6 +55,17 @@ class GatedRMSNorm(nn.Module):
         if gate is not None and self.norm_before_gate:
             y = y * gate
         return y.to(x.dtype)
+
+
+def add_and_norm(norm: nn.Module, out: Tensor | None, x: Tensor) -> tuple[Tensor, Tensor]:
+    """The residual add of the previous sublayer's output and this sublayer's pre-norm: (norm(x'), x')
+    with x' = x + out (x itself when out is None), in x's dtype. RMSNorm goes through the fused op
+    (`hybrid.kernels.add_rms_norm`, one kernel each way where its backend is Triton); other norms add, then norm."""
+    if isinstance(norm, RMSNorm):
+        return add_rms_norm(out, x, norm.weight, norm.eps)
+    if out is not None:
+        x = x + out.to(x.dtype)
+    return norm(x), x
 
 
 def make_norm(kind: str, dim: int, eps: float) -> nn.Module:

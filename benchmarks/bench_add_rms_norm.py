@@ -1,0 +1,91 @@
+"""Residual add + RMSNorm: the Triton pass against the PyTorch ops it replaces, with a memory-copy
+lower bound, in one run.
+
+    PYTHONPATH=. python3 benchmarks/bench_add_rms_norm.py [--out FILE]
+
+Shapes: a training step's sublayer (8 x 2048 rows of 768: fp32 residual, bf16 sublayer output, as
+under autocast with residual_in_fp32) and decoding steps (1 and 64 rows). "torch" is what the model
+ran before the fused op: `x + out.to(x.dtype)`, then F.rms_norm in fp32 and the cast back. Times are
+medians of triton.testing.do_bench in ms (do_bench_cudagraph for the decoding rows, where launches are
+the cost). "copy" moves the bytes the op must: forward residual and out in, normed and new residual
+out; forward+backward adds the two incoming gradients, the saved residual, and the two gradients out.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from hybrid.kernels.add_rms_norm import add_rms_norm  # noqa: E402
+
+SHAPES = [((8 * 2048, 768), "training step, d 768"), ((8 * 2048, 2048), "training step, d 2048"),
+          ((64, 768), "decoding, batch 64"), ((1, 768), "decoding, batch 1")]
+
+
+def _bench(fn, graphed: bool) -> float:
+    import triton.testing  # noqa: PLC0415
+
+    if graphed:
+        return triton.testing.do_bench_cudagraph(fn)
+    return triton.testing.do_bench(fn)
+
+
+def _case(rows: int, d: int):
+    residual = torch.randn(rows, d, device="cuda")
+    out = torch.randn(rows, d, device="cuda", dtype=torch.bfloat16)
+    weight = torch.ones(d, device="cuda")
+    return out, residual, weight
+
+
+def _step(backend: str, out, residual, weight, backward: bool):
+    if not backward:
+        return lambda: add_rms_norm(out, residual, weight, 1e-5, backend=backend)
+    leaves = [t.detach().clone().requires_grad_() for t in (out, residual, weight)]
+    g = torch.randn_like(residual)
+
+    def run():
+        normed, new = add_rms_norm(*leaves, 1e-5, backend=backend)
+        torch.autograd.backward([normed, new], [g, g])
+    return run
+
+
+def _copy_ms(n_bytes: int, graphed: bool) -> float:
+    src = torch.empty(n_bytes // 2, dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    return _bench(lambda: dst.copy_(src), graphed)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default=None, help="markdown file (default benchmarks/results/add_rms_norm_<device>.md)")
+    args = ap.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("bench_add_rms_norm measures the GPU; the CPU path is the PyTorch one (tests/kernels/test_add_rms_norm.py)")
+    name = torch.cuda.get_device_name()
+    rows = ["| rows x d | case | pass | copy ms | torch ms | triton ms | torch / triton | triton / copy |",
+            "|---|---|---|---:|---:|---:|---:|---:|"]
+    for (n, d), label in SHAPES:
+        out, residual, weight = _case(n, d)
+        graphed = n <= 64
+        for backward in (False, True):
+            # bytes: fp32 residual in, bf16 out in, fp32 normed and new residual out; backward: two fp32
+            # gradients and the saved residual in, an fp32 and a bf16 gradient out
+            n_bytes = n * d * ((4 + 2 + 4 + 4) + ((4 + 4 + 4 + 4 + 2) if backward else 0))
+            copy = _copy_ms(n_bytes, graphed)
+            times = {b: _bench(_step(b, out, residual, weight, backward), graphed and not backward) for b in ("torch", "triton")}
+            rows.append(f"| {n} x {d} | {label} | {'fwd+bwd' if backward else 'fwd'} | {copy:.4f} | {times['torch']:.4f} "
+                        f"| {times['triton']:.4f} | {times['torch'] / times['triton']:.2f}x | {times['triton'] / copy:.2f}x |")
+            print(rows[-1], flush=True)
+    text = [f"# Residual add + RMSNorm on {name}, torch {torch.__version__}\n", __doc__.split("\n\n", 2)[2], *rows]
+    slug = name.split()[-1].lower()
+    path = Path(args.out or Path(__file__).parent / "results" / f"add_rms_norm_{slug}.md")
+    path.write_text("\n".join(text) + "\n")
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

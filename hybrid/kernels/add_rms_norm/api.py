@@ -1,0 +1,47 @@
+"""The public fused residual add + RMSNorm: the one place where its backend is chosen.
+
+Backends (STYLE 9): "triton" (`triton_add_rms_norm.py`), "torch" (the add and F.rms_norm,
+`reference.py`). "auto" is "torch" everywhere until the Triton pass is measured against it on a GPU
+(benchmarks/bench_add_rms_norm.py); HYBRID_NORM_BACKEND replaces "auto" for a whole run.
+"""
+from __future__ import annotations
+
+import os
+
+from torch import Tensor
+
+from hybrid.kernels.backend_choice import load_backend, requested_backend
+
+BACKENDS = ("auto", "triton", "torch")
+ENV_VAR = "HYBRID_NORM_BACKEND"
+TRITON_MAX_D = 16384  # triton_add_rms_norm.MAX_D, repeated so that choosing a backend imports no Triton
+_TABLE = {"triton": ("hybrid.kernels.add_rms_norm.triton_add_rms_norm", "add_rms_norm_triton"),
+          "torch": ("hybrid.kernels.add_rms_norm.reference", "add_rms_norm_ref")}
+_LOADED: dict = {}  # backend name -> function: every sublayer calls this, every step
+
+
+def resolve_backend(backend: str, is_cuda: bool, d: int) -> str:
+    backend = requested_backend(backend, BACKENDS, ENV_VAR, "add_rms_norm")
+    if backend == "auto":
+        backend = "torch"
+    if backend == "triton" and ((not is_cuda and os.environ.get("TRITON_INTERPRET") != "1") or d > TRITON_MAX_D):
+        backend = "torch"  # the Triton pass needs a GPU (or the interpreter) and one tile per row
+    return backend
+
+
+def add_rms_norm(out: Tensor | None, residual: Tensor, weight: Tensor, eps: float = 1e-5,
+                 backend: str = "auto") -> tuple[Tensor, Tensor]:
+    """residual + out, and its RMSNorm: (normed, new residual).
+
+    out: (..., d) any float dtype, or None (normalise `residual` alone); residual: (..., d), whose
+    dtype the new residual and the normed output keep; weight: (d,). The norm is computed in fp32.
+    """
+    d = residual.shape[-1]
+    if out is not None and out.shape != residual.shape:
+        raise ValueError(f"add_rms_norm: out {tuple(out.shape)} and residual {tuple(residual.shape)} must have one shape")
+    if weight.shape != (d,):
+        raise ValueError(f"add_rms_norm: weight must be ({d},), got {tuple(weight.shape)}")
+    name = resolve_backend(backend, residual.is_cuda, d)
+    fn = _LOADED.get(name) or _LOADED.setdefault(name, load_backend(_TABLE, name, "add_rms_norm"))
+    return fn(out, residual, weight, eps)
+
