@@ -30,16 +30,16 @@ class Residual(nn.Module):
         self.norm = make_norm(norm, d_model, eps)
         self.branches = nn.ModuleList(LAYERS.get(b.type).build(d_model, b.config) for b in spec.branches)
 
-    def forward(self, x: Tensor, state: Any = None) -> Tensor:
-        """The sublayer's output for the residual stream x (the caller adds it)."""
-        return self.mix(self.norm(x), state)
-
-    def mix(self, h: Tensor, state: Any = None) -> Tensor:
-        """The branches over the normed input h, summed."""
+    def forward(self, x: Tensor, state: Any = None, previous: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """(this sublayer's output, the residual stream it read): x + previous (the last sublayer's
+        output, added here, fused with this pre-norm: `hybrid.norms.add_and_norm`), normed, through
+        the branches, summed. The caller adds the output to the stream it gets back (or passes it on).
+        Inside forward, so that a sharded wrapper (FSDP) has the norm's weight gathered."""
+        h, x = add_and_norm(self.norm, previous, x)
         if len(self.branches) == 1:
-            return self.branches[0](h, state)
+            return self.branches[0](h, state), x
         states = state if state is not None else [None] * len(self.branches)
-        return sum(branch(h, s) for branch, s in zip(self.branches, states))
+        return sum(branch(h, s) for branch, s in zip(self.branches, states)), x
 
     def init_state(self, batch_size: int, max_length: int, device=None, dtype=None) -> Any:
         states = []
@@ -134,8 +134,7 @@ class HybridLM(nn.Module):
             x = x.float()
         out = None
         for i, block in enumerate(self.blocks):
-            h, x = add_and_norm(block.norm, out, x)  # x + the previous sublayer's output, and this one's pre-norm
-            out = block.mix(h, state[i] if state is not None else None)
+            out, x = block(x, state[i] if state is not None else None, previous=out)
         if out is not None:
             x = x + out.to(x.dtype)
         if positions is not None:

@@ -96,7 +96,14 @@ def test_parallel_branches_share_a_norm_and_sum():
     block = model.blocks[0]
     x = torch.randn(2, 9, 32)
     h = block.norm(x)
-    torch.testing.assert_close(block(x), block.branches[0](h) + block.branches[1](h))
+    out, residual = block(x)
+    torch.testing.assert_close(out, block.branches[0](h) + block.branches[1](h))
+    assert residual is x  # nothing to add before the first sublayer
+    y = torch.randn(2, 9, 32)
+    out, residual = block(x, previous=y)  # the last sublayer's output added first, then normed
+    torch.testing.assert_close(residual, x + y)
+    h = block.norm(x + y)
+    torch.testing.assert_close(out, block.branches[0](h) + block.branches[1](h))
 
 
 def test_residual_output_projections_are_depth_scaled():

@@ -66,6 +66,9 @@ class EvalSet:
     def __len__(self) -> int:
         return len(self.batches())
 
+    def __getitem__(self, i: int) -> Batch:
+        return self.batches()[i].to(self.device)
+
 
 class Task:
     """Base class. Subclasses set `config` in __init__ and implement the methods below."""

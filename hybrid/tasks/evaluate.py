@@ -1,7 +1,8 @@
 """Run a model over a task's held-out sets and report metrics overall, per set and per slice."""
 from __future__ import annotations
 
-from typing import Callable
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
@@ -10,11 +11,40 @@ from hybrid.tasks.base import Batch, Task
 from hybrid.tasks.metrics import Accumulator
 
 
+@dataclass
+class Split:
+    """The held-out batches shared among processes (data-parallel ranks): this one takes batch i of
+    every set when i % world == rank; `merge` sums the processes' totals (an all-gather). With
+    `lockstep` every process runs as many forwards as the one with the most batches (FSDP's forward
+    is a collective): one with none left repeats its set's first batch and discards the result."""
+
+    rank: int
+    world: int
+    merge: Callable[[dict[str, dict[str, float]]], dict[str, dict[str, float]]]
+    lockstep: bool = False
+
+
+def _batches_of(batches: Any, count: int, split: Split | None):
+    """(batch, scored) pairs this process runs: its share of the first `count` batches, then, in
+    lockstep, repeats of the first batch (not scored) up to every process's number of forwards."""
+    if split is None:
+        for i, batch in zip(range(count), batches):
+            yield batch, True
+        return
+    mine = range(split.rank, count, split.world)
+    for i in mine:
+        yield batches[i], True
+    if split.lockstep and count:
+        for _ in range(-(-count // split.world) - len(mine)):
+            yield batches[0], False
+
+
 @torch.no_grad()
 def evaluate(model_fn: Callable[[Tensor], Tensor], task: Task, device: torch.device | str = "cpu", *,
              sets: list[str] | None = None, max_batches: int | None = None,
              autocast_dtype: torch.dtype | None = None,
-             stats_fn: Callable[[Batch], dict[str, Tensor]] | None = None) -> dict[str, dict[str, float]]:
+             stats_fn: Callable[[Batch], dict[str, Tensor]] | None = None,
+             split: Split | None = None) -> dict[str, dict[str, float]]:
     """Score `model_fn` on `task`'s held-out sets.
 
     Args:
@@ -29,6 +59,8 @@ def evaluate(model_fn: Callable[[Tensor], Tensor], task: Task, device: torch.dev
             are always computed in float32 from the logits.
         stats_fn: `stats_fn(batch)` in place of `task.stats(model_fn(batch.inputs), batch)` (the trainer
             passes its CUDA-graphed forward and statistics, `hybrid.training.evaluation`).
+        split: share the batches among data-parallel processes (`Split`); every process returns the
+            whole evaluation's metrics.
 
     Returns:
         `{group: {metric: value}}`, each group's metrics computed from sums over its examples:
@@ -48,19 +80,22 @@ def evaluate(model_fn: Callable[[Tensor], Tensor], task: Task, device: torch.dev
         raise KeyError(f"unknown held-out set(s) {unknown} of task {task.name!r}; it has: {', '.join(all_sets)}")
     acc = Accumulator(task.slice_keys)
     for name in names:
-        for i, batch in enumerate(all_sets[name]):
-            if max_batches is not None and i >= max_batches:
-                break
+        batches = all_sets[name]
+        if not (hasattr(batches, "__len__") and hasattr(batches, "__getitem__")):
+            batches = list(batches)  # a task's own iterable: indexed below
+        count = len(batches) if max_batches is None else min(len(batches), max_batches)
+        for batch, scored in _batches_of(batches, count, split):
             batch = batch.to(device)
             if stats_fn is not None:
-                acc.add(stats_fn(batch), batch.info, group=name)
-                continue
-            if autocast_dtype is not None:
-                with torch.autocast(device.type, dtype=autocast_dtype):
-                    logits = model_fn(batch.inputs)
+                stats = stats_fn(batch)
             else:
-                logits = model_fn(batch.inputs)
-            acc.add(task.stats(logits, batch), batch.info, group=name)
+                with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                    logits = model_fn(batch.inputs)
+                stats = task.stats(logits, batch)
+            if scored:
+                acc.add(stats, batch.info, group=name)
+    if split is not None and split.world > 1:
+        acc.totals = split.merge({k: dict(v) for k, v in acc.totals.items()})
     return acc.result(task.reduce)
 
 

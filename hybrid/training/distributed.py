@@ -20,9 +20,10 @@ not equal to, the whole batch's.
 
 Checkpoints: under ddp (and in one process) full state dicts written by rank 0 (the optimiser's
 state by parameter name); under fsdp every rank writes its shards through torch.distributed.checkpoint
-(`hybrid.training.sharded`). Either resumes on any number of ranks, 1 included. Every rank evaluates
-every held-out batch (FSDP's forward needs all of them); rank 0 alone writes logs, metrics, status and
-results. CUDA graphs are not captured under ddp or fsdp (eager steps); `train.compile` wraps the model
+(`hybrid.training.sharded`). Either resumes on any number of ranks, 1 included. The ranks share the
+held-out batches (batch i of a set on rank i mod N) and add up their sums, so evaluation takes 1/N of
+the time; under fsdp a rank with fewer batches runs a discarded forward to keep in step (each forward
+gathers the sharded weights). Rank 0 alone writes logs, metrics, status and results. CUDA graphs are not captured under ddp or fsdp (eager steps); `train.compile` wraps the model
 under both, each Triton launch a graph break (benchmarks/bench_distributed.py measures the cases). More
 ranks than GPUs on a node share them through gloo (NCCL allows one rank per GPU): slow, for tests and
 measurements. A sweep runs each of its runs as such a job with `gpus_per_run: N` (`hybrid.sweep.runner`).
@@ -74,6 +75,15 @@ class Parallel:
         dist.all_reduce(t)
         return t
 
+    def eval_split(self):
+        """How the ranks share the held-out batches (`hybrid.tasks.evaluate.Split`), None alone. Under
+        fsdp every rank runs as many forwards as the busiest (each forward gathers the sharded weights)."""
+        if self.world == 1:
+            return None
+        from hybrid.tasks.evaluate import Split  # noqa: PLC0415
+
+        return Split(self.rank, self.world, merge_totals, lockstep=self.mode == "fsdp")
+
     def barrier(self) -> None:
         if self.world > 1:
             dist.barrier()
@@ -81,6 +91,20 @@ class Parallel:
     def end(self) -> None:
         if self.owns_group and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def merge_totals(totals: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+    """Every rank's evaluation sums added up, {group: {statistic: sum}} (sums in float64 on the host:
+    an all-gather of the small dicts, whose groups may differ from rank to rank)."""
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, totals)
+    merged: dict[str, dict[str, float]] = {}
+    for part in gathered:
+        for group, sums in part.items():
+            into = merged.setdefault(group, {})
+            for key, value in sums.items():
+                into[key] = into.get(key, 0.0) + value
+    return merged
 
 
 def world_from_env() -> tuple[int, int, int]:

@@ -77,15 +77,16 @@ class GraphedStats:
 
 def run_evaluation(model: nn.Module, task: Any, device: torch.device, amp: torch.dtype | None,
                    max_batches: int | None, graphed: GraphedStats | None = None,
-                   sets: list[str] | None = None) -> dict[str, float]:
+                   sets: list[str] | None = None, split: Any = None) -> dict[str, float]:
     """`{"eval/<group>/<metric>": value}` over the task's held-out sets (`sets`, default all; at most
-    `max_batches` batches per set)."""
+    `max_batches` batches per set); `split` (`hybrid.tasks.evaluate.Split`) shares the batches among
+    data-parallel ranks."""
     from hybrid.tasks.evaluate import evaluate, flatten  # noqa: PLC0415
 
     model.eval()
     try:
         result = evaluate(model, task, device, sets=sets, max_batches=max_batches, autocast_dtype=amp,
-                          stats_fn=graphed)
+                          stats_fn=graphed, split=split)
     finally:
         model.train()
     return flatten(result)

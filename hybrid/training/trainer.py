@@ -237,7 +237,7 @@ def _checkpoint(s: _Session, step: int, rotate: bool = True) -> None:
 
 
 def _evaluate(s: _Session, max_batches: int | None, sets: list[str] | None = None) -> dict[str, float]:
-    return run_evaluation(s.model, s.task, s.device, s.amp, max_batches, s.eval_stats, sets)
+    return run_evaluation(s.model, s.task, s.device, s.amp, max_batches, s.eval_stats, sets, s.parallel.eval_split())
 
 
 def _log_window(s: _Session, step: int, window: Window, last_eval: dict[str, float], bar: Any) -> None:

@@ -87,6 +87,13 @@ def test_two_ranks_log_the_losses_of_one_process(tiny, tmp_path, mode):
     two = json.loads((tmp_path / "runs" / "two" / "results.json").read_text())
     assert two["state"] == "completed" and two["final"]["eval/all/accuracy"] == pytest.approx(
         one["final"]["eval/all/accuracy"], abs=1e-6)
+    # the ranks share the held-out batches (one batch of a set each at eval_batches 1: under fsdp one
+    # rank runs a discarded forward) and add up: every evaluation equals one process's
+    evals = [[(m["step"], k, v) for m in read_metrics(tmp_path / "runs" / name / "metrics.jsonl")
+              for k, v in m.items() if k.startswith("eval/") and not k.endswith("/examples")] for name in ("one", "two")]
+    assert [e[:2] for e in evals[1]] == [e[:2] for e in evals[0]] and evals[0]
+    torch.testing.assert_close(torch.tensor([e[2] for e in evals[1]]), torch.tensor([e[2] for e in evals[0]]),
+                               rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("mode", ["ddp", "fsdp"])
@@ -180,3 +187,18 @@ def test_ranks_sharing_a_gpu_communicate_through_gloo(monkeypatch, local_world, 
     parallel = distributed.Parallel(rank=local_world - 1, world=local_world, local_rank=local_world - 1, mode="ddp")
     monkeypatch.setattr(torch.cuda, "set_device", lambda device: None)
     assert distributed.rank_device(torch.device("cuda"), parallel) == torch.device("cuda", (local_world - 1) % gpus)
+
+
+@pytest.mark.parametrize("count, world, lockstep, expected", [
+    (5, 2, False, [[0, 2, 4], [1, 3]]),
+    (5, 2, True, [[0, 2, 4], [1, 3, "0*"]]),   # rank 1 repeats batch 0, unscored, to keep in step
+    (1, 3, True, [[0], ["0*"], ["0*"]]),
+    (0, 2, True, [[], []]),
+])
+def test_ranks_share_the_held_out_batches(count, world, lockstep, expected):
+    from hybrid.tasks.evaluate import Split, _batches_of  # noqa: PLC0415
+
+    got = [[b if scored else f"{b}*" for b, scored in _batches_of(list(range(count)), count,
+                                                                    Split(rank, world, merge=dict, lockstep=lockstep))]
+           for rank in range(world)]
+    assert got == expected
