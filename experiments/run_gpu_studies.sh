@@ -12,8 +12,17 @@
 # MPS (`nvidia-cuda-mps-control -d`) lets the runs' kernels overlap, but a fatal fault in one MPS client
 # (a device-side assert, say from a test that provokes one) stops every client: once, every training
 # process hung until killed. Do not run the test suite on the GPU while studies share it under MPS.
+# MPS=1 starts an MPS server for this script's runs and stops it at the end: for studies alone, where
+# tiny models' kernels then share the SMs instead of taking turns (not yet measured against without).
 set -uo pipefail
 cd "$(dirname "$0")/.."
+if [ -n "${MPS:-}" ]; then
+  export CUDA_MPS_PIPE_DIRECTORY=${CUDA_MPS_PIPE_DIRECTORY:-/tmp/hybrid_mps_pipe}
+  export CUDA_MPS_LOG_DIRECTORY=${CUDA_MPS_LOG_DIRECTORY:-/tmp/hybrid_mps_log}
+  mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
+  nvidia-cuda-mps-control -d && echo "MPS server started" || echo "!! MPS server did not start; runs time-slice"
+  trap 'echo quit | nvidia-cuda-mps-control 2>/dev/null' EXIT
+fi
 studies=("$@")
 [ ${#studies[@]} -gt 0 ] || studies=(selective_copying induction_heads mqar_zoology)
 python -c "import torch; print('torch', torch.__version__, '| cuda', torch.cuda.is_available(), '|',
