@@ -25,6 +25,16 @@ class EarlyStopConfig:
         "help": "logged metric to watch, as written in metrics.jsonl (e.g. eval/all/accuracy, eval/val/loss)"})
     target: float | None = field(default=None, metadata={"help": "stop once the metric reaches this (null: never stop early)"})
     mode: Literal["max", "min"] = field(default="max", metadata={"help": "max: stop when metric >= target; min: when <= target"})
+    patience: int | None = field(default=None, metadata={
+        "help": "also stop after this many evaluations in a row without the metric beating its best by min_delta "
+                "(a plateau; null: never). Plateaus can break late: leave it off where they do"})
+    min_delta: float = field(default=0.0, metadata={"help": "the least change that counts as an improvement for patience"})
+
+    def __post_init__(self):
+        if self.patience is not None and self.patience < 1:
+            raise ValueError(f"patience must be >= 1 evaluations or null, got {self.patience}")
+        if self.min_delta < 0:
+            raise ValueError(f"min_delta must be >= 0, got {self.min_delta}")
 
 
 @dataclass

@@ -138,6 +138,8 @@ class _Session:
     t_start: float
     best: float | None = None
     max_length: int = 0
+    plateau: tuple[float | None, int] = (None, 0)  # (the best by min_delta, evaluations since it): patience
+    stopped_by: str | None = None  # "target" or "plateau" once the run stops early
     train_time: float = 0.0
     train_tokens: int = 0
     eval_stats: GraphedStats | None = None
@@ -198,6 +200,7 @@ def _setup(root: RootConfig, run: RunDir, resume: bool, parallel: Parallel) -> _
     session = _Session(root, run, device, amp, task, model, optimizer, scheduler, train_step, logger, start,
                        time.perf_counter() - extra.get("elapsed", 0.0), extra.get("best"), extra.get("max_length", 0),
                        parallel=parallel)
+    session.plateau = tuple(extra.get("plateau", (None, 0)))
     session.eval_stats = train_step.evaluation_stats(task)
     return session
 
@@ -229,7 +232,8 @@ def _checkpoint(s: _Session, step: int, rotate: bool = True) -> None:
         model, optimizer = s.model.state_dict(), optimizer_state(s.model, s.optimizer, optimizer)
     if s.parallel.main:
         save_checkpoint(s.run.path, model=model, optimizer=optimizer, scheduler=scheduler, step=step,
-                        extra={"elapsed": s.elapsed(), "best": s.best, "max_length": s.max_length, "data": data},
+                        extra={"elapsed": s.elapsed(), "best": s.best, "max_length": s.max_length, "data": data,
+                               "plateau": list(s.plateau)},
                         rotate=rotate)
         if s.parallel.mode == "fsdp":
             remove_stale(s.run.path, referenced_shards(s.run.path))
@@ -263,10 +267,27 @@ def _reached_target(s: _Session, metrics: dict[str, float], step: int) -> bool:
     value = metrics.get(stop.metric)
     if _improves(s, value):
         s.best = value
-    if value is None or not math.isfinite(value) or stop.target is None:
+    if value is None or not math.isfinite(value):
         return False
-    if value >= stop.target if stop.mode == "max" else value <= stop.target:
+    if stop.target is not None and (value >= stop.target if stop.mode == "max" else value <= stop.target):
         log.info("%s: %s = %.4f reached the target %s at step %d", s.root.name, stop.metric, value, stop.target, step)
+        s.stopped_by = "target"
+        return True
+    if stop.patience is not None and _on_plateau(s, value, step):
+        s.stopped_by = "plateau"
+        return True
+    return False
+
+
+def _on_plateau(s: _Session, value: float, step: int) -> bool:
+    """Count the evaluations since the metric last beat its best by min_delta; True at `patience`."""
+    stop = s.cfg.early_stop
+    ref, since = s.plateau
+    better = ref is None or (value > ref + stop.min_delta if stop.mode == "max" else value < ref - stop.min_delta)
+    s.plateau = (value, 0) if better else (ref, since + 1)
+    if s.plateau[1] >= stop.patience:
+        log.info("%s: %s has not beaten %.4f by %g in %d evaluations: stopping on a plateau at step %d",
+                 s.root.name, stop.metric, ref, stop.min_delta, stop.patience, step)
         return True
     return False
 
@@ -405,6 +426,8 @@ def _finish(s: _Session, step: int, ending: str) -> dict[str, Any]:
         "train_step": s.train_step.mode,
         "wall_time_s": wall, "device": str(s.device),
     }
+    if ending == "early_stopped" and s.stopped_by:  # a target reached, or a plateau (patience) left
+        results["early_stop"] = s.stopped_by
     if s.device.type == "cuda":  # this process's peak since it started (one rank's share under ddp / fsdp)
         results["peak_memory_gib"] = torch.cuda.max_memory_allocated(s.device) / 2**30
     s.run.write_results(results)

@@ -213,3 +213,26 @@ def test_resuming_with_another_layout_names_the_checkpoint_and_the_mismatch(tiny
         train(load_config(config, ["name=cut"]), on_step=_kill_at(5))
     with pytest.raises(CheckpointError, match=r"another layout or size.*missing \['blocks.4"):
         resume_run(tmp_path / "runs" / "cut", ["model.layout=(A F) x3"])
+
+
+def test_patience_stops_a_plateau_and_counts_on_across_a_resume(tiny, tmp_path):
+    """early_stop.patience: stop after that many evaluations without beating the best by min_delta.
+    A min_delta no accuracy can beat makes every evaluation after the first a plateau one: with
+    evaluations every 2 steps and patience 2 the run stops at step 6, also when killed at 5 and resumed
+    from its checkpoint at 4 (the count is in the checkpoint)."""
+    stop = ["train.early_stop.patience=2", "train.early_stop.min_delta=2.0", "train.eval_every=2"]
+    whole = train(load_config(tiny(checkpoint_every=4), ["name=whole", *stop]))
+    assert whole["state"] == "early_stopped" and whole["step"] == 6 and whole["early_stop"] == "plateau"
+    with pytest.raises(Killed):
+        train(load_config(tiny(checkpoint_every=4), ["name=cut", *stop]), on_step=_kill_at(5))
+    resumed = resume_run(tmp_path / "runs" / "cut")
+    assert resumed["state"] == "early_stopped" and resumed["step"] == 6
+    target = train(load_config(tiny(), ["name=target", "train.early_stop.target=0.0"]))
+    assert target["early_stop"] == "target"
+
+
+def test_patience_must_be_positive(tiny):
+    from hybrid.errors import ConfigError  # noqa: PLC0415
+
+    with pytest.raises(ConfigError, match="patience"):
+        load_config(tiny(), ["train.early_stop.patience=0"])
