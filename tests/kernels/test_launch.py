@@ -97,3 +97,17 @@ def test_launch_hooks_take_the_slow_path():
     finally:
         triton.knobs.runtime.launch_enter_hook.remove(hook)
     assert len(seen) == 1
+
+
+def test_a_launch_under_torch_compile_runs_outside_the_graph():
+    """Dynamo cannot trace the launcher's key (a data_ptr): under torch.compile the launch is a graph
+    break and the kernel runs as it does eagerly, the compiled code around it (here Dynamo alone)."""
+    launcher = FastLauncher(_axpy_kernel)
+    x, y = torch.randn(100, device=DEV), torch.randn(100, device=DEV)
+
+    def step(x, y):
+        return _axpy(launcher, x * 2, y, 0.5, False) + 1
+
+    torch._dynamo.reset()
+    compiled = torch.compile(step, backend="eager")
+    torch.testing.assert_close(compiled(x, y), _expected(x * 2, y, 0.5, False) + 1)
