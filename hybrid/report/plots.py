@@ -85,19 +85,31 @@ def loss_curves(rows: list[Row], out: Path) -> Path | None:
     return _save(fig, out / "loss_curves.png")
 
 
+def _slice_points(run, pattern: re.Pattern) -> dict[float, float]:
+    """{slice value: the metric} from one run's final evaluation."""
+    final = run.results.get("final") or {}
+    return {x: v for k, v in final.items()
+            if (m := pattern.match(k)) and (x := _numeric(m.group(1))) is not None and isinstance(v, (int, float))}
+
+
 def metric_vs_slice(sweep: Sweep, rows: list[Row], key: str, out: Path, xlabel: str) -> Path | None:
-    """The metric per value of slice `key` (e.g. length, num_kv_pairs), one line per configuration."""
+    """The metric per value of slice `key` (e.g. length, num_kv_pairs), one line per configuration:
+    the mean over its finished seeds, with their range shaded when there are several."""
     metric = sweep.metric.split("/")[-1]
     pattern = re.compile(rf"^eval/{re.escape(key)}=([^/]+)/{re.escape(metric)}$")
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     drawn = False
     for r in rows:
-        final = r.runs[0].results.get("final") or {}
-        points = sorted((_numeric(m.group(1)), v) for k, v in final.items()
-                        if (m := pattern.match(k)) and _numeric(m.group(1)) is not None and isinstance(v, (int, float)))
-        if len(points) >= 2:
-            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=r.label)
-            drawn = True
+        per_run = [p for p in (_slice_points(run, pattern) for run in r.runs) if p]
+        xs = sorted(set.intersection(*(set(p) for p in per_run))) if per_run else []
+        if len(xs) < 2:
+            continue
+        values = [[p[x] for p in per_run] for x in xs]
+        label = r.label + (f" ({len(per_run)} seeds)" if len(per_run) > 1 else "")
+        line, = ax.plot(xs, [sum(v) / len(v) for v in values], marker="o", label=label)
+        if len(per_run) > 1:
+            ax.fill_between(xs, [min(v) for v in values], [max(v) for v in values], color=line.get_color(), alpha=0.15)
+        drawn = True
     if not drawn:
         plt.close(fig)
         return None
