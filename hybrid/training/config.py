@@ -18,6 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+MAX_LR = 1e6  # a larger learning rate is a typo: AdamW's steps overflow float32 or diverge at once
+
 
 @dataclass
 class EarlyStopConfig:
@@ -100,8 +102,8 @@ class TrainConfig:
                 raise ValueError(f"train.{name} must be >= 0, got {getattr(self, name)}")
         if self.batch_size % self.accumulation:
             raise ValueError(f"train.accumulation ({self.accumulation}) must divide train.batch_size ({self.batch_size})")
-        if not self.lr > 0:
-            raise ValueError(f"train.lr must be > 0, got {self.lr}")
+        if not 0 < self.lr <= MAX_LR:  # past float32's range AdamW's step cannot even be formed
+            raise ValueError(f"train.lr must be in (0, {MAX_LR:g}], got {self.lr}")
         if not 0 <= self.min_lr_ratio <= 1:
             raise ValueError(f"train.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
