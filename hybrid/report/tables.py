@@ -70,6 +70,7 @@ class Row:
     seeds: int
     runs: list[RunRecord]
     tried: int  # values of the selection axes tried
+    finished: int = 0  # runs (seeds) of the chosen values with a final metric: value is their mean
 
 
 def read_plan(path: Path) -> dict[str, Any]:
@@ -123,8 +124,10 @@ def collect(root: Path | str, metric: str | None = None, mode: str | None = None
 
 
 def best_rows(sweep: Sweep) -> list[Row]:
-    """One Row per configuration, in the order the configurations first appear."""
-    worse = -math.inf if sweep.mode == "max" else math.inf
+    """One Row per configuration, in the order the configurations first appear. The best values of the
+    selection axes are chosen among those whose every seed has finished; while none has (a sweep run in
+    pieces), among those with some finished seeds, by their mean, and the row says how many finished."""
+    sign = 1 if sweep.mode == "max" else -1
     groups: dict[tuple, dict[tuple, list[RunRecord]]] = {}
     for run in sweep.runs:
         key = tuple(run.axes.get(a, "") for a in sweep.config_axes())
@@ -134,16 +137,17 @@ def best_rows(sweep: Sweep) -> list[Row]:
     for key, by_sel in groups.items():
         scored = []
         for sel, runs in by_sel.items():
-            values = [r.final(sweep.metric) for r in runs]
-            usable = [v for v in values if v is not None]
-            mean = statistics.fmean(usable) if usable and len(usable) == len(values) else None
-            scored.append((mean if mean is not None else worse, sel, runs, usable))
-        pick = max if sweep.mode == "max" else min
-        value, sel, runs, usable = pick(scored, key=lambda t: t[0])
+            usable = [v for v in (r.final(sweep.metric) for r in runs) if v is not None]
+            mean = statistics.fmean(usable) if usable else None
+            # complete before partial before nothing; then the better mean
+            rank = (len(usable) == len(runs) and bool(usable), bool(usable), sign * mean if usable else 0.0)
+            scored.append((rank, mean, sel, runs, usable))
+        _, value, sel, runs, usable = max(scored, key=lambda t: t[0])
         config = dict(zip(sweep.config_axes(), key))
         rows.append(Row(config, ",".join(f"{k}={v}" for k, v in config.items()) or "all",
-                        dict(zip(sweep.select_over, sel)), value if math.isfinite(value) else None,
-                        statistics.stdev(usable) if len(usable) > 1 else None, len(runs), runs, len(by_sel)))
+                        dict(zip(sweep.select_over, sel)), value,
+                        statistics.stdev(usable) if len(usable) > 1 else None, len(runs), runs, len(by_sel),
+                        finished=len(usable)))
     return rows
 
 
@@ -182,7 +186,7 @@ def table_data(sweep: Sweep) -> tuple[list[str], list[list[Any]]]:
         cells = [*(r.config.get(a, "") for a in sweep.config_axes()), *(r.chosen.get(a, "") for a in sweep.select_over),
                  r.value]
         if "seeds" in headers:
-            cells += [r.spread, r.seeds]
+            cells += [r.spread, r.seeds if r.finished in (0, r.seeds) else f"{r.finished} of {r.seeds}"]
         cells += [_mean(r.runs, "parameters"), _mean(r.runs, "state_size"), _mean(r.runs, "tokens_per_s"),
                   _mean(r.runs, "wall_time_s"), "/".join(states)]
         out.append(cells)

@@ -4,9 +4,10 @@ from __future__ import annotations
 import csv
 import io
 import json
+import shutil
 
 from hybrid.cli import main
-from hybrid.report.tables import best_rows, collect
+from hybrid.report.tables import best_rows, collect, markdown_table
 
 
 def _run(root, name, axes, acc, state="completed", lengths=(64, 128, 256), kv=(4, 8)):
@@ -48,6 +49,30 @@ def test_best_of_lr(tmp_path):
     assert rows["arch=attention,model.d_model=32"].chosen == {"train.lr": "0.003"}
     assert abs(rows["arch=attention,model.d_model=32"].value - 0.95) < 1e-12
     assert rows["arch=mamba,model.d_model=64"].chosen == {"train.lr": "0.001"}  # the failed lr never wins
+
+
+def _plan(root, runs, over=("train.lr",)):
+    (root / "sweep.json").write_text(json.dumps({"runs": runs, "select": {"over": list(over),
+                                                                          "metric": "eval/all/accuracy"}}))
+
+
+def test_a_sweep_in_pieces_shows_its_finished_seeds(tmp_path):
+    """Before every seed of any learning rate has finished, the row shows the best mean over the
+    finished ones and says how many; a learning rate whose seeds all finished wins over partial ones."""
+    runs = []
+    for lr, seed, acc in [("0.001", 0, 0.9), ("0.001", 1, None), ("0.003", 0, None), ("0.003", 1, None)]:
+        name = f"arch=m,lr={lr},seed={seed}"
+        runs.append({"name": name, "axes": {"arch": "m", "train.lr": lr, "seed": str(seed)}})
+        _run(tmp_path, name, None, acc, state="completed" if acc else "failed")
+    _plan(tmp_path, runs)
+    (row,) = best_rows(collect(tmp_path))
+    assert row.chosen == {"train.lr": "0.001"} and row.value == 0.9 and row.finished == 1 and row.seeds == 2
+    assert "| 1 of 2 |" in markdown_table(collect(tmp_path))
+    for seed in (0, 1):  # lr 0.003 finishes both seeds, lower: complete beats partial
+        shutil.rmtree(tmp_path / "runs" / f"arch=m,lr=0.003,seed={seed}")
+        _run(tmp_path, f"arch=m,lr=0.003,seed={seed}", None, 0.5)
+    (row,) = best_rows(collect(tmp_path))
+    assert row.chosen == {"train.lr": "0.003"} and row.value == 0.5 and row.finished == 2
 
 
 def test_a_sweep_nested_in_another_is_left_to_its_own_report(tmp_path):
