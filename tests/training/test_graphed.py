@@ -179,8 +179,8 @@ def test_non_finite_graphed_step_stops_with_the_last_good_checkpoint(tiny, tmp_p
     poison = torch.ones((), device="cuda")
     real = graphed.forward_backward
 
-    def poisoned(*args):
-        loss_sum, aux = real(*args)
+    def poisoned(*args, **kwargs):
+        loss_sum, aux = real(*args, **kwargs)
         return loss_sum * poison, aux  # read at every replay: NaN once the test fills it
 
     def at_step(step):
