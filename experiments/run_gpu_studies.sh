@@ -9,6 +9,8 @@
 # Each study has a time cap (CAP_<STUDY> seconds, default CAP=600) after which its runs get SIGTERM,
 # checkpoint and stop; KILL_AFTER seconds later (default 30) whatever still runs is killed, so a piece
 # always ends near its cap.
+# ONLY_<STUDY>="GLOB ..." runs only that study's runs whose names match one of the globs (hybrid sweep
+# --only), e.g. ONLY_SELECTIVE_COPYING="arch=mamba,* arch=hybrid,lr=0.001,*"; the report covers every run.
 # MPS (`nvidia-cuda-mps-control -d`) lets the runs' kernels overlap, but a fatal fault in one MPS client
 # (a device-side assert, say from a test that provokes one) stops every client: once, every training
 # process hung until killed. Do not run the test suite on the GPU while studies share it under MPS.
@@ -31,17 +33,21 @@ python -c "import torch; print('torch', torch.__version__, '| cuda', torch.cuda.
 # NAME: a study (experiments/NAME/sweep.yaml, its report in experiments/NAME) or STUDY/FILE, another
 # sweep of a study (experiments/STUDY/FILE.yaml, its runs and report in experiments/STUDY/FILE).
 run_one() {
-  local name=$1 sweep out cap_var cap jobs_var jobs start
+  local name=$1 sweep out cap_var cap jobs_var jobs only_var glob start
+  local -a only=() globs=()
   if [[ $name == */* ]]; then sweep="experiments/$name.yaml"; else sweep="experiments/$name/sweep.yaml"; fi
   out="experiments/$name"
   cap_var="CAP_${name//[^A-Za-z0-9]/_}"; cap_var=${cap_var^^}
   cap=${!cap_var:-${CAP:-600}}
   jobs_var="JOBS_${name//[^A-Za-z0-9]/_}"; jobs_var=${jobs_var^^}
   jobs=${!jobs_var:-${JOBS:-8}}
+  only_var="ONLY_${name//[^A-Za-z0-9]/_}"; only_var=${only_var^^}
+  read -ra globs <<< "${!only_var:-}"  # split on spaces, no pathname expansion
+  for glob in "${globs[@]}"; do only+=(--only "$glob"); done
   start=$SECONDS
   echo "== $name (cap ${cap}s)"
   timeout --signal=TERM --kill-after="${KILL_AFTER:-30}" "$cap" \
-    python -m hybrid sweep "$sweep" --out "$out" --no-progress --jobs "$jobs" \
+    python -m hybrid sweep "$sweep" --out "$out" --no-progress --jobs "$jobs" "${only[@]}" \
     || echo "!! $name: sweep exited with $? (failed runs or the time cap); the report covers what finished"
   timeout 120 python -m hybrid report "$out" > /dev/null || echo "!! $name: no report"
   echo "== $name took $((SECONDS - start))s"
