@@ -92,9 +92,11 @@ def test_gradient_of_a_bf16_out_is_bf16_and_the_first_norm_passes_the_residual_t
     assert torch.equal(new_alone, residual)  # nothing added
 
 
-def test_auto_is_torch_and_bad_shapes_are_refused(monkeypatch):
+def test_auto_is_triton_without_gradients_on_cuda_and_bad_shapes_are_refused(monkeypatch):
     monkeypatch.delenv("HYBRID_NORM_BACKEND", raising=False)
-    assert resolve_backend("auto", True, 768) == "torch"  # until the Triton pass is measured on a GPU
+    assert resolve_backend("auto", True, 768) == "torch"  # autograd records it: the PyTorch ops measured faster
+    assert resolve_backend("auto", True, 768, needs_grad=False) == "triton"  # inference: the fused pass
+    assert resolve_backend("auto", False, 768, needs_grad=False) == "torch"  # no GPU
     assert resolve_backend("triton", True, 1 << 15) == "torch"  # wider than one tile
     monkeypatch.setenv("HYBRID_NORM_BACKEND", "triton")
     assert resolve_backend("auto", True, 768) == "triton"
