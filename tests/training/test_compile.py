@@ -29,8 +29,11 @@ def _loss_and_grads(model, call, ids):
 
 
 @needs_cuda
-@pytest.mark.parametrize("layout", ["M F A F", "M2 F", "A F"])
-def test_compiled_model_has_the_eager_loss_and_gradients_cuda(layout):
+@pytest.mark.parametrize("layout,kernels", [("M F A F", "auto"), ("M F A F", "torch"), ("M2 F", "auto"), ("A F", "auto")])
+def test_compiled_model_has_the_eager_loss_and_gradients_cuda(layout, kernels, monkeypatch):
+    """kernels torch: the scan, SSD and conv on their PyTorch backends (no Triton kernel in the model)."""
+    for var in ("HYBRID_SCAN_BACKEND", "HYBRID_CONV_BACKEND", "HYBRID_SSD_BACKEND"):
+        monkeypatch.setenv(var, kernels)
     torch.manual_seed(0)
     model = HybridLM.from_config({"model": {"d_model": 128, "vocab_size": 320, "layers": LAYERS,
                                             "layout": layout}}).cuda()
