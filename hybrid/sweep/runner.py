@@ -128,11 +128,12 @@ def run_sweep(spec: SweepSpec, *, jobs: int | str | None = None, progress: bool 
     sweep); returns {run name: final state}. Never raises for a failed run."""
     spec.out_dir.mkdir(parents=True, exist_ok=True)
     write_json(spec.out_dir / SWEEP_PLAN, spec.to_dict())
-    todo = [r for r in (spec.runs if only is None else only) if not run_dir(spec, r).finished]
+    chosen = spec.runs if only is None else only
+    todo = [r for r in chosen if not run_dir(spec, r).finished]
     jobs = resolve_jobs(jobs if jobs is not None else spec.jobs, spec, todo)
-    skipped = len(spec.runs) - len(todo)
-    log.info("sweep %s: %d runs (%d finished, %d to run) in %s, %d at a time", spec.name, len(spec.runs), skipped,
-             len(todo), spec.out_dir, jobs)
+    picked = "" if only is None else f", {len(chosen)} chosen by --only"
+    log.info("sweep %s: %d runs%s (%d finished, %d to run) in %s, %d at a time", spec.name, len(spec.runs), picked,
+             len(chosen) - len(todo), len(todo), spec.out_dir, jobs)
     # One slot per run at a time, a slot being gpus_per_run GPUs; with more jobs than slots, runs share
     # them round-robin (small models leave a GPU mostly idle, waiting on the host).
     groups = gpu_groups(torch.cuda.device_count(), spec.gpus_per_run)
@@ -172,7 +173,7 @@ def run_sweep(spec: SweepSpec, *, jobs: int | str | None = None, progress: bool 
             pool.shutdown(wait=True, cancel_futures=True)
             raise
         pool.shutdown()
-    return {r.name: run_dir(spec, r).status().get("state", "missing") for r in (spec.runs if only is None else only)}
+    return {r.name: run_dir(spec, r).status().get("state", "missing") for r in chosen}
 
 
 def summary_table(spec: SweepSpec) -> str:

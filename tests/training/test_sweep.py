@@ -227,3 +227,13 @@ def test_a_two_rank_sweep_run_on_the_cpu_logs_one_process_losses(tiny, tmp_path)
 
     assert losses(tmp_path / "two" / "runs" / "seed=3") == losses(tmp_path / "runs" / "one")
     assert "ddp over 2 ranks" in (tmp_path / "two" / "runs" / "seed=3" / "train.log").read_text()
+
+
+def test_only_runs_the_chosen_runs_and_counts_them(tiny, tmp_path, caplog):
+    tiny()
+    spec = load_sweep(write_sweep(tmp_path, {"overrides": {"train.steps": 2}, "grid": {"model.layers.A.n_heads": [2, 4]}}))
+    chosen = [r for r in spec.runs if r.name == "n_heads=4"]
+    with caplog.at_level("INFO", logger="hybrid.sweep.runner"):
+        states = run_sweep(spec, jobs=1, progress=False, only=chosen)
+    assert states == {"n_heads=4": "completed"} and not (tmp_path / "runs" / "n_heads=2").exists()
+    assert "2 runs, 1 chosen by --only (0 finished, 1 to run)" in caplog.text
