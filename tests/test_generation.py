@@ -476,3 +476,17 @@ def test_gpu_generate_mixed_lengths_and_cuda_graph(preset):
     graphed = generate(model, prompts, 16, temperature=0.7, seed=1, cuda_graph=True)
     assert all(torch.equal(a, b) for a, b in zip(eager, graphed))
 
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("preset", PRESETS)
+def test_gpu_every_preset_decodes_in_a_cuda_graph_as_eagerly(preset):
+    """Each configs/layouts preset (d_model 64, bf16): graphed sampling gives the eager tokens, for
+    prompts of three lengths."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    model = build(preset, d_model=64).cuda().bfloat16()
+    prompts = [tokens(1, n, seed=n)[0].cuda() for n in (5, 17, 11)]
+    eager = generate(model, prompts, 12, temperature=0.7, seed=1)
+    graphed = generate(model, prompts, 12, temperature=0.7, seed=1, cuda_graph=True)
+    assert all(torch.equal(a, b) for a, b in zip(eager, graphed))
