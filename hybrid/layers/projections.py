@@ -10,10 +10,15 @@ Here every projection is a batched matmul whose weight is broadcast over the bat
 copy), reading and writing both layouts directly (cuBLAS takes either operand transposed). The
 weight's gradient is the batch's per-row products summed in fp32. Under autocast the matmuls run in
 its dtype, as nn.Linear's would.
+
+Under torch.compile the projections are plain F.linear and a transpose, which the compiler lays out
+itself: traced by Dynamo, the autograd Functions below (an `out=` matmul into views of one buffer)
+gave wrong gradients for the input and the weight on an H200 (torch 2.11; tests/training/test_compile.py).
 """
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 
@@ -96,6 +101,8 @@ def tokens_to_channels(h: Tensor, weight: Tensor, bias: Tensor | None = None, ch
     """h @ weight^T + bias for h (batch, length, in), returned channel-major: the output channels split
     into `chunks` equal parts, each (batch, out / chunks, length) and contiguous."""
     _check("tokens_to_channels", h, 2, weight)
+    if torch.compiler.is_compiling():
+        return tuple(o.contiguous() for o in F.linear(h, weight, bias).transpose(1, 2).chunk(chunks, dim=1))
     outs = _TokensToChannels.apply(h, weight, chunks)
     if bias is not None:
         outs = tuple(o + b[:, None].to(o.dtype) for o, b in zip(outs, bias.chunk(chunks)))
@@ -105,6 +112,8 @@ def tokens_to_channels(h: Tensor, weight: Tensor, bias: Tensor | None = None, ch
 def channels_to_tokens(y: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """y^T @ weight^T + bias for y (batch, in, length), returned token-major (batch, length, out)."""
     _check("channels_to_tokens", y, 1, weight)
+    if torch.compiler.is_compiling():
+        return F.linear(y.transpose(1, 2), weight, bias)
     out = _ChannelsToTokens.apply(y, weight)
     return out + bias.to(out.dtype) if bias is not None else out
 

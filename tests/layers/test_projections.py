@@ -94,3 +94,26 @@ def test_under_autocast_matches_linear(dtype):
 def test_shape_errors_name_the_projection_and_shapes(fn, shape):
     with pytest.raises(ValueError, match=rf"{fn.__name__}: input must be .* in = 7 \(the weight is \(6, 7\)\), got"):
         fn(torch.randn(shape, device=DEV), torch.randn(6, 7, device=DEV))
+
+
+def test_compiled_projections_have_the_eager_gradients():
+    """torch.compile traces plain ops instead of the autograd Functions (traced, the Functions' gradients
+    came out wrong on an H200); both layouts, bias, chunks, against the eager Functions."""
+    torch.manual_seed(0)
+    h = torch.randn(2, 7, 12, requires_grad=True)
+    w_in, b_in, w_out = torch.randn(10, 12, requires_grad=True), torch.randn(10, requires_grad=True), torch.randn(6, 5)
+    w_out.requires_grad_(True)
+
+    def f(h, w_in, b_in, w_out):
+        x, z = tokens_to_channels(h, w_in, b_in, chunks=2)  # (2, 5, 7) each
+        return channels_to_tokens(x * torch.sigmoid(z), w_out)  # (2, 7, 6)
+
+    args = (h, w_in, b_in, w_out)
+    eager_out = f(*args)
+    eager = torch.autograd.grad(eager_out.square().sum(), args)
+    torch._dynamo.reset()
+    compiled_out = torch.compile(f, backend="aot_eager")(*args)
+    compiled = torch.autograd.grad(compiled_out.square().sum(), args)
+    torch.testing.assert_close(compiled_out, eager_out, atol=1e-5, rtol=1e-5)
+    for a, b in zip(compiled, eager):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-5)
