@@ -178,7 +178,7 @@ def wrap(model: nn.Module, p: Parallel, device: torch.device) -> nn.Module:
         from torch.distributed.fsdp import fully_shard  # noqa: PLC0415
 
         mesh = init_device_mesh(device.type, (p.world,))
-        for block in model.blocks:
+        for block in {id(b): b for b in model.blocks}.values():  # a shared block (model.shared) once
             fully_shard(block, mesh=mesh)
         fully_shard(model, mesh=mesh)
     return model

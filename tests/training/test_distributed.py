@@ -96,6 +96,16 @@ def test_two_ranks_log_the_losses_of_one_process(tiny, tmp_path, mode):
                                rtol=1e-5, atol=1e-6)
 
 
+def test_fsdp_shards_a_shared_block_once_and_logs_one_process_losses(tiny, tmp_path):
+    """A block used at several places (model.shared) is one module: sharded once (a second fully_shard
+    of it raised), its weights gathered at each use."""
+    config = tiny(steps=4, checkpoint_every=0, eval_every=0)
+    shared = ["model.shared={Z: [A, F]}", "model.layout=Z A Z"]
+    train(load_config(config, ["name=one", *shared]))
+    assert _job(config, ["name=two", "train.parallel=fsdp", *shared]) == [0, 0]
+    _assert_close_losses(_losses(tmp_path / "runs" / "two"), _losses(tmp_path / "runs" / "one"))
+
+
 @pytest.mark.parametrize("mode", ["ddp", "fsdp"])
 def test_a_two_rank_checkpoint_resumes_on_one_and_on_two(tiny, tmp_path, mode):
     config = tiny(steps=8, checkpoint_every=4, eval_every=0)
