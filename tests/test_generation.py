@@ -477,7 +477,6 @@ def test_gpu_generate_mixed_lengths_and_cuda_graph(preset):
     assert all(torch.equal(a, b) for a, b in zip(eager, graphed))
 
 
-
 @pytest.mark.cuda
 @pytest.mark.parametrize("preset", PRESETS)
 def test_gpu_every_preset_decodes_in_a_cuda_graph_as_eagerly(preset):
