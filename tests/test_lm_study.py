@@ -1,0 +1,65 @@
+"""experiments/lm_study/probe.py: the loss-by-position bins average to the task's own validation loss,
+and a recall prompt's answer is the value its dict literal binds to the repeated key."""
+from __future__ import annotations
+
+import ast
+import importlib.util
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("omegaconf", reason="configs are read with omegaconf")
+
+from hybrid.config import load_config  # noqa: E402
+from hybrid.model import HybridLM  # noqa: E402
+from hybrid.training.build import build_task_of  # noqa: E402
+from hybrid.training.evaluation import run_evaluation  # noqa: E402
+from hybrid.training.trainer import train  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+STUDY = ROOT / "experiments" / "lm_study"
+
+
+def _probe_module():
+    spec = importlib.util.spec_from_file_location("lm_probe", STUDY / "probe.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_recall_prompt_answers_the_repeated_key():
+    probe, rng = _probe_module(), random.Random(3)
+    for pairs in (1, 4, 64):
+        prompt, answer = probe.recall_prompt(pairs, rng)
+        literal, query = prompt.split("\n")
+        binding = ast.literal_eval(literal.removeprefix("d = "))
+        key = query.removeprefix("d = {'").removesuffix("': '")
+        assert len(binding) == pairs and binding[key] == answer and len(answer) == 2
+
+
+def test_loss_by_position_averages_to_the_validation_loss(tmp_path):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for i in range(40):  # enough documents that the validation split holds some of length >= 128
+        (docs / f"doc{i}.txt").write_text(f"document {i}: " + "the quick brown fox jumps over the lazy dog. " * 8)
+    run = tmp_path / "run"
+    overrides = ["model.d_model=32", "model.layout=M F A F", "model.layers.A.n_heads=2", f"task.paths=[{docs}]",
+                 "task.seq_len=32", "task.val_fraction=0.2", "task.eval_batches=1", "task.eval_batch_size=2",
+                 "train.steps=3", "train.batch_size=2", "train.eval_every=0", "train.checkpoint_every=3",
+                 "train.device=cpu", "train.dtype=float32", "train.progress=false", "train.tensorboard=false",
+                 f"train.run_dir={run}"]
+    train(load_config(str(STUDY / "config.yaml"), overrides))
+    probe = _probe_module()
+    root = load_config(str(run / "config.yaml"))
+    model = HybridLM.from_config(root.model)
+    probe.load_weights(model, str(run / "checkpoint.pt"), trust=True)
+    model.eval()
+    cpu = torch.device("cpu")
+    rows = probe.loss_by_position(model, run, 128, 2, 4, cpu, None)
+    assert [(r["from"], r["to"]) for r in rows] == [(0, 32), (32, 64), (64, 96), (96, 128)]
+    task = build_task_of(load_config(str(run / "config.yaml"), ["task.seq_len=128", "task.eval_batch_size=2"]))
+    whole = run_evaluation(model, task, cpu, None, max_batches=1)
+    assert sum(r["loss"] for r in rows) / 4 == pytest.approx(whole["eval/val/loss"], rel=1e-5)
+    assert all("bpb" in r for r in rows)
