@@ -3,6 +3,8 @@
     metric_vs_config.png     the selection metric per configuration: lines over d_model when
                              d_model is an axis (one line per remaining configuration), else bars
     loss_curves.png          training loss against step, each configuration at its best lr
+    metric_curves.png        the selection metric of the periodic evaluations against step and against
+                             the run's wall-clock time (resumed runs count only the time they trained)
     metric_vs_length.png     the metric per held-out length (extrapolation beyond the training length)
     metric_vs_num_kv_pairs.png   the metric per number of key-value pairs (MQAR)
 
@@ -85,6 +87,33 @@ def loss_curves(rows: list[Row], out: Path) -> Path | None:
     return _save(fig, out / "loss_curves.png")
 
 
+def metric_curves(sweep: Sweep, rows: list[Row], out: Path) -> Path | None:
+    """The selection metric against step and against wall-clock seconds, each configuration at its
+    best lr (its first seed): how fast each gets there, in steps and in time."""
+    fig, (by_step, by_time) = plt.subplots(1, 2, figsize=(10.0, 4.2), sharey=True)
+    drawn = False
+    for r in rows:
+        points = [(m["step"], m.get("time"), m[sweep.metric]) for m in r.runs[0].metrics
+                  if isinstance(m.get(sweep.metric), (int, float)) and not m.get("final")]
+        if len(points) < 2:
+            continue
+        line, = by_step.plot([p[0] for p in points], [p[2] for p in points], label=r.label, linewidth=1)
+        timed = [p for p in points if isinstance(p[1], (int, float))]
+        by_time.plot([p[1] for p in timed], [p[2] for p in timed], color=line.get_color(), linewidth=1)
+        drawn = True
+    if not drawn:
+        plt.close(fig)
+        return None
+    by_step.set_xlabel("step")
+    by_time.set_xlabel("wall-clock seconds")
+    by_step.set_ylabel(sweep.metric)
+    by_step.legend(fontsize=7)
+    for ax in (by_step, by_time):
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"{sweep.metric} during training (each configuration at its best lr)")
+    return _save(fig, out / "metric_curves.png")
+
+
 def _slice_points(run, pattern: re.Pattern) -> dict[float, float]:
     """{slice value: the metric} from one run's final evaluation."""
     final = run.results.get("final") or {}
@@ -125,7 +154,7 @@ def metric_vs_slice(sweep: Sweep, rows: list[Row], key: str, out: Path, xlabel: 
 def all_plots(sweep: Sweep, out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     rows = best_rows(sweep)
-    made = [metric_vs_config(sweep, rows, out), loss_curves(rows, out),
+    made = [metric_vs_config(sweep, rows, out), loss_curves(rows, out), metric_curves(sweep, rows, out),
             metric_vs_slice(sweep, rows, "length", out, "sequence length"),
             metric_vs_slice(sweep, rows, "num_kv_pairs", out, "key-value pairs")]
     return [p for p in made if p is not None]

@@ -23,7 +23,9 @@ def _run(root, name, axes, acc, state="completed", lengths=(64, 128, 256), kv=(4
     (d / "results.json").write_text(json.dumps({"name": name, "state": state, "final": final, "parameters": 12345,
                                                 "state_size": 4096,
                                                 "tokens_per_s": 1000.0, "wall_time_s": 12.0, "step": 10}))
-    (d / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "train/loss": 3.0 / s}) + "\n" for s in range(1, 11)))
+    logged = [{"step": s, "train/loss": 3.0 / s} for s in range(1, 11)]
+    logged += [{"step": s, "time": 1.5 * s, "eval/all/accuracy": acc * s / 10} for s in (5, 10)]  # periodic
+    (d / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in logged))
     return d
 
 
@@ -118,7 +120,8 @@ def test_report_cli_writes_tables_and_plots(tmp_path, capsys):
     table = list(csv.DictReader(io.StringIO((out / "table.csv").read_text())))
     assert len(table) == 4 and table[0]["best lr"] == "0.003"
     assert len((out / "runs.csv").read_text().splitlines()) == 9
-    for png in ("metric_vs_config.png", "loss_curves.png", "metric_vs_length.png", "metric_vs_num_kv_pairs.png"):
+    for png in ("metric_vs_config.png", "loss_curves.png", "metric_curves.png", "metric_vs_length.png",
+                "metric_vs_num_kv_pairs.png"):
         assert (out / png).stat().st_size > 1000, png
     assert "| attention | 32 | 0.003 | 0.9500 |" in capsys.readouterr().out
 
