@@ -226,16 +226,18 @@ def csv_table(sweep: Sweep) -> str:
 
 
 def runs_csv(sweep: Sweep) -> str:
-    """Every run: its axes, state, final metric, parameters, state size, tokens/s, wall time, error."""
+    """Every run: its axes, state, final metric, parameters, state size, tokens/s, wall time, steps, peak GPU
+    memory (GiB, where the run had a GPU), error."""
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(["run", *sweep.axes, "state", sweep.metric, "parameters", "state_size", "tokens_per_s",
-                "wall_time_s", "steps", "error"])
+                "wall_time_s", "steps", "peak_memory_gib", "error"])
     for r in sweep.runs:
         res = r.results
         w.writerow([r.name, *(r.axes.get(a, "") for a in sweep.axes), r.state, _fmt(r.final(sweep.metric), 6),
                     res.get("parameters", ""), res.get("state_size", ""), res.get("tokens_per_s", ""),
-                    res.get("wall_time_s", ""), res.get("step", ""), r.error.replace("\n", " ")[:300]])
+                    res.get("wall_time_s", ""), res.get("step", ""), res.get("peak_memory_gib", ""),
+                    r.error.replace("\n", " ")[:300]])
     return buf.getvalue()
 
 
