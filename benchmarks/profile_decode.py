@@ -96,8 +96,9 @@ def main() -> None:
              f"{args.steps} steps (its own overhead inflates the Python rows; the ms a step above each table "
              "is timed without it).", ""]
     for name in args.models.split(","):
-        lines += profile_model(name, device, args.steps, args.top)
-        print("\n".join(lines[-args.top - 8:]), flush=True)
+        section = profile_model(name, device, args.steps, args.top)
+        lines += section
+        print("\n".join(section), flush=True)
     out = Path(args.out or ROOT / "benchmarks" / "results" / f"profile_decode_{device_slug(title)}.md")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines))

@@ -1,5 +1,6 @@
-"""experiments/lm_study/probe.py: the loss-by-position bins average to the task's own validation loss,
-and a recall prompt's answer is the value its dict literal binds to the repeated key."""
+"""experiments/lm_study/probe.py: the loss-by-position bins are the positions' losses and average to the
+task's own validation loss, and a recall prompt's answer is the value its dict literal binds to the
+repeated key (the probe's accuracy on a 3-step model is only checked to be a fraction of its prompts)."""
 from __future__ import annotations
 
 import ast
@@ -63,3 +64,9 @@ def test_loss_by_position_averages_to_the_validation_loss(tmp_path):
     whole = run_evaluation(model, task, cpu, None, max_batches=1)
     assert sum(r["loss"] for r in rows) / 4 == pytest.approx(whole["eval/val/loss"], rel=1e-5)
     assert all("bpb" in r for r in rows)
+    batch = task.eval_sets(cpu)["val"][0]  # the bins are positions: the last one is positions 96..127
+    with torch.no_grad():
+        nll = torch.nn.functional.cross_entropy(model(batch.inputs).transpose(1, 2), batch.targets, reduction="none")
+    assert rows[3]["loss"] == pytest.approx(nll[:, 96:].double().mean().item(), rel=1e-5)
+    hits = probe.recall(model, task.tokenizer, 4, 5, cpu, None)
+    assert 0.0 <= hits <= 1.0 and hits * 5 == int(hits * 5)

@@ -19,7 +19,7 @@ HERE = Path(__file__).resolve().parent
 
 
 def main() -> None:
-    for sweep in ("sweep.yaml", "sweep_100m.yaml"):
+    for sweep in ("sweep.yaml", "large/sweep.yaml"):
         spec = load_sweep(HERE / sweep)
         print(f"{sweep}:")
         seen = set()

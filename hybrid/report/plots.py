@@ -89,12 +89,13 @@ def loss_curves(rows: list[Row], out: Path) -> Path | None:
 
 def metric_curves(sweep: Sweep, rows: list[Row], out: Path) -> Path | None:
     """The selection metric against step and against wall-clock seconds, each configuration at its
-    best lr (its first seed): how fast each gets there, in steps and in time."""
+    best lr (the seed with the most periodic evaluations): how fast each gets there, in steps and in time."""
     fig, (by_step, by_time) = plt.subplots(1, 2, figsize=(10.0, 4.2), sharey=True)
     drawn = False
     for r in rows:
-        points = [(m["step"], m.get("time"), m[sweep.metric]) for m in r.runs[0].metrics
-                  if isinstance(m.get(sweep.metric), (int, float)) and not m.get("final")]
+        per_run = [[(m["step"], m.get("time"), m[sweep.metric]) for m in run.metrics
+                    if isinstance(m.get(sweep.metric), (int, float)) and not m.get("final")] for run in r.runs]
+        points = max(per_run, key=len, default=[])
         if len(points) < 2:
             continue
         line, = by_step.plot([p[0] for p in points], [p[2] for p in points], label=r.label, linewidth=1)

@@ -137,3 +137,21 @@ def test_a_model_trained_through_the_triton_pass_matches_the_torch_pass(monkeypa
     torch.testing.assert_close(results[1][0], results[0][0], atol=1e-5, rtol=1e-5)
     for a, b in zip(results[1][1], results[0][1]):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("grad_of", ["none", "out", "residual", "weight", "no_grad_mode"])
+def test_auto_asks_for_the_pytorch_ops_exactly_when_autograd_records(grad_of, monkeypatch):
+    import hybrid.kernels.add_rms_norm.api as api  # noqa: PLC0415
+
+    seen = []
+    real = api.resolve_backend
+    monkeypatch.setattr(api, "resolve_backend", lambda *a: seen.append(a[3]) or real(*a))
+    tensors = {"out": torch.randn(2, 8), "residual": torch.randn(2, 8), "weight": torch.ones(8)}
+    out, residual, weight = tensors.values()
+    if grad_of in tensors:
+        tensors[grad_of].requires_grad_()
+    if grad_of == "no_grad_mode":  # a tensor that asks for gradients, under torch.no_grad()
+        out.requires_grad_()
+    with torch.set_grad_enabled(grad_of != "no_grad_mode"):
+        add_rms_norm(out, residual, weight)
+    assert seen == [grad_of in ("out", "residual", "weight")]

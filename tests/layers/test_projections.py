@@ -97,8 +97,10 @@ def test_shape_errors_name_the_projection_and_shapes(fn, shape):
 
 
 def test_compiled_projections_have_the_eager_gradients():
-    """torch.compile traces plain ops instead of the autograd Functions (traced, the Functions' gradients
-    came out wrong on an H200); both layouts, bias, chunks, against the eager Functions."""
+    """Compiled, the projections (plain ops under torch.compile) give the eager Functions' outputs and
+    gradients: both layouts, bias, chunks. The bug this path avoids showed on an H200 only (traced, the
+    Functions' gradients came out wrong there; on the CPU they did not): the GPU guard against it is
+    tests/training/test_compile.py; this test keeps the compiled path itself right on the CPU."""
     torch.manual_seed(0)
     h = torch.randn(2, 7, 12, requires_grad=True)
     w_in, b_in, w_out = torch.randn(10, 12, requires_grad=True), torch.randn(10, requires_grad=True), torch.randn(6, 5)

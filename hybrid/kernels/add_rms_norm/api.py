@@ -4,7 +4,8 @@ Backends (STYLE 9): "triton" (`triton_add_rms_norm.py`), "torch" (the add and F.
 `reference.py`). "auto" is "triton" on CUDA where no gradient is needed (evaluation, prefill and
 decoding: the forward pass measured 1.4x the PyTorch ops at 8 x 2048 rows of 768 and 3.5x at one row,
 H200, benchmarks/results/add_rms_norm_nvidia_h200.md) and "torch" where autograd records it (the
-forward and backward together measured 0.52x-0.94x); HYBRID_NORM_BACKEND replaces "auto" for a run.
+forward and backward together measured 0.49x-0.94x, with the test suite sharing the host), and under
+torch.compile (a Triton launch is a graph break there); HYBRID_NORM_BACKEND replaces "auto" for a run.
 """
 from __future__ import annotations
 
@@ -46,7 +47,8 @@ def add_rms_norm(out: Tensor | None, residual: Tensor, weight: Tensor, eps: floa
         raise ValueError(f"add_rms_norm: weight must be ({d},), got {tuple(weight.shape)}")
     needs_grad = torch.is_grad_enabled() and (residual.requires_grad or weight.requires_grad
                                               or (out is not None and out.requires_grad))
-    name = resolve_backend(backend, residual.is_cuda, d, needs_grad)
+    # under torch.compile the PyTorch ops compile with their neighbours; a Triton launch would break the graph
+    name = resolve_backend(backend, residual.is_cuda, d, needs_grad or torch.compiler.is_compiling())
     fn = _LOADED.get(name) or _LOADED.setdefault(name, load_backend(_TABLE, name, "add_rms_norm"))
     return fn(out, residual, weight, eps)
 
