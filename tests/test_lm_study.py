@@ -70,3 +70,42 @@ def test_loss_by_position_averages_to_the_validation_loss(tmp_path):
     assert rows[3]["loss"] == pytest.approx(nll[:, 96:].double().mean().item(), rel=1e-5)
     hits = probe.recall(model, task.tokenizer, 4, 5, cpu, None)
     assert 0.0 <= hits <= 1.0 and hits * 5 == int(hits * 5)
+
+
+def test_summarize_tables_and_plots_the_best_lr_probes(tmp_path, monkeypatch):
+    import yaml  # noqa: PLC0415
+
+    from hybrid.sweep.runner import run_sweep  # noqa: PLC0415
+    from hybrid.sweep.spec import load_sweep  # noqa: PLC0415
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for i in range(30):
+        (docs / f"doc{i}.txt").write_text(f"doc {i} " + "pack my box with five dozen liquor jugs. " * 6)
+    sweep = {"name": "lm_tiny", "config": str(STUDY / "config.yaml"),
+             "overrides": {"model.d_model": 32, "model.layers.A.n_heads": 2, "task.paths": [str(docs)],
+                           "task.seq_len": 32, "task.val_fraction": 0.2, "task.eval_batches": 1,
+                           "task.eval_batch_size": 2, "train.steps": 2, "train.batch_size": 2, "train.eval_every": 0,
+                           "train.checkpoint_every": 2, "train.device": "cpu", "train.dtype": "float32",
+                           "train.progress": False, "train.tensorboard": False},
+             "grid": {"arch": {"transformer": {"model.layout": "A F"}, "mamba": {"model.layout": "M"}},
+                      "train.lr": [1.0e-3, 3.0e-3]},
+             "select": {"over": ["train.lr"], "metric": "eval/val/loss", "mode": "min"}}
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(sweep, sort_keys=False))
+    states = run_sweep(load_sweep(path), jobs=1, progress=False)
+    assert set(states.values()) == {"completed"}
+    probe = _probe_module()
+    for run in (tmp_path / "runs").iterdir():  # probe.py's main on each run, small settings
+        monkeypatch.setattr("sys.argv", ["probe.py", str(run), "--lengths", "32,64", "--windows", "2", "--bins", "2",
+                                         "--pairs", "2,4", "--examples", "3"])
+        probe.main()
+    spec = importlib.util.spec_from_file_location("lm_summarize", STUDY / "summarize.py")
+    summarize = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(summarize)
+    monkeypatch.setattr("sys.argv", ["summarize.py", str(tmp_path)])
+    summarize.main()
+    md = (tmp_path / "report" / "probe.md").read_text()
+    assert "| arch=transformer | 1 |" in md and "| arch=mamba | 1 |" in md and "recall @ 4 pairs" in md
+    for png in ("loss_by_position.png", "recall.png"):
+        assert (tmp_path / "report" / png).stat().st_size > 1000
