@@ -55,6 +55,17 @@ def table(by_layout: dict[str, list[dict]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _finish(fig, ax, xlabel: str, ylabel: str, title: str, path: Path) -> None:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def plot_loss_by_position(by_layout: dict[str, list[dict]], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     longest = max(int(n) for n in next(iter(by_layout.values()))[0]["loss_by_position"])
@@ -63,14 +74,8 @@ def plot_loss_by_position(by_layout: dict[str, list[dict]], path: Path) -> None:
         centres = [(b["from"] + b["to"]) / 2 for b in bins]
         ax.plot(centres, [_mean([p["loss_by_position"][str(longest)][i]["loss"] for p in found])
                           for i in range(len(bins))], marker="o", label=label)
-    ax.set_xlabel(f"position in a {longest}-token window")
-    ax.set_ylabel("validation loss (nats/token)")
-    ax.set_title("loss by position (training length: the first bins)")
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _finish(fig, ax, f"position in a {longest}-token window", "validation loss (nats/token)",
+            "loss by position (training length: the first bins)", path)
 
 
 def plot_recall(by_layout: dict[str, list[dict]], path: Path) -> None:
@@ -79,14 +84,7 @@ def plot_recall(by_layout: dict[str, list[dict]], path: Path) -> None:
         pairs = sorted(int(k) for k in found[0]["recall"])
         ax.plot(pairs, [_mean([p["recall"][str(k)] for p in found]) for k in pairs], marker="o", label=label)
     ax.set_xscale("log", base=2)
-    ax.set_xlabel("key-value pairs in the prompt")
-    ax.set_ylabel("recall accuracy")
-    ax.set_title("dict-literal recall probe")
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _finish(fig, ax, "key-value pairs in the prompt", "recall accuracy", "dict-literal recall probe", path)
 
 
 def main() -> None:
