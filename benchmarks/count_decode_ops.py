@@ -9,6 +9,7 @@ Models: d_model 64, vocab 256, batch 1, after a 16-token prefill, on the CPU.
 from __future__ import annotations
 
 import sys
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -22,12 +23,18 @@ LAYERS = {"M": {"type": "mamba", "d_state": 16}, "M2": {"type": "mamba2", "d_sta
 
 
 class CountOps(TorchDispatchMode):
+    """The ATen ops dispatched inside it: by name (`ops`) and in all (`count`)."""
+
     def __init__(self):
         super().__init__()
-        self.count = 0
+        self.ops = Counter()
+
+    @property
+    def count(self) -> int:
+        return sum(self.ops.values())
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.count += 1
+        self.ops[func.overloadpacket.__name__] += 1
         return func(*args, **(kwargs or {}))
 
 

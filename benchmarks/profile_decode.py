@@ -15,35 +15,19 @@ import cProfile
 import pstats
 import sys
 import time
-from collections import Counter
 from pathlib import Path
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_generate import device_slug, model_config  # noqa: E402
+from bench_generate import device_slug, model_config, sync  # noqa: E402
+from count_decode_ops import CountOps  # noqa: E402
 
 from hybrid.generation import StepDecoder, prefill  # noqa: E402
 from hybrid.model import HybridLM  # noqa: E402
-
-
-class CountOps(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.ops = Counter()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.ops[func.overloadpacket.__name__] += 1
-        return func(*args, **(kwargs or {}))
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 @torch.inference_mode()
@@ -71,7 +55,7 @@ def profile_model(name: str, device: torch.device, steps: int, top: int) -> list
     profiler.disable()
     stats = pstats.Stats(profiler)
     rows = sorted(((v[2], v[1], f"{Path(k[0]).name}:{k[1]}({k[2]})") for k, v in stats.stats.items()), reverse=True)
-    lines = [f"## {name}: {ms:.2f} ms a step eager, {sum(counter.ops.values())} ATen ops a step", "",
+    lines = [f"## {name}: {ms:.2f} ms a step eager, {counter.count} ATen ops a step", "",
              "Most dispatched ops: " + ", ".join(f"{op} {n}" for op, n in counter.ops.most_common(12)), "",
              "| function | own ms / step | calls / step |", "|---|---:|---:|"]
     lines += [f"| `{where}` | {t / steps * 1e3:.3f} | {calls / steps:.0f} |" for t, calls, where in rows[:top]]
