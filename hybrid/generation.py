@@ -140,7 +140,13 @@ def _walk(state: Any, visit: Callable[[Any], bool]) -> None:
 def state_tensors(state: Any) -> list[Tensor]:
     """Every tensor inside a model state (lists, tuples, dicts, dataclasses, plain objects), each once."""
     found: list[Tensor] = []
-    _walk(state, lambda obj: isinstance(obj, Tensor) and found.append(obj) is None)
+
+    def visit(obj: Any) -> bool:
+        if isinstance(obj, Tensor):
+            found.append(obj)
+        return False  # _walk itself does not look inside a tensor
+
+    _walk(state, visit)
     return found
 
 

@@ -1,6 +1,7 @@
 """Run a model over a task's held-out sets and report metrics overall, per set and per slice."""
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -28,7 +29,7 @@ def _batches_of(batches: Any, count: int, split: Split | None):
     """(batch, scored) pairs this process runs: its share of the first `count` batches, then, in
     lockstep, repeats of the first batch (not scored) up to every process's number of forwards."""
     if split is None:
-        for i, batch in zip(range(count), batches):
+        for batch in itertools.islice(batches, count):
             yield batch, True
         return
     mine = range(split.rank, count, split.world)
