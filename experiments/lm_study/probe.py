@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from hybrid.cli.generate import load_weights  # noqa: E402
 from hybrid.config import load_config  # noqa: E402
+from hybrid.errors import ConfigError  # noqa: E402
 from hybrid.model import HybridLM  # noqa: E402
 from hybrid.training.build import build_task_of  # noqa: E402
 from hybrid.training.run_dir import write_json  # noqa: E402
@@ -86,16 +87,49 @@ def recall(model, tokenizer, pairs: int, examples: int, device, amp, seed: int =
     return hits / examples
 
 
-def main() -> None:
+MAX_PAIRS = 26 * 26  # distinct two-letter keys
+
+
+def _positive_ints(text: str) -> list[int]:
+    """A comma list of integers >= 1, for argparse."""
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected a comma list of integers >= 1, e.g. 512,1024; got {text!r}")
+    return values
+
+
+def _positive(text: str) -> int:
+    """An integer >= 1, for argparse."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
+
+
+def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", help="a run directory holding config.yaml and checkpoint.pt")
-    p.add_argument("--lengths", default="512,1024,2048,4096", help="window lengths for the loss by position")
-    p.add_argument("--windows", type=int, default=16, help="validation windows per length")
-    p.add_argument("--bins", type=int, default=8, help="position bins per length")
-    p.add_argument("--pairs", default="4,16,64", help="key-value pairs per recall prompt")
-    p.add_argument("--examples", type=int, default=200, help="recall prompts per pair count")
+    p.add_argument("--lengths", type=_positive_ints, default="512,1024,2048,4096",
+                   help="window lengths for the loss by position")
+    p.add_argument("--windows", type=_positive, default=16, help="validation windows per length")
+    p.add_argument("--bins", type=_positive, default=8, help="position bins per length")
+    p.add_argument("--pairs", type=_positive_ints, default="4,16,64",
+                   help=f"key-value pairs per recall prompt (at most {MAX_PAIRS})")
+    p.add_argument("--examples", type=_positive, default=200, help="recall prompts per pair count")
     p.add_argument("--out", default=None, help="JSON file (default RUN/probe.json)")
     args = p.parse_args()
+    if max(args.pairs) > MAX_PAIRS:
+        p.error(f"--pairs: at most {MAX_PAIRS} (distinct two-letter keys), got {max(args.pairs)}")
+    return args
+
+
+def probe_run(args: argparse.Namespace) -> None:
     run = Path(args.run)
     root = load_config(str(run / "config.yaml"))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -105,14 +139,22 @@ def main() -> None:
     model.to(device).eval()
     tokenizer = build_task_of(root).tokenizer
     out = {"run": run.name, "device": str(device), "loss_by_position": {}, "recall": {}}
-    for length in map(int, args.lengths.split(",")):
+    for length in args.lengths:
         rows = loss_by_position(model, run, length, args.windows, args.bins, device, amp)
         out["loss_by_position"][str(length)] = rows
         print(f"{run.name} L{length}: " + " ".join(f"{r['loss']:.3f}" for r in rows), flush=True)
-    for pairs in map(int, args.pairs.split(",")):
+    for pairs in args.pairs:
         out["recall"][str(pairs)] = recall(model, tokenizer, pairs, args.examples, device, amp)
         print(f"{run.name} recall, {pairs} pairs: {out['recall'][str(pairs)]:.3f}", flush=True)
     write_json(Path(args.out or run / "probe.json"), out)
+
+
+def main() -> None:
+    args = parse_args()
+    try:
+        probe_run(args)
+    except ConfigError as err:  # a missing or damaged run file, named by the error
+        sys.exit(f"error: {err}")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ position bin at the longest window, one line per layout) and `recall.png` (accur
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 from pathlib import Path
@@ -24,15 +23,17 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from hybrid.report.tables import best_rows, collect  # noqa: E402
+from hybrid.errors import ConfigError  # noqa: E402
 from hybrid.training.checkpoint import atomic_write  # noqa: E402
+from hybrid.training.run_dir import read_json  # noqa: E402
 
 
 def probes(folder: Path) -> dict[str, list[dict]]:
     """{layout label: the probe.json of each of its best-lr runs that has one}."""
     out = {}
     for row in best_rows(collect(folder)):
-        found = [json.loads((run.path / "probe.json").read_text()) for run in row.runs
-                 if (run.path / "probe.json").is_file()]
+        found = [read_json(run.path / "probe.json", expect=dict, what="run experiments/lm_study/probe.py on the run again")
+                 for run in row.runs if (run.path / "probe.json").is_file()]
         if found:
             out[row.label] = found
     return out
@@ -91,7 +92,10 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("folder", nargs="?", default=str(Path(__file__).resolve().parent), help="the sweep's folder")
     folder = Path(p.parse_args().folder)
-    by_layout = probes(folder)
+    try:
+        by_layout = probes(folder)
+    except ConfigError as err:  # a damaged run file or probe.json, named by the error
+        sys.exit(f"error: {err}")
     if not by_layout:
         sys.exit(f"error: {folder}: no run has a probe.json yet; run experiments/lm_study/probe.py on finished runs")
     out = folder / "report"
