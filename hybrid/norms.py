@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-import torch.utils.checkpoint
 from torch import Tensor, nn
 
 from hybrid.kernels.add_rms_norm import add_rms_norm
+from hybrid.kernels.gated_rms_norm import gated_rms_norm
 
 
 class RMSNorm(nn.Module):
@@ -24,37 +24,21 @@ class RMSNorm(nn.Module):
 
 class GatedRMSNorm(nn.Module):
     """Mamba-2's gated RMSNorm over groups of `group_size` channels, computed in fp32:
-    norm(x * silu(z)) * weight, or norm(x) * weight * silu(z) with `norm_before_gate`.
+    norm(x * silu(z)) * weight, or norm(x) * weight * silu(z) with `norm_before_gate`
+    (`hybrid.kernels.gated_rms_norm`: one Triton kernel each way on CUDA; on the CPU the PyTorch ops
+    under activation checkpointing, which keep only x, z and the weight for the backward)."""
 
-    Under autograd it keeps only x, z and the weight for the backward and recomputes the fp32 steps
-    there (activation checkpointing): the fp32 intermediates of a (batch, length, d_inner) input
-    would otherwise be held until the backward, ten times the bf16 input's size."""
-
-    def __init__(self, dim: int, eps: float = 1e-5, group_size: int | None = None, norm_before_gate: bool = False):
+    def __init__(self, dim: int, eps: float = 1e-5, group_size: int | None = None, norm_before_gate: bool = False,
+                 backend: str = "auto"):
         super().__init__()
-        self.eps, self.norm_before_gate = eps, norm_before_gate
+        self.eps, self.norm_before_gate, self.backend = eps, norm_before_gate, backend
         self.group_size = group_size or dim
         if dim % self.group_size:
             raise ValueError(f"GatedRMSNorm: group_size {self.group_size} must divide dim {dim}")
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: Tensor, z: Tensor | None = None) -> Tensor:
-        if not torch.is_grad_enabled():
-            return self._norm(x, z, self.weight)
-        # no RNG inside: preserve_rng_state=False also keeps it capturable in a CUDA graph
-        return torch.utils.checkpoint.checkpoint(self._norm, x, z, self.weight, use_reentrant=False,
-                                                 preserve_rng_state=False)
-
-    def _norm(self, x: Tensor, z: Tensor | None, weight: Tensor) -> Tensor:
-        xf = x.float()
-        gate = F.silu(z.float()) if z is not None else None
-        if gate is not None and not self.norm_before_gate:
-            xf = xf * gate
-        groups = xf.unflatten(-1, (-1, self.group_size))  # (..., groups, group_size)
-        y = F.rms_norm(groups, (self.group_size,), None, self.eps).flatten(-2) * weight.float()
-        if gate is not None and self.norm_before_gate:
-            y = y * gate
-        return y.to(x.dtype)
+        return gated_rms_norm(x, z, self.weight, self.eps, self.group_size, self.norm_before_gate, self.backend)
 
 
 def add_and_norm(norm: nn.Module, out: Tensor | None, x: Tensor) -> tuple[Tensor, Tensor]:

@@ -53,6 +53,8 @@ class Mamba2Config:
         default="auto", metadata={"help": "SSD implementation (auto: the Triton kernels on CUDA, chunked PyTorch on the CPU)"})
     conv_backend: Literal["auto", "triton", "torch", "ref"] = field(
         default="auto", metadata={"help": "causal conv1d + SiLU implementation (auto: Triton on GPU)"})
+    norm_backend: Literal["auto", "triton", "torch"] = field(
+        default="auto", metadata={"help": "gated RMSNorm implementation (auto: Triton on GPU, checkpointed PyTorch on the CPU)"})
 
     def __post_init__(self):
         if min(self.d_state, self.d_conv, self.headdim, self.ngroups, self.chunk_size) <= 0 or self.expand <= 0:
@@ -69,6 +71,11 @@ class Mamba2Config:
 class Mamba2State:
     conv: Tensor  # (batch, conv_dim, d_conv - 1): the last conv inputs (x, B and C channels)
     ssm: Tensor   # (batch, heads, headdim, d_state) fp32
+    # A = -exp(A_log), D (heads,) or (heads, headdim) and dt_bias in fp32, made by the first decoding step
+    # and kept for the next ones, as MambaState's (two fewer kernel launches a step, more with bf16 weights,
+    # whose casts go too): a state decodes one model's weights as they were when it started. Not a field,
+    # so not counted as state.
+    step_constants = None
 
 
 @register_layer("mamba2", config=Mamba2Config, state="recurrent", megatron_symbol="M", hf_type="mamba2",
@@ -103,7 +110,7 @@ class Mamba2(nn.Module):
         self.D = nn.Parameter(torch.ones(self.d_ssm if c.D_has_hdim else self.nheads))
         if c.rmsnorm:
             self.norm = GatedRMSNorm(self.d_ssm, eps=1e-5, group_size=self.d_ssm // c.ngroups,
-                                     norm_before_gate=c.norm_before_gate)
+                                     norm_before_gate=c.norm_before_gate, backend=c.norm_backend)
         self.out_proj = mark_residual_out(nn.Linear(self.d_inner, d_model, bias=c.bias))
         mark_no_weight_decay(self.dt_bias, self.A_log, self.D)
         mark_no_reinit(self.dt_bias, self.A_log, self.D)
@@ -131,6 +138,10 @@ class Mamba2(nn.Module):
             return causal_conv1d(x, weight, bias, activation="silu", backend=backend).transpose(1, 2)
         return causal_conv1d_continue(x, state.conv, weight, bias, activation="silu", backend=backend).transpose(1, 2)
 
+    def _skip_weight(self) -> Tensor:
+        """D, the skip weight: (heads, headdim) with D_has_hdim, else (heads,)."""
+        return self.D.view(self.nheads, self.config.headdim) if self.config.D_has_hdim else self.D
+
     def forward(self, hidden: Tensor, state: Mamba2State | None = None) -> Tensor:
         c = self.config
         batch, length, _ = hidden.shape
@@ -139,17 +150,19 @@ class Mamba2(nn.Module):
         d_mlp = (zxbcdt.shape[-1] - 2 * self.d_ssm - 2 * gn - self.nheads) // 2
         z0, x0, z, xBC, dt = zxbcdt.split([d_mlp, d_mlp, self.d_ssm, self.conv_dim, self.nheads], dim=-1)
         x, B, C = self._conv(xBC, state).split([self.d_ssm, gn, gn], dim=-1)
-        A = -torch.exp(self.A_log.float())  # (heads,)
-        D = self.D.view(self.nheads, c.headdim) if c.D_has_hdim else self.D
         heads = (batch, length, self.nheads, c.headdim)
         gate = None if c.rmsnorm else z.reshape(heads)
         if state is not None and length == 1:  # decoding: one recurrent step
+            if state.step_constants is None:
+                state.step_constants = (-torch.exp(self.A_log.float()), self._skip_weight().float(), self.dt_bias.float())
+            A, D, dt_bias = state.step_constants
             y = ssd_state_update(state.ssm, x.reshape(heads)[:, 0], dt[:, 0], A, B.reshape(batch, 1, c.ngroups, -1)[:, 0],
                                  C.reshape(batch, 1, c.ngroups, -1)[:, 0], D, gate[:, 0] if gate is not None else None,
-                                 dt_bias=self.dt_bias, dt_softplus=True, dt_limit=tuple(c.dt_limit))[:, None]
+                                 dt_bias=dt_bias, dt_softplus=True, dt_limit=tuple(c.dt_limit))[:, None]
         else:
+            A = -torch.exp(self.A_log.float())  # (heads,)
             y = ssd(x.reshape(heads), dt, A, B.reshape(batch, length, c.ngroups, -1), C.reshape(batch, length, c.ngroups, -1),
-                    chunk_size=c.chunk_size, D=D, z=gate, dt_bias=self.dt_bias, dt_softplus=True,
+                    chunk_size=c.chunk_size, D=self._skip_weight(), z=gate, dt_bias=self.dt_bias, dt_softplus=True,
                     dt_limit=tuple(c.dt_limit), initial_states=state.ssm if state is not None else None,
                     return_final_states=state is not None, backend=c.ssd_backend)
             if state is not None:
