@@ -15,7 +15,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from hybrid.kernels.launch import FastLauncher
+from hybrid.kernels.launch import FastLauncher, cdiv, next_power_of_2
 
 
 @triton.jit
@@ -59,16 +59,16 @@ def _rotate(x: Tensor, cos: Tensor, sin: Tensor, inverse: bool) -> Tensor:
     cos, sin = cos.contiguous(), sin.contiguous()
     out = torch.empty((batch, length, heads, head_dim), device=x.device, dtype=x.dtype)
     s_c_b = cos.stride(0) if cos.dim() == 3 and cos.shape[0] > 1 else 0  # tables per batch row, or shared
-    block_r = triton.next_power_of_2(half)
+    block_r = next_power_of_2(half)
     n_pass = head_dim - 2 * half
-    block_h = max(1, min(triton.next_power_of_2(heads), 4096 // (2 * block_r)))
-    grid = (batch * length, triton.cdiv(heads, block_h))
+    block_h = max(1, min(next_power_of_2(heads), 4096 // (2 * block_r)))
+    grid = (batch * length, cdiv(heads, block_h))
     _launch_rotary(
         grid,
         x, cos, sin, out, length, heads, half, n_pass,
         x.stride(0), x.stride(1), x.stride(2), s_c_b, cos.stride(-2), out.stride(0), out.stride(1), out.stride(2),
         INVERSE=inverse, BLOCK_H=block_h, BLOCK_R=block_r,
-        BLOCK_P=triton.next_power_of_2(n_pass) if n_pass else 0, num_warps=4,
+        BLOCK_P=next_power_of_2(n_pass) if n_pass else 0, num_warps=4,
     )
     return out
 

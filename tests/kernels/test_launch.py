@@ -42,6 +42,23 @@ def _expected(x, y, alpha, square):
     return (alpha * (xf * xf if square else xf) + y.float()).to(y.dtype)
 
 
+LARGE = [2**31 - 1, 2**31, 2**31 + 1, 2**32 + 1, 10**12 + 7, 2**63 - 1, 2**63, 2**64 - 1, 2**64]
+
+
+def test_next_power_of_2_equals_tritons():
+    """The launchers' plain-Python helpers (cheaper to call than Triton's ConstexprFunctions) must give
+    Triton's results for every size a launcher meets: 0 for 0, 1 for 1."""
+    assert (launch.next_power_of_2(0), launch.next_power_of_2(1), launch.next_power_of_2(4097)) == (0, 1, 8192)
+    for n in [*range(4101), *LARGE]:
+        assert launch.next_power_of_2(n) == triton.next_power_of_2(n), n
+
+
+def test_cdiv_equals_tritons():
+    for b in (1, 2, 3, 16, 63, 64, 256, 4096, 2**40 + 3):
+        for a in [*range(4101), *LARGE]:
+            assert launch.cdiv(a, b) == triton.cdiv(a, b), (a, b)
+
+
 def test_version_parsing():
     assert launch._version("3.6.0") == (3, 6)
     assert launch._version("3.9.0+git1234") == (3, 9)

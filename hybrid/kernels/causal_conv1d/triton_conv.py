@@ -47,7 +47,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from hybrid.kernels.launch import FastLauncher
+from hybrid.kernels.launch import FastLauncher, cdiv, next_power_of_2
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MAX_WIDTH = 8  # the taps are unrolled; the backward holds 2W - 1 shifted tiles live
@@ -227,7 +227,7 @@ def _config(x: Tensor, backward: bool = False) -> tuple[int, int, int]:
     The interpreter pays per operation, not per element: a few large tiles."""
     dim, length = x.shape[1], x.shape[2]
     if INTERPRET:
-        return min(64, triton.next_power_of_2(dim)), min(128, triton.next_power_of_2(length)), 1
+        return min(64, next_power_of_2(dim)), min(128, next_power_of_2(length)), 1
     if _channel_last(x):
         return (64, 32, 4) if backward else (128, 16, 4)
     return (4, 128, 4) if backward else (16, 128, 4)
@@ -270,7 +270,7 @@ def _causal_conv1d_fwd(x, weight, bias, initial_states, seq_idx, silu, config=No
     h0, s_h0 = _optional(initial_states, x, 3)
     seq, s_seq = _optional(seq_idx, x, 2)
     _launch_fwd(
-        (triton.cdiv(length, block_l), triton.cdiv(dim, block_d), batch),
+        (cdiv(length, block_l), cdiv(dim, block_d), batch),
         x, weight, b, h0, seq, out,
         dim, length,
         *x.stride(), *weight.stride(), *s_b, *s_h0, *s_seq, *out.stride(),
@@ -286,9 +286,9 @@ def _causal_conv1d_bwd(dout, x, weight, bias, initial_states, seq_idx, silu, con
     batch, dim, length = x.shape
     width = weight.shape[1]
     block_d, block_l, num_warps = config or _config(x, backward=True)
-    n_tiles = triton.cdiv(length, block_l)
-    n_prog_l = triton.cdiv(n_tiles, TILES_PER_PROGRAM)
-    block_w = triton.next_power_of_2(width + 1)
+    n_tiles = cdiv(length, block_l)
+    n_prog_l = cdiv(n_tiles, TILES_PER_PROGRAM)
+    block_w = next_power_of_2(width + 1)
     dx = _like_layout(x)
     dinit = torch.empty_like(initial_states) if initial_states is not None else None
     partial = torch.empty((batch, n_prog_l, dim, block_w), device=x.device, dtype=torch.float32)
@@ -297,13 +297,13 @@ def _causal_conv1d_bwd(dout, x, weight, bias, initial_states, seq_idx, silu, con
     seq, s_seq = _optional(seq_idx, x, 2)
     dh0, s_dh0 = _optional(dinit, x, 3)
     _launch_bwd(
-        (n_prog_l, triton.cdiv(dim, block_d), batch),
+        (n_prog_l, cdiv(dim, block_d), batch),
         x, weight, b, h0, seq, dout, dx, dh0, partial,
         dim, length, n_tiles,
         *x.stride(), *weight.stride(), *s_b, *s_h0, *s_seq, *dout.stride(), *dx.stride(), *s_dh0,
         WIDTH=width, SILU=silu, HAS_BIAS=bias is not None, HAS_INIT=initial_states is not None,
         HAS_SEQ=seq_idx is not None, BLOCK_D=block_d, BLOCK_L=block_l, BLOCK_W=block_w,
-        HALO=triton.next_power_of_2(max(width - 1, 1)), num_warps=num_warps,
+        HALO=next_power_of_2(max(width - 1, 1)), num_warps=num_warps,
     )
     sums = partial.view(batch * n_prog_l, dim, block_w).sum(0)  # (dim, BLOCK_W) fp32
     return dx, sums[:, :width], sums[:, width], dinit

@@ -18,7 +18,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from hybrid.kernels.launch import FastLauncher
+from hybrid.kernels.launch import FastLauncher, cdiv, next_power_of_2
 
 
 @triton.jit
@@ -77,14 +77,14 @@ def causal_conv1d_update_triton(x: Tensor, conv_state: Tensor, weight: Tensor, b
     batch, dim, steps = x3.shape
     width = weight.shape[1]
     out = torch.empty((batch, dim, steps), device=x.device, dtype=x.dtype)
-    block_d = max(1, min(triton.next_power_of_2(dim), 256))
+    block_d = max(1, min(next_power_of_2(dim), 256))
     bb = bias if bias is not None else weight
     _launch_update(
-        (triton.cdiv(dim, block_d), batch),
+        (cdiv(dim, block_d), batch),
         x3, conv_state, weight, bb, out,
         dim, steps,
         *x3.stride(), *conv_state.stride(), *weight.stride(), bb.stride(0), *out.stride(),
         WIDTH=width, SILU=activation in ("silu", "swish"), HAS_BIAS=bias is not None, BLOCK_D=block_d,
-        BLOCK_K=triton.next_power_of_2(max(width - 1, 1)), num_warps=4,
+        BLOCK_K=next_power_of_2(max(width - 1, 1)), num_warps=4,
     )
     return out[..., 0] if one_step else out

@@ -59,7 +59,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from hybrid.kernels.launch import FastLauncher
+from hybrid.kernels.launch import FastLauncher, cdiv, next_power_of_2
 from hybrid.kernels.triton_math import softplus as _softplus
 
 LOG2E = tl.constexpr(1.4426950408889634)
@@ -480,7 +480,7 @@ def _forward_config(dim: int, dstate: int) -> tuple[int, int, int, int, int | No
     consecutive steps, one segment per thread (BLOCK_D * SEGS = 32 * num_warps), and a register cap
     for ptxas (None: none). The interpreter pays per operation, not per element: few large chunks."""
     if INTERPRET:
-        return (min(4, triton.next_power_of_2(dim)), 1, 8, 8, None)
+        return (min(4, next_power_of_2(dim)), 1, 8, 8, None)
     # One channel and one warp per program, a chunk of 256 steps. Capped at 64 registers (from 128; a
     # few bytes spill) four times as many warps are resident, and the grid runs in fewer, fuller
     # waves: on an H100 0.30 against 0.36 ms at (4, 2048, 2048, 16), 1.17 against 1.49 ms at length 8K.
@@ -549,13 +549,13 @@ def _selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, initial_state, delt
     groups = 1 if B.dim() == 3 else B.shape[1]
     block_d, num_warps, segs, items, maxnreg = config or _forward_config(dim, dstate)
     chunk = segs * items
-    n_chunks = triton.cdiv(length, chunk)
+    n_chunks = cdiv(length, chunk)
     if store_states:
         save_every = save_every or chunk
         if chunk % save_every or save_every % items:
             raise ValueError(f"selective_scan (triton): the forward's chunk of {chunk} steps must be a multiple of "
                              f"save_every = {save_every}, itself a multiple of {items}")
-        n_slots = triton.cdiv(length, save_every) + 1  # states[k] = the state after k * save_every steps
+        n_slots = cdiv(length, save_every) + 1  # states[k] = the state after k * save_every steps
         save_segs, last_slot = save_every // items, n_slots - 1
     else:  # two slots in turn
         n_slots, save_segs, last_slot = 2, segs, n_chunks
@@ -570,14 +570,14 @@ def _selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, initial_state, delt
     Bf, Cf = _padded_fp32(B, padded_length), _padded_fp32(C, padded_length)
     zz = z if z is not None else u
     _launch_fwd(
-        (triton.cdiv(dim, block_d), batch),
+        (cdiv(dim, block_d), batch),
         u, delta, A, Bf, Cf, D, z, delta_bias, h0, out, hT, states,
         batch, dim, length, dstate, dim // groups, n_chunks, n_slots, last_slot,
         *u.stride(), *delta.stride(), *zz.stride(), *out.stride(),
         *A.stride(), *_bc_strides(Bf), *_bc_strides(Cf),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
         HAS_H0=initial_state is not None,
-        BLOCK_D=block_d, SEGS=segs, ITEMS=items, BLOCK_N=triton.next_power_of_2(dstate), SAVE_SEGS=save_segs,
+        BLOCK_D=block_d, SEGS=segs, ITEMS=items, BLOCK_N=next_power_of_2(dstate), SAVE_SEGS=save_segs,
         **_launch_options(num_warps, maxnreg),
     )
     return out, hT, (states if store_states else None)
@@ -597,7 +597,7 @@ def _selective_scan_bwd(dout, dhT, u, delta, A, B, C, D, z, delta_bias, states, 
     if per_group % block_d:
         raise ValueError(f"selective_scan (triton): the backward's BLOCK_D = {block_d} channels must divide the "
                          f"{per_group} channels of a B/C group")
-    n_chunks = triton.cdiv(length, segs * items)
+    n_chunks = cdiv(length, segs * items)
     if states.shape[0] != n_chunks + 1:  # the backward restarts each chunk from the state saved there
         raise ValueError(f"selective_scan (triton): the backward's chunks of {segs * items} steps need {n_chunks} "
                          f"saved states, but the forward saved {states.shape[0] - 1}; the forward's save_every "
@@ -623,14 +623,14 @@ def _selective_scan_bwd(dout, dhT, u, delta, A, B, C, D, z, delta_bias, states, 
     Bf, Cf = _padded_fp32(B, padded_length), _padded_fp32(C, padded_length)
     zz = z if z is not None else u
     _launch_bwd(
-        (triton.cdiv(dim, block_d), batch),
+        (cdiv(dim, block_d), batch),
         u, delta, A, Bf, Cf, Dc, z, biasc, states, dout, dhT, dh, du, ddelta, dz, sums,
         batch, dim, length, dstate, per_group, groups, n_chunks,
         *u.stride(), *delta.stride(), *zz.stride(), *dout.stride(),
         *A.stride(), *_bc_strides(Bf), *_bc_strides(Cf),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
         HAS_DHT=dhT is not None,
-        BLOCK_D=block_d, SEGS=segs, ITEMS=items, BLOCK_N=triton.next_power_of_2(dstate),
+        BLOCK_D=block_d, SEGS=segs, ITEMS=items, BLOCK_N=next_power_of_2(dstate),
         **_launch_options(num_warps, maxnreg),
     )
     B_dtype, C_dtype = bc_dtypes or (B.dtype, C.dtype)
@@ -654,7 +654,7 @@ class SelectiveScanFn(torch.autograd.Function):
         _, _, segs, items, _ = _backward_config(u.shape[1] // (1 if B.dim() == 3 else B.shape[1]))
         fwd_config = _forward_config(u.shape[1], A.shape[1])
         fwd_chunk = fwd_config[2] * fwd_config[3]
-        padded_length = triton.cdiv(u.shape[2], fwd_chunk) * fwd_chunk
+        padded_length = cdiv(u.shape[2], fwd_chunk) * fwd_chunk
         Bf, Cf = _padded_fp32(B, padded_length), _padded_fp32(C, padded_length)  # kept for the backward
         out, hT, states = _selective_scan_fwd(u, delta, A, Bf, Cf, D, z, delta_bias, initial_state, delta_softplus,
                                               store_states=store, config=fwd_config, save_every=segs * items)

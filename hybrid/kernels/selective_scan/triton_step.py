@@ -15,7 +15,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from hybrid.kernels.launch import FastLauncher
+from hybrid.kernels.launch import FastLauncher, cdiv, next_power_of_2
 from hybrid.kernels.triton_math import softplus as _softplus
 
 
@@ -83,10 +83,10 @@ def selective_state_update_triton(state: Tensor, x: Tensor, dt: Tensor, A: Tenso
     dstate = A.shape[1]
     groups = 1 if B.dim() == 2 else B.shape[1]
     y = torch.empty((batch, dim), device=x.device, dtype=x.dtype)
-    block_n = triton.next_power_of_2(dstate)
-    block_d = max(1, min(triton.next_power_of_2(dim), 2048 // block_n, 64))
+    block_n = next_power_of_2(dstate)
+    block_d = max(1, min(next_power_of_2(dim), 2048 // block_n, 64))
     zz = z if z is not None else x
-    grid = (triton.cdiv(dim, block_d), batch)
+    grid = (cdiv(dim, block_d), batch)
     _launch_state_update(
         grid,
         state, x, dt, A, B, C, D, z, dt_bias, y,

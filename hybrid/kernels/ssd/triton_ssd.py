@@ -56,7 +56,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from hybrid.kernels.launch import FastLauncher
+from hybrid.kernels.launch import FastLauncher, cdiv, next_power_of_2
 from hybrid.kernels.triton_math import softplus as _softplus
 from hybrid.kernels.ssd.reference import discretize_dt
 
@@ -636,7 +636,7 @@ _launch_dbc = FastLauncher(_chunk_scan_bwd_dbc_kernel)
 
 
 def _pow2(n: int, lo: int = 16, hi: int | None = None) -> int:
-    v = max(lo, triton.next_power_of_2(n))
+    v = max(lo, next_power_of_2(n))
     return min(v, hi) if hi else v
 
 
@@ -682,7 +682,7 @@ def _ssd_fwd(x, dt, A, B, C, chunk, D, z, dt_bias, dt_softplus, dt_limit, initia
     batch, length, heads, headdim = x.shape
     groups, dstate = B.shape[2], B.shape[3]
     hpg = heads // groups
-    n_chunks = triton.cdiv(length, chunk)
+    n_chunks = cdiv(length, chunk)
     cfg = _config(chunk, headdim, dstate)
     dot, prec = _dot_dtype(x, B, C)
     opts = _launch_options(cfg)
@@ -692,22 +692,22 @@ def _ssd_fwd(x, dt, A, B, C, chunk, D, z, dt_bias, dt_softplus, dt_limit, initia
     dtp = torch.empty((batch, heads, n_chunks, chunk), device=dev, dtype=f32)  # dt after bias/softplus/clamp
     acs = torch.empty_like(dtp)  # a-hat
     bias = dt_bias.contiguous() if dt_bias is not None else dtp
-    block_h = min(triton.next_power_of_2(heads), max(1, 4096 // triton.next_power_of_2(chunk)))
+    block_h = min(next_power_of_2(heads), max(1, 4096 // next_power_of_2(chunk)))
     has_limit = tuple(dt_limit) != NO_LIMIT
-    _launch_dt((triton.cdiv(heads, block_h), n_chunks, batch), dt, A.contiguous(), bias, dtp, acs,
+    _launch_dt((cdiv(heads, block_h), n_chunks, batch), dt, A.contiguous(), bias, dtp, acs,
                length, heads, n_chunks, chunk, float(dt_limit[0]), float(dt_limit[1]), *dt.stride(),
                HAS_BIAS=dt_bias is not None, SOFTPLUS=dt_softplus, HAS_LIMIT=has_limit,
-               BLOCK_H=block_h, BLOCK_Q=triton.next_power_of_2(chunk), **opts)
+               BLOCK_H=block_h, BLOCK_Q=next_power_of_2(chunk), **opts)
 
     cb = torch.empty((batch, n_chunks, groups, chunk, chunk), device=dev, dtype=f32)
     bm, bk = cfg["BM"], cfg["BK"]
-    _launch_cb((triton.cdiv(chunk, bm), triton.cdiv(chunk, bm), batch * n_chunks * groups), C, B, cb,
+    _launch_cb((cdiv(chunk, bm), cdiv(chunk, bm), batch * n_chunks * groups), C, B, cb,
                length, n_chunks, chunk, groups, dstate, *C.stride(), *B.stride(),
                DOT=dot, PREC=prec, BM=bm, BN=bm, BK=min(cfg["BN"], 64), **opts)
 
     states = torch.empty((batch, n_chunks, heads, headdim, dstate), device=dev, dtype=f32)
     bp, bn = cfg["BP"], cfg["BN"]
-    _launch_outer((triton.cdiv(headdim, bp) * triton.cdiv(dstate, bn), heads, batch * n_chunks),
+    _launch_outer((cdiv(headdim, bp) * cdiv(dstate, bn), heads, batch * n_chunks),
                   x, B, dtp, acs, seq, states, length, heads, n_chunks, chunk, headdim, dstate, hpg,
                   *x.stride(), *B.stride(), *s_seq,
                   TO_END=True, HAS_SEQ=seq_idx is not None, DOT=dot, PREC=prec, BP=bp, BN=bn, BK=bk,
@@ -716,8 +716,8 @@ def _ssd_fwd(x, dt, A, B, C, chunk, D, z, dt_bias, dt_softplus, dt_limit, initia
     final = torch.empty((batch, heads, headdim, dstate), device=dev, dtype=f32)
     init = initial_states.float().contiguous() if initial_states is not None else final
     size = headdim * dstate
-    block = min(cfg["BLOCK"], triton.next_power_of_2(size))
-    _launch_pass_fwd((triton.cdiv(size, block), heads, batch), states, init, acs, seq, final,
+    block = min(cfg["BLOCK"], next_power_of_2(size))
+    _launch_pass_fwd((cdiv(size, block), heads, batch), states, init, acs, seq, final,
                      length, heads, n_chunks, chunk, size, *s_seq,
                      HAS_INIT=initial_states is not None, HAS_SEQ=seq_idx is not None, BLOCK=block,
                      **opts)
@@ -728,7 +728,7 @@ def _ssd_fwd(x, dt, A, B, C, chunk, D, z, dt_bias, dt_softplus, dt_limit, initia
     ypre = torch.empty((batch, length, heads, headdim), device=dev, dtype=f32) if store_pre else y
     zz = z if z is not None else x
     Dt = D if D is not None else x
-    _launch_scan_fwd((triton.cdiv(chunk, bm) * triton.cdiv(headdim, bp), heads, batch * n_chunks),
+    _launch_scan_fwd((cdiv(chunk, bm) * cdiv(headdim, bp), heads, batch * n_chunks),
                      cb, x, zz, dtp, acs, seq, C, prev, Dt, y, ypre,
                      length, heads, n_chunks, chunk, headdim, dstate, hpg,
                      *x.stride(), *zz.stride(), *C.stride(), *s_seq, *y.stride(), *_d_strides(D),
@@ -782,7 +782,7 @@ def _ssd_bwd(dy, dfinal, x, dt, A, B, C, chunk, D, z, dt_bias, dt_softplus, dt_l
     batch, length, heads, headdim = x.shape
     groups, dstate = B.shape[2], B.shape[3]
     hpg = heads // groups
-    n_chunks = triton.cdiv(length, chunk)
+    n_chunks = cdiv(length, chunk)
     cfg = _config(chunk, headdim, dstate)
     dot, prec = _dot_dtype(x, B, C)
     opts = _launch_options(cfg)
@@ -797,13 +797,13 @@ def _ssd_bwd(dy, dfinal, x, dt, A, B, C, chunk, D, z, dt_bias, dt_softplus, dt_l
 
     # d prev_c = sum_i exp(a-hat_i) g_i C_i^T, then the reverse state passing turns it into d s_c
     ds = torch.empty_like(prev)
-    _launch_outer((triton.cdiv(headdim, bp) * triton.cdiv(dstate, bn), heads, batch * n_chunks),
+    _launch_outer((cdiv(headdim, bp) * cdiv(dstate, bn), heads, batch * n_chunks),
                   g, C, dtp, acs, seq, ds, length, heads, n_chunks, chunk, headdim, dstate, hpg,
                   *g.stride(), *C.stride(), *s_seq,
                   TO_END=False, HAS_SEQ=has_seq, DOT=dot, PREC=prec, BP=bp, BN=bn, BK=bk, **opts)
     size = headdim * dstate
-    block = min(cfg["BLOCK"], triton.next_power_of_2(size))
-    n_blocks = triton.cdiv(size, block)
+    block = min(cfg["BLOCK"], next_power_of_2(size))
+    n_blocks = cdiv(size, block)
     dcarry = torch.empty((batch, heads, n_chunks, n_blocks), device=dev, dtype=f32)
     dinit = torch.empty((batch, heads, headdim, dstate), device=dev, dtype=f32) if initial_states is not None else None
     dfin = dfinal.float().contiguous() if dfinal is not None else prev
@@ -813,12 +813,12 @@ def _ssd_bwd(dy, dfinal, x, dt, A, B, C, chunk, D, z, dt_bias, dt_softplus, dt_l
                      BLOCK=block, **opts)
 
     # dx and the per-position partials of ddt and d a-hat
-    n_pb = triton.cdiv(headdim, bp)
+    n_pb = cdiv(headdim, bp)
     plane = batch * heads * n_chunks * chunk
     part = torch.empty((3, n_pb, batch, heads, n_chunks, chunk), device=dev, dtype=f32)
     dx = torch.empty((batch, length, heads, headdim), device=dev, dtype=x.dtype)
     Dt = D if D is not None else x
-    _launch_dx((triton.cdiv(chunk, cfg["BM_DX"]) * n_pb, heads, batch * n_chunks),
+    _launch_dx((cdiv(chunk, cfg["BM_DX"]) * n_pb, heads, batch * n_chunks),
                cb, x, g, dtp, acs, seq, B, C, ds, prev, Dt, dx, part,
                length, heads, n_chunks, chunk, headdim, dstate, hpg, plane, n_pb * plane,
                *x.stride(), *g.stride(), *B.stride(), *C.stride(), *s_seq, *dx.stride(), *_d_strides(D),
@@ -826,7 +826,7 @@ def _ssd_bwd(dy, dfinal, x, dt, A, B, C, chunk, D, z, dt_bias, dt_softplus, dt_l
                BK=bk, **opts)
 
     # dCB and the d a-hat of the quadratic part
-    n_qb = triton.cdiv(chunk, bm)
+    n_qb = cdiv(chunk, bm)
     dacs_qq = torch.zeros((2, n_qb, batch, heads, n_chunks, chunk), device=dev, dtype=f32)
     dcb = torch.empty_like(cb)
     _launch_dcb((n_qb, n_qb, batch * n_chunks * groups), x, g, dtp, acs, seq, cb, dcb, dacs_qq,
@@ -836,7 +836,7 @@ def _ssd_bwd(dy, dfinal, x, dt, A, B, C, chunk, D, z, dt_bias, dt_softplus, dt_l
 
     dB = torch.empty_like(B)
     dC = torch.empty_like(C)
-    grid = (n_qb * triton.cdiv(dstate, bn), groups, batch * n_chunks)
+    grid = (n_qb * cdiv(dstate, bn), groups, batch * n_chunks)
     for out, v, u, st, for_b in ((dC, B, g, prev, False), (dB, C, x, ds, True)):
         _launch_dbc(grid, dcb, v, u, st, dtp, acs, seq, out,
                     length, heads, n_chunks, chunk, headdim, dstate, hpg,

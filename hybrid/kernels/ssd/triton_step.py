@@ -17,7 +17,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from hybrid.kernels.launch import FastLauncher
+from hybrid.kernels.launch import FastLauncher, cdiv, next_power_of_2
 from hybrid.kernels.triton_math import softplus as _softplus
 
 
@@ -82,13 +82,13 @@ def ssd_state_update_triton(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: 
     batch, heads, headdim = x.shape
     dstate, groups = state.shape[3], B.shape[1]
     y = torch.empty_like(x)
-    block_n = triton.next_power_of_2(dstate)
-    block_p = max(1, min(triton.next_power_of_2(headdim), 4096 // block_n))
+    block_n = next_power_of_2(dstate)
+    block_p = max(1, min(next_power_of_2(headdim), 4096 // block_n))
     zz = z if z is not None else x
     d_strides = (0, 0) if D is None else (D.stride(0), D.stride(1) if D.dim() == 2 else 0)
     limit = tuple(dt_limit) != (0.0, float("inf"))
     _launch_ssd_step(
-        (triton.cdiv(headdim, block_p), batch * heads),
+        (cdiv(headdim, block_p), batch * heads),
         state, x, dt, A, B, C, D, z, dt_bias, y,
         heads, headdim, dstate, heads // groups, float(dt_limit[0]), float(min(dt_limit[1], 3.0e38)),
         *state.stride(), *x.stride(), *dt.stride(), *B.stride(), *C.stride(), *zz.stride(), *y.stride(), *d_strides,
