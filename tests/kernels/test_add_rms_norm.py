@@ -27,6 +27,7 @@ CASES = [  # (shape, residual dtype, out dtype or None)
     pytest.param((5, 1000), torch.bfloat16, torch.bfloat16, id="rows5-d1000-bf16"),
     pytest.param((3, 17, 40), torch.float16, torch.float16, id="B3-L17-d40-fp16"),
     pytest.param((4, 130), torch.bfloat16, None, id="rows4-d130-bf16-no-out"),
+    pytest.param((301, 32), torch.float32, torch.float32, id="rows301-d32-several-tiles-per-backward-program"),
 ]
 
 

@@ -26,7 +26,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from hybrid.kernels.launch import FastLauncher
+from hybrid.kernels.launch import FastLauncher, cdiv, next_power_of_2
 
 MAX_G = 16384  # one group per tile; wider groups take the PyTorch path (api.py)
 
@@ -109,13 +109,9 @@ _fwd_launch = FastLauncher(_gated_rms_norm_fwd_kernel)
 _bwd_launch = FastLauncher(_gated_rms_norm_bwd_kernel)
 
 
-def _next_power_of_2(n: int) -> int:
-    return 1 << (n - 1).bit_length()
-
-
 def _tiles(group_size: int) -> tuple[int, int, int]:
     """BLOCK_G, BLOCK_ROWS (about 4096 elements a tile) and num_warps for groups of group_size."""
-    block_g = _next_power_of_2(group_size)
+    block_g = next_power_of_2(group_size)
     block_rows = max(1, min(16, 4096 // block_g))
     return block_g, block_rows, 4 if block_g * block_rows <= 2048 else 8
 
@@ -133,7 +129,7 @@ def _gated_rms_norm_fwd(x: Tensor, z: Tensor | None, weight: Tensor, eps: float,
     y = torch.empty(rows, d, device=x.device, dtype=x.dtype)
     rstd = torch.empty(rows, n_groups, device=x.device, dtype=torch.float32)
     block_g, block_rows, warps = _tiles(group_size)
-    _fwd_launch((-(-rows // block_rows), n_groups), x, z if z is not None else x, weight, y, rstd,
+    _fwd_launch((cdiv(rows, block_rows), n_groups), x, z if z is not None else x, weight, y, rstd,
                 rows, group_size, n_groups, eps, x.stride(0), z.stride(0) if z is not None else 0, y.stride(0),
                 GATE_IN=z is not None and not norm_before_gate, GATE_OUT=z is not None and norm_before_gate,
                 BLOCK_ROWS=block_rows, BLOCK_G=block_g, num_warps=warps)
@@ -146,10 +142,10 @@ def _gated_rms_norm_bwd(dy: Tensor, x: Tensor, z: Tensor | None, weight: Tensor,
     rows, d = x.shape
     n_groups = d // group_size
     block_g, block_rows, warps = _tiles(group_size)
-    tiles = -(-rows // block_rows)
+    tiles = cdiv(rows, block_rows)
     target = max(1, 4 * _sm_count(x.device) // n_groups) if x.is_cuda else 4  # a few programs per SM
-    per = -(-tiles // min(tiles, target))
-    programs = -(-tiles // per)
+    per = cdiv(tiles, min(tiles, target))
+    programs = cdiv(tiles, per)
     dx = torch.empty(rows, d, device=x.device, dtype=x.dtype)
     dz = torch.empty(rows, d, device=x.device, dtype=z.dtype) if z is not None else None
     dw = torch.empty(programs, d, device=x.device, dtype=torch.float32)
