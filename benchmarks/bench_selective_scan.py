@@ -1,9 +1,10 @@
-"""Selective scan (Mamba-1 S6) benchmark: ours (Triton, chunked PyTorch, sequential reference) against
+"""Selective scan (Mamba-1 S6) benchmark: ours (Triton, the PyTorch backend, sequential reference) against
 mamba_ssm's CUDA kernel, measured in the same run; and the decoding step against mamba_ssm's Triton
-`selective_state_update`.
+`selective_state_update`. With --cpu (or without a GPU): the CPU backends against each other.
 
     python3 .peers/mamba/load.py                      # once per machine: builds the peer's CUDA scan
     PYTHONPATH=. python3 benchmarks/bench_selective_scan.py --peers .peers/mamba [--sweep] [--out FILE]
+    PYTHONPATH=. python3 benchmarks/bench_selective_scan.py --cpu [--out FILE]
 
 Times are medians of triton.testing.do_bench (CUDA events) in ms; bf16 u, delta, z, B, C; fp32 A, D,
 delta_bias; softplus on, z and D given (the Mamba block's call). "GB/s" counts each input read once
@@ -21,7 +22,7 @@ import sys
 import torch
 import triton
 
-from hybrid.kernels.selective_scan import selective_scan_chunked, selective_scan_ref
+from hybrid.kernels.selective_scan import selective_scan_ref, selective_scan_torch
 from hybrid.kernels.selective_scan.triton_scan import (_forward_config, _selective_scan_bwd, _selective_scan_fwd,
                                                        selective_scan_triton)
 from hybrid.kernels.selective_scan.triton_step import selective_state_update_triton
@@ -34,8 +35,7 @@ STEP_BATCHES = [1, 4, 16, 64]
 STEP_DIMS = [1536, 2048]  # d_inner of a ~130M Mamba, and 2048
 
 
-def make(batch, dim, length, dstate, dtype=torch.bfloat16):
-    dev = "cuda"
+def make(batch, dim, length, dstate, dtype=torch.bfloat16, dev="cuda"):
     return dict(u=torch.randn(batch, dim, length, device=dev, dtype=dtype),
                 delta=(0.5 * torch.randn(batch, dim, length, device=dev) - 1.0).to(dtype),
                 A=-(0.1 + 2.0 * torch.rand(dim, dstate, device=dev)),
@@ -95,8 +95,8 @@ def ours(u, delta, A, B, C, D, z, bias, softplus):
     return selective_scan_triton(u, delta, A, B, C, D=D, z=z, delta_bias=bias, delta_softplus=softplus)
 
 
-def chunked(u, delta, A, B, C, D, z, bias, softplus):
-    return selective_scan_chunked(u, delta, A, B, C, D=D, z=z, delta_bias=bias, delta_softplus=softplus)
+def torch_backend(u, delta, A, B, C, D, z, bias, softplus):
+    return selective_scan_torch(u, delta, A, B, C, D=D, z=z, delta_bias=bias, delta_softplus=softplus)
 
 
 def reference(u, delta, A, B, C, D, z, bias, softplus):
@@ -136,7 +136,10 @@ def main():
     ap.add_argument("--sweep", action="store_true", help="also time tile-size variants of our kernels")
     ap.add_argument("--no-peer", action="store_true", help="ours only (no peer build), short repetitions")
     ap.add_argument("--rep", type=float, default=200, help="do_bench repetition time per measurement, ms")
+    ap.add_argument("--cpu", action="store_true", help="the CPU backends (PyTorch backend, reference) instead")
     args = ap.parse_args()
+    if args.cpu or not torch.cuda.is_available():
+        return cpu_main(args.out)
     if args.no_peer:
         peer = peer_step = None
     else:
@@ -153,8 +156,8 @@ def main():
     for i, shape in enumerate(SHAPES):
         x = make(*shape)
         impls = [("peer (mamba_ssm CUDA)", peer), ("ours (Triton)", ours)][1 if peer is None else 0:]
-        if shape[2] <= (512 if peer is None else 2048):
-            impls.append(("chunked torch", chunked))
+        if shape[2] <= 512:  # one launch a step each way
+            impls.append(("PyTorch backend", torch_backend))
         if i == 0:
             impls.append(("sequential reference", reference))
         res = {}
@@ -236,6 +239,42 @@ def main():
                                    f"selective_scan_{device.replace(' ', '_')}.md")
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out, "w") as f:
+        f.write(text + "\n")
+
+
+CPU_SHAPES = [(32, 128, 32, 16), (128, 128, 128, 16), (8, 512, 256, 16), (1, 128, 4096, 16)]  # quickstart, tiny
+# models' batch 128 x 128, a wider layer, selective copying's length; d_inner of d_model 64 and 256
+
+
+def cpu_main(out: str | None) -> None:
+    """Forward+backward wall time of the CPU backends, float32, best of three after a warm-up."""
+    import platform  # noqa: PLC0415
+    import time  # noqa: PLC0415
+
+    rows = []
+    for shape in CPU_SHAPES:
+        x = make(*shape, dtype=torch.float32, dev="cpu")
+        times = {}
+        for name, fn in (("sequential reference", reference), ("PyTorch backend", torch_backend)):
+            leaves = {k: v.detach().requires_grad_() for k, v in x.items()}
+            best = float("inf")
+            for i in range(4):
+                start = time.perf_counter()
+                fn(*(leaves[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")), True).sum().backward()
+                best = min(best, time.perf_counter() - start) if i else best
+            times[name] = best * 1e3
+        rows.append(f"| {shape} | {times['sequential reference']:.0f} | {times['PyTorch backend']:.0f} | "
+                    f"{times['sequential reference'] / times['PyTorch backend']:.1f}x |")
+        print(rows[-1], flush=True)
+    machine = f"{platform.machine()}, {torch.get_num_threads()} threads"
+    text = "\n".join([f"# Selective scan on the CPU ({machine})", "",
+                      f"torch {torch.__version__}; float32, softplus, z and D given; forward+backward wall time "
+                      "in ms, best of three after a warm-up. `auto` takes the PyTorch backend on the CPU.", "",
+                      "| (batch, dim, length, state) | sequential reference ms | PyTorch backend ms | speedup |",
+                      "| --- | --- | --- | --- |", *rows])
+    print(text)
+    path = out or os.path.join(os.path.dirname(__file__), "results", f"selective_scan_cpu_{platform.machine()}.md")
+    with open(path, "w") as f:
         f.write(text + "\n")
 
 

@@ -13,8 +13,8 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from hybrid.kernels.selective_scan import (resolve_backend, selective_scan, selective_scan_chunked,  # noqa: E402
-                                           selective_scan_ref, selective_state_update, selective_state_update_ref)
+from hybrid.kernels.selective_scan import (resolve_backend, selective_scan, selective_scan_ref,  # noqa: E402
+                                           selective_scan_torch, selective_state_update, selective_state_update_ref)
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state")
@@ -241,36 +241,52 @@ def test_step_equals_one_step_of_the_scan(backend):
     assert rel(y, full[..., -1]) <= FP32_TOL and rel(part, full[..., :-1]) <= FP32_TOL
 
 
-# ---------------------------------------------------------------------------- chunked PyTorch backend
+# ---------------------------------------------------------------------------- PyTorch backend (hand-written backward)
 
-# float64 chunked vs float64 sequential: the same sums in another order, 1e-12 is rounding.
-# float32 chunked vs float64: as FP32_TOL.
-CHUNKED = [
+# float64 against the float64 sequential reference: the same sums in another order, 1e-12 is rounding.
+# float32 against float64: as FP32_TOL.
+TORCH_CASES = [
     pytest.param(1, 3, 1, 4, None, True, True, True, True, True, torch.float64, id="B1-L1-N4-all-f64"),
     pytest.param(2, 5, 63, 16, None, False, False, False, False, False, torch.float64, id="B2-L63-N16-bare-f64"),
     pytest.param(1, 6, 129, 4, 2, True, False, True, True, True, torch.float64, id="B1-L129-N4-G2-f64"),
     pytest.param(1, 4, 1000, 4, 2, True, True, True, True, True, torch.float32, id="B1-L1000-N4-G2-all-f32"),
     pytest.param(1, 3, 7, 1, None, False, True, False, True, False, torch.float32, id="B1-L7-N1-D-f32"),
+    pytest.param(3, 8, 33, 16, 4, True, True, True, False, True, torch.float64, id="B3-L33-N16-G4-no-softplus-f64"),
 ]
 
 
-@pytest.mark.parametrize("batch,dim,length,dstate,groups,z,D,bias,softplus,h0,dtype", CHUNKED)
-def test_chunked_matches_reference(batch, dim, length, dstate, groups, z, D, bias, softplus, h0, dtype):
+@pytest.mark.parametrize("batch,dim,length,dstate,groups,z,D,bias,softplus,h0,dtype", TORCH_CASES)
+def test_torch_backend_matches_reference(batch, dim, length, dstate, groups, z, D, bias, softplus, h0, dtype):
     inputs = make_inputs(batch, dim, length, dstate, groups, z, D, bias, h0, dtype=dtype, device="cpu",
                          softplus=softplus)
     if dtype == torch.float64:
         inputs = {k: (v.double() if v is not None else None) for k, v in inputs.items()}
-    compare(selective_scan_chunked, inputs, softplus, 1e-12 if dtype == torch.float64 else FP32_TOL,
-            chunk_size=16)
+    compare(selective_scan_torch, inputs, softplus, 1e-12 if dtype == torch.float64 else FP32_TOL)
 
 
-def test_chunked_blocks_of_the_length(monkeypatch):
-    """Inputs longer than one block hand the state from block to block."""
-    chunked = importlib.import_module("hybrid.kernels.selective_scan.chunked")
-    monkeypatch.setattr(chunked, "BLOCK_ELEMENTS", 2 * 3 * 4 * 40)
+def test_torch_backend_blocks_of_the_length(monkeypatch):
+    """Inputs longer than one block hand the state from block to block, and the backward recomputes
+    each block's states from the state that entered it."""
+    torch_scan = importlib.import_module("hybrid.kernels.selective_scan.torch_scan")
+    monkeypatch.setattr(torch_scan, "BLOCK_ELEMENTS", 2 * 3 * 4 * 40)
     inputs = make_inputs(2, 3, 150, 4, device="cpu")
     inputs = {k: (v.double() if v is not None else None) for k, v in inputs.items()}
-    compare(selective_scan_chunked, inputs, True, 1e-12)
+    compare(selective_scan_torch, inputs, True, 1e-12)
+
+
+def test_torch_backend_with_an_empty_length_and_without_a_final_state_gradient():
+    inputs = {k: (v.double() if v is not None else None) for k, v in make_inputs(2, 4, 0, 3, device="cpu").items()}
+    out, last = selective_scan_torch(inputs["u"], inputs["delta"], inputs["A"], inputs["B"], inputs["C"],
+                                     initial_state=inputs["initial_state"], return_last_state=True)
+    assert out.shape == (2, 4, 0) and torch.equal(last, inputs["initial_state"])
+    inputs = make_inputs(2, 4, 9, 3, device="cpu")
+    grads = []
+    for fn in (selective_scan_ref, selective_scan_torch):  # only the output is used: no final-state gradient
+        leaves = {k: inputs[k].clone().requires_grad_() for k in ("u", "delta", "B")}
+        fn(leaves["u"], leaves["delta"], inputs["A"], leaves["B"], inputs["C"], delta_softplus=True).sum().backward()
+        grads.append({k: v.grad for k, v in leaves.items()})
+    for k in grads[0]:
+        torch.testing.assert_close(grads[1][k], grads[0][k], rtol=1e-5, atol=1e-6)
 
 
 # ---------------------------------------------------------------------------- dispatcher
@@ -278,7 +294,7 @@ def test_chunked_blocks_of_the_length(monkeypatch):
 def test_backend_resolution(monkeypatch):
     monkeypatch.delenv("HYBRID_SCAN_BACKEND", raising=False)
     assert resolve_backend("auto", is_cuda=True) == "triton"
-    assert resolve_backend("auto", is_cuda=False) == "ref"
+    assert resolve_backend("auto", is_cuda=False) == "torch"
     assert resolve_backend("torch", is_cuda=True) == "torch"
     monkeypatch.setenv("HYBRID_SCAN_BACKEND", "torch")
     assert resolve_backend("auto", is_cuda=True) == "torch"
@@ -358,9 +374,9 @@ def test_triton_gpu_against_float64(batch, dim, length, dstate, groups, dtype):
 
 @pytest.mark.cuda
 def test_triton_gpu_long_sequence():
-    """32K steps, bf16: finite outputs and gradients, agreeing with the chunked fp32 PyTorch backend."""
+    """32K steps, bf16: finite outputs and gradients, agreeing with the fp32 PyTorch backend."""
     inputs = make_inputs(1, 64, 32768, 16, dtype=torch.bfloat16)
-    o_ref, l_ref, g_ref, grads = run(selective_scan_chunked, inputs, True, cast=torch.float32)
+    o_ref, l_ref, g_ref, grads = run(selective_scan_torch, inputs, True, cast=torch.float32)
     out, last, g, _ = run(selective_scan, inputs, True, grads=grads, backend="triton")
     errs = _errors(out, last, g, o_ref, l_ref, g_ref)
     assert all(torch.isfinite(t).all() for t in [out, last, *g.values()])

@@ -1,11 +1,10 @@
 """The public selective scan: input checks and the one place where a backend is chosen.
 
-Backends (STYLE 9): "triton" (GPU kernels, `triton_scan.py`), "torch" (chunked PyTorch,
-`chunked.py`), "ref" (sequential, `reference.py`). "auto" means Triton for CUDA tensors and the
-sequential loop on the CPU: on a 2-core CPU its per-step tensors stay in cache, and it measured
-faster than the chunked backend forward and backward at every training shape tried (e.g. batch 8,
-dim 512, length 256, state 16: 0.21 s against 2.5 s forward+backward), because the chunked form
-does ~2x the elementwise work over tensors that do not fit in cache. The environment variable
+Backends (STYLE 9): "triton" (GPU kernels, `triton_scan.py`), "torch" (PyTorch with a hand-written
+backward, `torch_scan.py`: one multiply-add a step each way, everything else vectorised over the
+length), "ref" (sequential, `reference.py`, autograd through every step: the oracle). "auto" means
+Triton for CUDA tensors and "torch" on the CPU, where it measured several times faster than the
+reference forward and backward (benchmarks/results/selective_scan_cpu_x86_64.md). The environment variable
 HYBRID_SCAN_BACKEND replaces "auto" for a whole run (for ablations and debugging).
 """
 from __future__ import annotations
@@ -21,7 +20,7 @@ ENV_VAR = "HYBRID_SCAN_BACKEND"
 
 # backend name -> (module, function) for the full scan and for the decoding step
 _SCAN = {"triton": ("hybrid.kernels.selective_scan.triton_scan", "selective_scan_triton"),
-         "torch": ("hybrid.kernels.selective_scan.chunked", "selective_scan_chunked"),
+         "torch": ("hybrid.kernels.selective_scan.torch_scan", "selective_scan_torch"),
          "ref": ("hybrid.kernels.selective_scan.reference", "selective_scan_ref")}
 _STEP = {"triton": ("hybrid.kernels.selective_scan.triton_step", "selective_state_update_triton"),
          "torch": ("hybrid.kernels.selective_scan.reference", "selective_state_update_ref"),
@@ -32,7 +31,7 @@ def resolve_backend(backend: str, is_cuda: bool) -> str:
     """The concrete backend for a request: 'auto' (or the environment variable) resolved by device."""
     backend = requested_backend(backend, BACKENDS, ENV_VAR, "selective scan")
     if backend == "auto":
-        backend = "triton" if is_cuda else "ref"
+        backend = "triton" if is_cuda else "torch"
     return backend
 
 
