@@ -1,0 +1,145 @@
+"""Selective scan in PyTorch with a hand-written backward: the fast path on the CPU.
+
+The recurrence (reference.py) is sequential in the length, but only its one multiply-add is:
+
+    a_t = exp(dt_t A),   b_t = dt_t u_t B_t                      (every step at once)
+    h_t = a_t h_{t-1} + b_t                                      (one addcmul a step, in place)
+    y_t = sum_n C_t[n] h_t[n]                                    (every step at once)
+
+and the backward has one sequential multiply-add too, the state gradient run in reverse,
+
+    dh_t = C_t g_t + a_{t+1} dh_{t+1}          (g = dL/dy; dh past the end: the final state's gradient)
+
+after which every parameter's gradient is a vectorised product over all steps, with h_{t-1} the state
+before step t and the log-decay gradient s_t = dh_t a_t h_{t-1}:
+
+    d dt_t = sum_n (s_t A + dh_t B_t u_t),   du_t = dt_t sum_n dh_t B_t,   dA = sum_{b,t} s_t dt_t,
+    dB_t   = sum_d dh_t dt_t u_t,            dC_t = sum_d g_t h_t,         dh_init = a_0 dh_0.
+
+Autograd through the reference records ~6 ops a step and keeps every step's state as its own tensor
+(a 128-step scan of 128 channels and batch 128 stacked 134 MB tensors in its backward); here a step
+costs one kernel each way, over (length, batch, groups, channels, state) buffers whose step slices
+are contiguous. Long inputs are cut into blocks of the length that pass their state on; the backward
+recomputes a block's states from the state entering it (kept by the forward), so the memory held
+for the backward is the inputs plus one state per block. Real A, fp32 arithmetic (fp64 inputs stay fp64).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from hybrid.kernels.selective_scan.reference import compute_dtype
+
+# Elements of one (block, batch, dim, state) buffer; about 64 MiB in fp32. A few such buffers are
+# live at once in the backward.
+BLOCK_ELEMENTS = 1 << 24
+
+
+def _block_states(a: Tensor, bu: Tensor, h: Tensor) -> Tensor:
+    """h_t = a_t h_{t-1} + bu_t over a block: a, bu (T, b, g, p, n); h (b, g, p, n) entering -> H (T, b, g, p, n)."""
+    H = torch.empty_like(bu)
+    for t in range(bu.shape[0]):
+        h = torch.addcmul(bu[t], a[t], h, out=H[t])
+    return H
+
+
+def _block_inputs(dt: Tensor, u: Tensor, A: Tensor, B: Tensor):
+    """a = exp(dt A) and bu = dt u B of a block: dt, u (T, b, g, p); A (g, p, n); B (T, b, g, n)."""
+    a = torch.exp(dt[..., None] * A)  # (T, b, g, p, n)
+    bu = (dt * u)[..., None] * B[:, :, :, None, :]
+    return a, bu
+
+
+class _ScanCore(torch.autograd.Function):
+    """(dt, u (L, b, g, p); A (g, p, n); B, C (L, b, g, n); h0 (b, g, p, n)) -> y (L, b, g, p), last state."""
+
+    @staticmethod
+    def forward(ctx, dt, u, A, B, C, h0, block):
+        ys, entering, h = [], [], h0
+        keep = None
+        for start in range(0, dt.shape[0], block):
+            sl = slice(start, start + block)
+            a, bu = _block_inputs(dt[sl], u[sl], A, B[sl])
+            entering.append(h)
+            H = _block_states(a, bu, h)
+            ys.append(torch.matmul(H, C[sl][..., None])[..., 0])  # sum_n h_t C_t: (T, b, g, p)
+            h = H[-1].clone()
+            keep = (a, H) if start == 0 and dt.shape[0] <= block else None  # one block: no recompute
+        y = torch.cat(ys) if ys else dt.new_zeros(dt.shape)
+        h = h.clone() if h is h0 else h  # an empty length: the output must not be the input itself
+        ctx.save_for_backward(dt, u, A, B, C, *entering)
+        ctx.block, ctx.keep = block, keep
+        return y, h
+
+    @staticmethod
+    def backward(ctx, dy, dlast):
+        dt, u, A, B, C, *entering = ctx.saved_tensors
+        length = dt.shape[0]
+        ddt, du, dB, dC = (torch.empty_like(t) for t in (dt, u, B, C))
+        dA = torch.zeros_like(A)
+        carry = dlast if dlast is not None else torch.zeros_like(entering[0])  # dL/dh at the block's last step
+        starts = list(range(0, length, ctx.block))
+        for i in reversed(range(len(starts))):
+            sl = slice(starts[i], starts[i] + ctx.block)
+            h_in = entering[i]
+            if ctx.keep is not None:
+                a, H = ctx.keep
+            else:
+                a, bu = _block_inputs(dt[sl], u[sl], A, B[sl])
+                H = _block_states(a, bu, h_in)
+            g = dy[sl]  # (T, b, g, p)
+            dH = (g[..., None] * C[sl][:, :, :, None, :])  # C_t g_t, then the reverse recurrence in place
+            dH[-1] += carry
+            for t in range(dH.shape[0] - 2, -1, -1):
+                torch.addcmul(dH[t], a[t + 1], dH[t + 1], out=dH[t])
+            carry = a[0] * dH[0]
+            # s_t = dh_t a_t h_{t-1}, the log-decay's gradient, in a's buffer (a is not needed again)
+            s = a.mul_(dH)
+            s[1:].mul_(H[:-1])
+            s[0].mul_(h_in)
+            # the contractions as batched matrix products over (T, b, g), each big operand read in place
+            dHB = torch.matmul(dH, B[sl][..., None])[..., 0]  # sum_n dh_t B_t: (T, b, g, p)
+            ddt[sl] = (s * A).sum(-1) + dHB * u[sl]
+            du[sl] = dHB * dt[sl]
+            dA += (s * dt[sl][..., None]).sum((0, 1))
+            dB[sl] = torch.matmul((dt[sl] * u[sl])[..., None, :], dH)[..., 0, :]  # sum_p: (T, b, g, n)
+            dC[sl] = torch.matmul(g[..., None, :], H)[..., 0, :]
+        ctx.keep = None
+        return ddt, du, dA, dB, dC, carry, None
+
+
+def selective_scan_torch(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None,
+                         z: Tensor | None = None, delta_bias: Tensor | None = None, delta_softplus: bool = False,
+                         return_last_state: bool = False, initial_state: Tensor | None = None):
+    """The scan with a hand-written backward (see the module header). Shapes as `hybrid.kernels.selective_scan`."""
+    dtype_in = u.dtype
+    ct = compute_dtype(u)
+    batch, dim, length = u.shape
+    dstate = A.shape[1]
+    u_c, delta = u.to(ct), delta.to(ct)
+    if delta_bias is not None:
+        delta = delta + delta_bias.to(ct)[:, None]
+    if delta_softplus:
+        delta = F.softplus(delta)
+    groups = 1 if B.dim() == 3 else B.shape[1]
+    per_group = dim // groups
+
+    def steps_first(t: Tensor) -> Tensor:  # (batch, dim, length) -> (length, batch, groups, per_group)
+        return t.permute(2, 0, 1).reshape(length, batch, groups, per_group)
+
+    def bc(t: Tensor) -> Tensor:  # (batch, [groups,] state, length) -> (length, batch, groups, state)
+        return (t if t.dim() == 4 else t[:, None]).to(ct).permute(3, 0, 1, 2)
+
+    h0 = (initial_state.to(ct).view(batch, groups, per_group, dstate) if initial_state is not None
+          else u_c.new_zeros(batch, groups, per_group, dstate))
+    block = max(1, BLOCK_ELEMENTS // max(1, batch * dim * dstate))
+    y, last = _ScanCore.apply(steps_first(delta).contiguous(), steps_first(u_c).contiguous(),
+                              A.to(ct).view(groups, per_group, dstate), bc(B).contiguous(), bc(C).contiguous(), h0, block)
+    y = y.reshape(length, batch, dim).permute(1, 2, 0)  # (batch, dim, length)
+    if D is not None:
+        y = y + u_c * D.to(ct)[:, None]
+    if z is not None:
+        y = y * F.silu(z.to(ct))
+    out = y.to(dtype_in)
+    return (out, last.reshape(batch, dim, dstate)) if return_last_state else out
