@@ -17,6 +17,12 @@ if not torch.cuda.is_available():  # the "triton" backend runs under the interpr
 
 from hybrid.kernels.ssd import ssd, ssd_ref, ssd_state_update  # noqa: E402
 
+DEV = "cuda" if torch.cuda.is_available() else "cpu"  # where the Triton tests run (the interpreter on the CPU)
+
+
+def on_dev(inputs: dict) -> dict:
+    return {k: (v.to(DEV) if torch.is_tensor(v) else v) for k, v in inputs.items()}
+
 NAMES = ("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_states")
 
 
@@ -47,7 +53,8 @@ def run(inputs, backend, chunk_size=16, dtype=torch.float32, limit=(0.0, float("
                    initial_states=leaves.get("initial_states"), seq_idx=inputs.get("seq_idx"),
                    return_final_states=True, backend=backend)
     g = torch.Generator().manual_seed(1)
-    ((y.float() * torch.randn(y.shape, generator=g)).sum() + (final * torch.randn(final.shape, generator=g)).sum()).backward()
+    gy, gf = torch.randn(y.shape, generator=g).to(y.device), torch.randn(final.shape, generator=g).to(y.device)
+    ((y.float() * gy).sum() + (final * gf).sum()).backward()
     return y.float(), final, {k: v.grad for k, v in leaves.items()}
 
 
@@ -76,7 +83,7 @@ def test_chunked_matches_the_recurrence(shape, chunk):
 
 def test_triton_backend_through_the_public_function():
     """backend="triton" reaches the kernels (their own tests: test_ssd_triton.py) with the same result."""
-    inputs = make(2, 37, 4, 8, 2, 8, D="channel", z=True, h0=True, seq=True)
+    inputs = on_dev(make(2, 37, 4, 8, 2, 8, D="channel", z=True, h0=True, seq=True))
     y0, s0, g0 = run(inputs, "ref")
     y1, s1, g1 = run(inputs, "triton", chunk_size=16)
     torch.testing.assert_close(y1, y0, rtol=1e-4, atol=1e-4)
@@ -159,11 +166,11 @@ def test_state_update_continues_the_scan():
 def test_triton_state_update_matches_the_reference(batch, heads, headdim, groups, n, D, z, bias, softplus, dtype):
     # the Triton step (under the interpreter without a GPU) against the PyTorch reference: the same
     # output and the same state, updated in place
-    inputs = make(batch, 1, heads, headdim, groups, n, D=D, z=z, seed=3)
+    inputs = on_dev(make(batch, 1, heads, headdim, groups, n, D=D, z=z, seed=3))
     x, dt, B, C = (inputs[k][:, 0].to(dtype) for k in ("x", "dt", "B", "C"))
     zz = inputs["z"][:, 0].to(dtype) if z else None
     kw = {"D": inputs["D"], "z": zz, "dt_bias": inputs["dt_bias"] if bias else None, "dt_softplus": softplus}
-    state = torch.randn(batch, heads, headdim, n, generator=torch.Generator().manual_seed(4))
+    state = torch.randn(batch, heads, headdim, n, generator=torch.Generator().manual_seed(4)).to(DEV)
     expected = state.clone()
     y_ref = ssd_state_update(expected, x, dt, inputs["A"], B, C, backend="ref", **kw)
     y = ssd_state_update(state, x, dt, inputs["A"], B, C, backend="triton", **kw)
@@ -173,10 +180,10 @@ def test_triton_state_update_matches_the_reference(batch, heads, headdim, groups
 
 
 def test_triton_state_update_clamps_dt_as_the_reference_does():
-    inputs = make(2, 1, 3, 5, 1, 6, D="channel", z=True, seed=5)
+    inputs = on_dev(make(2, 1, 3, 5, 1, 6, D="channel", z=True, seed=5))
     x, dt, B, C, z = (inputs[k][:, 0] for k in ("x", "dt", "B", "C", "z"))
     kw = {"D": inputs["D"], "z": z, "dt_bias": inputs["dt_bias"], "dt_softplus": True, "dt_limit": (0.2, 0.4)}
-    state = torch.randn(2, 3, 5, 6)
+    state = torch.randn(2, 3, 5, 6).to(DEV)
     expected = state.clone()
     y_ref = ssd_state_update(expected, x, dt, inputs["A"], B, C, backend="ref", **kw)
     y = ssd_state_update(state, x, dt, inputs["A"], B, C, backend="triton", **kw)
