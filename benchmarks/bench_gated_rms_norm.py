@@ -21,6 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hybrid.kernels.gated_rms_norm import gated_rms_norm  # noqa: E402
+from peer_import import peer_function  # noqa: E402  (benchmarks/, the script's folder)
 
 SHAPES = [(8 * 2048, 1536, 1536, "8 x 2048, one group"), (8 * 2048, 1536, 192, "8 x 2048, 8 groups"),
           (2 * 8192, 1536, 1536, "2 x 8192, one group"), (8 * 2048, 4096, 4096, "8 x 2048, d 4096")]
@@ -36,16 +37,10 @@ def _bench(fn) -> float:
 def implementations(peer: str | None):
     impls = [(name, (lambda b: lambda x, z, w, g: gated_rms_norm(x, z, w, 1e-5, g, False, backend=b))(b))
              for name, b in (("ours (Triton)", "triton"), ("torch, checkpointed", "torch"))]
-    note = None
-    if peer is not None:
-        sys.path.insert(0, peer)
-        try:
-            from mamba_ssm.ops.triton.layernorm_gated import rmsnorm_fn  # noqa: PLC0415
-        except ImportError as err:
-            note = f"mamba_ssm not importable from {peer}: {err}"
-        else:
-            impls.append(("mamba_ssm rmsnorm_fn", lambda x, z, w, g: rmsnorm_fn(x, w, None, z=z, eps=1e-5, group_size=g,
-                                                                               norm_before_gate=False)))
+    rmsnorm_fn, note = peer_function(peer, "mamba_ssm.ops.triton.layernorm_gated", "rmsnorm_fn")
+    if rmsnorm_fn is not None:
+        impls.append(("mamba_ssm rmsnorm_fn", lambda x, z, w, g: rmsnorm_fn(x, w, None, z=z, eps=1e-5, group_size=g,
+                                                                           norm_before_gate=False)))
     return impls, note
 
 

@@ -25,6 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hybrid.kernels.ssd.chunked import ssd_chunked  # noqa: E402
+from peer_import import peer_function  # noqa: E402  (benchmarks/, the script's folder)
 
 CHUNK = 256
 # (batch, length, heads, headdim, state)
@@ -50,17 +51,11 @@ def implementations(peer: str | None):
                                                     dt_bias=i["dt_bias"], dt_softplus=True)),
              ("ours (chunked torch)", lambda i: ssd_chunked(i["x"], i["dt"], i["A"], i["B"], i["C"], CHUNK, D=i["D"],
                                                             z=i["z"], dt_bias=i["dt_bias"], dt_softplus=True))]
-    note = None
-    if peer is not None:
-        sys.path.insert(0, peer)
-        try:
-            from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
-        except ImportError as err:
-            note = f"mamba_ssm not importable from {peer}: {err}"
-        else:
-            impls.insert(0, ("mamba_ssm mamba_chunk_scan_combined", lambda i: mamba_chunk_scan_combined(
-                i["x"], i["dt"], i["A"], i["B"], i["C"], CHUNK, D=i["D"], z=i["z"], dt_bias=i["dt_bias"],
-                dt_softplus=True)))
+    combined, note = peer_function(peer, "mamba_ssm.ops.triton.ssd_combined", "mamba_chunk_scan_combined")
+    if combined is not None:
+        impls.insert(0, ("mamba_ssm mamba_chunk_scan_combined", lambda i: combined(
+            i["x"], i["dt"], i["A"], i["B"], i["C"], CHUNK, D=i["D"], z=i["z"], dt_bias=i["dt_bias"],
+            dt_softplus=True)))
     return impls, note
 
 
