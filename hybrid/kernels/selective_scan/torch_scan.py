@@ -21,7 +21,9 @@ Autograd through the reference records ~6 ops a step and keeps every step's stat
 costs one kernel each way, over (length, batch, groups, channels, state) buffers whose step slices
 are contiguous. Long inputs are cut into blocks of the length that pass their state on; the backward
 recomputes a block's states from the state entering it (kept by the forward), so the memory held
-for the backward is the inputs plus one state per block. Real A, fp32 arithmetic (fp64 inputs stay fp64).
+for the backward is the inputs plus one state per block; an input of one block (the usual training
+shape) keeps its decays and states from the forward instead, two (length, batch, dim, state) buffers,
+and the backward recomputes nothing. Real A, fp32 arithmetic (fp64 inputs stay fp64).
 """
 from __future__ import annotations
 
