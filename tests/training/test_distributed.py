@@ -34,7 +34,10 @@ def _worker(rank: int, port: int, config: str, overrides: list[str], resume_dir:
 
     def die(step):
         if step == kill_at:
-            raise SystemExit(17)  # every rank stops after this step, before any clean-up
+            # every rank stops after this step with no clean-up at all, as a killed job does (a SystemExit
+            # let Python tear the process down, and one rank once hung there for good in gloo's
+            # destructors while its peer was gone)
+            os._exit(17)
 
     if resume_dir:
         resume_run(resume_dir)
