@@ -1,7 +1,9 @@
 """Plots of a sweep (matplotlib, Agg backend: no display needed), one PNG each:
 
     metric_vs_config.png     the selection metric per configuration: lines over d_model when
-                             d_model is an axis (one line per remaining configuration), else bars
+                             d_model is an axis (one line per remaining configuration; a panel per
+                             value of the first other axis when two or more remain, as Zoology's
+                             Figure 2 draws MQAR), else bars; accuracies on a [0, 1] axis
     loss_curves.png          training loss against step, each configuration at its best lr
     metric_curves.png        the selection metric of the periodic evaluations against step and against
                              the run's wall-clock time (resumed runs count only the time they trained)
@@ -38,31 +40,65 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+def _bounded(metric: str) -> bool:
+    """A metric in [0, 1] (accuracy, exact match): its axis spans [0, 1], so that 0.997 against 0.9968
+    reads as the tie it is and not as a gap filling the plot."""
+    return metric.rsplit("/", 1)[-1] in ("accuracy", "exact_match")
+
+
+def _width_panels(rows: list[Row], x_axis: str, panel_axis: str | None) -> dict[str, dict[str, list]]:
+    """panel -> line -> [(d_model, value)]: a panel per value of `panel_axis` (one panel without it),
+    a line per configuration of the remaining axes."""
+    panels: dict[str, dict[str, list]] = {}
+    for r in rows:
+        panel = f"{panel_axis}={r.config.get(panel_axis, '')}" if panel_axis else ""
+        line = ",".join(f"{k}={v}" for k, v in r.config.items() if k not in (x_axis, panel_axis)) or "all"
+        value = r.value if r.value is not None else float("nan")
+        panels.setdefault(panel, {}).setdefault(line, []).append((_numeric(r.config[x_axis]), value))
+    return panels
+
+
+def _plot_widths(sweep: Sweep, rows: list[Row], x_axis: str):
+    """Zoology's Figure 2 layout: the metric against d_model (log 2), a line per architecture, a panel
+    per value of the first other axis when there are two or more (e.g. the (length, pairs) setting)."""
+    others = [a for a in sweep.config_axes() if a != x_axis]
+    panels = _width_panels(rows, x_axis, others[0] if len(others) >= 2 else None)
+    cols = min(4, len(panels))
+    n_rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(n_rows, cols, figsize=(4.4 * cols if cols > 1 else 6.4, 3.8 * n_rows + 0.4),
+                             sharey=True, squeeze=False)
+    for ax, (title, lines) in zip(axes.flat, panels.items()):
+        for label, points in lines.items():
+            points.sort()
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("d_model")
+        ax.set_title(title, fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
+    return fig, axes.flat[0]
+
+
 def metric_vs_config(sweep: Sweep, rows: list[Row], out: Path) -> Path | None:
     values = [(r, r.value) for r in rows]
     if not any(v is not None for _, v in values):
         return None
     name = sweep.metric.split("/")[-1]
     x_axis = next((a for a in sweep.config_axes() if a.rsplit(".", 1)[-1] == "d_model"), None)
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
     if x_axis is not None and all(_numeric(r.config.get(x_axis, "")) is not None for r in rows):
-        lines: dict[str, list[tuple[float, float]]] = {}
-        for r, v in values:
-            rest = ",".join(f"{k}={val}" for k, val in r.config.items() if k != x_axis) or "all"
-            lines.setdefault(rest, []).append((_numeric(r.config[x_axis]), v if v is not None else float("nan")))
-        for label, points in lines.items():
-            points.sort()
-            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("d_model")
-        ax.legend(fontsize=7)
+        fig, ax = _plot_widths(sweep, rows, x_axis)
     else:
+        fig, ax = plt.subplots(figsize=(6.4, 4.2))
         labels = [r.label for r, _ in values]
         ax.bar(range(len(values)), [v if v is not None else 0 for _, v in values])
         ax.set_xticks(range(len(values)), labels, rotation=30, ha="right", fontsize=7)
+        ax.grid(alpha=0.3)
+    if _bounded(sweep.metric):
+        ax.set_ylim(-0.02, 1.02)  # the axes share y
     ax.set_ylabel(f"{name} (best {', '.join(sweep.select_over) or 'run'})")
-    ax.set_title(f"{sweep.metric} by configuration")
-    ax.grid(alpha=0.3)
+    fig.suptitle(f"{sweep.metric} by configuration", fontsize=11)
     return _save(fig, out / "metric_vs_config.png")
 
 

@@ -6,6 +6,8 @@ import io
 import json
 import shutil
 
+import pytest
+
 from hybrid.cli import main
 from hybrid.report.tables import best_rows, collect, markdown_table
 
@@ -134,3 +136,26 @@ def test_report_without_sweep_plan_and_empty_dir(tmp_path, capsys):
     empty.mkdir()
     assert main(["report", str(empty)]) == 2
     assert "no runs" in capsys.readouterr().err
+
+
+def test_width_plot_has_a_panel_per_setting_and_a_line_per_arch(tmp_path):
+    """Zoology's Figure 2 layout: with setting, arch and d_model axes, a panel per setting, a line per
+    arch over d_model; with arch and d_model alone, one panel."""
+    from hybrid.report.plots import _bounded, _width_panels, metric_vs_config  # noqa: PLC0415
+
+    runs = []
+    for setting in ("L64", "L128"):
+        for arch in ("attention", "mamba"):
+            for d_model in (64, 128):
+                name = f"setting={setting},arch={arch},d_model={d_model}"
+                runs.append({"name": name, "axes": {"setting": setting, "arch": arch, "model.d_model": str(d_model)}})
+                _run(tmp_path, name, None, 0.5 + 0.1 * (d_model == 128) + 0.2 * (arch == "attention"))
+    _plan(tmp_path, runs, over=())
+    sweep = collect(tmp_path)
+    panels = _width_panels(best_rows(sweep), "model.d_model", "setting")
+    assert sorted(panels) == ["setting=L128", "setting=L64"]
+    assert sorted(panels["setting=L64"]) == ["arch=attention", "arch=mamba"]
+    assert sorted(panels["setting=L64"]["arch=attention"]) == [(64.0, 0.7), (128.0, pytest.approx(0.8))]
+    assert list(_width_panels(best_rows(sweep), "model.d_model", None)) == [""]
+    assert metric_vs_config(sweep, best_rows(sweep), tmp_path).stat().st_size > 1000
+    assert _bounded("eval/all/accuracy") and _bounded("eval/L64/exact_match") and not _bounded("eval/all/loss")
