@@ -34,9 +34,8 @@ def _worker(rank: int, port: int, config: str, overrides: list[str], resume_dir:
 
     def die(step):
         if step == kill_at:
-            # every rank stops after this step with no clean-up at all, as a killed job does (a SystemExit
-            # let Python tear the process down, and one rank once hung there for good in gloo's
-            # destructors while its peer was gone)
+            # every rank stops after this step with no clean-up at all, as a killed job does (with a
+            # SystemExit, Python's exit ran, and in one CI run a rank never finished it)
             os._exit(17)
 
     if resume_dir:
