@@ -3,8 +3,8 @@ Triton `rmsnorm_fn` (the peer), with a memory-copy lower bound, in one run.
 
     PYTHONPATH=. python3 benchmarks/bench_gated_rms_norm.py [--peer .peers/mamba] [--out FILE]
 
-Shapes: the ~130M Mamba-2 model's norm in a training step (8 x 2048 and 2 x 8192 rows of d_ssm 1536,
-one group and eight), bf16 x and z with z a column slice of a wider in_proj output as the layer passes
+Shapes: the ~130M Mamba-2 model's norm in a training step (8 x 2048 rows of d_ssm 1536, one group and
+eight; 2 x 8192 is the same work), bf16 x and z with z a column slice of a wider in_proj output as the layer passes
 it, fp32 weight, the gate before the norm (mamba_ssm's default, norm_before_gate=False). "torch" is
 what the layer ran before the fused op: the fp32 PyTorch ops under activation checkpointing. Times are
 medians of triton.testing.do_bench in ms, eager. "copy" moves the bytes the op must: forward x and z
@@ -24,7 +24,7 @@ from hybrid.kernels.gated_rms_norm import gated_rms_norm  # noqa: E402
 from peer_import import peer_function  # noqa: E402  (benchmarks/, the script's folder)
 
 SHAPES = [(8 * 2048, 1536, 1536, "8 x 2048, one group"), (8 * 2048, 1536, 192, "8 x 2048, 8 groups"),
-          (2 * 8192, 1536, 1536, "2 x 8192, one group"), (8 * 2048, 4096, 4096, "8 x 2048, d 4096")]
+          (8 * 2048, 4096, 4096, "8 x 2048, d 4096")]  # the op sees rows: 2 x 8192 is the first shape again
 IN_PROJ_EXTRA = 1536 + 2 * 128 + 24  # in_proj's other columns beside z (x, B, C, dt at the 130M shape)
 
 
@@ -45,20 +45,25 @@ def implementations(peer: str | None):
 
 
 def _case(rows: int, d: int):
+    """x, in_proj's output holding z in its first d columns, the weight."""
     x = torch.randn(rows, d, device="cuda", dtype=torch.bfloat16)
     wide = torch.randn(rows, d + IN_PROJ_EXTRA, device="cuda", dtype=torch.bfloat16)
-    return x, wide[:, :d], 1 + 0.1 * torch.randn(d, device="cuda")
+    return x, wide, 1 + 0.1 * torch.randn(d, device="cuda")
 
 
-def _timed(fn, x, z, w, group: int, backward: bool) -> float:
+def _timed(fn, x, wide, w, group: int, backward: bool) -> float:
+    d = x.shape[1]
     if not backward:
         def run():
             with torch.no_grad():
-                fn(x, z, w, group)
+                fn(x, wide[:, :d], w, group)
         return _bench(run)
-    leaves = [t.detach().clone().requires_grad_() for t in (x, z, w)]
+    xl, wl, ww = (t.detach().clone().requires_grad_() for t in (x, wide, w))
     dy = torch.randn_like(x)
-    return _bench(lambda: fn(*leaves, group).backward(dy))
+
+    def run_bwd():
+        fn(xl, wl[:, :d], ww, group).backward(dy)  # z a strided slice of the leaf, as in the layer
+    return _bench(run_bwd)
 
 
 def _copy_ms(n_bytes: int) -> float:
@@ -80,10 +85,10 @@ def main() -> None:
     rows = ["| rows x d, groups | pass | copy ms | " + " | ".join(f"{n} ms" for n, _ in impls)
             + " | torch / ours | peer / ours | ours / copy |", "|---|---|---:|" + "---:|" * (len(impls) + 3)]
     for n, d, group, label in SHAPES:
-        x, z, w = _case(n, d)
+        x, wide, w = _case(n, d)
         for backward in (False, True):
             copy = _copy_ms(n * d * 2 * (3 + (6 if backward else 0)))  # bf16 tensors of (rows, d) moved
-            times = [_timed(fn, x, z, w, group, backward) for _, fn in impls]
+            times = [_timed(fn, x, wide, w, group, backward) for _, fn in impls]
             peer = f"{times[2] / times[0]:.2f}x" if len(times) > 2 else "-"
             rows.append(f"| {label} | {'fwd+bwd' if backward else 'fwd'} | {copy:.4f} | "
                         + " | ".join(f"{t:.4f}" for t in times)

@@ -134,7 +134,9 @@ class Mamba(nn.Module):
             dt, B, C = self.dt_layernorm(dt), self.b_layernorm(B), self.c_layernorm(C)
         dt = F.linear(dt, self.dt_proj.weight)  # (batch, d_inner); bias added in the update
         if state.step_constants is None:
-            state.step_constants = (-torch.exp(self.A_log.float()), self.D.float(), self.dt_proj.bias.float())
+            f32 = torch.float32  # copies, also of fp32 weights: the state keeps the weights it started with
+            state.step_constants = (-torch.exp(self.A_log.to(f32)), self.D.to(f32, copy=True),
+                                    self.dt_proj.bias.to(f32, copy=True))
         A, D, dt_bias = state.step_constants
         y = selective_state_update(state.ssm, x, dt, A, B, C, D, z=z, dt_bias=dt_bias, dt_softplus=True,
                                    backend=c.scan_backend)

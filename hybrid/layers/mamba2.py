@@ -154,7 +154,9 @@ class Mamba2(nn.Module):
         gate = None if c.rmsnorm else z.reshape(heads)
         if state is not None and length == 1:  # decoding: one recurrent step
             if state.step_constants is None:
-                state.step_constants = (-torch.exp(self.A_log.float()), self._skip_weight().float(), self.dt_bias.float())
+                f32 = torch.float32  # copies, also of fp32 weights: the state keeps the weights it started with
+                state.step_constants = (-torch.exp(self.A_log.to(f32)), self._skip_weight().to(f32, copy=True),
+                                        self.dt_bias.to(f32, copy=True))
             A, D, dt_bias = state.step_constants
             y = ssd_state_update(state.ssm, x.reshape(heads)[:, 0], dt[:, 0], A, B.reshape(batch, 1, c.ngroups, -1)[:, 0],
                                  C.reshape(batch, 1, c.ngroups, -1)[:, 0], D, gate[:, 0] if gate is not None else None,

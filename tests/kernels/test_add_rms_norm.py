@@ -156,3 +156,11 @@ def test_auto_asks_for_the_pytorch_ops_exactly_when_autograd_records(grad_of, mo
     with torch.set_grad_enabled(grad_of != "no_grad_mode"):
         add_rms_norm(out, residual, weight)
     assert seen == [grad_of in ("out", "residual", "weight")]
+
+
+def test_no_rows():
+    out, residual = (torch.randn(0, 64, device=DEV, requires_grad=True) for _ in range(2))
+    weight = torch.ones(64, device=DEV, requires_grad=True)
+    normed, new = add_rms_norm(out, residual, weight, backend="triton")
+    (normed.sum() + new.sum()).backward()
+    assert normed.shape == (0, 64) and out.grad.shape == (0, 64) and torch.equal(weight.grad, torch.zeros(64, device=DEV))

@@ -161,3 +161,11 @@ def test_model_shape_cuda(before):
     theirs = _errors("torch", x, z, weight, dy, 1536, before)
     for key, err in ours.items():
         assert err <= 2 * theirs[key] + 1e-5, (key, ours, theirs)
+
+
+def test_no_rows():
+    x, z = (torch.randn(0, 64, device=DEV, requires_grad=True) for _ in range(2))
+    weight = torch.ones(64, device=DEV, requires_grad=True)
+    y = gated_rms_norm(x, z, weight, backend="triton")
+    y.sum().backward()
+    assert y.shape == (0, 64) and x.grad.shape == (0, 64) and torch.equal(weight.grad, torch.zeros(64, device=DEV))

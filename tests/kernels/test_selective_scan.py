@@ -289,6 +289,21 @@ def test_torch_backend_with_an_empty_length_and_without_a_final_state_gradient()
         torch.testing.assert_close(grads[1][k], grads[0][k], rtol=1e-5, atol=1e-6)
 
 
+def test_torch_backend_refuses_a_double_backward_and_saves_through_the_hooks():
+    """Its backward is not differentiable: create_graph raises instead of giving wrong second
+    derivatives. Every tensor it keeps for the backward goes through save_for_backward, so saved-tensor
+    hooks (checkpointing, offloading) see them all."""
+    inputs = make_inputs(2, 4, 9, 3, device="cpu")
+    u = inputs["u"].clone().requires_grad_()
+    out = selective_scan_torch(u, inputs["delta"], inputs["A"], inputs["B"], inputs["C"], delta_softplus=True)
+    with pytest.raises(RuntimeError, match="no double backward"):
+        torch.autograd.grad(out.sum(), u, create_graph=True)
+    packed = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: packed.append(t.numel()) or t, lambda t: t):
+        selective_scan_torch(u, inputs["delta"], inputs["A"], inputs["B"], inputs["C"], delta_softplus=True)
+    assert sum(packed) >= 2 * 9 * 2 * 4 * 3  # the kept decays and states, (length, batch, dim, state) each
+
+
 # ---------------------------------------------------------------------------- dispatcher
 
 def test_backend_resolution(monkeypatch):

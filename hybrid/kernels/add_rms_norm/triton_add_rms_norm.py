@@ -108,6 +108,8 @@ def _add_rms_norm_fwd(out: Tensor | None, residual: Tensor, weight: Tensor, eps:
     normed = torch.empty_like(residual)
     new = torch.empty_like(residual) if out is not None else residual
     rstd = torch.empty(rows, device=residual.device, dtype=torch.float32)
+    if rows == 0:  # no launch: a CUDA grid of 0 programs is an invalid configuration
+        return normed, new, rstd
     block_d = _block_d(d)
     block_rows = _block_rows(block_d)
     _fwd((cdiv(rows, block_rows),), out if out is not None else residual, residual, weight, normed, new, rstd,
@@ -120,6 +122,10 @@ def _add_rms_norm_bwd(dy: Tensor, dr_out: Tensor | None, new: Tensor, weight: Te
                       out_dtype: torch.dtype | None):
     """Gradients for (out or None, residual, weight) from those of (normed, new residual)."""
     rows, d = new.shape
+    if rows == 0:  # no launch (as the forward)
+        empty = torch.empty_like(new)
+        do = torch.empty(0, d, device=new.device, dtype=out_dtype) if out_dtype is not None else None
+        return do, empty, torch.zeros_like(weight)
     block_d = _block_d(d)
     block_rows = _block_rows(block_d)
     tiles = cdiv(rows, block_rows)

@@ -128,6 +128,8 @@ def _gated_rms_norm_fwd(x: Tensor, z: Tensor | None, weight: Tensor, eps: float,
     n_groups = d // group_size
     y = torch.empty(rows, d, device=x.device, dtype=x.dtype)
     rstd = torch.empty(rows, n_groups, device=x.device, dtype=torch.float32)
+    if rows == 0:  # no launch: a CUDA grid of 0 programs is an invalid configuration
+        return y, rstd
     block_g, block_rows, warps = _tiles(group_size)
     _fwd_launch((cdiv(rows, block_rows), n_groups), x, z if z is not None else x, weight, y, rstd,
                 rows, group_size, n_groups, eps, x.stride(0), z.stride(0) if z is not None else 0, y.stride(0),
@@ -140,6 +142,8 @@ def _gated_rms_norm_bwd(dy: Tensor, x: Tensor, z: Tensor | None, weight: Tensor,
                         norm_before_gate: bool) -> tuple[Tensor, Tensor | None, Tensor]:
     """Gradients of x, z (None without z) and the weight from dy (rows, d)."""
     rows, d = x.shape
+    if rows == 0:  # no launch (as the forward)
+        return torch.empty_like(x), (torch.empty_like(z) if z is not None else None), torch.zeros_like(weight)
     n_groups = d // group_size
     block_g, block_rows, warps = _tiles(group_size)
     tiles = cdiv(rows, block_rows)

@@ -22,8 +22,10 @@ costs one kernel each way, over (length, batch, groups, channels, state) buffers
 are contiguous. Long inputs are cut into blocks of the length that pass their state on; the backward
 recomputes a block's states from the state entering it (kept by the forward), so the memory held
 for the backward is the inputs plus one state per block; an input of one block (the usual training
-shape) keeps its decays and states from the forward instead, two (length, batch, dim, state) buffers,
-and the backward recomputes nothing. Real A, fp32 arithmetic (fp64 inputs stay fp64).
+shape at small widths, e.g. batch 128 x 128 steps of 128 channels; a 1536-channel layer at batch 8
+has blocks of 85 steps) keeps its decays and states from the forward instead, two (length, batch, dim,
+state) buffers saved through save_for_backward (so saved-tensor hooks and checkpointing see them),
+and the backward recomputes nothing. No double backward (it raises). Real A, fp32 arithmetic (fp64 inputs stay fp64).
 """
 from __future__ import annotations
 
@@ -70,23 +72,28 @@ class _ScanCore(torch.autograd.Function):
             keep = (a, H) if start == 0 and dt.shape[0] <= block else None  # one block: no recompute
         y = torch.cat(ys) if ys else dt.new_zeros(dt.shape)
         h = h.clone() if h is h0 else h  # an empty length: the output must not be the input itself
-        ctx.save_for_backward(dt, u, A, B, C, *entering)
-        ctx.block, ctx.keep = block, keep
+        ctx.one_block = keep is not None
+        ctx.save_for_backward(dt, u, A, B, C, *(keep or ()), *entering)  # through the saved-tensor hooks
+        ctx.block = block
         return y, h
 
     @staticmethod
     def backward(ctx, dy, dlast):
-        dt, u, A, B, C, *entering = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph: this backward is not itself differentiable
+            raise RuntimeError("selective_scan backend 'torch' has no double backward; use backend='ref' for "
+                               "higher-order gradients")
+        dt, u, A, B, C, *rest = ctx.saved_tensors
+        keep, entering = (tuple(rest[:2]), rest[2:]) if ctx.one_block else (None, rest)
         length = dt.shape[0]
         ddt, du, dB, dC = (torch.empty_like(t) for t in (dt, u, B, C))
         dA = torch.zeros_like(A)
-        carry = dlast if dlast is not None else torch.zeros_like(entering[0])  # dL/dh at the block's last step
+        carry = dlast  # dL/dh at the block's last step (autograd materialises zeros for an unused final state)
         starts = list(range(0, length, ctx.block))
         for i in reversed(range(len(starts))):
             sl = slice(starts[i], starts[i] + ctx.block)
             h_in = entering[i]
-            if ctx.keep is not None:
-                a, H = ctx.keep
+            if keep is not None:
+                a, H = keep
             else:
                 a, bu = _block_inputs(dt[sl], u[sl], A, B[sl])
                 H = _block_states(a, bu, h_in)
@@ -96,18 +103,18 @@ class _ScanCore(torch.autograd.Function):
             for t in range(dH.shape[0] - 2, -1, -1):
                 torch.addcmul(dH[t], a[t + 1], dH[t + 1], out=dH[t])
             carry = a[0] * dH[0]
-            # s_t = dh_t a_t h_{t-1}, the log-decay's gradient, in a's buffer (a is not needed again)
-            s = a.mul_(dH)
-            s[1:].mul_(H[:-1])
-            s[0].mul_(h_in)
             # the contractions as batched matrix products over (T, b, g), each big operand read in place
             dHB = torch.matmul(dH, B[sl][..., None])[..., 0]  # sum_n dh_t B_t: (T, b, g, p)
+            dB[sl] = torch.matmul((dt[sl] * u[sl])[..., None, :], dH)[..., 0, :]  # sum_p: (T, b, g, n)
+            # s_t = dh_t a_t h_{t-1}, the log-decay's gradient, in dH's buffer (dH is not needed again;
+            # a and H, possibly saved tensors, stay as they are)
+            s = dH.mul_(a)
+            s[1:].mul_(H[:-1])
+            s[0].mul_(h_in)
             ddt[sl] = (s * A).sum(-1) + dHB * u[sl]
             du[sl] = dHB * dt[sl]
             dA += (s * dt[sl][..., None]).sum((0, 1))
-            dB[sl] = torch.matmul((dt[sl] * u[sl])[..., None, :], dH)[..., 0, :]  # sum_p: (T, b, g, n)
             dC[sl] = torch.matmul(g[..., None, :], H)[..., 0, :]
-        ctx.keep = None
         return ddt, du, dA, dB, dC, carry, None
 
 
