@@ -3,7 +3,7 @@
 Backends (STYLE 9): "triton" (GPU kernels, `triton_scan.py`), "torch" (PyTorch with a hand-written
 backward, `torch_scan.py`: one multiply-add a step each way, everything else vectorised over the
 length), "ref" (sequential, `reference.py`, autograd through every step: the oracle). "auto" means
-Triton for CUDA tensors and "torch" on the CPU, where it measured several times faster than the
+Triton for CUDA tensors and "torch" on the CPU, where it measured 1.3-5.3x as fast as the
 reference forward and backward (benchmarks/results/selective_scan_cpu_x86_64.md). The environment variable
 HYBRID_SCAN_BACKEND replaces "auto" for a whole run (for ablations and debugging).
 """
