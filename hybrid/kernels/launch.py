@@ -24,10 +24,12 @@ The check costs an eager call about 0.2 us; disabling `__call__` itself cost 1.2
 `cdiv` and `next_power_of_2` are the launchers' grid and block arithmetic in plain Python. Triton's
 (3.6 on) are `ConstexprFunction`s, whose call imports and unwraps constexprs first: 1.5 us a call
 against 0.07 (timeit, Triton 3.9, one core of a 2-core CPU machine), and an eager Mamba decoding step
-made 192 such calls. Inside `@triton.jit` functions Triton's own stay.
+made 192 such calls. Inside `@triton.jit` functions Triton's own stay. `rows_per_tile`, `tile_runs` and
+`sm_count` are the row-wise kernels' (the norms') tiling, shared by their launchers.
 """
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -49,6 +51,24 @@ def next_power_of_2(n: int) -> int:
     `triton.next_power_of_2`. Equal to Triton's for every n <= 2**64; above, Triton's 64-bit bit
     smearing no longer gives a power of 2."""
     return 1 << (n - 1).bit_length() if n > 0 else 0
+
+
+def rows_per_tile(block_cols: int) -> int:
+    """Rows of a row-wise kernel's (rows, block_cols) tile: about 4096 elements, 1 to 16 rows."""
+    return max(1, min(16, 4096 // block_cols))
+
+
+def tile_runs(tiles: int, programs: int) -> tuple[int, int]:
+    """`tiles` (>= 1) dealt to at most `programs` programs in runs of equal length: (tiles per program,
+    programs used)."""
+    per = cdiv(tiles, min(tiles, programs))
+    return per, cdiv(tiles, per)
+
+
+@functools.lru_cache(maxsize=None)
+def sm_count(device: torch.device) -> int:
+    """Streaming multiprocessors of a CUDA device (read once: the query costs host time every launch)."""
+    return torch.cuda.get_device_properties(device).multi_processor_count
 
 
 def _version(text: str) -> tuple[int, int]:

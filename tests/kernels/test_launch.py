@@ -128,3 +128,13 @@ def test_a_launch_under_torch_compile_runs_outside_the_graph():
     torch._dynamo.reset()
     compiled = torch.compile(step, backend="eager")
     torch.testing.assert_close(compiled(x, y), _expected(x * 2, y, 0.5, False) + 1)
+
+
+def test_tile_runs_deal_every_tile_once_to_at_most_the_programs_asked_for():
+    from hybrid.kernels.launch import rows_per_tile, tile_runs  # noqa: PLC0415
+
+    for tiles in (1, 2, 7, 19, 4096, 8193):
+        for programs in (1, 4, 8, 528):
+            per, used = tile_runs(tiles, programs)
+            assert used <= programs and per * used >= tiles and per * (used - 1) < tiles, (tiles, programs)
+    assert [rows_per_tile(b) for b in (32, 256, 1024, 2048, 8192)] == [16, 16, 4, 2, 1]

@@ -18,14 +18,12 @@ sublayer's memory traffic outside its mixer, and most of a decoding step's launc
 """
 from __future__ import annotations
 
-import functools
-
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 
-from hybrid.kernels.launch import FastLauncher, cdiv, next_power_of_2
+from hybrid.kernels.launch import FastLauncher, cdiv, next_power_of_2, rows_per_tile, sm_count, tile_runs
 
 MAX_D = 16384  # one row per tile; wider rows take the PyTorch path (api.py)
 
@@ -93,15 +91,6 @@ def _block_d(d: int) -> int:
     return next_power_of_2(d)
 
 
-def _block_rows(block_d: int) -> int:
-    return max(1, min(16, 4096 // block_d))  # tiles of about 4096 elements
-
-
-@functools.lru_cache(maxsize=None)
-def _sm_count(device: torch.device) -> int:
-    return torch.cuda.get_device_properties(device).multi_processor_count
-
-
 def _add_rms_norm_fwd(out: Tensor | None, residual: Tensor, weight: Tensor, eps: float):
     """(rows, d) inputs -> normed, new residual (residual itself without `out`), rstd (rows,) fp32."""
     rows, d = residual.shape
@@ -111,7 +100,7 @@ def _add_rms_norm_fwd(out: Tensor | None, residual: Tensor, weight: Tensor, eps:
     if rows == 0:  # no launch: a CUDA grid of 0 programs is an invalid configuration
         return normed, new, rstd
     block_d = _block_d(d)
-    block_rows = _block_rows(block_d)
+    block_rows = rows_per_tile(block_d)
     _fwd((cdiv(rows, block_rows),), out if out is not None else residual, residual, weight, normed, new, rstd,
          rows, d, eps, HAS_OUT=out is not None, BLOCK_ROWS=block_rows, BLOCK_D=block_d,
          num_warps=4 if block_d <= 2048 else 8)
@@ -127,10 +116,8 @@ def _add_rms_norm_bwd(dy: Tensor, dr_out: Tensor | None, new: Tensor, weight: Te
         do = torch.empty(0, d, device=new.device, dtype=out_dtype) if out_dtype is not None else None
         return do, empty, torch.zeros_like(weight)
     block_d = _block_d(d)
-    block_rows = _block_rows(block_d)
-    tiles = cdiv(rows, block_rows)
-    per = cdiv(tiles, min(tiles, 4 * _sm_count(new.device) if new.is_cuda else 8))  # a few programs per SM
-    programs = cdiv(tiles, per)
+    block_rows = rows_per_tile(block_d)
+    per, programs = tile_runs(cdiv(rows, block_rows), 4 * sm_count(new.device) if new.is_cuda else 8)  # a few per SM
     dr = torch.empty_like(new)
     do = torch.empty(rows, d, device=new.device, dtype=out_dtype) if out_dtype is not None else dr
     dw = torch.empty(programs, d, device=new.device, dtype=torch.float32)

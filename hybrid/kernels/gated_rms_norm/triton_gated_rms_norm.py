@@ -19,14 +19,12 @@ a pass over (rows, d) fp32, by one read of x and z and one write each way.
 """
 from __future__ import annotations
 
-import functools
-
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 
-from hybrid.kernels.launch import FastLauncher, cdiv, next_power_of_2
+from hybrid.kernels.launch import FastLauncher, cdiv, next_power_of_2, rows_per_tile, sm_count, tile_runs
 
 MAX_G = 16384  # one group per tile; wider groups take the PyTorch path (api.py)
 
@@ -112,13 +110,8 @@ _bwd_launch = FastLauncher(_gated_rms_norm_bwd_kernel)
 def _tiles(group_size: int) -> tuple[int, int, int]:
     """BLOCK_G, BLOCK_ROWS (about 4096 elements a tile) and num_warps for groups of group_size."""
     block_g = next_power_of_2(group_size)
-    block_rows = max(1, min(16, 4096 // block_g))
+    block_rows = rows_per_tile(block_g)
     return block_g, block_rows, 4 if block_g * block_rows <= 2048 else 8
-
-
-@functools.lru_cache(maxsize=None)
-def _sm_count(device: torch.device) -> int:
-    return torch.cuda.get_device_properties(device).multi_processor_count
 
 
 def _gated_rms_norm_fwd(x: Tensor, z: Tensor | None, weight: Tensor, eps: float, group_size: int,
@@ -146,10 +139,8 @@ def _gated_rms_norm_bwd(dy: Tensor, x: Tensor, z: Tensor | None, weight: Tensor,
         return torch.empty_like(x), (torch.empty_like(z) if z is not None else None), torch.zeros_like(weight)
     n_groups = d // group_size
     block_g, block_rows, warps = _tiles(group_size)
-    tiles = cdiv(rows, block_rows)
-    target = max(1, 4 * _sm_count(x.device) // n_groups) if x.is_cuda else 4  # a few programs per SM
-    per = cdiv(tiles, min(tiles, target))
-    programs = cdiv(tiles, per)
+    target = max(1, 4 * sm_count(x.device) // n_groups) if x.is_cuda else 4  # a few programs per SM
+    per, programs = tile_runs(cdiv(rows, block_rows), target)
     dx = torch.empty(rows, d, device=x.device, dtype=x.dtype)
     dz = torch.empty(rows, d, device=x.device, dtype=z.dtype) if z is not None else None
     dw = torch.empty(programs, d, device=x.device, dtype=torch.float32)
