@@ -36,7 +36,7 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     from hybrid.errors import ConfigError  # noqa: PLC0415
     from hybrid.summary import format_table  # noqa: PLC0415
-    from hybrid.sweep.runner import plan_rows, run_sweep, summary_table  # noqa: PLC0415
+    from hybrid.sweep.runner import NOT_NEEDED, plan_rows, run_sweep, summary_table  # noqa: PLC0415
     from hybrid.config import COMMAND_LINE  # noqa: PLC0415
     from hybrid.sweep.spec import load_sweep, parse_jobs, parse_value, resolve_run  # noqa: PLC0415
 
@@ -71,7 +71,7 @@ def run(args) -> int:
         print(f"stopped: {err or 'interrupted'}; running the sweep again resumes the interrupted runs", file=sys.stderr)
         return 130
     print(summary_table(spec))
-    failed = [n for n, s in states.items() if s not in ("completed", "early_stopped", "diverged")]
+    failed = [n for n, s in states.items() if s not in ("completed", "early_stopped", "diverged", NOT_NEEDED)]
     if failed:
         print(f"{len(failed)} run(s) failed: {', '.join(failed)}; their errors are in runs/<name>/status.json. "
               f"Run the sweep again to retry them.")

@@ -2,7 +2,9 @@
 processes (one per GPU), skipping finished runs and resuming unfinished ones.
 
 A run whose status is completed, early_stopped or diverged is final and skipped; a run with a
-checkpoint continues from it; anything else starts afresh. A run that raises (or whose worker
+checkpoint continues from it; anything else starts afresh. With `select.enough`, runs go in rounds of
+learning rates and a run whose configuration has already reached it is not run (hybrid/sweep/order.py).
+A run that raises (or whose worker
 dies) is marked failed with its error in `status.json` and the sweep goes on; running the sweep
 again retries it. `<out>/sweep.json` records the plan for `hybrid report`.
 """
@@ -23,6 +25,7 @@ import torch
 from hybrid.config import dump_config
 from hybrid.errors import ConfigError
 from hybrid.summary import format_table
+from hybrid.sweep.order import satisfied_by, scheduled
 from hybrid.sweep.spec import RunSpec, SweepSpec, override_strings, resolve_run
 from hybrid.training.checkpoint import CHECKPOINT
 from hybrid.training.run_dir import RunDir, write_json
@@ -30,6 +33,7 @@ from hybrid.training.run_dir import RunDir, write_json
 log = logging.getLogger(__name__)
 
 SWEEP_PLAN = "sweep.json"
+NOT_NEEDED = "not needed"  # the state reported for a run that select.enough made unnecessary
 
 
 def run_dir(spec: SweepSpec, run: RunSpec) -> RunDir:
@@ -42,7 +46,9 @@ def plan_rows(spec: SweepSpec) -> list[list[str]]:
     for run in spec.runs:
         rd = run_dir(spec, run)
         state = rd.status().get("state")
+        enough = None if rd.finished else satisfied_by(spec, run, run_dir)
         action = ("skip (" + state + ")" if rd.finished else
+                  f"skip ({enough} reached select.enough {spec.enough:g})" if enough else
                   f"resume (step {rd.status().get('step', '?')})" if rd.file(CHECKPOINT).exists() else
                   "retry (failed)" if state == "failed" else "run")
         rows.append([run.name, action, " ".join(override_strings({k: v for k, v in run.overrides.items()}))])
@@ -129,7 +135,7 @@ def run_sweep(spec: SweepSpec, *, jobs: int | str | None = None, progress: bool 
     spec.out_dir.mkdir(parents=True, exist_ok=True)
     write_json(spec.out_dir / SWEEP_PLAN, spec.to_dict())
     chosen = spec.runs if only is None else only
-    todo = [r for r in chosen if not run_dir(spec, r).finished]
+    todo = scheduled(spec, [r for r in chosen if not run_dir(spec, r).finished])
     jobs = resolve_jobs(jobs if jobs is not None else spec.jobs, spec, todo)
     picked = "" if only is None else f", {len(chosen)} chosen by --only"
     log.info("sweep %s: %d runs%s (%d finished, %d to run) in %s, %d at a time", spec.name, len(spec.runs), picked,
@@ -144,6 +150,10 @@ def run_sweep(spec: SweepSpec, *, jobs: int | str | None = None, progress: bool 
         t0 = time.perf_counter()
         log.info("[%d/%d] %s", index + 1, len(todo), run.name)
         rd = run_dir(spec, run)
+        enough = satisfied_by(spec, run, run_dir)
+        if enough:
+            log.info("run %s not needed: %s reached select.enough %g", run.name, enough, spec.enough)
+            return
         try:
             if jobs == 1 and spec.gpus_per_run == 1:
                 _run_inprocess(spec, run, progress)
@@ -173,7 +183,15 @@ def run_sweep(spec: SweepSpec, *, jobs: int | str | None = None, progress: bool 
             pool.shutdown(wait=True, cancel_futures=True)
             raise
         pool.shutdown()
-    return {r.name: run_dir(spec, r).status().get("state", "missing") for r in chosen}
+    return {r.name: state_of(spec, r) for r in chosen}
+
+
+def state_of(spec: SweepSpec, run: RunSpec) -> str:
+    """The run's state, NOT_NEEDED for an unfinished run that select.enough makes unnecessary."""
+    rd = run_dir(spec, run)
+    if not rd.finished and satisfied_by(spec, run, run_dir):
+        return NOT_NEEDED
+    return rd.status().get("state", "missing")
 
 
 def summary_table(spec: SweepSpec) -> str:
@@ -183,7 +201,7 @@ def summary_table(spec: SweepSpec) -> str:
         rd = run_dir(spec, run)
         res: dict[str, Any] = rd.results()
         value = (res.get("final") or {}).get(spec.metric)
-        rows.append([run.name, rd.status().get("state", "-"), f"{value:.4f}" if isinstance(value, float) else "-",
+        rows.append([run.name, state_of(spec, run).replace("missing", "-"), f"{value:.4f}" if isinstance(value, float) else "-",
                      f"{res['wall_time_s']:.0f}s" if res.get("wall_time_s") else "-",
                      (rd.status().get("error") or "")[:80]])
     return format_table(["run", "state", spec.metric, "wall", "error"], rows, align_right={2, 3})

@@ -14,6 +14,8 @@
       task.vocab_size: [64, 128]                        #   crossed with the grid
       model.vocab_size: [64, 128]
     select: {over: [train.lr], metric: eval/all/accuracy, mode: max}   # best-of-lr in reports
+    # select.enough: 0.99 would run the first-listed learning rate of every configuration first and skip
+    # a configuration's other learning rates once one reached 0.99 on every seed (hybrid/sweep/order.py)
     gpus_per_run: 2                                     # each run data-parallel over 2 GPUs (torchrun)
 
 Keys are dotted config paths (any override `hybrid train` accepts); values may be mappings or
@@ -38,7 +40,7 @@ from hybrid.config import COMMAND_LINE, RootConfig, _is_file, _read_yaml, load_c
 from hybrid.errors import ConfigError, did_you_mean, shown
 
 TOP_KEYS = ("name", "config", "overrides", "grid", "zip", "select", "out", "jobs", "gpus_per_run")
-SELECT_KEYS = ("over", "metric", "mode")
+SELECT_KEYS = ("over", "metric", "mode", "enough")
 MAX_RUNS = 10_000
 
 
@@ -59,6 +61,7 @@ class SweepSpec:
     select_over: list[str] = field(default_factory=lambda: ["train.lr"])
     metric: str = "eval/all/accuracy"
     mode: str = "max"
+    enough: float | None = None  # select.enough: a configuration whose choice reached it needs no other
     out: Path | None = None
     jobs: int | str = 1
     gpus_per_run: int = 1  # > 1: each run is a torchrun job of that many ranks (data-parallel)
@@ -69,7 +72,8 @@ class SweepSpec:
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "sweep_file": str(self.path), "config": str(self.config),
-                "select": {"over": self.select_over, "metric": self.metric, "mode": self.mode},
+                "select": {"over": self.select_over, "metric": self.metric, "mode": self.mode,
+                           **({"enough": self.enough} if self.enough is not None else {})},
                 "runs": [{"name": r.name, "overrides": r.overrides, "axes": r.axes, "group": r.group} for r in self.runs]}
 
 
@@ -224,6 +228,11 @@ def _select(select: Any, file: str) -> dict[str, Any]:
     if not isinstance(select.get("metric", ""), str):
         raise ConfigError(f"expected a logged metric name like eval/all/accuracy, got {shown(select['metric'])}",
                           key="select.metric", file=file)
+    enough = select.get("enough")
+    if enough is not None and (isinstance(enough, bool) or not isinstance(enough, (int, float))):
+        raise ConfigError(f"expected a number, the metric's value at which a configuration needs no more of its "
+                          f"choices (e.g. 0.99 for accuracy with mode max), got {shown(enough)}",
+                          key="select.enough", file=file)
     over = select.get("over")
     if over is not None and not (isinstance(over, str) or (isinstance(over, list)
                                                             and all(isinstance(o, str) for o in over))):
@@ -280,6 +289,9 @@ def load_sweep(path: Path | str, *, check: bool = True) -> SweepSpec:
             raise ConfigError(f"select.over names {name!r}, which is not an axis of the sweep; axes: "
                               f"{', '.join(axis_names) or 'none'}{did_you_mean(name, axis_names)}",
                               key="select.over", file=file)
+    if select.get("enough") is not None and not over:
+        raise ConfigError("select.enough skips a configuration's remaining choices of select.over, but the sweep "
+                          "selects over no axis (no train.lr axis and no select.over)", key="select.enough", file=file)
     _check_count(axes, file)
     short = _short_names([n for n in axis_names if n != "zip"])
     runs, seen = [], {}
@@ -311,6 +323,7 @@ def load_sweep(path: Path | str, *, check: bool = True) -> SweepSpec:
         raise ConfigError(f"expected a name, got {shown(data['name'])}", key="name", file=file)
     spec = SweepSpec(path=path, name=str(data.get("name") or path.parent.name), config=config, runs=runs,
                      select_over=over, metric=str(select.get("metric", "eval/all/accuracy")), mode=mode,
+                     enough=None if select.get("enough") is None else float(select["enough"]),
                      out=(path.parent / data["out"]).resolve() if data.get("out") else None, jobs=jobs,
                      gpus_per_run=gpus_per_run)
     if check:

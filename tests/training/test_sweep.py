@@ -237,3 +237,48 @@ def test_only_runs_the_chosen_runs_and_counts_them(tiny, tmp_path, caplog):
         states = run_sweep(spec, jobs=1, progress=False, only=chosen)
     assert states == {"n_heads=4": "completed"} and not (tmp_path / "runs" / "n_heads=2").exists()
     assert "2 runs, 1 chosen by --only (0 finished, 1 to run)" in caplog.text
+
+
+def test_select_enough_runs_rounds_and_skips_configurations_that_reached_it(tiny, tmp_path, monkeypatch, capsys):
+    """Every configuration's first learning rate runs before any second one; a configuration whose
+    learning rate reached select.enough on every seed runs no other; the rest run them all."""
+    tiny()
+    path = write_sweep(tmp_path, {"grid": {"model.d_model": [32, 64], "train.lr": [1e-3, 3e-3, 1e-2],
+                                           "seed": [0, 1]},
+                                  "select": {"metric": "eval/all/accuracy", "enough": 0.99}})
+    spec = load_sweep(path)
+    # d_model 32 reaches 0.995 on both seeds at its first lr; d_model 64 reaches it on seed 0 only
+    accuracy = {"d_model=32,lr=0.001,seed=0": 0.995, "d_model=32,lr=0.001,seed=1": 0.995,
+                "d_model=64,lr=0.001,seed=0": 0.995}
+    order = []
+
+    def fake_train(spec_, run, progress):
+        from hybrid.training.run_dir import RunDir
+        order.append(run.name)
+        rd = RunDir(spec_.out_dir / "runs" / run.name).create()
+        rd.write_results({"name": run.name, "state": "completed", "step": 1, "wall_time_s": 0.1,
+                          "final": {"eval/all/accuracy": accuracy.get(run.name, 0.5)}})
+        rd.set_status("completed", step=1)
+
+    monkeypatch.setattr("hybrid.sweep.runner._run_inprocess", fake_train)
+    states = run_sweep(spec, jobs=1, progress=False)
+    assert order[:4] == ["d_model=32,lr=0.001,seed=0", "d_model=32,lr=0.001,seed=1",
+                         "d_model=64,lr=0.001,seed=0", "d_model=64,lr=0.001,seed=1"]  # the first round
+    assert not any(name.startswith("d_model=32") for name in order[4:])
+    assert sorted(order[4:]) == sorted(f"d_model=64,lr={lr},seed={s}" for lr in ("0.003", "0.01") for s in (0, 1))
+    assert states["d_model=32,lr=0.01,seed=1"] == "not needed"
+    assert states["d_model=64,lr=0.01,seed=1"] == "completed"
+    assert main(["sweep", str(path), "--dry-run"]) == 0
+    assert "skip (d_model=32,lr=0.001,seed=0 reached select.enough 0.99)" in capsys.readouterr().out
+    assert main(["sweep", str(path)]) == 0  # nothing left to run, nothing failed
+
+
+@pytest.mark.parametrize("select,match", [
+    pytest.param({"enough": "high"}, r"select.enough: expected a number", id="not-a-number"),
+    pytest.param({"enough": 0.9, "over": []}, r"select.enough: select.enough skips .* selects over no axis",
+                 id="no-selection-axis"),
+])
+def test_bad_select_enough_is_rejected(tiny, tmp_path, select, match):
+    tiny()
+    with pytest.raises(ConfigError, match=match):
+        load_sweep(write_sweep(tmp_path, {"grid": {"model.d_model": [32]}, "select": select}))
