@@ -32,7 +32,7 @@ def _is_dir(path: Path) -> bool:
 def run(args) -> int:
     from hybrid.errors import ConfigError  # noqa: PLC0415
     from hybrid.report.tables import (collect, csv_table, evaluations_csv, markdown_table, runs_csv,  # noqa: PLC0415
-                                      unfinished)
+                                      not_needed, unfinished)
 
     if not _is_dir(args.dir):
         raise ConfigError("is not a folder; give a sweep's output folder or any folder of run directories",
@@ -60,6 +60,10 @@ def run(args) -> int:
     if pending:
         lines += ["Unfinished or failed: " + ", ".join(f"{r.name} ({r.state}{': ' + r.error[:120] if r.error else ''})"
                                                          for r in pending), ""]
+    skipped = not_needed(sweep)
+    if skipped:
+        lines += [f"Not needed (another {', '.join(sweep.select_over)} of the configuration reached select.enough "
+                  f"{sweep.enough:g} on every seed): " + ", ".join(r.name for r in skipped), ""]
     lines += [f"![{p.stem}]({p.name})" for p in plots]
     (out / "report.md").write_text("\n".join(lines) + "\n")
     (out / "table.csv").write_text(csv_table(sweep))

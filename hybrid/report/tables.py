@@ -54,6 +54,7 @@ class Sweep:
     select_over: list[str]
     metric: str
     mode: str
+    enough: float | None = None  # the plan's select.enough: a configuration at it needs no other choice
 
     def config_axes(self) -> list[str]:
         return [a for a in self.axes if a not in self.select_over and a != "seed"]
@@ -119,8 +120,10 @@ def collect(root: Path | str, metric: str | None = None, mode: str | None = None
         axes = list(plan["runs"][0]["axes"])
     else:
         axes = ["run"]
+    enough = select.get("enough")
     return Sweep(root, runs, axes, list(select.get("over", [])), metric or select.get("metric", "eval/all/accuracy"),
-                 mode or select.get("mode", "max"))
+                 mode or select.get("mode", "max"),
+                 float(enough) if isinstance(enough, (int, float)) and not isinstance(enough, bool) else None)
 
 
 def best_rows(sweep: Sweep) -> list[Row]:
@@ -258,5 +261,18 @@ def evaluations_csv(sweep: Sweep) -> str:
     return buf.getvalue()
 
 
+def not_needed(sweep: Sweep) -> list[RunRecord]:
+    """Unfinished runs of configurations whose best choice finished every seed at the plan's
+    select.enough: the sweep does not run them (hybrid/sweep/order.py)."""
+    if sweep.enough is None:
+        return []
+    done = {row.label for row in best_rows(sweep) if row.value is not None and row.finished == row.seeds
+            and (row.value >= sweep.enough if sweep.mode == "max" else row.value <= sweep.enough)}
+    config = {r.name: ",".join(f"{a}={r.axes.get(a, '')}" for a in sweep.config_axes()) or "all" for r in sweep.runs}
+    return [r for r in sweep.runs if r.state not in FINAL_STATES and config[r.name] in done]
+
+
 def unfinished(sweep: Sweep) -> list[RunRecord]:
-    return [r for r in sweep.runs if r.state not in FINAL_STATES]
+    """Runs not finished that the sweep would still run (not those select.enough made unnecessary)."""
+    skipped = {r.name for r in not_needed(sweep)}
+    return [r for r in sweep.runs if r.state not in FINAL_STATES and r.name not in skipped]
