@@ -45,7 +45,8 @@ def evaluate(model_fn: Callable[[Tensor], Tensor], task: Task, device: torch.dev
              sets: list[str] | None = None, max_batches: int | None = None,
              autocast_dtype: torch.dtype | None = None,
              stats_fn: Callable[[Batch], dict[str, Tensor]] | None = None,
-             split: Split | None = None) -> dict[str, dict[str, float]]:
+             split: Split | None = None, start: dict[str, Any] | None = None,
+             after_set: Callable[[dict[str, Any]], None] | None = None) -> dict[str, dict[str, float]]:
     """Score `model_fn` on `task`'s held-out sets.
 
     Args:
@@ -62,6 +63,10 @@ def evaluate(model_fn: Callable[[Tensor], Tensor], task: Task, device: torch.dev
             passes its CUDA-graphed forward and statistics, `hybrid.training.evaluation`).
         split: share the batches among data-parallel processes (`Split`); every process returns the
             whole evaluation's metrics.
+        start: the progress of an evaluation cut short, as `after_set` gave it: its sets are not run
+            again and its sums are kept (one process only, without `split`).
+        after_set: called after each set with the progress so far, {"sets": [names done], "totals":
+            {group: {statistic: sum}}} (plain JSON data); it may raise to stop the evaluation there.
 
     Returns:
         `{group: {metric: value}}`, each group's metrics computed from sums over its examples:
@@ -79,8 +84,15 @@ def evaluate(model_fn: Callable[[Tensor], Tensor], task: Task, device: torch.dev
     unknown = [n for n in names if n not in all_sets]
     if unknown:
         raise KeyError(f"unknown held-out set(s) {unknown} of task {task.name!r}; it has: {', '.join(all_sets)}")
+    if start is not None and split is not None and split.world > 1:
+        raise ValueError("an evaluation resumes (start=) in one process only: its sums would be a rank's share")
     acc = Accumulator(task.slice_keys)
+    done = list((start or {}).get("sets", []))
+    for group, sums in (start or {}).get("totals", {}).items():
+        acc.totals[group].update(sums)
     for name in names:
+        if name in done:
+            continue
         batches = all_sets[name]
         if not (hasattr(batches, "__len__") and hasattr(batches, "__getitem__")):
             batches = list(batches)  # a task's own iterable: indexed below
@@ -95,6 +107,9 @@ def evaluate(model_fn: Callable[[Tensor], Tensor], task: Task, device: torch.dev
                 stats = task.stats(logits, batch)
             if scored:
                 acc.add(stats, batch.info, group=name)
+        done.append(name)
+        if after_set is not None:
+            after_set({"sets": list(done), "totals": {g: dict(t) for g, t in acc.totals.items()}})
     if split is not None and split.world > 1:
         acc.totals = split.merge({k: dict(v) for k, v in acc.totals.items()})
     return acc.result(task.reduce)

@@ -77,16 +77,17 @@ class GraphedStats:
 
 def run_evaluation(model: nn.Module, task: Any, device: torch.device, amp: torch.dtype | None,
                    max_batches: int | None, graphed: GraphedStats | None = None,
-                   sets: list[str] | None = None, split: Any = None) -> dict[str, float]:
+                   sets: list[str] | None = None, split: Any = None, start: dict[str, Any] | None = None,
+                   after_set: Any = None) -> dict[str, float]:
     """`{"eval/<group>/<metric>": value}` over the task's held-out sets (`sets`, default all; at most
     `max_batches` batches per set); `split` (`hybrid.tasks.evaluate.Split`) shares the batches among
-    data-parallel ranks."""
+    data-parallel ranks; `start` and `after_set` resume an evaluation cut short (`hybrid.tasks.evaluate`)."""
     from hybrid.tasks.evaluate import evaluate, flatten  # noqa: PLC0415
 
     model.eval()
     try:
         result = evaluate(model, task, device, sets=sets, max_batches=max_batches, autocast_dtype=amp,
-                          stats_fn=graphed, split=split)
+                          stats_fn=graphed, split=split, start=start, after_set=after_set)
     finally:
         model.train()
     return flatten(result)

@@ -13,10 +13,12 @@ A non-finite loss or gradient norm stops the run with the weights of the last fi
 "diverged" and leaves the last good checkpoint in place (an eager step finds it before the optimiser
 step; a graphed step at the next log, evaluation or checkpoint step). Resuming restores the model,
 optimiser, scheduler and RNG states and the step; on the CPU the resumed run's losses equal an
-uninterrupted run's bit for bit (tests/training/test_resume.py).
+uninterrupted run's bit for bit (tests/training/test_resume.py). A run stopped during its final
+evaluation resumes to evaluate the held-out sets not yet done (`final_eval`).
 """
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -40,6 +42,7 @@ from hybrid.training.config import TrainConfig
 from hybrid.training.distributed import (Parallel, load_model_state, load_optimizer_state, optimizer_state,
                                          rank_device, resolve_mode, setup, wrap)
 from hybrid.training.evaluation import GraphedStats, run_evaluation
+from hybrid.training.final_eval import PARTIAL, StoppedDuringEvaluation, final_evaluation
 from hybrid.training.graphed import GraphedStep
 from hybrid.training.interrupt import Interrupted, StopSignals
 from hybrid.training.logging import MetricsLogger, NullLogger
@@ -104,8 +107,13 @@ def _train(root: RootConfig, parallel: Parallel, resume: bool, overwrite: bool,
         if isinstance(session, dict):  # resumed a finished run
             return session
         with StopSignals() as stop:
-            step, ending = _loop(session, on_step, stop)
-            return _finish(session, step, ending)  # a signal now is noted: the run still finishes
+            if session.finishing:  # stopped during its final evaluation: only that is left
+                step, ending = session.start, session.finishing["ending"]
+                session.stopped_by = session.finishing.get("stopped_by")
+            else:
+                step, ending = _loop(session, on_step, stop)
+            # a signal from here stops the final evaluation between held-out sets (one process), else waits
+            return _finish(session, step, ending, stop)
     except (TrainingDiverged, Interrupted):
         raise
     except torch.OutOfMemoryError as err:  # building the model, or the final evaluation
@@ -144,6 +152,7 @@ class _Session:
     train_tokens: int = 0
     eval_stats: GraphedStats | None = None
     parallel: Parallel = field(default_factory=Parallel)
+    finishing: dict[str, Any] | None = None  # {"ending", "stopped_by"}: the final evaluation was under way
 
     @property
     def cfg(self) -> TrainConfig:
@@ -201,6 +210,7 @@ def _setup(root: RootConfig, run: RunDir, resume: bool, parallel: Parallel) -> _
                        time.perf_counter() - extra.get("elapsed", 0.0), extra.get("best"), extra.get("max_length", 0),
                        parallel=parallel)
     session.plateau = tuple(extra.get("plateau", (None, 0)))
+    session.finishing = extra.get("finishing")
     session.eval_stats = train_step.evaluation_stats(task)
     return session
 
@@ -223,7 +233,7 @@ def _restore(run: RunDir, model: HybridLM, optimizer: torch.optim.Optimizer, sta
         load_optimizer_state(model, optimizer, state["optimizer"], parallel)
 
 
-def _checkpoint(s: _Session, step: int, rotate: bool = True) -> None:
+def _checkpoint(s: _Session, step: int, rotate: bool = True, finishing: dict[str, Any] | None = None) -> None:
     data = s.task.position(step, s.cfg.batch_size) if hasattr(s.task, "position") else {"step": step}
     optimizer, scheduler = s.train_step.state_dicts(step)
     if s.parallel.mode == "fsdp":  # every rank writes its shards (hybrid.training.sharded)
@@ -233,7 +243,7 @@ def _checkpoint(s: _Session, step: int, rotate: bool = True) -> None:
     if s.parallel.main:
         save_checkpoint(s.run.path, model=model, optimizer=optimizer, scheduler=scheduler, step=step,
                         extra={"elapsed": s.elapsed(), "best": s.best, "max_length": s.max_length, "data": data,
-                               "plateau": list(s.plateau)},
+                               "plateau": list(s.plateau), **({"finishing": finishing} if finishing else {})},
                         rotate=rotate)
         if s.parallel.mode == "fsdp":
             remove_stale(s.run.path, referenced_shards(s.run.path))
@@ -400,15 +410,25 @@ def _diverged(s: _Session, err: NonFinite) -> None:
     raise TrainingDiverged(message) from None
 
 
-def _finish(s: _Session, step: int, ending: str) -> dict[str, Any]:
+def _finish(s: _Session, step: int, ending: str, stop: StopSignals) -> dict[str, Any]:
     """Final evaluation, checkpoint and results."""
     final: dict[str, float] = {}
     if s.cfg.final_eval:
         # The trained weights first: a run stopped during a long final evaluation (every length of an
-        # extrapolation study) resumes at its last step and only evaluates again.
-        _checkpoint(s, step)
+        # extrapolation study) resumes at its last step and only evaluates the sets not yet done.
+        if not s.finishing:
+            _checkpoint(s, step, finishing={"ending": ending, "stopped_by": s.stopped_by})
         s.run.set_status("running", step=step)
-        final = _evaluate(s, None)
+        evaluate = functools.partial(run_evaluation, s.model, s.task, s.device, s.amp, None, s.eval_stats, None,
+                                     s.parallel.eval_split())
+        try:
+            final = final_evaluation(s.run, step, evaluate, s.parallel.world == 1, lambda: stop.received)
+        except StoppedDuringEvaluation as err:
+            s.run.set_status("interrupted", step=step)
+            message = (f"{err}: the sets done are kept in {s.run.file(PARTIAL)}; continue with "
+                       f"`hybrid train --resume {s.run.path}`")
+            log.warning("%s", message)
+            raise Interrupted(message, step) from None
         s.logger.log(step, {**final, "final": 1}, s.elapsed())
         value = final.get(s.cfg.early_stop.metric)
         if _improves(s, value):

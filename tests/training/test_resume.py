@@ -164,26 +164,67 @@ def test_rng_state_of_an_older_checkpoint_still_restores():
     assert np.array_equal(np.random.rand(4), expected)
 
 
-def test_a_run_stopped_in_its_final_evaluation_resumes_to_evaluate_only(tiny, tmp_path, monkeypatch):
+def _signal_after_first_set(monkeypatch, calls):
+    """The final evaluation gets a SIGTERM once its first held-out set is done (as a time cap sends it);
+    `calls` collects the sets each final evaluation skipped because an earlier one had done them."""
+    import os
+    import signal
+
+    import hybrid.training.trainer as trainer_module
+    real = trainer_module.run_evaluation
+
+    def evaluation(*args, start=None, after_set=None, **kwargs):
+        if args[4] is not None or after_set is None:  # a periodic evaluation
+            return real(*args, start=start, after_set=after_set, **kwargs)
+        calls.append(list((start or {}).get("sets", [])))
+
+        def signalled(progress):
+            if len(progress["sets"]) == 1:
+                os.kill(os.getpid(), signal.SIGTERM)
+            after_set(progress)
+        return real(*args, start=start, after_set=signalled, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "run_evaluation", evaluation)
+
+
+def test_a_run_stopped_in_its_final_evaluation_resumes_to_evaluate_only_what_is_left(tiny, tmp_path, monkeypatch):
+    """SIGTERM during the final evaluation: it stops after the set in progress, keeps that set's sums
+    (final_eval.partial.json) and the run is interrupted at its last step; resumed, it trains no step
+    again and evaluates only the other set, giving the metrics of an evaluation run whole."""
     config = tiny()
     whole = train(load_config(config, ["name=whole"]))
-    import hybrid.training.trainer as trainer_module
-    evaluate = trainer_module._evaluate
-
-    def final_dies(s, max_batches, sets=None):
-        if max_batches is None:  # the final evaluation
-            raise Killed()
-        return evaluate(s, max_batches, sets)
-
-    monkeypatch.setattr(trainer_module, "_evaluate", final_dies)
-    with pytest.raises(Killed):
+    calls = []
+    _signal_after_first_set(monkeypatch, calls)
+    with pytest.raises(KeyboardInterrupt, match="during the final evaluation, after 1 held-out set"):
         train(load_config(config, ["name=cut"]))
     cut_dir = tmp_path / "runs" / "cut"
-    assert json.loads((cut_dir / "status.json").read_text())["step"] == 12  # checkpointed before evaluating
-    monkeypatch.setattr(trainer_module, "_evaluate", evaluate)
+    status = json.loads((cut_dir / "status.json").read_text())
+    assert status["state"] == "interrupted" and status["step"] == 12
+    assert json.loads((cut_dir / "final_eval.partial.json").read_text())["sets"] == ["L16-kv2"]
+    monkeypatch.undo()
     resumed = resume_run(cut_dir)
     assert _losses(cut_dir) == _losses(tmp_path / "runs" / "whole")  # no step trained twice
-    assert resumed["final"] == whole["final"] and resumed["state"] == "completed"
+    assert resumed["final"] == pytest.approx(whole["final"], rel=1e-12) and resumed["state"] == "completed"
+    assert not (cut_dir / "final_eval.partial.json").exists()
+    assert calls == [[]]
+
+
+def test_an_early_stopped_run_stopped_in_its_final_evaluation_stays_early_stopped(tiny, tmp_path, monkeypatch):
+    """The ending is in the checkpoint written before the final evaluation: resumed, the run does not
+    train on from the step it stopped at."""
+    stop = ["train.early_stop.target=0.0", "train.eval_every=2"]
+    whole = train(load_config(tiny(), ["name=whole", *stop]))
+    assert whole["state"] == "early_stopped" and whole["step"] == 2
+    calls = []
+    _signal_after_first_set(monkeypatch, calls)
+    with pytest.raises(KeyboardInterrupt):
+        train(load_config(tiny(), ["name=cut", *stop]))
+    monkeypatch.undo()
+    _signal_after_first_set(monkeypatch, calls)  # records where the resumed evaluation starts
+    resumed = resume_run(tmp_path / "runs" / "cut")
+    assert calls == [[], ["L16-kv2"]]
+    assert resumed["state"] == "early_stopped" and resumed["step"] == 2 and resumed["early_stop"] == "target"
+    assert resumed["final"] == pytest.approx(whole["final"], rel=1e-12)
 
 
 def test_a_resume_that_fails_before_training_is_recorded_as_failed(tiny, tmp_path, monkeypatch):
