@@ -63,7 +63,7 @@ def run(args) -> int:
     skipped = not_needed(sweep)
     if skipped:
         lines += [f"Not needed (another {', '.join(sweep.select_over)} of the configuration reached select.enough "
-                  f"{sweep.enough:g} on every seed): " + ", ".join(r.name for r in skipped), ""]
+                  f"{sweep.enough:g} on every seed): " + ", ".join(skipped), ""]
     lines += [f"![{p.stem}]({p.name})" for p in plots]
     (out / "report.md").write_text("\n".join(lines) + "\n")
     (out / "table.csv").write_text(csv_table(sweep))

@@ -55,6 +55,8 @@ class Sweep:
     metric: str
     mode: str
     enough: float | None = None  # the plan's select.enough: a configuration at it needs no other choice
+    planned: list[dict[str, Any]] = field(default_factory=list)  # the plan's runs: {name, axes}
+    plan_select: dict[str, Any] = field(default_factory=dict)  # the plan's select: {over, metric, mode, enough}
 
     def config_axes(self) -> list[str]:
         return [a for a in self.axes if a not in self.select_over and a != "seed"]
@@ -123,7 +125,9 @@ def collect(root: Path | str, metric: str | None = None, mode: str | None = None
     enough = select.get("enough")
     return Sweep(root, runs, axes, list(select.get("over", [])), metric or select.get("metric", "eval/all/accuracy"),
                  mode or select.get("mode", "max"),
-                 float(enough) if isinstance(enough, (int, float)) and not isinstance(enough, bool) else None)
+                 float(enough) if isinstance(enough, (int, float)) and not isinstance(enough, bool) else None,
+                 [{"name": r["name"], "axes": {str(k): str(v) for k, v in (r.get("axes") or {}).items()}}
+                  for r in plan.get("runs", [])], dict(select))
 
 
 def best_rows(sweep: Sweep) -> list[Row]:
@@ -261,18 +265,36 @@ def evaluations_csv(sweep: Sweep) -> str:
     return buf.getvalue()
 
 
-def not_needed(sweep: Sweep) -> list[RunRecord]:
-    """Unfinished runs of configurations whose best choice finished every seed at the plan's
-    select.enough: the sweep does not run them (hybrid/sweep/order.py)."""
+def not_needed(sweep: Sweep) -> list[str]:
+    """The planned runs, started or not, that the sweep does not run because of the plan's select.enough:
+    unfinished runs of a configuration with another choice whose every seed finished at `enough` or
+    better by the plan's metric and mode (the rule of hybrid/sweep/order.py)."""
     if sweep.enough is None:
         return []
-    done = {row.label for row in best_rows(sweep) if row.value is not None and row.finished == row.seeds
-            and (row.value >= sweep.enough if sweep.mode == "max" else row.value <= sweep.enough)}
-    config = {r.name: ",".join(f"{a}={r.axes.get(a, '')}" for a in sweep.config_axes()) or "all" for r in sweep.runs}
-    return [r for r in sweep.runs if r.state not in FINAL_STATES and config[r.name] in done]
+    metric, mode = sweep.plan_select.get("metric", "eval/all/accuracy"), sweep.plan_select.get("mode", "max")
+    records = {r.name: r for r in sweep.runs}
+
+    def good(name: str) -> bool:
+        run = records.get(name)
+        value = run.final(metric) if run is not None and run.state in FINAL_STATES else None
+        return value is not None and (value >= sweep.enough if mode == "max" else value <= sweep.enough)
+
+    configs: dict[tuple, dict[tuple, list[str]]] = {}
+    for plan in sweep.planned:
+        axes = plan["axes"]
+        config = tuple((a, v) for a, v in axes.items() if a not in sweep.select_over and a != "seed")
+        choice = tuple(axes.get(a, "") for a in sweep.select_over)
+        configs.setdefault(config, {}).setdefault(choice, []).append(plan["name"])
+    skipped = []
+    for choices in configs.values():
+        reached = {choice for choice, names in choices.items() if all(good(n) for n in names)}
+        for choice, names in choices.items():
+            if reached - {choice}:
+                skipped += [n for n in names if n not in records or records[n].state not in FINAL_STATES]
+    return skipped
 
 
 def unfinished(sweep: Sweep) -> list[RunRecord]:
     """Runs not finished that the sweep would still run (not those select.enough made unnecessary)."""
-    skipped = {r.name for r in not_needed(sweep)}
+    skipped = set(not_needed(sweep))
     return [r for r in sweep.runs if r.state not in FINAL_STATES and r.name not in skipped]

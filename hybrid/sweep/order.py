@@ -7,6 +7,8 @@ skipped if its configuration already has a learning rate whose every seed finish
 at least `enough` whatever the skipped runs would have given: a grid that mostly succeeds (attention
 on MQAR) costs about one run per configuration instead of one per learning rate. List the likeliest
 value first. A configuration is the runs' axes other than `select.over` and `seed`, as in reports.
+The check is made when a run starts: with more jobs at a time than the first round has runs, second
+choices start beside the first ones and the rounds save nothing.
 """
 from __future__ import annotations
 

@@ -201,7 +201,8 @@ def summary_table(spec: SweepSpec) -> str:
         rd = run_dir(spec, run)
         res: dict[str, Any] = rd.results()
         value = (res.get("final") or {}).get(spec.metric)
-        rows.append([run.name, state_of(spec, run).replace("missing", "-"), f"{value:.4f}" if isinstance(value, float) else "-",
+        state = state_of(spec, run).replace("missing", "-")
+        rows.append([run.name, state, f"{value:.4f}" if isinstance(value, float) else "-",
                      f"{res['wall_time_s']:.0f}s" if res.get("wall_time_s") else "-",
                      (rd.status().get("error") or "")[:80]])
     return format_table(["run", "state", spec.metric, "wall", "error"], rows, align_right={2, 3})

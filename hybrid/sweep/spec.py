@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -229,7 +230,8 @@ def _select(select: Any, file: str) -> dict[str, Any]:
         raise ConfigError(f"expected a logged metric name like eval/all/accuracy, got {shown(select['metric'])}",
                           key="select.metric", file=file)
     enough = select.get("enough")
-    if enough is not None and (isinstance(enough, bool) or not isinstance(enough, (int, float))):
+    if enough is not None and (isinstance(enough, bool) or not isinstance(enough, (int, float))
+                               or not math.isfinite(enough)):
         raise ConfigError(f"expected a number, the metric's value at which a configuration needs no more of its "
                           f"choices (e.g. 0.99 for accuracy with mode max), got {shown(enough)}",
                           key="select.enough", file=file)

@@ -162,26 +162,33 @@ def test_width_plot_has_a_panel_per_setting_and_a_line_per_arch(tmp_path):
 
 
 def test_runs_that_select_enough_made_unnecessary_are_listed_apart(tmp_path):
-    """A configuration whose learning rate reached select.enough on every seed: its unfinished runs are
-    'not needed', not pending; a configuration short of it (or with a seed to go) keeps them pending."""
+    """The runner's rule (hybrid/sweep/order.py): a configuration with a learning rate whose every seed
+    finished at select.enough has its other runs 'not needed', started or never started; one short of
+    it (a seed below, as d's 1.0 and 0.985 whose mean passes, or a seed to go) keeps them pending."""
     from hybrid.report.tables import not_needed, unfinished
     runs = []
     for arch, lr, seed, acc, state in [("a", "0.001", 0, 0.995, "completed"), ("a", "0.003", 0, None, "interrupted"),
+                                       ("a", "0.01", 0, None, None),
                                        ("b", "0.001", 0, 0.5, "completed"), ("b", "0.003", 0, None, "interrupted"),
                                        ("c", "0.001", 0, 0.999, "completed"), ("c", "0.001", 1, None, "interrupted"),
-                                       ("c", "0.003", 0, None, "interrupted")]:
+                                       ("c", "0.003", 0, None, "interrupted"),
+                                       ("d", "0.001", 0, 1.0, "completed"), ("d", "0.001", 1, 0.985, "completed"),
+                                       ("d", "0.003", 0, None, "interrupted")]:
         name = f"arch={arch},lr={lr},seed={seed}"
         runs.append({"name": name, "axes": {"arch": arch, "train.lr": lr, "seed": str(seed)}})
+        if state is None:
+            continue  # planned, never started: no run directory
         d = _run(tmp_path, name, None, acc if acc is not None else 0.0, state=state)
         if acc is None:
             (d / "results.json").unlink()  # an interrupted run has no results yet
     (tmp_path / "sweep.json").write_text(json.dumps({"runs": runs, "select": {
         "over": ["train.lr"], "metric": "eval/all/accuracy", "mode": "max", "enough": 0.99}}))
     sweep = collect(tmp_path)
-    assert [r.name for r in not_needed(sweep)] == ["arch=a,lr=0.003,seed=0"]
+    assert not_needed(sweep) == ["arch=a,lr=0.003,seed=0", "arch=a,lr=0.01,seed=0"]
     assert [r.name for r in unfinished(sweep)] == ["arch=b,lr=0.003,seed=0", "arch=c,lr=0.001,seed=1",
-                                                  "arch=c,lr=0.003,seed=0"]
+                                                  "arch=c,lr=0.003,seed=0", "arch=d,lr=0.003,seed=0"]
+    assert not_needed(collect(tmp_path, "eval/all/loss", "min")) == not_needed(sweep)  # the plan's metric decides
     assert main(["report", str(tmp_path), "--no-plots"]) == 0
     report = (tmp_path / "report" / "report.md").read_text()
     assert "Not needed (another train.lr of the configuration reached select.enough 0.99 on every seed): " \
-           "arch=a,lr=0.003,seed=0" in report
+           "arch=a,lr=0.003,seed=0, arch=a,lr=0.01,seed=0" in report

@@ -256,6 +256,7 @@ def test_select_enough_runs_rounds_and_skips_configurations_that_reached_it(tiny
         from hybrid.training.run_dir import RunDir
         order.append(run.name)
         rd = RunDir(spec_.out_dir / "runs" / run.name).create()
+        rd.write_config(f"name: {run.name}\n")
         rd.write_results({"name": run.name, "state": "completed", "step": 1, "wall_time_s": 0.1,
                           "final": {"eval/all/accuracy": accuracy.get(run.name, 0.5)}})
         rd.set_status("completed", step=1)
@@ -268,6 +269,8 @@ def test_select_enough_runs_rounds_and_skips_configurations_that_reached_it(tiny
     assert sorted(order[4:]) == sorted(f"d_model=64,lr={lr},seed={s}" for lr in ("0.003", "0.01") for s in (0, 1))
     assert states["d_model=32,lr=0.01,seed=1"] == "not needed"
     assert states["d_model=64,lr=0.01,seed=1"] == "completed"
+    from hybrid.report.tables import collect, not_needed
+    assert sorted(not_needed(collect(tmp_path))) == sorted(n for n, s in states.items() if s == "not needed")
     assert main(["sweep", str(path), "--dry-run"]) == 0
     assert "skip (d_model=32,lr=0.001,seed=0 reached select.enough 0.99)" in capsys.readouterr().out
     assert main(["sweep", str(path)]) == 0  # nothing left to run, nothing failed
@@ -275,6 +278,7 @@ def test_select_enough_runs_rounds_and_skips_configurations_that_reached_it(tiny
 
 @pytest.mark.parametrize("select,match", [
     pytest.param({"enough": "high"}, r"select.enough: expected a number", id="not-a-number"),
+    pytest.param({"enough": float("nan")}, r"select.enough: expected a number", id="nan"),
     pytest.param({"enough": 0.9, "over": []}, r"select.enough: select.enough skips .* selects over no axis",
                  id="no-selection-axis"),
 ])
