@@ -64,9 +64,11 @@ def evaluate(model_fn: Callable[[Tensor], Tensor], task: Task, device: torch.dev
         split: share the batches among data-parallel processes (`Split`); every process returns the
             whole evaluation's metrics.
         start: the progress of an evaluation cut short, as `after_set` gave it: its sets are not run
-            again and its sums are kept (one process only, without `split`).
-        after_set: called after each set with the progress so far, {"sets": [names done], "totals":
-            {group: {statistic: sum}}} (plain JSON data); it may raise to stop the evaluation there.
+            again and its sums are kept (one process only, without `split`); ignored unless it planned
+            the same sets as this one.
+        after_set: called after each set with the progress so far, {"sets": [names done], "planned":
+            [every name], "totals": {group: {statistic: sum}}} (plain JSON data); it may raise to stop the
+            evaluation there.
 
     Returns:
         `{group: {metric: value}}`, each group's metrics computed from sums over its examples:
@@ -86,6 +88,8 @@ def evaluate(model_fn: Callable[[Tensor], Tensor], task: Task, device: torch.dev
         raise KeyError(f"unknown held-out set(s) {unknown} of task {task.name!r}; it has: {', '.join(all_sets)}")
     if start is not None and split is not None and split.world > 1:
         raise ValueError("an evaluation resumes (start=) in one process only: its sums would be a rank's share")
+    if start is not None and start.get("planned") != names:
+        start = None  # an evaluation of other sets: its sums would be pooled into this one's
     acc = Accumulator(task.slice_keys)
     done = list((start or {}).get("sets", []))
     for group, sums in (start or {}).get("totals", {}).items():
@@ -109,7 +113,8 @@ def evaluate(model_fn: Callable[[Tensor], Tensor], task: Task, device: torch.dev
                 acc.add(stats, batch.info, group=name)
         done.append(name)
         if after_set is not None:
-            after_set({"sets": list(done), "totals": {g: dict(t) for g, t in acc.totals.items()}})
+            totals = {g: dict(t) for g, t in acc.totals.items()}
+            after_set({"sets": list(done), "planned": list(names), "totals": totals})
     if split is not None and split.world > 1:
         acc.totals = split.merge({k: dict(v) for k, v in acc.totals.items()})
     return acc.result(task.reduce)

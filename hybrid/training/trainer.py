@@ -23,6 +23,7 @@ import logging
 import math
 import time
 import traceback
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -99,7 +100,8 @@ def _train(root: RootConfig, parallel: Parallel, resume: bool, overwrite: bool,
                         f"continue it with `hybrid train --resume {run.path}`, or pass --overwrite, "
                         f"or choose another train.run_dir / name")
     if overwrite and not resume and parallel.main:
-        for name in ("checkpoint.pt", "checkpoint.prev.pt", "metrics.jsonl", "results.json", "status.json"):
+        for name in ("checkpoint.pt", "checkpoint.prev.pt", "metrics.jsonl", "results.json", "status.json",
+                     PARTIAL):
             run.file(name).unlink(missing_ok=True)
     run.create()
     try:
@@ -107,9 +109,12 @@ def _train(root: RootConfig, parallel: Parallel, resume: bool, overwrite: bool,
         if isinstance(session, dict):  # resumed a finished run
             return session
         with StopSignals() as stop:
-            if session.finishing:  # stopped during its final evaluation: only that is left
-                step, ending = session.start, session.finishing["ending"]
-                session.stopped_by = session.finishing.get("stopped_by")
+            finishing = session.finishing  # stopped during its final evaluation: only that is left,
+            if finishing and finishing["ending"] == "completed" and session.start < session.cfg.steps:
+                finishing = session.finishing = None  # unless train.steps has grown since
+            if finishing:
+                step, ending = session.start, finishing["ending"]
+                session.stopped_by = finishing.get("stopped_by")
             else:
                 step, ending = _loop(session, on_step, stop)
             # a signal from here stops the final evaluation between held-out sets (one process), else waits
@@ -416,13 +421,15 @@ def _finish(s: _Session, step: int, ending: str, stop: StopSignals) -> dict[str,
     if s.cfg.final_eval:
         # The trained weights first: a run stopped during a long final evaluation (every length of an
         # extrapolation study) resumes at its last step and only evaluates the sets not yet done.
-        if not s.finishing:
-            _checkpoint(s, step, finishing={"ending": ending, "stopped_by": s.stopped_by})
+        if not s.finishing:  # a new token: no partial evaluation of an earlier run in this folder is taken
+            s.finishing = {"ending": ending, "stopped_by": s.stopped_by, "token": uuid.uuid4().hex}
+            _checkpoint(s, step, finishing=s.finishing)
         s.run.set_status("running", step=step)
-        evaluate = functools.partial(run_evaluation, s.model, s.task, s.device, s.amp, None, s.eval_stats, None,
-                                     s.parallel.eval_split())
+        evaluate = functools.partial(run_evaluation, s.model, s.task, s.device, s.amp, max_batches=None,
+                                     graphed=s.eval_stats, sets=None, split=s.parallel.eval_split())
         try:
-            final = final_evaluation(s.run, step, evaluate, s.parallel.world == 1, lambda: stop.received)
+            final = final_evaluation(s.run, str(s.finishing.get("token")), evaluate, s.parallel.world == 1,
+                                     lambda: stop.received)
         except StoppedDuringEvaluation as err:
             s.run.set_status("interrupted", step=step)
             message = (f"{err}: the sets done are kept in {s.run.file(PARTIAL)}; continue with "
@@ -433,7 +440,9 @@ def _finish(s: _Session, step: int, ending: str, stop: StopSignals) -> dict[str,
         value = final.get(s.cfg.early_stop.metric)
         if _improves(s, value):
             s.best = value
-    _checkpoint(s, step, rotate=not s.cfg.final_eval)  # after a final evaluation: the same step again
+    # after a final evaluation the same step again, still marked as finishing (a crash before the status
+    # is written must not resume an early-stopped run into more training)
+    _checkpoint(s, step, rotate=not s.cfg.final_eval, finishing=s.finishing)
     wall = s.elapsed()
     model = s.model
     results = {

@@ -174,7 +174,7 @@ def _signal_after_first_set(monkeypatch, calls):
     real = trainer_module.run_evaluation
 
     def evaluation(*args, start=None, after_set=None, **kwargs):
-        if args[4] is not None or after_set is None:  # a periodic evaluation
+        if after_set is None:  # a periodic evaluation
             return real(*args, start=start, after_set=after_set, **kwargs)
         calls.append(list((start or {}).get("sets", [])))
 
@@ -204,7 +204,7 @@ def test_a_run_stopped_in_its_final_evaluation_resumes_to_evaluate_only_what_is_
     monkeypatch.undo()
     resumed = resume_run(cut_dir)
     assert _losses(cut_dir) == _losses(tmp_path / "runs" / "whole")  # no step trained twice
-    assert resumed["final"] == pytest.approx(whole["final"], rel=1e-12) and resumed["state"] == "completed"
+    assert resumed["final"] == whole["final"] and resumed["state"] == "completed"
     assert not (cut_dir / "final_eval.partial.json").exists()
     assert calls == [[]]
 
@@ -224,7 +224,92 @@ def test_an_early_stopped_run_stopped_in_its_final_evaluation_stays_early_stoppe
     resumed = resume_run(tmp_path / "runs" / "cut")
     assert calls == [[], ["L16-kv2"]]
     assert resumed["state"] == "early_stopped" and resumed["step"] == 2 and resumed["early_stop"] == "target"
-    assert resumed["final"] == pytest.approx(whole["final"], rel=1e-12)
+    assert resumed["final"] == whole["final"]
+
+
+def _crash_after_first_set(monkeypatch):
+    """A hard crash (kill -9) once the final evaluation's first held-out set is done and saved."""
+    import hybrid.training.trainer as trainer_module
+    real = trainer_module.run_evaluation
+
+    def evaluation(*args, start=None, after_set=None, **kwargs):
+        if after_set is None:  # a periodic evaluation
+            return real(*args, start=start, after_set=after_set, **kwargs)
+
+        def crash(progress):
+            after_set(progress)
+            raise Killed()
+        return real(*args, start=start, after_set=crash, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "run_evaluation", evaluation)
+
+
+def test_a_crash_in_the_final_evaluation_keeps_the_sets_done_but_not_for_another_run(tiny, tmp_path, monkeypatch):
+    """Killed after the first set: resumed, the result equals an uninterrupted run's exactly. A partial
+    file left in a folder that is then trained afresh (--overwrite, another learning rate) is not used."""
+    config = tiny()
+    whole = train(load_config(config, ["name=whole"]))
+    other = train(load_config(config, ["name=other", "train.lr=0.01"]))
+    _crash_after_first_set(monkeypatch)
+    with pytest.raises(Killed):
+        train(load_config(config, ["name=cut"]))
+    monkeypatch.undo()
+    cut_dir = tmp_path / "runs" / "cut"
+    assert resume_run(cut_dir)["final"] == whole["final"]
+    _crash_after_first_set(monkeypatch)
+    with pytest.raises(Killed):
+        train(load_config(config, ["name=cut"]), overwrite=True)
+    monkeypatch.undo()
+    assert (cut_dir / "final_eval.partial.json").exists()
+    (cut_dir / "status.json").unlink()
+    for name in ("checkpoint.pt", "checkpoint.prev.pt"):  # a folder retrained from nothing, the partial kept
+        (cut_dir / name).unlink()
+    assert train(load_config(config, ["name=cut", "train.lr=0.01"]), resume=True)["final"] == other["final"]
+
+
+def test_a_signal_in_the_last_set_lets_the_run_finish(tiny, tmp_path, monkeypatch):
+    import os
+    import signal
+
+    import hybrid.training.trainer as trainer_module
+    real = trainer_module.run_evaluation
+
+    def evaluation(*args, start=None, after_set=None, **kwargs):
+        def signalled(progress):
+            if len(progress["sets"]) == len(progress["planned"]):
+                os.kill(os.getpid(), signal.SIGTERM)
+            after_set(progress)
+        return real(*args, start=start, after_set=signalled if after_set else None, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "run_evaluation", evaluation)
+    assert train(load_config(tiny(), ["name=last"]))["state"] == "completed"
+
+
+def test_a_run_stopped_in_its_final_evaluation_trains_on_if_its_steps_grew(tiny, tmp_path, monkeypatch):
+    config = tiny()
+    _signal_after_first_set(monkeypatch, [])
+    with pytest.raises(KeyboardInterrupt):
+        train(load_config(config, ["name=cut"]))
+    monkeypatch.undo()
+    resumed = resume_run(tmp_path / "runs" / "cut", ["train.steps=16"])
+    assert resumed["step"] == 16 and resumed["state"] == "completed"
+    assert [s for s, _ in _losses(tmp_path / "runs" / "cut")][-1] == 16
+
+
+def test_an_evaluation_resumed_with_other_sets_ignores_the_saved_sums():
+    from hybrid.tasks import build_task
+    from hybrid.tasks.evaluate import evaluate
+
+    task = build_task({"type": "mqar", "vocab_size": 64, "train": [{"length": 16, "num_kv_pairs": 2}],
+                       "test": [{"length": 16, "num_kv_pairs": 2}, {"length": 32, "num_kv_pairs": 4}],
+                       "eval_examples": 8, "eval_batch_size": 8}, seed=0)
+    model = lambda inputs: torch.zeros(*inputs.shape, 64)  # noqa: E731
+    seen = []
+    whole = evaluate(model, task, after_set=seen.append)
+    assert seen[0]["planned"] == ["L16-kv2", "L32-kv4"] and seen[0]["sets"] == ["L16-kv2"]
+    assert evaluate(model, task, start=seen[0]) == whole
+    stale = {**seen[0], "planned": ["L16-kv2"], "totals": {"all": {"correct": 1e9, "scored": 1.0}}}
+    assert evaluate(model, task, start=stale) == whole
 
 
 def test_a_resume_that_fails_before_training_is_recorded_as_failed(tiny, tmp_path, monkeypatch):
