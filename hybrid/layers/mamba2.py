@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from hybrid.init import mark_no_reinit, mark_no_weight_decay, mark_residual_out
 from hybrid.kernels.causal_conv1d import causal_conv1d, causal_conv1d_continue
-from hybrid.kernels.ssd import ssd, ssd_state_update
+from hybrid.kernels.ssd import ssd_packed, ssd_state_update
 from hybrid.norms import GatedRMSNorm
 from hybrid.registry import register_layer
 
@@ -149,10 +149,11 @@ class Mamba2(nn.Module):
         zxbcdt = self.in_proj(hidden)  # (batch, length, d_in_proj)
         d_mlp = (zxbcdt.shape[-1] - 2 * self.d_ssm - 2 * gn - self.nheads) // 2
         z0, x0, z, xBC, dt = zxbcdt.split([d_mlp, d_mlp, self.d_ssm, self.conv_dim, self.nheads], dim=-1)
-        x, B, C = self._conv(xBC, state).split([self.d_ssm, gn, gn], dim=-1)
+        xBC = self._conv(xBC, state)  # x, B and C side by side
         heads = (batch, length, self.nheads, c.headdim)
         gate = None if c.rmsnorm else z.reshape(heads)
         if state is not None and length == 1:  # decoding: one recurrent step
+            x, B, C = xBC.split([self.d_ssm, gn, gn], dim=-1)
             if state.step_constants is None:
                 f32 = torch.float32  # copies, also of fp32 weights: the state keeps the weights it started with
                 state.step_constants = (-torch.exp(self.A_log.to(f32)), self._skip_weight().to(f32, copy=True),
@@ -163,10 +164,11 @@ class Mamba2(nn.Module):
                                  dt_bias=dt_bias, dt_softplus=True, dt_limit=tuple(c.dt_limit))[:, None]
         else:
             A = -torch.exp(self.A_log.float())  # (heads,)
-            y = ssd(x.reshape(heads), dt, A, B.reshape(batch, length, c.ngroups, -1), C.reshape(batch, length, c.ngroups, -1),
-                    chunk_size=c.chunk_size, D=self._skip_weight(), z=gate, dt_bias=self.dt_bias, dt_softplus=True,
-                    dt_limit=tuple(c.dt_limit), initial_states=state.ssm if state is not None else None,
-                    return_final_states=state is not None, backend=c.ssd_backend)
+            # x, B and C as views of the conv output: their gradient is one tensor (no concatenation)
+            y = ssd_packed(xBC, dt, A, (self.nheads, c.headdim, c.ngroups, c.d_state), chunk_size=c.chunk_size,
+                           D=self._skip_weight(), z=gate, dt_bias=self.dt_bias, dt_softplus=True,
+                           dt_limit=tuple(c.dt_limit), initial_states=state.ssm if state is not None else None,
+                           return_final_states=state is not None, backend=c.ssd_backend)
             if state is not None:
                 y, last = y
                 state.ssm.copy_(last)

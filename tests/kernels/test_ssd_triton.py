@@ -265,6 +265,43 @@ def test_triton_strided_inputs():
     assert rel(y, y_ref) <= FP32_TOL and rel(final, final_ref) <= FP32_TOL
 
 
+@pytest.mark.parametrize("groups,seq,h0", [pytest.param(2, True, False, id="G2-seq"), pytest.param(1, False, True, id="h0")])
+def test_packed_xbc_gives_the_split_views_results_and_one_gradient(groups, seq, h0):
+    """ssd_packed / ssd_triton_packed on x, B and C side by side in one tensor (a Mamba-2 conv output): the
+    same y, final state and gradients, bit for bit, as ssd_triton on split views of it, xbc's gradient
+    being the three gradients side by side; the chunked backend through ssd_packed agrees too."""
+    from hybrid.kernels.ssd import ssd_packed
+    from hybrid.kernels.ssd.triton_ssd import ssd_triton_packed
+
+    b, L, h, p, n, chunk = 2, 33, 4, 8, 4, 16
+    shape = (h, p, groups, n)
+    xbc = torch.randn(b, L, h * p + 2 * groups * n, device=DEV)
+    dt, z = torch.randn(b, L, h, device=DEV) * 0.7 - 1.0, torch.randn(b, L, h, p, device=DEV)
+    A, D, dt_bias = -(torch.rand(h, device=DEV) + 0.3), torch.randn(h, device=DEV), torch.randn(h, device=DEV) * 0.5
+    kw = dict(chunk_size=chunk, D=D, z=z, dt_bias=dt_bias, dt_softplus=True, return_final_states=True,
+              initial_states=torch.randn(b, h, p, n, device=DEV) if h0 else None,
+              seq_idx=doc_ids(b, L, chunk) if seq else None)
+    gy, gf = torch.randn(b, L, h, p, device=DEV), torch.randn(b, h, p, n, device=DEV)
+
+    def grads(fn, *inputs):
+        leaves = [t.detach().clone().requires_grad_() for t in inputs]
+        y, final = fn(*leaves)
+        ((y * gy).sum() + (final * gf).sum()).backward()
+        return y, final, [t.grad for t in leaves]
+
+    def split(xbc_, dt_):
+        x, B, C = xbc_.split([h * p, groups * n, groups * n], dim=-1)
+        return ssd_triton(x.unflatten(-1, (h, p)), dt_, A, B.unflatten(-1, (groups, n)), C.unflatten(-1, (groups, n)), **kw)
+
+    y, final, (dxbc, ddt) = grads(lambda x_, d_: ssd_triton_packed(x_, d_, A, shape, **kw), xbc, dt)
+    y0, final0, (dxbc0, ddt0) = grads(split, xbc, dt)
+    assert torch.equal(y, y0) and torch.equal(final, final0) and torch.equal(dxbc, dxbc0) and torch.equal(ddt, ddt0)
+    y1, final1, (dxbc1, _) = grads(lambda x_, d_: ssd_packed(x_, d_, A, shape, backend="torch", **kw), xbc, dt)
+    assert rel(y1, y) <= FP32_TOL and rel(final1, final) <= FP32_TOL and rel(dxbc1, dxbc) <= FP32_TOL
+    with pytest.raises(ValueError, match=r"xbc must be \(batch, length, heads \* headdim \+ 2 \* groups \* d_state\)"):
+        ssd_packed(xbc[..., 1:], dt, A, shape)
+
+
 def test_triton_length_zero():
     x = torch.zeros(2, 0, 3, 4, device=DEV)
     h0 = torch.randn(2, 3, 4, 5, device=DEV)

@@ -66,19 +66,22 @@ def test_decoding_keeps_the_step_constants_with_the_state():
 
 
 def test_backends_agree_forward_and_backward():
+    """The chunked torch SSD, the reference and the Triton kernels (under the interpreter on the CPU; their
+    packed path, x, B and C as views of the conv output with one gradient tensor)."""
     torch.manual_seed(0)
     outs = []
-    for backend in ("torch", "ref"):
+    for backend in ("torch", "ref", "triton"):
         torch.manual_seed(0)
         m = Mamba2(24, Mamba2Config(d_state=6, headdim=12, ngroups=2, chunk_size=5, ssd_backend=backend))
         u = torch.randn(2, 13, 24, requires_grad=True)
         y = m(u)
         y.square().sum().backward()
         outs.append((y, u.grad, {n: p.grad for n, p in m.named_parameters()}))
-    torch.testing.assert_close(outs[0][0], outs[1][0], rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(outs[0][1], outs[1][1], rtol=1e-4, atol=1e-5)
-    for name, grad in outs[0][2].items():
-        torch.testing.assert_close(grad, outs[1][2][name], rtol=1e-4, atol=1e-5, msg=lambda m: f"{name}: {m}")
+    for other in outs[1:]:
+        torch.testing.assert_close(outs[0][0], other[0], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(outs[0][1], other[1], rtol=1e-4, atol=1e-5)
+        for name, grad in outs[0][2].items():
+            torch.testing.assert_close(grad, other[2][name], rtol=1e-4, atol=1e-5, msg=lambda m: f"{name}: {m}")
 
 
 def test_init_follows_mamba2_defaults():

@@ -97,6 +97,40 @@ def ssd(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, chunk_size: int 
               return_final_states=return_final_states)
 
 
+def unpack_xbc(xbc: Tensor, shape: tuple[int, int, int, int], where: str) -> tuple[Tensor, Tensor, Tensor]:
+    """Views x (batch, length, heads, headdim), B and C (batch, length, groups, d_state) of xbc, which holds
+    them side by side along its last axis; shape = (heads, headdim, groups, d_state)."""
+    heads, headdim, groups, dstate = shape
+    d_x, gn = heads * headdim, groups * dstate
+    if xbc.dim() != 3 or xbc.shape[2] != d_x + 2 * gn:
+        raise ValueError(f"{where}: xbc must be (batch, length, heads * headdim + 2 * groups * d_state) = "
+                         f"(., ., {d_x + 2 * gn}) for (heads, headdim, groups, d_state) {tuple(shape)}, "
+                         f"got {tuple(xbc.shape)}")
+    return (xbc[..., :d_x].unflatten(-1, (heads, headdim)), xbc[..., d_x:d_x + gn].unflatten(-1, (groups, dstate)),
+            xbc[..., d_x + gn:].unflatten(-1, (groups, dstate)))
+
+
+def ssd_packed(xbc: Tensor, dt: Tensor, A: Tensor, shape: tuple[int, int, int, int], chunk_size: int = 256,
+               D: Tensor | None = None, z: Tensor | None = None, dt_bias: Tensor | None = None,
+               dt_softplus: bool = False, dt_limit: tuple[float, float] = NO_LIMIT,
+               initial_states: Tensor | None = None, seq_idx: Tensor | None = None,
+               return_final_states: bool = False, backend: str = "auto"):
+    """`ssd` of x, B and C held side by side in xbc (batch, length, heads headdim + 2 groups d_state), as
+    Mamba-2's convolution returns them; shape = (heads, headdim, groups, d_state). The Triton backend
+    takes them as views and writes their gradients into one tensor of xbc's shape (three split views
+    passed to `ssd` would have their gradients concatenated by autograd); the others split and call `ssd`."""
+    x, B, C = unpack_xbc(xbc, shape, "ssd_packed")
+    backend = resolve_backend(backend, xbc.is_cuda)
+    options = dict(chunk_size=chunk_size, D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus, dt_limit=tuple(dt_limit),
+                   initial_states=initial_states, seq_idx=seq_idx, return_final_states=return_final_states)
+    if backend != "triton":
+        return ssd(x, dt, A, B, C, backend=backend, **options)
+    _check(x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx, chunk_size)
+    from hybrid.kernels.ssd.triton_ssd import ssd_triton_packed  # noqa: PLC0415
+
+    return ssd_triton_packed(xbc, dt, A, tuple(shape), **options)
+
+
 def ssd_state_update(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None,
                      z: Tensor | None = None, dt_bias: Tensor | None = None, dt_softplus: bool = False,
                      dt_limit: tuple[float, float] = NO_LIMIT, backend: str = "auto") -> Tensor:

@@ -58,6 +58,7 @@ from torch import Tensor
 
 from hybrid.kernels.launch import FastLauncher, cdiv, next_power_of_2
 from hybrid.kernels.triton_math import softplus as _softplus
+from hybrid.kernels.ssd.api import unpack_xbc
 from hybrid.kernels.ssd.reference import discretize_dt
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -777,8 +778,9 @@ def _decay_backward(part: Tensor, dacs_qq: Tensor, dcarry: Tensor, A: Tensor, dt
 
 
 def _ssd_bwd(dy, dfinal, x, dt, A, B, C, chunk, D, z, dt_bias, dt_softplus, dt_limit, initial_states, seq_idx,
-             dtp, acs, cb, prev, ypre):
-    """Every gradient: (dx, ddt, dA, dB, dC, dD, dz, ddt_bias, d initial_states), in the inputs' dtypes."""
+             dtp, acs, cb, prev, ypre, out=None):
+    """Every gradient: (dx, ddt, dA, dB, dC, dD, dz, ddt_bias, d initial_states), in the inputs' dtypes;
+    `out`: (dx, dB, dC) to write those three into (any strides), else they are allocated."""
     batch, length, heads, headdim = x.shape
     groups, dstate = B.shape[2], B.shape[3]
     hpg = heads // groups
@@ -816,7 +818,7 @@ def _ssd_bwd(dy, dfinal, x, dt, A, B, C, chunk, D, z, dt_bias, dt_softplus, dt_l
     n_pb = cdiv(headdim, bp)
     plane = batch * heads * n_chunks * chunk
     part = torch.empty((3, n_pb, batch, heads, n_chunks, chunk), device=dev, dtype=f32)
-    dx = torch.empty((batch, length, heads, headdim), device=dev, dtype=x.dtype)
+    dx = out[0] if out is not None else torch.empty((batch, length, heads, headdim), device=dev, dtype=x.dtype)
     Dt = D if D is not None else x
     _launch_dx((cdiv(chunk, cfg["BM_DX"]) * n_pb, heads, batch * n_chunks),
                cb, x, g, dtp, acs, seq, B, C, ds, prev, Dt, dx, part,
@@ -834,8 +836,7 @@ def _ssd_bwd(dy, dfinal, x, dt, A, B, C, chunk, D, z, dt_bias, dt_softplus, dt_l
                 *x.stride(), *g.stride(), *s_seq,
                 HAS_SEQ=has_seq, DOT=dot, PREC=prec, BM=bm, BK=min(bp, 64), **opts)
 
-    dB = torch.empty_like(B)
-    dC = torch.empty_like(C)
+    dB, dC = out[1:] if out is not None else (torch.empty_like(B), torch.empty_like(C))
     grid = (n_qb * cdiv(dstate, bn), groups, batch * n_chunks)
     for out, v, u, st, for_b in ((dC, B, g, prev, False), (dB, C, x, ds, True)):
         _launch_dbc(grid, dcb, v, u, st, dtp, acs, seq, out,
@@ -876,6 +877,36 @@ class SsdFn(torch.autograd.Function):
         grads = _ssd_bwd(dy, dfinal, x, dt, A, B, C, ctx.chunk, D, z, dt_bias, ctx.dt_softplus, ctx.dt_limit,
                          initial_states, seq_idx, dtp, acs, cb, prev, ypre)
         return (*grads[:8], grads[8] if ctx.needs_input_grad[8] else None, None, None, None, None, None)
+
+
+class SsdPackedFn(torch.autograd.Function):
+    """SsdFn with x, B and C packed side by side in one (batch, length, heads headdim + 2 groups d_state)
+    tensor, as Mamba-2's convolution returns them: the backward writes their gradients into one tensor of
+    that shape, where split views of it as three inputs would have them concatenated afterwards."""
+
+    @staticmethod
+    def forward(ctx, xbc, dt, A, D, z, dt_bias, initial_states, seq_idx, shape, chunk, dt_softplus, dt_limit,
+                for_backward):
+        ctx.set_materialize_grads(False)
+        x, B, C = unpack_xbc(xbc, shape, "ssd (triton, packed)")
+        y, final, saved = _ssd_fwd(x, dt, A, B, C, chunk, D, z, dt_bias, dt_softplus, dt_limit,
+                                   initial_states, seq_idx, for_backward)
+        if for_backward:
+            ctx.save_for_backward(xbc, dt, A, D, z, dt_bias, initial_states, seq_idx, *saved)
+        ctx.shape, ctx.chunk, ctx.dt_softplus, ctx.dt_limit = shape, chunk, dt_softplus, dt_limit
+        return y, final
+
+    @staticmethod
+    def backward(ctx, dy, dfinal):
+        xbc, dt, A, D, z, dt_bias, initial_states, seq_idx, dtp, acs, cb, prev, ypre = ctx.saved_tensors
+        dxbc = torch.empty(xbc.shape, device=xbc.device, dtype=xbc.dtype)
+        where = "ssd (triton, packed)"
+        (x, B, C), out = unpack_xbc(xbc, ctx.shape, where), unpack_xbc(dxbc, ctx.shape, where)
+        dx, ddt, dA, dB, dC, dD, dz, dbias, dinit = _ssd_bwd(
+            dy, dfinal, x, dt, A, B, C, ctx.chunk, D, z, dt_bias, ctx.dt_softplus, ctx.dt_limit, initial_states,
+            seq_idx, dtp, acs, cb, prev, ypre, out=out)
+        return (dxbc, ddt, dA, dD, dz, dbias, dinit if ctx.needs_input_grad[6] else None,
+                None, None, None, None, None, None)
 
 
 def _check(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None, z: Tensor | None,
@@ -938,4 +969,25 @@ def ssd_triton(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, chunk_siz
     tensors = (x, dt, A, B, C, D, z, dt_bias, initial_states)
     for_backward = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
     y, final = SsdFn.apply(*tensors, seq_idx, chunk, dt_softplus, tuple(float(v) for v in dt_limit), for_backward)
+    return (y, final) if return_final_states else y
+
+
+def ssd_triton_packed(xbc: Tensor, dt: Tensor, A: Tensor, shape: tuple[int, int, int, int], chunk_size: int = 256,
+                      D: Tensor | None = None, z: Tensor | None = None, dt_bias: Tensor | None = None,
+                      dt_softplus: bool = False, dt_limit: tuple[float, float] = NO_LIMIT,
+                      initial_states: Tensor | None = None, seq_idx: Tensor | None = None,
+                      return_final_states: bool = False):
+    """`ssd_triton` of x, B and C packed in xbc (batch, length, heads headdim + 2 groups d_state) as views,
+    shape = (heads, headdim, groups, d_state); differentiable in xbc (one gradient tensor, no concatenation)."""
+    x, B, C = unpack_xbc(xbc, shape, "ssd (triton, packed)")
+    _check(x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx)
+    if chunk_size < 1:
+        raise ValueError(f"ssd (triton): chunk_size must be >= 1, got {chunk_size}")
+    if xbc.shape[1] == 0:
+        return ssd_triton(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, dt_limit, initial_states, seq_idx,
+                          return_final_states)
+    tensors = (xbc, dt, A, D, z, dt_bias, initial_states)
+    for_backward = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+    y, final = SsdPackedFn.apply(*tensors, seq_idx, tuple(shape), min(chunk_size, xbc.shape[1]), dt_softplus,
+                                 tuple(float(v) for v in dt_limit), for_backward)
     return (y, final) if return_final_states else y
