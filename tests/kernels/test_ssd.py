@@ -179,6 +179,29 @@ def test_triton_state_update_matches_the_reference(batch, heads, headdim, groups
     torch.testing.assert_close(state, expected, rtol=1e-5, atol=1e-5)
 
 
+def test_triton_state_update_splits_heads_at_small_batch(monkeypatch):
+    """The step's tile: at batch 1 on a 132-SM GPU the channels of each head are split into blocks of 4
+    (384 programs of 4 warps), at batch 64 they stay in blocks of 32 (4 warps); and the small tile
+    computes what the reference does (forced here, under the interpreter without a GPU)."""
+    from hybrid.kernels.ssd import triton_step
+    monkeypatch.setattr(triton_step, "sm_count", lambda device: 132)
+    cuda = torch.device("cuda")
+    assert triton_step._tile(1 * 24, 64, 128, cuda) == (4, 4)
+    assert triton_step._tile(1 * 24, 64, 16, cuda) == (4, 1)  # a small state: a small tile, one warp
+    assert triton_step._tile(64 * 24, 64, 128, cuda) == (32, 4)
+    assert triton_step._tile(24, 64, 128, torch.device("cpu")) == (32, 4)
+    monkeypatch.setattr(triton_step, "_tile", lambda rows, headdim, block_n, device: (4, 1))
+    inputs = on_dev(make(1, 1, 3, 10, 1, 8, D="channel", z=True, seed=6))
+    x, dt, B, C, z = (inputs[k][:, 0] for k in ("x", "dt", "B", "C", "z"))
+    kw = {"D": inputs["D"], "z": z, "dt_bias": inputs["dt_bias"], "dt_softplus": True}
+    state = torch.randn(1, 3, 10, 8).to(DEV)
+    expected = state.clone()
+    y_ref = ssd_state_update(expected, x, dt, inputs["A"], B, C, backend="ref", **kw)
+    y = ssd_state_update(state, x, dt, inputs["A"], B, C, backend="triton", **kw)
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(state, expected, rtol=1e-5, atol=1e-5)
+
+
 def test_triton_state_update_clamps_dt_as_the_reference_does():
     inputs = on_dev(make(2, 1, 3, 5, 1, 6, D="channel", z=True, seed=5))
     x, dt, B, C, z = (inputs[k][:, 0] for k in ("x", "dt", "B", "C", "z"))

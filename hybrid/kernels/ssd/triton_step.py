@@ -17,7 +17,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from hybrid.kernels.launch import FastLauncher, cdiv, next_power_of_2
+from hybrid.kernels.launch import FastLauncher, cdiv, next_power_of_2, sm_count
 from hybrid.kernels.triton_math import softplus as _softplus
 
 
@@ -67,6 +67,22 @@ def _ssd_step_kernel(
 
 
 _launch_ssd_step = FastLauncher(_ssd_step_kernel)  # kernel[grid] without Triton's per-call argument binding
+PROGRAMS_PER_SM = 4  # at small batch, split each head's channels until the grid has this many programs per SM
+MIN_BLOCK_P = 4
+
+
+def _tile(rows: int, headdim: int, block_n: int, device: torch.device) -> tuple[int, int]:
+    """(BLOCK_P, num_warps). Up to 4,096 state elements a program (32 channels at d_state 128); with few
+    (batch, head) rows (decoding at batch 1: 24 rows of the ~130M model) that grid leaves most SMs idle and
+    the step waits on a few programs' memory latency, so the channels are split further, down to
+    MIN_BLOCK_P, until the grid reaches PROGRAMS_PER_SM programs per SM (mamba_ssm's step splits them
+    into blocks of 4 channels at d_state 128, with 4 warps). Tiles under 512 elements take fewer warps."""
+    block_p = max(1, min(next_power_of_2(headdim), 4096 // block_n))
+    if device.type == "cuda":
+        target = PROGRAMS_PER_SM * sm_count(device)
+        while block_p > MIN_BLOCK_P and rows * cdiv(headdim, block_p) < target:
+            block_p //= 2
+    return block_p, max(1, min(4, block_p * block_n // 128))
 
 
 def ssd_state_update_triton(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor,
@@ -83,7 +99,7 @@ def ssd_state_update_triton(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: 
     dstate, groups = state.shape[3], B.shape[1]
     y = torch.empty_like(x)
     block_n = next_power_of_2(dstate)
-    block_p = max(1, min(next_power_of_2(headdim), 4096 // block_n))
+    block_p, num_warps = _tile(batch * heads, headdim, block_n, state.device)
     zz = z if z is not None else x
     d_strides = (0, 0) if D is None else (D.stride(0), D.stride(1) if D.dim() == 2 else 0)
     limit = tuple(dt_limit) != (0.0, float("inf"))
@@ -93,6 +109,6 @@ def ssd_state_update_triton(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: 
         heads, headdim, dstate, heads // groups, float(dt_limit[0]), float(min(dt_limit[1], 3.0e38)),
         *state.stride(), *x.stride(), *dt.stride(), *B.stride(), *C.stride(), *zz.stride(), *y.stride(), *d_strides,
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=dt_bias is not None, SOFTPLUS=dt_softplus,
-        HAS_LIMIT=limit, BLOCK_P=block_p, BLOCK_N=block_n, num_warps=4,
+        HAS_LIMIT=limit, BLOCK_P=block_p, BLOCK_N=block_n, num_warps=num_warps,
     )
     return y
