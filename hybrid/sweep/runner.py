@@ -4,9 +4,8 @@ processes (one per GPU), skipping finished runs and resuming unfinished ones.
 A run whose status is completed, early_stopped or diverged is final and skipped; a run with a
 checkpoint continues from it; anything else starts afresh. With `select.enough`, runs go in rounds of
 learning rates and a run whose configuration has already reached it is not run (hybrid/sweep/order.py).
-A run that raises (or whose worker
-dies) is marked failed with its error in `status.json` and the sweep goes on; running the sweep
-again retries it. `<out>/sweep.json` records the plan for `hybrid report`.
+A run that raises (or whose worker dies) is marked failed with its error in `status.json` and the
+sweep goes on; running the sweep again retries it. `<out>/sweep.json` records the plan for `hybrid report`.
 """
 from __future__ import annotations
 

@@ -157,7 +157,7 @@ class _Session:
     train_tokens: int = 0
     eval_stats: GraphedStats | None = None
     parallel: Parallel = field(default_factory=Parallel)
-    finishing: dict[str, Any] | None = None  # {"ending", "stopped_by"}: the final evaluation was under way
+    finishing: dict[str, Any] | None = None  # {"ending", "stopped_by", "token"}: the final evaluation began
 
     @property
     def cfg(self) -> TrainConfig:
