@@ -191,10 +191,16 @@ def test_triton_state_update_splits_heads_at_small_batch(monkeypatch):
     assert triton_step._tile(64 * 24, 64, 128, cuda) == (32, 4)
     assert triton_step._tile(24, 64, 128, torch.device("cpu")) == (32, 4)
     monkeypatch.setattr(triton_step, "_tile", lambda rows, headdim, block_n, device: (4, 1))
-    inputs = on_dev(make(1, 1, 3, 10, 1, 8, D="channel", z=True, seed=6))
+    _step_matches_reference(1, 3, 10, 8, seed=6)  # headdim 10: three blocks of 4, the last one masked
+
+
+def _step_matches_reference(batch, heads, headdim, n, seed, **extra):
+    """One Triton step (D per channel, z, dt_bias + softplus, and `extra`) against the reference: the same
+    output and the same state, updated in place."""
+    inputs = on_dev(make(batch, 1, heads, headdim, 1, n, D="channel", z=True, seed=seed))
     x, dt, B, C, z = (inputs[k][:, 0] for k in ("x", "dt", "B", "C", "z"))
-    kw = {"D": inputs["D"], "z": z, "dt_bias": inputs["dt_bias"], "dt_softplus": True}
-    state = torch.randn(1, 3, 10, 8).to(DEV)
+    kw = {"D": inputs["D"], "z": z, "dt_bias": inputs["dt_bias"], "dt_softplus": True, **extra}
+    state = torch.randn(batch, heads, headdim, n).to(DEV)
     expected = state.clone()
     y_ref = ssd_state_update(expected, x, dt, inputs["A"], B, C, backend="ref", **kw)
     y = ssd_state_update(state, x, dt, inputs["A"], B, C, backend="triton", **kw)
@@ -203,15 +209,7 @@ def test_triton_state_update_splits_heads_at_small_batch(monkeypatch):
 
 
 def test_triton_state_update_clamps_dt_as_the_reference_does():
-    inputs = on_dev(make(2, 1, 3, 5, 1, 6, D="channel", z=True, seed=5))
-    x, dt, B, C, z = (inputs[k][:, 0] for k in ("x", "dt", "B", "C", "z"))
-    kw = {"D": inputs["D"], "z": z, "dt_bias": inputs["dt_bias"], "dt_softplus": True, "dt_limit": (0.2, 0.4)}
-    state = torch.randn(2, 3, 5, 6).to(DEV)
-    expected = state.clone()
-    y_ref = ssd_state_update(expected, x, dt, inputs["A"], B, C, backend="ref", **kw)
-    y = ssd_state_update(state, x, dt, inputs["A"], B, C, backend="triton", **kw)
-    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(state, expected, rtol=1e-5, atol=1e-5)
+    _step_matches_reference(2, 3, 5, 6, seed=5, dt_limit=(0.2, 0.4))
 
 
 @pytest.mark.parametrize("change,match", [
