@@ -54,9 +54,14 @@ class Sweep:
     select_over: list[str]
     metric: str
     mode: str
-    enough: float | None = None  # the plan's select.enough: a configuration at it needs no other choice
     planned: list[dict[str, Any]] = field(default_factory=list)  # the plan's runs: {name, axes}
     plan_select: dict[str, Any] = field(default_factory=dict)  # the plan's select: {over, metric, mode, enough}
+
+    @property
+    def enough(self) -> float | None:
+        """The plan's select.enough: a configuration at it needs no other choice (None without one)."""
+        value = self.plan_select.get("enough")
+        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
     def config_axes(self) -> list[str]:
         return [a for a in self.axes if a not in self.select_over and a != "seed"]
@@ -122,10 +127,8 @@ def collect(root: Path | str, metric: str | None = None, mode: str | None = None
         axes = list(plan["runs"][0]["axes"])
     else:
         axes = ["run"]
-    enough = select.get("enough")
     return Sweep(root, runs, axes, list(select.get("over", [])), metric or select.get("metric", "eval/all/accuracy"),
                  mode or select.get("mode", "max"),
-                 float(enough) if isinstance(enough, (int, float)) and not isinstance(enough, bool) else None,
                  [{"name": r["name"], "axes": {str(k): str(v) for k, v in (r.get("axes") or {}).items()}}
                   for r in plan.get("runs", [])], dict(select))
 
@@ -268,29 +271,27 @@ def evaluations_csv(sweep: Sweep) -> str:
 def not_needed(sweep: Sweep) -> list[str]:
     """The planned runs, started or not, that the sweep does not run because of the plan's select.enough:
     unfinished runs of a configuration with another choice whose every seed finished at `enough` or
-    better by the plan's metric and mode (the rule of hybrid/sweep/order.py)."""
-    if sweep.enough is None:
+    better by the plan's metric and mode (the runner's rule, hybrid/sweep/order.py)."""
+    enough = sweep.enough
+    if enough is None:
         return []
+    from hybrid.sweep.order import configurations, meets, reached_by  # noqa: PLC0415
+
     metric, mode = sweep.plan_select.get("metric", "eval/all/accuracy"), sweep.plan_select.get("mode", "max")
     records = {r.name: r for r in sweep.runs}
 
     def good(name: str) -> bool:
         run = records.get(name)
-        value = run.final(metric) if run is not None and run.state in FINAL_STATES else None
-        return value is not None and (value >= sweep.enough if mode == "max" else value <= sweep.enough)
+        return run is not None and run.state in FINAL_STATES and meets(run.final(metric), enough, mode)
 
-    configs: dict[tuple, dict[tuple, list[str]]] = {}
-    for plan in sweep.planned:
-        axes = plan["axes"]
-        config = tuple((a, v) for a, v in axes.items() if a not in sweep.select_over and a != "seed")
-        choice = tuple(axes.get(a, "") for a in sweep.select_over)
-        configs.setdefault(config, {}).setdefault(choice, []).append(plan["name"])
+    def unfinished_run(name: str) -> bool:
+        return name not in records or records[name].state not in FINAL_STATES
+
     skipped = []
-    for choices in configs.values():
-        reached = {choice for choice, names in choices.items() if all(good(n) for n in names)}
+    for choices in configurations([(p["name"], p["axes"]) for p in sweep.planned], sweep.select_over).values():
         for choice, names in choices.items():
-            if reached - {choice}:
-                skipped += [n for n in names if n not in records or records[n].state not in FINAL_STATES]
+            if reached_by(choices, choice, good):
+                skipped += [n for n in names if unfinished_run(n)]
     return skipped
 
 

@@ -12,14 +12,38 @@ choices start beside the first ones and the rounds save nothing.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable, Iterable
 
 from hybrid.sweep.spec import RunSpec, SweepSpec
-from hybrid.training.run_dir import RunDir
 
 
-def _config_of(spec: SweepSpec, run: RunSpec) -> tuple:
-    return tuple((a, v) for a, v in run.axes.items() if a not in spec.select_over and a != "seed")
+def configurations(runs: Iterable[tuple[str, dict[str, str]]], over: list[str]) -> dict[tuple, dict[tuple, list[str]]]:
+    """(name, axes) of runs -> configuration -> choice -> run names, in the runs' order: a configuration is
+    the axes other than `over` and `seed`, a choice the values of `over`. (The report uses it on a plan.)"""
+    grouped: dict[tuple, dict[tuple, list[str]]] = {}
+    for name, axes in runs:
+        config = tuple((a, v) for a, v in axes.items() if a not in over and a != "seed")
+        grouped.setdefault(config, {}).setdefault(tuple(axes.get(a, "") for a in over), []).append(name)
+    return grouped
+
+
+def meets(value: Any, enough: float, mode: str) -> bool:
+    """Whether a final metric value reached `enough` (at or above for mode max, at or below for min)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    return value >= enough if mode == "max" else value <= enough
+
+
+def reached_by(choices: dict[tuple, list[str]], own: tuple, good: Callable[[str], bool]) -> str | None:
+    """The first run of another choice than `own` whose every run (seed) is `good`, else None."""
+    for choice, names in choices.items():
+        if choice != own and all(good(n) for n in names):
+            return names[0]
+    return None
+
+
+def _axes(spec: SweepSpec) -> list[tuple[str, dict[str, str]]]:
+    return [(r.name, r.axes) for r in spec.runs]
 
 
 def _choice_of(spec: SweepSpec, run: RunSpec) -> tuple:
@@ -31,19 +55,10 @@ def scheduled(spec: SweepSpec, runs: list[RunSpec]) -> list[RunSpec]:
     configuration's choices in sweep order (every configuration's first choice first), then sweep order."""
     if spec.enough is None:
         return list(runs)
-    ranks: dict[tuple, dict[tuple, int]] = {}
-    for run in spec.runs:
-        choices = ranks.setdefault(_config_of(spec, run), {})
-        choices.setdefault(_choice_of(spec, run), len(choices))
+    rank = {name: i for choices in configurations(_axes(spec), spec.select_over).values()
+            for i, names in enumerate(choices.values()) for name in names}
     position = {run.name: i for i, run in enumerate(spec.runs)}
-    return sorted(runs, key=lambda r: (ranks[_config_of(spec, r)][_choice_of(spec, r)], position[r.name]))
-
-
-def _good_enough(spec: SweepSpec, results: dict[str, Any]) -> bool:
-    value = (results.get("final") or {}).get(spec.metric)
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        return False
-    return value >= spec.enough if spec.mode == "max" else value <= spec.enough
+    return sorted(runs, key=lambda r: (rank[r.name], position[r.name]))
 
 
 def satisfied_by(spec: SweepSpec, run: RunSpec, run_dir) -> str | None:
@@ -52,13 +67,11 @@ def satisfied_by(spec: SweepSpec, run: RunSpec, run_dir) -> str | None:
     None. `run_dir(spec, run)` gives a run's RunDir."""
     if spec.enough is None:
         return None
-    config, own = _config_of(spec, run), _choice_of(spec, run)
-    by_choice: dict[tuple, list[RunSpec]] = {}
-    for other in spec.runs:
-        if _config_of(spec, other) == config and _choice_of(spec, other) != own:
-            by_choice.setdefault(_choice_of(spec, other), []).append(other)
-    for others in by_choice.values():
-        dirs: list[RunDir] = [run_dir(spec, o) for o in others]
-        if all(d.finished and _good_enough(spec, d.results()) for d in dirs):
-            return others[0].name
-    return None
+    by_name = {r.name: r for r in spec.runs}
+
+    def good(name: str) -> bool:
+        d = run_dir(spec, by_name[name])
+        return d.finished and meets((d.results().get("final") or {}).get(spec.metric), spec.enough, spec.mode)
+
+    config = tuple((a, v) for a, v in run.axes.items() if a not in spec.select_over and a != "seed")
+    return reached_by(configurations(_axes(spec), spec.select_over)[config], _choice_of(spec, run), good)
