@@ -255,8 +255,10 @@ def _checkpoint(s: _Session, step: int, rotate: bool = True, finishing: dict[str
     s.parallel.barrier()
 
 
-def _evaluate(s: _Session, max_batches: int | None, sets: list[str] | None = None) -> dict[str, float]:
-    return run_evaluation(s.model, s.task, s.device, s.amp, max_batches, s.eval_stats, sets, s.parallel.eval_split())
+def _evaluate(s: _Session, max_batches: int | None, sets: list[str] | None = None, **resume: Any) -> dict[str, float]:
+    """The held-out sets (`resume`: run_evaluation's start and after_set, for the final evaluation)."""
+    return run_evaluation(s.model, s.task, s.device, s.amp, max_batches, s.eval_stats, sets, s.parallel.eval_split(),
+                          **resume)
 
 
 def _log_window(s: _Session, step: int, window: Window, last_eval: dict[str, float], bar: Any) -> None:
@@ -425,11 +427,9 @@ def _finish(s: _Session, step: int, ending: str, stop: StopSignals) -> dict[str,
             s.finishing = {"ending": ending, "stopped_by": s.stopped_by, "token": uuid.uuid4().hex}
             _checkpoint(s, step, finishing=s.finishing)
         s.run.set_status("running", step=step)
-        evaluate = functools.partial(run_evaluation, s.model, s.task, s.device, s.amp, max_batches=None,
-                                     graphed=s.eval_stats, sets=None, split=s.parallel.eval_split())
         try:
-            final = final_evaluation(s.run, str(s.finishing.get("token")), evaluate, s.parallel.world == 1,
-                                     lambda: stop.received)
+            final = final_evaluation(s.run, str(s.finishing.get("token")), functools.partial(_evaluate, s, None),
+                                     s.parallel.world == 1, lambda: stop.received)
         except StoppedDuringEvaluation as err:
             s.run.set_status("interrupted", step=step)
             message = (f"{err}: the sets done are kept in {s.run.file(PARTIAL)}; continue with "
