@@ -25,7 +25,8 @@ The check costs an eager call about 0.2 us; disabling `__call__` itself cost 1.2
 (3.6 on) are `ConstexprFunction`s, whose call imports and unwraps constexprs first: 1.5 us a call
 against 0.07 (timeit, Triton 3.9, one core of a 2-core CPU machine), and an eager Mamba decoding step
 made 192 such calls. Inside `@triton.jit` functions Triton's own stay. `rows_per_tile`, `tile_runs` and
-`sm_count` are the row-wise kernels' (the norms') tiling, shared by their launchers.
+`sm_count` are the row-wise kernels' (the norms') tiling, shared by their launchers; `fill_sms` the
+decoding steps' split of a small grid.
 """
 from __future__ import annotations
 
@@ -63,6 +64,16 @@ def tile_runs(tiles: int, programs: int) -> tuple[int, int]:
     programs used)."""
     per = cdiv(tiles, min(tiles, programs))
     return per, cdiv(tiles, per)
+
+
+def fill_sms(block: int, minimum: int, rows: int, extent: int, device: torch.device, per_sm: int = 4) -> int:
+    """`block` halved (not below `minimum`) until a grid of rows x cdiv(extent, block) programs has `per_sm`
+    programs per SM of a CUDA device; `block` unchanged elsewhere. For kernels whose small-batch grids
+    leave most SMs idle (the decoding steps)."""
+    if device.type == "cuda":
+        while block > minimum and rows * cdiv(extent, block) < per_sm * sm_count(device):
+            block //= 2
+    return block
 
 
 @functools.lru_cache(maxsize=None)

@@ -220,7 +220,7 @@ def test_step_block_is_halved_at_small_batch(monkeypatch):
     """At batch 1 on a 132-SM GPU, d_inner 1536 and state 16: 32 channels a program (48 programs, as
     mamba_ssm's step), not 64; at batch 64 the 64 stay (1,536 programs); on the CPU unchanged."""
     from hybrid.kernels.selective_scan import triton_step
-    monkeypatch.setattr(triton_step, "sm_count", lambda device: 132)
+    monkeypatch.setattr("hybrid.kernels.launch.sm_count", lambda device: 132)
     assert triton_step._block_d(1, 1536, 16, torch.device("cuda")) == 32
     assert triton_step._block_d(64, 1536, 16, torch.device("cuda")) == 64
     assert triton_step._block_d(1, 1536, 16, torch.device("cpu")) == 64

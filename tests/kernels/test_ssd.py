@@ -184,7 +184,7 @@ def test_triton_state_update_splits_heads_at_small_batch(monkeypatch):
     (384 programs of 4 warps), at batch 64 they stay in blocks of 32 (4 warps); and the small tile
     computes what the reference does (forced here, under the interpreter without a GPU)."""
     from hybrid.kernels.ssd import triton_step
-    monkeypatch.setattr(triton_step, "sm_count", lambda device: 132)
+    monkeypatch.setattr("hybrid.kernels.launch.sm_count", lambda device: 132)
     cuda = torch.device("cuda")
     assert triton_step._tile(1 * 24, 64, 128, cuda) == (4, 4)
     assert triton_step._tile(1 * 24, 64, 16, cuda) == (4, 1)  # a small state: a small tile, one warp

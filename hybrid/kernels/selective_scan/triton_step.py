@@ -15,7 +15,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from hybrid.kernels.launch import FastLauncher, cdiv, next_power_of_2, sm_count
+from hybrid.kernels.launch import FastLauncher, cdiv, fill_sms, next_power_of_2
 from hybrid.kernels.triton_math import softplus as _softplus
 
 
@@ -68,11 +68,7 @@ def _block_d(batch: int, dim: int, block_n: int, device: torch.device) -> int:
     """Channels a program: up to 64 (and 2,048 state elements); at small batch, where (dim / 64) x batch
     programs leave most SMs idle (24 at batch 1 for the ~130M model), halved down to MIN_BLOCK_D while
     the grid has fewer than 4 programs per SM (mamba_ssm's step takes 32 channels at d_state 16)."""
-    block_d = max(1, min(next_power_of_2(dim), 2048 // block_n, 64))
-    if device.type == "cuda":
-        while block_d > MIN_BLOCK_D and batch * cdiv(dim, block_d) < 4 * sm_count(device):
-            block_d //= 2
-    return block_d
+    return fill_sms(max(1, min(next_power_of_2(dim), 2048 // block_n, 64)), MIN_BLOCK_D, batch, dim, device)
 
 
 def _strides_bc(t: Tensor) -> tuple[int, int, int]:

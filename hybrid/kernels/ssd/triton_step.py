@@ -17,7 +17,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from hybrid.kernels.launch import FastLauncher, cdiv, next_power_of_2, sm_count
+from hybrid.kernels.launch import FastLauncher, cdiv, fill_sms, next_power_of_2
 from hybrid.kernels.triton_math import softplus as _softplus
 
 
@@ -77,11 +77,8 @@ def _tile(rows: int, headdim: int, block_n: int, device: torch.device) -> tuple[
     the step waits on a few programs' memory latency, so the channels are split further, down to
     MIN_BLOCK_P, until the grid reaches PROGRAMS_PER_SM programs per SM (mamba_ssm's step splits them
     into blocks of 4 channels at d_state 128, with 4 warps). Tiles under 512 elements take fewer warps."""
-    block_p = max(1, min(next_power_of_2(headdim), 4096 // block_n))
-    if device.type == "cuda":
-        target = PROGRAMS_PER_SM * sm_count(device)
-        while block_p > MIN_BLOCK_P and rows * cdiv(headdim, block_p) < target:
-            block_p //= 2
+    block_p = fill_sms(max(1, min(next_power_of_2(headdim), 4096 // block_n)), MIN_BLOCK_P, rows, headdim, device,
+                       PROGRAMS_PER_SM)
     return block_p, max(1, min(4, block_p * block_n // 128))
 
 
