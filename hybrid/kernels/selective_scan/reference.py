@@ -29,6 +29,14 @@ def compute_dtype(x: Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
+def step_sizes(delta: Tensor, delta_bias: Tensor | None, delta_softplus: bool, ct: torch.dtype) -> Tensor:
+    """dt = delta (+ delta_bias per channel, softplus when asked) in ct; delta (batch, dim, length)."""
+    delta = delta.to(ct)
+    if delta_bias is not None:
+        delta = delta + delta_bias.to(ct)[:, None]
+    return F.softplus(delta) if delta_softplus else delta
+
+
 def selective_scan_ref(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None,
                        z: Tensor | None = None, delta_bias: Tensor | None = None, delta_softplus: bool = False,
                        return_last_state: bool = False, initial_state: Tensor | None = None):
@@ -36,11 +44,8 @@ def selective_scan_ref(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor
     dtype_in = u.dtype
     ct = compute_dtype(u)
     batch, dim, length = u.shape
-    u, delta, A = u.to(ct), delta.to(ct), A.to(ct)
-    if delta_bias is not None:
-        delta = delta + delta_bias.to(ct)[:, None]
-    if delta_softplus:
-        delta = F.softplus(delta)
+    u, A = u.to(ct), A.to(ct)
+    delta = step_sizes(delta, delta_bias, delta_softplus, ct)
     Bx = expand_groups(B.to(ct), dim)  # (batch, dim, state, length)
     Cx = expand_groups(C.to(ct), dim)
     h = (initial_state.to(ct).clone() if initial_state is not None

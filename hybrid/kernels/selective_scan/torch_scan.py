@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from hybrid.kernels.selective_scan.reference import compute_dtype
+from hybrid.kernels.selective_scan.reference import compute_dtype, step_sizes
 
 # Elements of one (block, batch, dim, state) buffer; about 64 MiB in fp32. A few such buffers are
 # live at once in the backward.
@@ -126,11 +126,7 @@ def selective_scan_torch(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tens
     ct = compute_dtype(u)
     batch, dim, length = u.shape
     dstate = A.shape[1]
-    u_c, delta = u.to(ct), delta.to(ct)
-    if delta_bias is not None:
-        delta = delta + delta_bias.to(ct)[:, None]
-    if delta_softplus:
-        delta = F.softplus(delta)
+    u_c, delta = u.to(ct), step_sizes(delta, delta_bias, delta_softplus, ct)
     groups = 1 if B.dim() == 3 else B.shape[1]
     per_group = dim // groups
 
