@@ -14,7 +14,7 @@ Every model runs its backward on the calling thread, as `hybrid train` does (aut
 set_multithreading_enabled(False)); --worker-thread measures PyTorch's default instead, which hands
 the backward to autograd's CUDA worker thread.
 
-    python benchmarks/bench_model.py [--peers .peers/mamba] [--steps 10] [--compile]
+    python benchmarks/bench_model.py [--peers .peers/mamba] [--steps 10] [--compile] [--models transformer,mamba2]
 """
 from __future__ import annotations
 
@@ -91,18 +91,26 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="also measure torch.compile'd models")
     parser.add_argument("--worker-thread", action="store_true",
                         help="backward on autograd's CUDA worker thread (PyTorch's default), not the calling thread")
+    parser.add_argument("--models", default=",".join(MODELS),
+                        help=f"comma-separated, of {', '.join(MODELS)} (the Mamba-1 peer's CUDA scan is built "
+                             "only when mamba or hybrid is among them)")
     parser.add_argument("--out", default=None, help="markdown file to write")
     args = parser.parse_args()
+    names = [n.strip() for n in args.models.split(",") if n.strip()]
+    unknown = sorted(set(names) - set(MODELS))
+    if unknown or not names:
+        parser.error(f"--models: expected names among {', '.join(MODELS)}, got {args.models!r}")
 
     peers = {}
     if args.peers:
         sys.path.insert(0, args.peers)
-        import load  # builds/loads the peer CUDA scan
+        if {"mamba", "hybrid"} & set(names):
+            import load  # builds/loads the peer CUDA scan (about 2.5 minutes the first time)
 
-        load.selective_scan()
-        from mamba_ssm.modules.mamba_simple import Mamba as PeerMamba
+            load.selective_scan()
+            from mamba_ssm.modules.mamba_simple import Mamba as PeerMamba
 
-        peers = {"Mamba": lambda: PeerMamba(768, d_state=16)}
+            peers["Mamba"] = lambda: PeerMamba(768, d_state=16)
         try:  # its Mamba2 also needs einops and huggingface_hub
             from mamba_ssm.modules.mamba2 import Mamba2 as PeerMamba2
 
@@ -113,7 +121,8 @@ def main() -> None:
             print(f"no mamba_ssm Mamba2 peer: {err}", flush=True)
 
     rows = []
-    for name, layout in MODELS.items():
+    for name in names:
+        layout = MODELS[name]
         variants = [("ours", False)] + ([("ours+compile", True)] if args.compile else [])
         for label, comp in variants:
             torch.manual_seed(0)
