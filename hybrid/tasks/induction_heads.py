@@ -1,7 +1,8 @@
 """Induction heads (Gu & Dao 2023, "Mamba", section 4.1.2 and appendix E.1.2).
 
-The generator follows H3/safari's `generate_induction_head` (src/dataloaders/icl_synthetics.py,
-induction_len 1, one trigger), which the Mamba experiment uses. With vocabulary V and input length T:
+The generator follows H3/safari's `generate_induction_head` (HazyResearch/safari,
+src/dataloaders/synthetics.py, induction_len 1, one trigger). The Mamba paper's own code for this task
+is not public; its appendix E.1 draws fresh data every step, as we do. With vocabulary V and input length T:
 
     content tokens are uniform in [0, V-2); V-1 is the special (copy-prefix) token and V-2 is
     safari's no-op token, reserved and never drawn
