@@ -11,6 +11,9 @@ bytes the op must move: forward x in and out out; forward+backward adds x and do
 weight, bias and their gradients are negligible). "copy" is the lower bound: a device-to-device copy
 moving the same number of bytes (read + write), and "x copy" is each row's time over it. The
 `causal_conv1d` package reads the channel-last layout natively; F.conv1d gets what it is given.
+Ours runs forward+backward twice, with each backward (triton_conv.BACKWARD): "fused" (the default)
+and "two_pass" (the row "ours (Triton, two-pass bwd)"; its forward is the same kernel, so it has no
+fwd row; its GB/s counts the same bytes, not the fp32 g it writes and reads back).
 """
 from __future__ import annotations
 
@@ -83,36 +86,58 @@ def copy_ms(measure, nbytes, device):
     return measure(lambda: dst.copy_(src), None)
 
 
+def ours(method):
+    """Our Triton op with the backward `method`, chosen at each call (the backward runs after fn returns,
+    so every row of ours sets it)."""
+    from hybrid.kernels.causal_conv1d import triton_conv
+
+    def fn(x, w, b):
+        triton_conv.BACKWARD = method
+        return triton_conv.causal_conv1d_triton(x, w, b, activation="silu")
+    return fn
+
+
 def implementations(device):
+    """(name, fn(x, w, b), whether it has a forward-only row)."""
     impls = []
     if device == "cuda":
-        from hybrid.kernels.causal_conv1d.triton_conv import causal_conv1d_triton
-        impls.append(("ours (Triton)", lambda x, w, b: causal_conv1d_triton(x, w, b, activation="silu")))
-    impls.append(("ours (torch backend, fp32 math)", lambda x, w, b: causal_conv1d_torch(x, w, b, activation="silu")))
+        impls.append(("ours (Triton)", ours("fused"), True))
+        impls.append(("ours (Triton, two-pass bwd)", ours("two_pass"), False))
+    impls.append(("ours (torch backend, fp32 math)", lambda x, w, b: causal_conv1d_torch(x, w, b, activation="silu"),
+                  True))
     impls.append(("F.conv1d depthwise + silu", lambda x, w, b: F.silu(
-        F.conv1d(x, w[:, None], b, padding=w.shape[1] - 1, groups=w.shape[0])[..., :x.shape[-1]])))
+        F.conv1d(x, w[:, None], b, padding=w.shape[1] - 1, groups=w.shape[0])[..., :x.shape[-1]]), True))
     try:
         from causal_conv1d import causal_conv1d_fn  # the package (CUDA), when installed
         if device == "cuda":
-            impls.append(("causal_conv1d package", lambda x, w, b: causal_conv1d_fn(x, w, b, activation="silu")))
+            impls.append(("causal_conv1d package", lambda x, w, b: causal_conv1d_fn(x, w, b, activation="silu"),
+                          True))
     except ImportError:
         pass
     return impls
 
 
 def sweep(lines, measure):
-    """Tile settings (BLOCK_D, BLOCK_L, num_warps) of our kernels at the first shape, both layouts."""
-    from hybrid.kernels.causal_conv1d.triton_conv import _causal_conv1d_bwd, _causal_conv1d_fwd
-    configs = {"channel-major": [(4, 128, 4), (8, 128, 4), (16, 128, 4), (8, 256, 8), (32, 64, 4)],
-               "channel-last": [(64, 16, 4), (128, 16, 4), (64, 32, 4), (32, 32, 4), (128, 8, 4)]}
+    """Tile settings (BLOCK_D, BLOCK_L, num_warps) of our kernels at the first shape, both layouts: the
+    forward, the fused backward, and the two-pass backward with the setting on its pass A (pass B at its
+    default) and then on its pass B (pass A at its default)."""
+    from hybrid.kernels.causal_conv1d.triton_conv import _causal_conv1d_bwd, _causal_conv1d_fwd, _config
+    configs = {"channel-major": [(4, 128, 4), (8, 128, 4), (16, 128, 4), (16, 128, 8), (8, 256, 8), (32, 64, 4)],
+               "channel-last": [(64, 16, 4), (128, 16, 4), (128, 16, 8), (64, 32, 4), (32, 32, 4), (128, 8, 4)]}
     for layout, cfgs in configs.items():
         x, w, b = make(8, 1536, 2048, 4, layout, "cuda", torch.bfloat16)
         dout = torch.randn(x.shape, device="cuda", dtype=x.dtype)
+        a0, b0 = _config(x, "two_pass_g"), _config(x, "two_pass_dx")
+
+        def bwd(cfg, method):
+            return measure(lambda: _causal_conv1d_bwd(dout, x, w, b, None, None, True, config=cfg,  # noqa: B023
+                                                      method=method), None)
         for cfg in cfgs:
             tf = measure(lambda: _causal_conv1d_fwd(x, w, b, None, None, True, config=cfg), None)  # noqa: B023
-            tb = measure(lambda: _causal_conv1d_bwd(dout, x, w, b, None, None, True, config=cfg), None)  # noqa: B023
+            tb, ta2, tb2 = bwd(cfg, "fused"), bwd((cfg, b0), "two_pass"), bwd((a0, cfg), "two_pass")
             lines.append(f"sweep (8, 1536, 2048, 4) {layout} BLOCK_D, BLOCK_L, warps = {cfg}: "
-                         f"forward {tf:.3f} ms, backward {tb:.3f} ms")
+                         f"forward {tf:.3f} ms, backward {tb:.3f} ms; two-pass backward with it on pass A "
+                         f"{ta2:.3f} ms (B {b0}), on pass B {tb2:.3f} ms (A {a0})")
             print(lines[-1], flush=True)
 
 
@@ -140,7 +165,9 @@ def main():
             rows.append(f"| {shape[:4]} | {layout} | {label} | copy (lower bound) | {bound:.3f} | "
                         f"{op_bytes / bound / 1e6:.0f} | 1.00x |")
             print(rows[-1], flush=True)
-            for impl, fn in implementations(device):
+            for impl, fn, has_fwd in implementations(device):
+                if not (backward or has_fwd):
+                    continue
                 try:
                     ms = bench(measure, fn, x, w, b, backward)
                 except (RuntimeError, torch.OutOfMemoryError) as err:  # a peer that refuses a layout

@@ -85,6 +85,14 @@ def compare(fn, inputs, activation, tol, **kw):
     assert not bad, f"relative errors above {tol}: {bad}"
 
 
+@pytest.fixture(params=["fused", "two_pass"])
+def bwd_method(request, monkeypatch):
+    """Runs a Triton test with each backward (triton_conv.BACKWARD, read at every backward call)."""
+    from hybrid.kernels.causal_conv1d import triton_conv
+    monkeypatch.setattr(triton_conv, "BACKWARD", request.param)
+    return request.param
+
+
 # Covering set for the kernels (the interpreter pays per program and per operation, so not the full cross
 # product): each width 1-4 and 8, length 1 (shorter than the taps), 3, 63, 64 (whole tiles) and 130 (several
 # tiles), batch 1 and 2, and every optional input appear, on and off.
@@ -108,7 +116,7 @@ FP32_TOL = 1e-5
 
 
 @pytest.mark.parametrize("batch,dim,length,width,activation,bias,h0,seq,channel_last", CASES)
-def test_triton_matches_reference(batch, dim, length, width, activation, bias, h0, seq, channel_last):
+def test_triton_matches_reference(batch, dim, length, width, activation, bias, h0, seq, channel_last, bwd_method):
     inputs = make_inputs(batch, dim, length, width, bias, h0, seq, channel_last)
     compare(causal_conv1d, inputs, activation, FP32_TOL, backend="triton")
 
@@ -133,12 +141,12 @@ def test_torch_backend_matches_reference(batch, dim, length, width, activation, 
                                                  ((64, 32, 4), True), ((4, 8, 1), False)],
                          ids=["gpu-fwd-channel-major", "gpu-bwd-channel-major", "gpu-fwd-channel-last",
                               "gpu-bwd-channel-last", "tiny-tiles"])
-def test_triton_other_tiles_under_the_interpreter(config, channel_last, monkeypatch):
-    """The GPU's tiles (forward and backward ones, here used for both), and tiles of 8 steps: 17 length tiles
-    walked by 5 programs of the backward, each summing its weight gradient over several tiles; halos cross
-    every tile boundary."""
+def test_triton_other_tiles_under_the_interpreter(config, channel_last, monkeypatch, bwd_method):
+    """The GPU's tiles (forward and backward ones, here used for every kernel), and tiles of 8 steps: 17 length
+    tiles walked by 5 programs of the (fused, or two-pass A) backward, each summing its weight gradient over
+    several tiles; halos cross every tile boundary."""
     from hybrid.kernels.causal_conv1d import triton_conv
-    monkeypatch.setattr(triton_conv, "_config", lambda x, backward=False: config)
+    monkeypatch.setattr(triton_conv, "_config", lambda x, kernel="forward": config)
     dim = min(config[0], 16)  # few channel blocks: the interpreter's time grows with the number of programs
     compare(causal_conv1d, make_inputs(1, dim, 130, 4, h0=True, channel_last=channel_last), "silu", FP32_TOL,
             backend="triton")
@@ -148,7 +156,7 @@ def test_triton_other_tiles_under_the_interpreter(config, channel_last, monkeypa
 @pytest.mark.parametrize("dtype,weight_dtype", [(torch.bfloat16, torch.float32), (torch.float16, torch.float16),
                                                 (torch.bfloat16, torch.bfloat16)],
                          ids=["bf16-fp32-weight", "f16", "bf16"])
-def test_triton_half_precision(dtype, weight_dtype):
+def test_triton_half_precision(dtype, weight_dtype, bwd_method):
     """Against float64 on the same rounded inputs, the kernel's error <= 2 * the error of the PyTorch
     reference run in the same dtype + 1e-4. Both compute in fp32 and round out, dx and d initial_states
     once to the half dtype (~2e-3 relative), so their errors nearly coincide; dweight and dbias come back
@@ -165,15 +173,42 @@ def test_triton_half_precision(dtype, weight_dtype):
     assert not bad, f"errors above 2 * reference + 1e-4: {bad}"
 
 
-def test_triton_channel_last_keeps_its_layout():
+@pytest.mark.parametrize("method", ["fused", "two_pass"])
+def test_triton_channel_last_keeps_its_layout(method):
     """A transposed (batch, length, dim) x is read in place: out and dx come back channel-last too."""
     from hybrid.kernels.causal_conv1d.triton_conv import _causal_conv1d_bwd
     inputs = make_inputs(2, 12, 40, 4, channel_last=True)
     out, _, _ = run(causal_conv1d, inputs, "silu", backend="triton")
-    dx = _causal_conv1d_bwd(torch.ones_like(out), inputs["x"], inputs["weight"], None, None, None, True)[0]
+    dx = _causal_conv1d_bwd(torch.ones_like(out), inputs["x"], inputs["weight"], None, None, None, True,
+                            method=method)[0]
     assert out.stride(1) == 1 and dx.stride(1) == 1
     assert rel(out, causal_conv1d_ref(inputs["x"].double(), inputs["weight"].double(), inputs["bias"].double(),
                                       "silu")) <= FP32_TOL
+
+
+@pytest.mark.parametrize("h0,seq,channel_last", [(True, False, False), (False, True, True)],
+                         ids=["h0", "seq-channel-last"])
+def test_triton_backward_methods_agree(h0, seq, channel_last):
+    """The fused and the two-pass backward on the same inputs: the same fp32 sums, equal up to rounding
+    (bit-equal under the interpreter, where both use the same tiles; on a GPU the tiles, hence the order
+    of the dweight sums, and FMA contraction differ: ~1e-7)."""
+    from hybrid.kernels.causal_conv1d.triton_conv import _causal_conv1d_bwd
+    inputs = make_inputs(2, 24, 130, 4, True, h0, seq, channel_last)
+    dout = torch.randn(inputs["x"].shape, device=DEV)
+    args = (dout, inputs["x"], inputs["weight"], inputs["bias"], inputs["initial_states"], inputs["seq_idx"], True)
+    fused, two_pass = (_causal_conv1d_bwd(*args, method=m) for m in ("fused", "two_pass"))
+    for name, a, b in zip(("dx", "dweight", "dbias", "dinit"), fused, two_pass):
+        assert (a is None) == (b is None) == (name == "dinit" and not h0), name
+        if a is not None:
+            assert a.stride() == b.stride() and rel(b, a) <= 1e-6, name
+
+
+def test_triton_rejects_an_unknown_backward(monkeypatch):
+    from hybrid.kernels.causal_conv1d import triton_conv
+    monkeypatch.setattr(triton_conv, "BACKWARD", "twopass")
+    inputs = make_inputs(1, 4, 8, 3)
+    with pytest.raises(ValueError, match="HYBRID_CONV_BWD.*'twopass'"):
+        run(causal_conv1d, inputs, "silu", backend="triton")
 
 
 def test_triton_without_grad():
@@ -333,7 +368,7 @@ def test_rejects_bad_activation_and_update_shapes():
     pytest.param(3, 341, 1000, 3, False, True, False, id="B3-D341-L1000-W3-seq"),
     pytest.param(1, 2048, 4097, 2, True, False, False, id="B1-D2048-L4097-W2-h0"),
 ])
-def test_triton_gpu_against_float64(batch, dim, length, width, h0, seq, channel_last, dtype):
+def test_triton_gpu_against_float64(batch, dim, length, width, h0, seq, channel_last, dtype, bwd_method):
     """Kernel error against float64 <= 2 * (error of the PyTorch reference run in the same dtype) + atol.
     The reference in bf16/fp16 rounds its inputs, output and gradients the same way the kernel does; the
     factor 2 and atol (1e-5 relative: fp32 sums of batch * length terms for dweight and dbias in another

@@ -20,7 +20,7 @@ general; Triton specialises a unit stride, so the tile is vectorised along the l
 (batch, dim, length)-contiguous layout and along the channels for the channel-last one (a slice of
 a (batch, length, 3 * dim) projection, transposed), each with its own tile shape (_config).
 
-Backward. A program owns a tile of dx positions s and recomputes what it needs: g at the W
+Backward (fused, the default). A program owns a tile of dx positions s and recomputes what it needs: g at the W
 positions s + j (j < W), each from dout and (with SiLU) the pre-activation recomputed from x, so
 nothing but x is saved by the forward and no g tensor goes through memory. The trade-off: with SiLU
 each element's pre-activation and sigmoid are computed W times (W^2 tap loads, each with its address
@@ -37,6 +37,25 @@ tiles; each program writes one (BLOCK_D, BLOCK_W >= W + 1) fp32 partial and the 
 buffer of BLOCK_W / (BLOCK_L * TILES_PER_PROGRAM) floats per element of x (1.6% at width 4).
 Programs of the first length block also write d initial_states, the dx formula at the W - 1
 negative positions.
+
+Two-pass backward (BACKWARD = "two_pass", or HYBRID_CONV_BWD=two_pass before the import; the
+default stays "fused": the two-pass one has not been timed on a GPU yet). It trades the
+recomputation for one more pass over memory, in two kernels:
+  A. _causal_conv1d_bwd_g_kernel: a program owns a tile of outputs t, loads the W taps x_{t-W+1+k}
+     once (a tuple of tiles: tuples in jit code need Triton >= 3.2), computes pre_t and
+     g_t = dout_t silu'(pre_t) (dout_t without SiLU) and stores g to an fp32 scratch of x's shape
+     and layout (channel-last stays channel-last); from the same taps it accumulates
+     dw[k] += g_t x_{t-W+1+k} and dbias += g_t into per-program fp32 partials over a grid-stride of
+     TILES_PER_PROGRAM tiles, summed by the launcher as above (deterministic).
+  B. _causal_conv1d_bwd_dx_kernel: dx_s = sum_{j<W} w[W-1-j] g_{s+j}, a W-tap stencil over the stored
+     g (the shifted loads hit L1/L2), with the fused kernel's rules (g = 0 for t >= length, across a
+     document boundary, and at the negative positions, which have no output); programs of the first
+     length block write d initial_states.
+Per element with SiLU: W + 1 loads and one sigmoid in A and W loads in B, against the fused
+kernel's W (W + 2) loads and W sigmoids, for 8 more bytes of DRAM traffic (g written by A and read
+by B) on top of the x, dout in and dx out that both move (6 bytes in bf16). The memory cost is the
+fp32 g, 4 bytes per element of x (twice a bf16 x; 117 MB at (8, 1792, 2048)), allocated by the
+backward and freed when it returns.
 """
 from __future__ import annotations
 
@@ -53,6 +72,9 @@ SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MAX_WIDTH = 8  # the taps are unrolled; the backward holds 2W - 1 shifted tiles live
 TILES_PER_PROGRAM = 4  # backward: length tiles one program walks, summing its weight gradient
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+BACKWARD_METHODS = ("fused", "two_pass")
+BACKWARD_ENV = "HYBRID_CONV_BWD"
+BACKWARD = os.environ.get(BACKWARD_ENV, "fused")  # which backward; _causal_conv1d_bwd reads it at every call
 
 
 @triton.jit
@@ -211,34 +233,161 @@ def _causal_conv1d_bwd_kernel(
                      dinit.to(dinit_ptr.dtype.element_ty), mask=mask_d & (p < 0))
 
 
+@triton.jit
+def _weights(w_rows, mask_d, s_w_k, WIDTH: tl.constexpr):
+    """The taps w[k], k < W, of the tile's channels: a tuple of fp32 (BLOCK_D, 1)."""
+    ws = ()
+    for k in tl.static_range(WIDTH):
+        ws = ws + (tl.load(w_rows + k * s_w_k, mask=mask_d, other=0.0).to(tl.float32),)
+    return ws
+
+
+@triton.jit
+def _taps(x_rows, init_rows, seq_row, t, mask_d, length, s_x_l, s_i_l, s_s_l,
+          WIDTH: tl.constexpr, HAS_INIT: tl.constexpr, HAS_SEQ: tl.constexpr):
+    """The inputs x_{t-W+1+k}, k < W, that pre_t reads, fp32 and 0 across a document boundary (as in
+    _preact): a tuple of W tiles."""
+    if HAS_SEQ:
+        doc = _doc_ids(seq_row, t, length, s_s_l)
+    taps = ()
+    for k in tl.static_range(WIDTH):
+        pos = t - (WIDTH - 1 - k)
+        v = _x_at(x_rows, init_rows, pos, mask_d, length, s_x_l, s_i_l, WIDTH, HAS_INIT)
+        if HAS_SEQ:
+            if k < WIDTH - 1:  # tap W - 1 reads x_t itself
+                v = tl.where(_doc_ids(seq_row, pos, length, s_s_l) == doc, v, 0.0)
+        taps = taps + (v,)
+    return taps
+
+
+@triton.jit
+def _causal_conv1d_bwd_g_kernel(
+    x_ptr, w_ptr, bias_ptr, init_ptr, seq_ptr, dout_ptr, g_ptr, dwb_ptr,
+    dim, length, n_tiles,
+    s_x_b, s_x_d, s_x_l, s_w_d, s_w_k, s_bias, s_i_b, s_i_d, s_i_l, s_s_b, s_s_l,
+    s_do_b, s_do_d, s_do_l, s_g_b, s_g_d, s_g_l,
+    WIDTH: tl.constexpr, SILU: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr,
+    HAS_SEQ: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_W: tl.constexpr,
+):
+    """Two-pass backward, pass A: g_t = d loss / d pre_t into the fp32 scratch g, and the (dw, dbias)
+    partial of this program's tiles."""
+    pid_l = tl.program_id(0)
+    n_prog_l = tl.num_programs(0)
+    offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    b = tl.program_id(2).to(tl.int64)
+    rows = offs_d.to(tl.int64)[:, None]  # (BLOCK_D, 1)
+    mask_d = rows < dim
+    offs_w = tl.arange(0, BLOCK_W)[None, :]  # columns of the partial: w[0..W-1], then the bias
+    x_rows = x_ptr + b * s_x_b + rows * s_x_d
+    init_rows = init_ptr + b * s_i_b + rows * s_i_d
+    seq_row = seq_ptr + b * s_s_b
+    ws = _weights(w_ptr + rows * s_w_d, mask_d, s_w_k, WIDTH)
+    bias = tl.zeros((BLOCK_D, 1), tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + rows * s_bias, mask=mask_d, other=0.0).to(tl.float32)
+
+    dwb = tl.zeros((BLOCK_D, BLOCK_W), tl.float32)
+    for tile in range(pid_l, n_tiles, n_prog_l):  # grid-stride, as the fused kernel
+        t = (tile * BLOCK_L + tl.arange(0, BLOCK_L)).to(tl.int64)[None, :]  # (1, BLOCK_L)
+        mask = mask_d & (t < length)
+        taps = _taps(x_rows, init_rows, seq_row, t, mask_d, length, s_x_l, s_i_l, s_s_l,
+                     WIDTH, HAS_INIT, HAS_SEQ)
+        g = tl.load(dout_ptr + b * s_do_b + rows * s_do_d + t * s_do_l, mask=mask, other=0.0).to(tl.float32)
+        if SILU:
+            pre = bias + tl.zeros_like(taps[0])  # pre_t = bias + sum_k w[k] x_{t-W+1+k}
+            for k in tl.static_range(WIDTH):
+                pre += ws[k] * taps[k]
+            sig = tl.sigmoid(pre)
+            g = g * sig * (1.0 + pre * (1.0 - sig))  # silu'(pre)
+        tl.store(g_ptr + b * s_g_b + rows * s_g_d + t * s_g_l, g, mask=mask)
+        # dw[k] += sum_t g_t x_{t-W+1+k}, dbias += sum_t g_t (g = 0 at t >= length)
+        for k in tl.static_range(WIDTH):
+            dwb += tl.where(offs_w == k, tl.sum(g * taps[k], axis=1)[:, None], 0.0)
+        dwb += tl.where(offs_w == WIDTH, tl.sum(g, axis=1)[:, None], 0.0)
+    part = ((b * n_prog_l + pid_l) * dim + rows) * BLOCK_W + offs_w  # (batch, length programs, dim, BLOCK_W)
+    tl.store(dwb_ptr + part, dwb, mask=mask_d & (offs_w <= WIDTH))
+
+
+@triton.jit
+def _dx_from_g(g_rows, seq_row, ws, s, mask_d, length, s_g_l, s_s_l, WIDTH: tl.constexpr, HAS_SEQ: tl.constexpr):
+    """dx_s = sum_{j<W} w[W-1-j] g_{s+j} from the stored g; a term is 0 outside 0 <= s + j < length and,
+    with seq_idx, where seq_idx[s + j] != seq_idx[s] (the rule of _dx_at)."""
+    if HAS_SEQ:
+        doc = _doc_ids(seq_row, s, length, s_s_l)
+    dx = ws[WIDTH - 1] * tl.load(g_rows + s * s_g_l, mask=mask_d & (s >= 0) & (s < length), other=0.0)
+    for j in tl.static_range(1, WIDTH):
+        t = s + j  # the output whose tap W - 1 - j reads x_s
+        g = tl.load(g_rows + t * s_g_l, mask=mask_d & (t >= 0) & (t < length), other=0.0)
+        if HAS_SEQ:
+            g = tl.where(_doc_ids(seq_row, t, length, s_s_l) == doc, g, 0.0)
+        dx += ws[WIDTH - 1 - j] * g
+    return dx
+
+
+@triton.jit
+def _causal_conv1d_bwd_dx_kernel(
+    g_ptr, w_ptr, seq_ptr, dx_ptr, dinit_ptr,
+    dim, length,
+    s_g_b, s_g_d, s_g_l, s_w_d, s_w_k, s_s_b, s_s_l, s_dx_b, s_dx_d, s_dx_l, s_di_b, s_di_d, s_di_l,
+    WIDTH: tl.constexpr, HAS_INIT: tl.constexpr, HAS_SEQ: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr, HALO: tl.constexpr,
+):
+    """Two-pass backward, pass B: dx (and d initial_states) from the g of pass A."""
+    pid_l = tl.program_id(0)
+    offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    b = tl.program_id(2).to(tl.int64)
+    rows = offs_d.to(tl.int64)[:, None]  # (BLOCK_D, 1)
+    mask_d = rows < dim
+    g_rows = g_ptr + b * s_g_b + rows * s_g_d
+    seq_row = seq_ptr + b * s_s_b
+    ws = _weights(w_ptr + rows * s_w_d, mask_d, s_w_k, WIDTH)
+    s = pid_l.to(tl.int64) * BLOCK_L + tl.arange(0, BLOCK_L)[None, :]  # (1, BLOCK_L)
+    dx = _dx_from_g(g_rows, seq_row, ws, s, mask_d, length, s_g_l, s_s_l, WIDTH, HAS_SEQ)
+    tl.store(dx_ptr + b * s_dx_b + rows * s_dx_d + s * s_dx_l, dx.to(dx_ptr.dtype.element_ty),
+             mask=mask_d & (s < length))
+    if HAS_INIT:  # never with seq_idx
+        if pid_l == 0:
+            p = tl.arange(0, HALO)[None, :] - (WIDTH - 1)  # the positions -(W-1) .. -1 of the initial states
+            dinit = _dx_from_g(g_rows, seq_row, ws, p, mask_d, length, s_g_l, s_s_l, WIDTH, HAS_SEQ)
+            tl.store(dinit_ptr + b * s_di_b + rows * s_di_d + (p + WIDTH - 1) * s_di_l,
+                     dinit.to(dinit_ptr.dtype.element_ty), mask=mask_d & (p < 0))
+
+
 def _channel_last(x: Tensor) -> bool:
     # the channels, not the length, are contiguous (a transposed (batch, length, dim) tensor)
     return x.stride(1) == 1 and x.stride(2) != 1
 
 
-def _config(x: Tensor, backward: bool = False) -> tuple[int, int, int]:
-    """(BLOCK_D, BLOCK_L, num_warps) of the forward or the backward kernel for x's layout.
+def _config(x: Tensor, kernel: str = "forward") -> tuple[int, int, int]:
+    """(BLOCK_D, BLOCK_L, num_warps) of a kernel for x's layout: "forward", "backward" (the fused one),
+    "two_pass_g" or "two_pass_dx" (passes A and B of the two-pass backward).
 
     The tile is long along the contiguous axis (whole 128-byte lines per warp) and short across it.
-    The backward, which recomputes W pre-activations per element, wants fewer elements per thread.
+    The fused backward, which recomputes W pre-activations per element, wants fewer elements per thread.
     The values are the fastest of `bench_causal_conv1d.py --sweep` on an H200 (Triton 3.6, bf16,
     (8, 1536, 2048), width 4, SiLU): forward 0.047 ms channel-major (8 x 128: 0.054) and 0.046 ms
     channel-last (64 x 16: 0.070); backward 0.21 ms (8 x 128: 0.31) and 0.43 ms (64 x 16: 0.68).
+    The two-pass kernels are not timed yet. Pass B, a W-tap stencil like the forward, takes the
+    forward's tiles; pass A also holds the W taps and the dw sums, and at the forward's channel-major
+    tile spills registers (255 + 136 bytes of stack at width 4 with SiLU and bias; ptxas for sm_90,
+    Triton 3.9), so it gets 8 elements a thread: 8 x 128 (143 registers, 177 with initial_states) and
+    128 x 16 with 8 warps (103, 160). At width 8 pass B spills at 16 x 128, as the forward does.
     The interpreter pays per operation, not per element: a few large tiles."""
     dim, length = x.shape[1], x.shape[2]
     if INTERPRET:
         return min(64, next_power_of_2(dim)), min(128, next_power_of_2(length)), 1
-    if _channel_last(x):
-        return (64, 32, 4) if backward else (128, 16, 4)
-    return (4, 128, 4) if backward else (16, 128, 4)
+    tiles = {"forward": ((16, 128, 4), (128, 16, 4)), "backward": ((4, 128, 4), (64, 32, 4)),
+             "two_pass_g": ((8, 128, 4), (128, 16, 8)), "two_pass_dx": ((16, 128, 4), (128, 16, 4))}
+    return tiles[kernel][_channel_last(x)]
 
 
-def _like_layout(x: Tensor) -> Tensor:
-    """An empty tensor of x's shape and dtype in x's layout (channel-last stays channel-last)."""
+def _like_layout(x: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+    """An empty tensor of x's shape in x's layout (channel-last stays channel-last), of x's dtype or `dtype`."""
     batch, dim, length = x.shape
+    dtype = dtype or x.dtype
     if _channel_last(x):
-        return torch.empty((batch, length, dim), device=x.device, dtype=x.dtype).transpose(1, 2)
-    return torch.empty((batch, dim, length), device=x.device, dtype=x.dtype)
+        return torch.empty((batch, length, dim), device=x.device, dtype=dtype).transpose(1, 2)
+    return torch.empty((batch, dim, length), device=x.device, dtype=dtype)
 
 
 def _check(x: Tensor, weight: Tensor) -> None:
@@ -253,6 +402,8 @@ def _check(x: Tensor, weight: Tensor) -> None:
 
 _launch_fwd = FastLauncher(_causal_conv1d_fwd_kernel)
 _launch_bwd = FastLauncher(_causal_conv1d_bwd_kernel)
+_launch_bwd_g = FastLauncher(_causal_conv1d_bwd_g_kernel)
+_launch_bwd_dx = FastLauncher(_causal_conv1d_bwd_dx_kernel)
 
 
 def _optional(t: Tensor | None, like: Tensor, ndim: int) -> tuple[Tensor, tuple[int, ...]]:
@@ -280,12 +431,29 @@ def _causal_conv1d_fwd(x, weight, bias, initial_states, seq_idx, silu, config=No
     return out
 
 
-def _causal_conv1d_bwd(dout, x, weight, bias, initial_states, seq_idx, silu, config=None):
-    """The backward kernel and the sum of its weight-gradient partials: (dx, dweight, dbias, dinit), dx in
-    x's dtype and layout, dweight and dbias fp32 (dim, width) and (dim,), dinit in x's dtype or None."""
+def _causal_conv1d_bwd(dout, x, weight, bias, initial_states, seq_idx, silu, config=None, method=None):
+    """The backward: (dx, dweight, dbias, dinit), dx in x's dtype and layout, dweight and dbias fp32
+    (dim, width) and (dim,), dinit in x's dtype or None. `method` ("fused" or "two_pass") defaults to
+    BACKWARD, read now; `config` is one kernel's tiles (fused) or a pair (two-pass: pass A, pass B)."""
+    method = method or BACKWARD
+    if method not in BACKWARD_METHODS:
+        raise ValueError(f"causal_conv1d (triton): the backward must be one of {BACKWARD_METHODS} (set by "
+                         f"{BACKWARD_ENV} or triton_conv.BACKWARD), got {method!r}")
+    run = _bwd_two_pass if method == "two_pass" else _bwd_fused
+    return run(dout, x, weight, bias, initial_states, seq_idx, silu, config)
+
+
+def _sum_partials(partial: Tensor, width: int) -> tuple[Tensor, Tensor]:
+    """(dweight (dim, width), dbias (dim,)) fp32 from the (batch, length programs, dim, BLOCK_W) partials."""
+    sums = partial.flatten(0, 1).sum(0)  # (dim, BLOCK_W) fp32
+    return sums[:, :width], sums[:, width]
+
+
+def _bwd_fused(dout, x, weight, bias, initial_states, seq_idx, silu, config=None):
+    """The fused backward kernel and the sum of its weight-gradient partials."""
     batch, dim, length = x.shape
     width = weight.shape[1]
-    block_d, block_l, num_warps = config or _config(x, backward=True)
+    block_d, block_l, num_warps = config or _config(x, "backward")
     n_tiles = cdiv(length, block_l)
     n_prog_l = cdiv(n_tiles, TILES_PER_PROGRAM)
     block_w = next_power_of_2(width + 1)
@@ -305,8 +473,43 @@ def _causal_conv1d_bwd(dout, x, weight, bias, initial_states, seq_idx, silu, con
         HAS_SEQ=seq_idx is not None, BLOCK_D=block_d, BLOCK_L=block_l, BLOCK_W=block_w,
         HALO=next_power_of_2(max(width - 1, 1)), num_warps=num_warps,
     )
-    sums = partial.view(batch * n_prog_l, dim, block_w).sum(0)  # (dim, BLOCK_W) fp32
-    return dx, sums[:, :width], sums[:, width], dinit
+    return (dx, *_sum_partials(partial, width), dinit)
+
+
+def _bwd_two_pass(dout, x, weight, bias, initial_states, seq_idx, silu, config=None):
+    """Pass A (g into an fp32 scratch of x's layout, and the weight-gradient partials), then pass B (dx and
+    d initial_states from g). The scratch is freed on return."""
+    batch, dim, length = x.shape
+    width = weight.shape[1]
+    (bd_a, bl_a, nw_a), (bd_b, bl_b, nw_b) = config or (_config(x, "two_pass_g"), _config(x, "two_pass_dx"))
+    n_tiles = cdiv(length, bl_a)
+    n_prog_l = cdiv(n_tiles, TILES_PER_PROGRAM)
+    block_w = next_power_of_2(width + 1)
+    g = _like_layout(x, torch.float32)  # (batch, dim, length) d loss / d pre
+    partial = torch.empty((batch, n_prog_l, dim, block_w), device=x.device, dtype=torch.float32)
+    b, s_b = _optional(bias, x, 1)
+    h0, s_h0 = _optional(initial_states, x, 3)
+    seq, s_seq = _optional(seq_idx, x, 2)
+    _launch_bwd_g(
+        (n_prog_l, cdiv(dim, bd_a), batch),
+        x, weight, b, h0, seq, dout, g, partial,
+        dim, length, n_tiles,
+        *x.stride(), *weight.stride(), *s_b, *s_h0, *s_seq, *dout.stride(), *g.stride(),
+        WIDTH=width, SILU=silu, HAS_BIAS=bias is not None, HAS_INIT=initial_states is not None,
+        HAS_SEQ=seq_idx is not None, BLOCK_D=bd_a, BLOCK_L=bl_a, BLOCK_W=block_w, num_warps=nw_a,
+    )
+    dx = _like_layout(x)
+    dinit = torch.empty_like(initial_states) if initial_states is not None else None
+    dh0, s_dh0 = _optional(dinit, x, 3)
+    _launch_bwd_dx(
+        (cdiv(length, bl_b), cdiv(dim, bd_b), batch),
+        g, weight, seq, dx, dh0,
+        dim, length,
+        *g.stride(), *weight.stride(), *s_seq, *dx.stride(), *s_dh0,
+        WIDTH=width, HAS_INIT=initial_states is not None, HAS_SEQ=seq_idx is not None,
+        BLOCK_D=bd_b, BLOCK_L=bl_b, HALO=next_power_of_2(max(width - 1, 1)), num_warps=nw_b,
+    )
+    return (dx, *_sum_partials(partial, width), dinit)
 
 
 class CausalConv1dFn(torch.autograd.Function):
