@@ -7,8 +7,12 @@ Two sources of steps:
   --lm LAYOUT                 bench_model.py's ~130M language model (d_model 768, vocab 50304) with that
                               layout, eager, at --batch x --length, as bench_model.py measures it.
 
-The table lists kernels by total time with their share of the step; names are cut to --width
-characters, so instances of one kernel with different template arguments fold together.
+The first table lists kernels by total time with their share of the step; names are cut to --width
+characters, so instances of one kernel with different template arguments fold together. The second
+lists the operators (aten ops, autograd Functions) by the GPU time of the kernels each launched itself,
+so that an anonymous `elementwise_kernel` row can be traced to the op behind it; --shapes splits each op
+by its input shapes. The GPU is synchronised at every step boundary, so a step's kernels are counted in
+that step (the CPU runs ahead of the GPU otherwise, and a window catches the tail of the step before it).
 
     python benchmarks/profile_step.py --config experiments/selective_copying/config.yaml model.layout="M x2"
     python benchmarks/profile_step.py --lm "M x24" --out benchmarks/results/profile_mamba.md
@@ -40,15 +44,37 @@ def kernel_table(prof: profile, steps: int, width: int, top: int) -> tuple[list[
     return rows[:top], sum(total_us.values()) / 1e3 / steps
 
 
+def op_table(prof: profile, steps: int, width: int, top: int,
+             by_shape: bool) -> list[tuple[str, str, float, float]]:
+    """[(operator, input shapes or "", GPU ms per step of the kernels it launched itself, calls per step)]."""
+    rows = []
+    for avg in prof.key_averages(group_by_input_shape=by_shape):
+        ms = avg.self_device_time_total / 1e3 / steps
+        if ms > 0:
+            shapes = str(avg.input_shapes)[:width] if by_shape else ""
+            rows.append((avg.key[:width], shapes, ms, avg.count / steps))
+    return sorted(rows, key=lambda r: -r[2])[:top]
+
+
+def _synced_step(prof: profile) -> None:
+    torch.cuda.synchronize()
+    prof.step()
+
+
+def _activities() -> list:
+    return [ProfilerActivity.CPU, ProfilerActivity.CUDA]
+
+
 def profile_config(args: argparse.Namespace) -> tuple[profile, str]:
     from hybrid.training.trainer import train  # noqa: PLC0415
 
     plan = schedule(wait=args.skip, warmup=2, active=args.steps, repeat=1)
     steps = args.skip + 2 + args.steps
-    with tempfile.TemporaryDirectory() as tmp, profile(activities=[ProfilerActivity.CUDA], schedule=plan) as prof:
+    with tempfile.TemporaryDirectory() as tmp, profile(activities=_activities(), schedule=plan,
+                                                          record_shapes=args.shapes) as prof:
         overrides = [*args.overrides, f"train.steps={steps}", "train.eval_every=0", "train.checkpoint_every=0",
                      "train.final_eval=false", f"train.run_dir={tmp}/run", "train.progress=false"]
-        train(args.config, overrides, on_step=lambda _: prof.step())
+        train(args.config, overrides, on_step=lambda _: _synced_step(prof))
     return prof, f"`hybrid train {args.config} {' '.join(args.overrides)}`"
 
 
@@ -59,7 +85,7 @@ def profile_lm(args: argparse.Namespace) -> tuple[profile, str]:
     opt = torch.optim.AdamW(model.param_groups(0.1), lr=1e-4, fused=True)
     ids = torch.randint(0, 50304, (args.batch, args.length + 1), device="cuda")
     plan = schedule(wait=args.skip, warmup=2, active=args.steps, repeat=1)
-    with profile(activities=[ProfilerActivity.CUDA], schedule=plan) as prof:
+    with profile(activities=_activities(), schedule=plan, record_shapes=args.shapes) as prof:
         for _ in range(args.skip + 2 + args.steps):
             with torch.autocast("cuda", dtype=torch.bfloat16):
                 logits = model(ids[:, :-1])
@@ -68,7 +94,7 @@ def profile_lm(args: argparse.Namespace) -> tuple[profile, str]:
                 loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
-            prof.step()
+            _synced_step(prof)
     return prof, f"`{args.lm}`, d_model 768, vocab 50304, batch {args.batch} x {args.length}, eager, bf16 autocast"
 
 
@@ -83,7 +109,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--length", type=int, default=2048)
     ap.add_argument("--width", type=int, default=60, help="characters of a kernel name kept")
-    ap.add_argument("--top", type=int, default=25, help="rows in the table")
+    ap.add_argument("--top", type=int, default=25, help="rows in each table")
+    ap.add_argument("--shapes", action="store_true", help="split the operator table by input shapes")
     ap.add_argument("--out", help="markdown file to write")
     args = ap.parse_args()
     if not torch.cuda.is_available():
@@ -96,6 +123,11 @@ def main() -> None:
              f"{what}; {args.steps} steps profiled after {args.skip + 2}; GPU kernel time per step: "
              f"**{total:.2f} ms**", "", "| kernel | ms / step | share | launches / step |", "|---|---:|---:|---:|"]
     lines += [f"| `{name}` | {ms:.3f} | {ms / total:.1%} | {n:g} |" for name, ms, n in rows]
+    lines += ["", "Operators by the GPU time of the kernels they launched themselves:", "",
+              "| operator | " + ("input shapes | " if args.shapes else "") + "ms / step | share | calls / step |",
+              "|---|" + ("---|" if args.shapes else "") + "---:|---:|---:|"]
+    for name, shapes, ms, n in op_table(prof, args.steps, args.width, args.top, args.shapes):
+        lines.append(f"| `{name}` | " + (f"`{shapes}` | " if args.shapes else "") + f"{ms:.3f} | {ms / total:.1%} | {n:g} |")
     text = "\n".join(lines)
     print(text, flush=True)
     if args.out:
