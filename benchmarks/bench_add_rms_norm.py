@@ -59,13 +59,40 @@ def _copy_ms(n_bytes: int, graphed: bool) -> float:
     return _bench(lambda: dst.copy_(src), graphed)
 
 
+def _sweep(top: int = 8) -> list[str]:
+    """The Triton backward kernel alone (its autograd Function bypassed) at the training shapes, for every
+    (rows per tile, warps, programs per SM): the fastest `top` and the default, in ms."""
+    import itertools  # noqa: PLC0415
+
+    from hybrid.kernels.add_rms_norm import triton_add_rms_norm as tk  # noqa: PLC0415
+
+    lines = ["", "Backward kernel alone (fp32 residual, bf16 out; `--sweep`), ms:", "",
+             "| rows x d | rows per tile | warps | programs per SM | ms | vs default |", "|---|---:|---:|---:|---:|---:|"]
+    for (n, d), _label in SHAPES[:2]:
+        out, residual, weight = _case(n, d)
+        _, new, rstd = tk._add_rms_norm_fwd(out, residual, weight, 1e-5)
+        dy, dr_out = torch.randn_like(residual), torch.randn_like(residual)
+        default = tk.bwd_config(d)
+        configs = sorted(set(itertools.product((1, 2, 4, 8, 16), (2, 4, 8, 16), (1, 2, 4, 8))) | {default})
+        times = {c: _bench(lambda c=c: tk._add_rms_norm_bwd(dy, dr_out, new, weight, rstd, out.dtype, c), False)
+                 for c in configs}
+        for c in sorted(configs, key=times.get)[:top] + [default]:
+            mark = " (default)" if c == default else ""
+            lines.append(f"| {n} x {d} | {c[0]} | {c[1]} | {c[2]}{mark} | {times[c]:.4f} | {times[default] / times[c]:.2f}x |")
+        print("\n".join(lines[-top - 1:]), flush=True)
+    return lines
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=None, help="markdown file (default benchmarks/results/add_rms_norm_<device>.md)")
+    ap.add_argument("--sweep", action="store_true",
+                    help="also time the Triton backward alone over tiles, warps and programs per SM (training shapes)")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         sys.exit("bench_add_rms_norm measures the GPU; the CPU path is the PyTorch one (tests/kernels/test_add_rms_norm.py)")
     name = torch.cuda.get_device_name()
+    sweep = _sweep() if args.sweep else []
     rows = ["| rows x d | case | pass | copy ms | torch ms | triton ms | torch / triton | triton / copy |",
             "|---|---|---|---:|---:|---:|---:|---:|"]
     for (n, d), label in SHAPES:
@@ -80,7 +107,7 @@ def main() -> None:
             rows.append(f"| {n} x {d} | {label} | {'fwd+bwd' if backward else 'fwd'} | {copy:.4f} | {times['torch']:.4f} "
                         f"| {times['triton']:.4f} | {times['torch'] / times['triton']:.2f}x | {times['triton'] / copy:.2f}x |")
             print(rows[-1], flush=True)
-    text = [f"# Residual add + RMSNorm on {name}, torch {torch.__version__}\n", __doc__.split("\n\n", 2)[2], *rows]
+    text = [f"# Residual add + RMSNorm on {name}, torch {torch.__version__}\n", __doc__.split("\n\n", 2)[2], *rows, *sweep]
     slug = name.split()[-1].lower()
     path = Path(args.out or Path(__file__).parent / "results" / f"add_rms_norm_{slug}.md")
     path.write_text("\n".join(text) + "\n")

@@ -85,6 +85,17 @@ def test_triton_matches_the_reference(shape, r_dtype, o_dtype):
         assert err <= 2 * theirs[key] + 1e-3, (key, ours, theirs)
 
 
+@pytest.mark.parametrize("config", [(1, 2, 1), (16, 4, 8), (2, 8, 2)], ids=["row-tiles", "16-row-tiles", "2-row-tiles"])
+def test_triton_backward_tiles_match_the_reference(config, monkeypatch):
+    """The backward at tiles other than bwd_config's (what `bench_add_rms_norm.py --sweep` times): one row
+    per tile, 16 rows (more than the case has per program), 2 rows; every program sums its dw tile once."""
+    from hybrid.kernels.add_rms_norm import triton_add_rms_norm as tk
+    monkeypatch.setattr(tk, "bwd_config", lambda d: config)
+    out, residual, weight, grads = _inputs((301, 96), torch.float32, torch.float32)
+    errs = _errors(_triton, out, residual, weight, grads)
+    assert max(errs.values()) < 1e-5, errs
+
+
 def test_gradient_of_a_bf16_out_is_bf16_and_the_first_norm_passes_the_residual_through():
     out, residual, weight, grads = _inputs((3, 48), torch.float32, torch.bfloat16)
     normed, new, g = _run(_triton, out, residual, weight, grads)

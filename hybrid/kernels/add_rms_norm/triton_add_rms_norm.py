@@ -10,9 +10,11 @@ saving s per row. Backward, with g = dy w and r_hat = r' s:
     dr' = dr'_out + s (g - r_hat mean(g r_hat))      (the gradient through the norm, plus the residual's own)
     do  = dr' (in o's dtype),   dr = dr' (in r's dtype),   dw = sum over rows of dy r_hat
 
-each backward program walking a run of (BLOCK_ROWS, d) tiles, as the forward's, and summing their dw in
-fp32 into one row of a (programs, d) buffer that PyTorch sums (the first version walked one row at a
-time, a latency-bound loop that measured slower than PyTorch's kernels).
+each backward program walking a run of (BLOCK_ROWS, d) tiles, as the forward's, accumulating dy r_hat
+elementwise in a (BLOCK_ROWS, d) fp32 tile and summing that over its rows once, into one row of a
+(programs, d) buffer that PyTorch sums. The first version walked one row at a time, a latency-bound
+loop that measured slower than PyTorch's kernels; the next summed dw over the tile's rows at every tile,
+a cross-warp reduction per tile, which the 2-D accumulator (not yet timed on a GPU) removes.
 Replaces the add, two casts, the norm and the cast back (forward) and their backward kernels: a
 sublayer's memory traffic outside its mixer, and most of a decoding step's launches outside it.
 """
@@ -62,7 +64,7 @@ def _add_rms_norm_bwd_kernel(
     col = tl.arange(0, BLOCK_D)[None, :]  # (1, BLOCK_D)
     mask_d = col < d
     w = tl.load(w_ptr + col, mask=mask_d, other=0.0).to(tl.float32)
-    dw = tl.zeros((BLOCK_D,), tl.float32)
+    dw = tl.zeros((BLOCK_ROWS, BLOCK_D), tl.float32)  # summed over its rows once, after the loop
     first = pid.to(tl.int64) * tiles_per_program * BLOCK_ROWS
     for t in range(0, tiles_per_program):  # a run of (BLOCK_ROWS, d) tiles: one load of each a tile
         row = (first + t * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS))[:, None]  # (BLOCK_ROWS, 1)
@@ -79,8 +81,8 @@ def _add_rms_norm_bwd_kernel(
         tl.store(dr_ptr + offs, dr.to(dr_ptr.dtype.element_ty), mask=mask)
         if HAS_OUT:
             tl.store(do_ptr + offs, dr.to(do_ptr.dtype.element_ty), mask=mask)
-        dw += tl.sum(dy * r_hat, axis=0)
-    tl.store(dw_ptr + pid * d + col, dw[None, :], mask=mask_d)
+        dw += dy * r_hat  # elementwise: no reduction across the tile's rows (warps) per tile
+    tl.store(dw_ptr + pid * d + col, tl.sum(dw, axis=0)[None, :], mask=mask_d)
 
 
 _fwd = FastLauncher(_add_rms_norm_fwd_kernel)
@@ -107,23 +109,31 @@ def _add_rms_norm_fwd(out: Tensor | None, residual: Tensor, weight: Tensor, eps:
     return normed, new, rstd
 
 
+def bwd_config(d: int) -> tuple[int, int, int]:
+    """(rows per tile, warps, programs per SM) of the backward for rows of d: tiles of about 4096 elements,
+    4 warps up to 2048 of them, a few programs per SM (`bench_add_rms_norm.py --sweep` times others)."""
+    block_rows = rows_per_tile(_block_d(d))
+    return block_rows, 4 if _block_d(d) * block_rows <= 2048 else 8, 4
+
+
 def _add_rms_norm_bwd(dy: Tensor, dr_out: Tensor | None, new: Tensor, weight: Tensor, rstd: Tensor,
-                      out_dtype: torch.dtype | None):
-    """Gradients for (out or None, residual, weight) from those of (normed, new residual)."""
+                      out_dtype: torch.dtype | None, config: tuple[int, int, int] | None = None):
+    """Gradients for (out or None, residual, weight) from those of (normed, new residual); `config` as
+    bwd_config's."""
     rows, d = new.shape
     if rows == 0:  # no launch (as the forward)
         empty = torch.empty_like(new)
         do = torch.empty(0, d, device=new.device, dtype=out_dtype) if out_dtype is not None else None
         return do, empty, torch.zeros_like(weight)
     block_d = _block_d(d)
-    block_rows = rows_per_tile(block_d)
-    per, programs = tile_runs(cdiv(rows, block_rows), 4 * sm_count(new.device) if new.is_cuda else 8)  # a few per SM
+    block_rows, num_warps, per_sm = config or bwd_config(d)
+    per, programs = tile_runs(cdiv(rows, block_rows), per_sm * sm_count(new.device) if new.is_cuda else 8)
     dr = torch.empty_like(new)
     do = torch.empty(rows, d, device=new.device, dtype=out_dtype) if out_dtype is not None else dr
     dw = torch.empty(programs, d, device=new.device, dtype=torch.float32)
     _bwd((programs,), dy, dr_out if dr_out is not None else dy, new, weight, rstd, dr, do, dw, rows, d, per,
          HAS_DR_OUT=dr_out is not None, HAS_OUT=out_dtype is not None, BLOCK_ROWS=block_rows, BLOCK_D=block_d,
-         num_warps=4 if block_d * block_rows <= 2048 else 8)
+         num_warps=num_warps)
     return (do if out_dtype is not None else None), dr, dw.sum(0).to(weight.dtype)
 
 
