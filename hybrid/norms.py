@@ -1,6 +1,8 @@
 """Normalisation layers for pre-norm residual sublayers."""
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -37,8 +39,10 @@ class GatedRMSNorm(nn.Module):
             raise ValueError(f"GatedRMSNorm: group_size {self.group_size} must divide dim {dim}")
         self.weight = nn.Parameter(torch.ones(dim))
 
-    def forward(self, x: Tensor, z: Tensor | None = None) -> Tensor:
-        return gated_rms_norm(x, z, self.weight, self.eps, self.group_size, self.norm_before_gate, self.backend)
+    def forward(self, x: Tensor, z: Tensor | None = None, dz_into: Callable[[], Tensor] | None = None) -> Tensor:
+        """dz_into: where the backward may write z's gradient (`hybrid.kernels.grad_sink`), or None."""
+        return gated_rms_norm(x, z, self.weight, self.eps, self.group_size, self.norm_before_gate, self.backend,
+                              dz_into=dz_into)
 
 
 def add_and_norm(norm: nn.Module, out: Tensor | None, x: Tensor) -> tuple[Tensor, Tensor]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Callable, Literal
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from hybrid.init import mark_no_reinit, mark_no_weight_decay, mark_residual_out
 from hybrid.kernels.causal_conv1d import causal_conv1d, causal_conv1d_continue
+from hybrid.kernels.grad_sink import split_into_sink
 from hybrid.kernels.ssd import ssd_packed, ssd_state_update
 from hybrid.norms import GatedRMSNorm
 from hybrid.registry import register_layer
@@ -130,12 +131,21 @@ class Mamba2(nn.Module):
             torch.zeros(batch_size, self.conv_dim, c.d_conv - 1, device=device, dtype=dtype or self.conv1d.weight.dtype),
             torch.zeros(batch_size, self.nheads, c.headdim, c.d_state, device=device, dtype=torch.float32))
 
-    def _conv(self, xBC: Tensor, state: Mamba2State | None) -> Tensor:
+    def _split(self, zxbcdt: Tensor, sizes: list[int]) -> tuple[tuple[Tensor, ...], Callable | None, Callable | None]:
+        """in_proj's output as (z0, x0, z, xBC, dt), and where the norm and the conv may write the
+        gradients of z and xBC: slices of one buffer that is then in_proj's output gradient (no
+        concatenation in the backward; `hybrid.kernels.grad_sink`). Without autograd, a plain split."""
+        if not (torch.is_grad_enabled() and zxbcdt.requires_grad) or torch.compiler.is_compiling():
+            return zxbcdt.split(sizes, dim=-1), None, None
+        pieces, sink = split_into_sink(zxbcdt, sizes)
+        return pieces, sink.into(2), lambda: sink.piece(3).transpose(1, 2)  # the conv's channel-last layout
+
+    def _conv(self, xBC: Tensor, state: Mamba2State | None, dx_into: Callable | None = None) -> Tensor:
         """silu(causal conv(xBC)) of xBC (batch, length, conv_dim), continuing from `state` when given."""
         weight, bias, backend = self.conv1d.weight[:, 0], self.conv1d.bias, self.config.conv_backend
         x = xBC.transpose(1, 2)  # (batch, conv_dim, length): a channel-last view, no copy
         if state is None:
-            return causal_conv1d(x, weight, bias, activation="silu", backend=backend).transpose(1, 2)
+            return causal_conv1d(x, weight, bias, activation="silu", backend=backend, dx_into=dx_into).transpose(1, 2)
         return causal_conv1d_continue(x, state.conv, weight, bias, activation="silu", backend=backend).transpose(1, 2)
 
     def _skip_weight(self) -> Tensor:
@@ -148,8 +158,9 @@ class Mamba2(nn.Module):
         gn = c.ngroups * c.d_state
         zxbcdt = self.in_proj(hidden)  # (batch, length, d_in_proj)
         d_mlp = (zxbcdt.shape[-1] - 2 * self.d_ssm - 2 * gn - self.nheads) // 2
-        z0, x0, z, xBC, dt = zxbcdt.split([d_mlp, d_mlp, self.d_ssm, self.conv_dim, self.nheads], dim=-1)
-        xBC = self._conv(xBC, state)  # x, B and C side by side
+        (z0, x0, z, xBC, dt), dz_into, dxbc_into = self._split(
+            zxbcdt, [d_mlp, d_mlp, self.d_ssm, self.conv_dim, self.nheads])
+        xBC = self._conv(xBC, state, dxbc_into)  # x, B and C side by side
         heads = (batch, length, self.nheads, c.headdim)
         gate = None if c.rmsnorm else z.reshape(heads)
         if state is not None and length == 1:  # decoding: one recurrent step
@@ -174,7 +185,7 @@ class Mamba2(nn.Module):
                 state.ssm.copy_(last)
         y = y.reshape(batch, length, self.d_ssm)
         if c.rmsnorm:
-            y = self.norm(y, z)
+            y = self.norm(y, z, dz_into=dz_into)
         if d_mlp > 0:
             y = torch.cat([F.silu(z0) * x0, y], dim=-1)
         return self.out_proj(y)

@@ -211,6 +211,29 @@ def test_triton_rejects_an_unknown_backward(monkeypatch):
         run(causal_conv1d, inputs, "silu", backend="triton")
 
 
+@pytest.mark.parametrize("method", ["fused", "two_pass"])
+def test_triton_writes_dx_where_dx_into_says(method, monkeypatch):
+    """dx_into: the backward writes x's gradient into the tensor it returns (a channel-last slice of a wider
+    buffer here, as Mamba-2's in_proj output gradient) and returns that tensor, equal to the default dx."""
+    from hybrid.kernels.causal_conv1d import triton_conv
+    monkeypatch.setattr(triton_conv, "BACKWARD", method)
+    inputs = make_inputs(2, 12, 37, 4, h0=True, channel_last=True)
+    x = inputs["x"].detach().requires_grad_()
+    args = (inputs["weight"], inputs["bias"])
+    buffer = torch.full((2, 37, 40), float("nan"), device=DEV)
+    target = buffer[..., 7:19].transpose(1, 2)  # (batch, dim, length), channel-last
+    dout = torch.randn(x.shape, device=DEV)
+    dx, = torch.autograd.grad(causal_conv1d(x, *args, activation="silu", backend="triton", dx_into=lambda: target),
+                              x, dout)
+    expected, = torch.autograd.grad(causal_conv1d(x, *args, activation="silu", backend="triton"), x, dout)
+    assert dx.data_ptr() == target.data_ptr() and dx.stride() == target.stride()
+    torch.testing.assert_close(dx, expected, rtol=0, atol=0)
+    assert buffer[..., :7].isnan().all() and buffer[..., 19:].isnan().all()  # nothing written outside
+    with pytest.raises(ValueError, match="x's gradient must have x's shape"):
+        torch.autograd.grad(causal_conv1d(x, *args, activation="silu", backend="triton",
+                                          dx_into=lambda: target[:, :, :5]), x, dout)
+
+
 def test_triton_without_grad():
     inputs = make_inputs(2, 8, 50, 4, h0=True)
     args = (inputs["x"], inputs["weight"], inputs["bias"])

@@ -102,6 +102,24 @@ def test_the_checkpointed_torch_path_gives_the_reference_gradients(before):
     assert max(ours.values()) < 1e-6, ours
 
 
+@pytest.mark.parametrize("before", [False, True], ids=["gate-before", "gate-after"])
+def test_triton_writes_dz_where_dz_into_says(before):
+    """dz_into: the backward writes z's gradient into the tensor it returns (a column slice of a wider
+    buffer, as Mamba-2's in_proj output gradient) and returns it, equal to the default dz."""
+    x, z, weight, dy = _inputs((2, 7, 24), torch.float32, True, strided=True)
+    z = z.detach().requires_grad_()
+    buffer = torch.full((2, 7, 40), float("nan"), device=DEV)
+    target = buffer[..., 9:33]
+    fn = lambda **kw: gated_rms_norm(x, z, weight, EPS, 8, norm_before_gate=before, backend="triton", **kw)  # noqa: E731
+    dz, = torch.autograd.grad(fn(dz_into=lambda: target), z, dy.float())
+    expected, = torch.autograd.grad(fn(), z, dy.float())
+    assert dz.data_ptr() == target.data_ptr() and dz.stride() == target.stride()
+    torch.testing.assert_close(dz, expected, rtol=0, atol=0)
+    assert buffer[..., :9].isnan().all() and buffer[..., 33:].isnan().all()
+    with pytest.raises(ValueError, match="z's gradient must be"):
+        torch.autograd.grad(fn(dz_into=lambda: buffer[..., 9:33].double()), z, dy.float())
+
+
 def test_rows_that_fill_many_backward_programs_sum_their_weight_gradients():
     """More row tiles than backward programs (each program walks several tiles, summing dw)."""
     x, z, weight, dy = _inputs((301, 32), torch.float32, True, seed=3)

@@ -240,6 +240,29 @@ def test_triton_conv_backend_agrees_in_training_and_decoding():
     torch.testing.assert_close(steps, outs[0].detach(), rtol=1e-4, atol=1e-5)
 
 
+def test_the_triton_norm_and_conv_write_their_gradients_into_in_proj_output_gradient(monkeypatch):
+    """With the Triton conv and gated norm (the interpreter without a GPU), z's and xBC's gradients are
+    written into slices of one buffer, which becomes in_proj's output gradient: only dt's (from the SSD)
+    is copied in, no concatenation. The gradients equal the plain split's (the torch backends')."""
+    from hybrid.kernels import grad_sink
+    copied = []
+    real = grad_sink._in_place
+    monkeypatch.setattr(grad_sink, "_in_place", lambda g, piece: copied.append(not real(g, piece)) or real(g, piece))
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    grads = []
+    for backend in ("triton", "torch"):
+        torch.manual_seed(0)
+        m = Mamba2(24, Mamba2Config(d_state=4, headdim=12, chunk_size=4, conv_backend=backend,
+                                    norm_backend=backend, ssd_backend="torch")).to(device)
+        u = torch.randn(2, 9, 24, device=device, requires_grad=True)
+        m(u).square().sum().backward()
+        grads.append([u.grad] + [p.grad for p in m.parameters()])
+        if backend == "triton":
+            assert copied == [False, False, True]  # z, xBC in place; dt copied (z0 and x0 are empty: zeroed)
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("backend", ["torch", "triton"])
 @pytest.mark.parametrize("norm_before_gate", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

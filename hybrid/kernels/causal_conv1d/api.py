@@ -95,7 +95,7 @@ def _check_conv(x, weight, bias, activation, initial_states, seq_idx) -> None:
 
 def causal_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None = None, activation: str | None = None,
                   initial_states: Tensor | None = None, seq_idx: Tensor | None = None,
-                  backend: str = "auto") -> Tensor:
+                  backend: str = "auto", dx_into: Callable[[], Tensor] | None = None) -> Tensor:
     """Causal depthwise 1-D convolution, optionally followed by SiLU (the `causal-conv1d` interface).
 
         out[b, d, t] = act(bias[d] + sum_{k<width} weight[d, k] x[b, d, t - width + 1 + k])
@@ -109,14 +109,19 @@ def causal_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None = None, activat
                     state), or None for zeros
     seq_idx:        (batch, length) int32 document ids of packed sequences, or None: out at t then
                     only uses inputs s <= t with seq_idx[s] == seq_idx[t]. Not with initial_states.
+    dx_into:        None, or a callable returning the tensor (x's shape and dtype) to write x's gradient
+                    into: the triton backend's backward writes there, the others return their own
+                    (`hybrid.kernels.grad_sink`, which works with either)
     Returns out (batch, dim, length) in x's dtype (fp32 arithmetic; the triton backend keeps x's
     layout). Differentiable in x, weight, bias and initial_states.
     """
     _check_conv(x, weight, bias, activation, initial_states, seq_idx)
     if x.shape[2] == 0:
         return x.clone()  # no steps: nothing to convolve (F.conv1d and the kernels take no empty input)
-    fn = _load(_CONV, resolve_backend(backend, x.is_cuda, x.dtype, weight.shape[1]))
-    return fn(x, weight, bias, activation=activation, initial_states=initial_states, seq_idx=seq_idx)
+    name = resolve_backend(backend, x.is_cuda, x.dtype, weight.shape[1])
+    extra = {"dx_into": dx_into} if name == "triton" and dx_into is not None else {}
+    return _load(_CONV, name)(x, weight, bias, activation=activation, initial_states=initial_states,
+                              seq_idx=seq_idx, **extra)
 
 
 def causal_conv1d_update(x: Tensor, conv_state: Tensor, weight: Tensor, bias: Tensor | None = None,

@@ -60,6 +60,7 @@ backward and freed when it returns.
 from __future__ import annotations
 
 import os
+from typing import Callable
 
 import torch
 import triton
@@ -431,16 +432,22 @@ def _causal_conv1d_fwd(x, weight, bias, initial_states, seq_idx, silu, config=No
     return out
 
 
-def _causal_conv1d_bwd(dout, x, weight, bias, initial_states, seq_idx, silu, config=None, method=None):
-    """The backward: (dx, dweight, dbias, dinit), dx in x's dtype and layout, dweight and dbias fp32
-    (dim, width) and (dim,), dinit in x's dtype or None. `method` ("fused" or "two_pass") defaults to
-    BACKWARD, read now; `config` is one kernel's tiles (fused) or a pair (two-pass: pass A, pass B)."""
+def _causal_conv1d_bwd(dout, x, weight, bias, initial_states, seq_idx, silu, config=None, method=None, dx=None):
+    """The backward: (dx, dweight, dbias, dinit), dx in x's dtype and layout (or written into `dx`, a
+    tensor of x's shape and dtype with any strides), dweight and dbias fp32 (dim, width) and (dim,),
+    dinit in x's dtype or None. `method` ("fused" or "two_pass") defaults to BACKWARD, read now;
+    `config` is one kernel's tiles (fused) or a pair (two-pass: pass A, pass B)."""
     method = method or BACKWARD
     if method not in BACKWARD_METHODS:
         raise ValueError(f"causal_conv1d (triton): the backward must be one of {BACKWARD_METHODS} (set by "
                          f"{BACKWARD_ENV} or triton_conv.BACKWARD), got {method!r}")
+    if dx is None:
+        dx = _like_layout(x)
+    elif dx.shape != x.shape or dx.dtype != x.dtype or dx.device != x.device:
+        raise ValueError(f"causal_conv1d (triton): the tensor for x's gradient must have x's shape "
+                         f"{tuple(x.shape)}, dtype {x.dtype} and device, got {tuple(dx.shape)} {dx.dtype} {dx.device}")
     run = _bwd_two_pass if method == "two_pass" else _bwd_fused
-    return run(dout, x, weight, bias, initial_states, seq_idx, silu, config)
+    return run(dout, x, weight, bias, initial_states, seq_idx, silu, dx, config)
 
 
 def _sum_partials(partial: Tensor, width: int) -> tuple[Tensor, Tensor]:
@@ -449,15 +456,14 @@ def _sum_partials(partial: Tensor, width: int) -> tuple[Tensor, Tensor]:
     return sums[:, :width], sums[:, width]
 
 
-def _bwd_fused(dout, x, weight, bias, initial_states, seq_idx, silu, config=None):
-    """The fused backward kernel and the sum of its weight-gradient partials."""
+def _bwd_fused(dout, x, weight, bias, initial_states, seq_idx, silu, dx, config=None):
+    """The fused backward kernel (writing dx) and the sum of its weight-gradient partials."""
     batch, dim, length = x.shape
     width = weight.shape[1]
     block_d, block_l, num_warps = config or _config(x, "backward")
     n_tiles = cdiv(length, block_l)
     n_prog_l = cdiv(n_tiles, TILES_PER_PROGRAM)
     block_w = next_power_of_2(width + 1)
-    dx = _like_layout(x)
     dinit = torch.empty_like(initial_states) if initial_states is not None else None
     partial = torch.empty((batch, n_prog_l, dim, block_w), device=x.device, dtype=torch.float32)
     b, s_b = _optional(bias, x, 1)
@@ -476,7 +482,7 @@ def _bwd_fused(dout, x, weight, bias, initial_states, seq_idx, silu, config=None
     return (dx, *_sum_partials(partial, width), dinit)
 
 
-def _bwd_two_pass(dout, x, weight, bias, initial_states, seq_idx, silu, config=None):
+def _bwd_two_pass(dout, x, weight, bias, initial_states, seq_idx, silu, dx, config=None):
     """Pass A (g into an fp32 scratch of x's layout, and the weight-gradient partials), then pass B (dx and
     d initial_states from g). The scratch is freed on return."""
     batch, dim, length = x.shape
@@ -498,7 +504,6 @@ def _bwd_two_pass(dout, x, weight, bias, initial_states, seq_idx, silu, config=N
         WIDTH=width, SILU=silu, HAS_BIAS=bias is not None, HAS_INIT=initial_states is not None,
         HAS_SEQ=seq_idx is not None, BLOCK_D=bd_a, BLOCK_L=bl_a, BLOCK_W=block_w, num_warps=nw_a,
     )
-    dx = _like_layout(x)
     dinit = torch.empty_like(initial_states) if initial_states is not None else None
     dh0, s_dh0 = _optional(dinit, x, 3)
     _launch_bwd_dx(
@@ -514,22 +519,24 @@ def _bwd_two_pass(dout, x, weight, bias, initial_states, seq_idx, silu, config=N
 
 class CausalConv1dFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, initial_states, seq_idx, silu):
+    def forward(ctx, x, weight, bias, initial_states, seq_idx, silu, dx_into):
         out = _causal_conv1d_fwd(x, weight, bias, initial_states, seq_idx, silu)
-        ctx.silu = silu
+        ctx.silu, ctx.dx_into = silu, dx_into
         ctx.save_for_backward(x, weight, bias, initial_states, seq_idx)
         return out
 
     @staticmethod
     def backward(ctx, dout):
         x, weight, bias, initial_states, seq_idx = ctx.saved_tensors
-        dx, dw, db, dinit = _causal_conv1d_bwd(dout, x, weight, bias, initial_states, seq_idx, ctx.silu)
+        dx = ctx.dx_into() if ctx.dx_into is not None else None
+        dx, dw, db, dinit = _causal_conv1d_bwd(dout, x, weight, bias, initial_states, seq_idx, ctx.silu, dx=dx)
         return (dx, dw.to(weight.dtype), db.to(bias.dtype) if bias is not None else None,
-                dinit if ctx.needs_input_grad[3] else None, None, None)
+                dinit if ctx.needs_input_grad[3] else None, None, None, None)
 
 
 def causal_conv1d_triton(x: Tensor, weight: Tensor, bias: Tensor | None = None, activation: str | None = None,
-                         initial_states: Tensor | None = None, seq_idx: Tensor | None = None) -> Tensor:
+                         initial_states: Tensor | None = None, seq_idx: Tensor | None = None,
+                         dx_into: Callable[[], Tensor] | None = None) -> Tensor:
     """Causal depthwise conv1d on the GPU (or under TRITON_INTERPRET=1).
 
     x:              (batch, dim, length) float16 / bfloat16 / float32, any strides (fast with the length
@@ -538,9 +545,11 @@ def causal_conv1d_triton(x: Tensor, weight: Tensor, bias: Tensor | None = None, 
     bias:           (dim,) or None
     initial_states: (batch, dim, width - 1) in x's dtype, the inputs before step 0, or None
     seq_idx:        (batch, length) integer document ids, or None (not with initial_states)
+    dx_into:        None, or a callable returning the tensor (x's shape and dtype, any strides) that the
+                    backward writes x's gradient into (`hybrid.kernels.grad_sink`)
     Returns out (batch, dim, length) in x's dtype and layout; differentiable in x, weight, bias and
     initial_states.
     """
     _check(x, weight)
     return CausalConv1dFn.apply(x, weight, bias, initial_states, seq_idx,
-                                activation in ("silu", "swish"))
+                                activation in ("silu", "swish"), dx_into)

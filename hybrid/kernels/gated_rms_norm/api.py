@@ -8,6 +8,7 @@ with their neighbours); HYBRID_GATED_NORM_BACKEND replaces "auto" for a run.
 from __future__ import annotations
 
 import os
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -33,12 +34,15 @@ def resolve_backend(backend: str, is_cuda: bool, group_size: int, compiling: boo
 
 
 def gated_rms_norm(x: Tensor, z: Tensor | None, weight: Tensor, eps: float = 1e-5, group_size: int | None = None,
-                   norm_before_gate: bool = False, backend: str = "auto") -> Tensor:
+                   norm_before_gate: bool = False, backend: str = "auto",
+                   dz_into: Callable[[], Tensor] | None = None) -> Tensor:
     """Gated RMSNorm over groups of channels: rmsnorm(x silu(z)) w, or rmsnorm(x) w silu(z) with
     `norm_before_gate` (z None: a grouped RMSNorm).
 
     x: (..., d), any float dtype, which y keeps; z: x's shape or None; weight: (d,); group_size divides
-    d (None: d). The norm is computed in fp32. Inputs may be views with any row strides."""
+    d (None: d). The norm is computed in fp32. Inputs may be views with any row strides. dz_into: None,
+    or a callable returning the tensor (z's shape and dtype) to write z's gradient into: the triton
+    backend's backward writes there, the torch one returns its own (`hybrid.kernels.grad_sink`)."""
     d = x.shape[-1]
     group_size = group_size or d
     if z is not None and z.shape != x.shape:
@@ -49,4 +53,6 @@ def gated_rms_norm(x: Tensor, z: Tensor | None, weight: Tensor, eps: float = 1e-
         raise ValueError(f"gated_rms_norm: group_size {group_size} must divide the {d} channels")
     name = resolve_backend(backend, x.is_cuda, group_size, torch.compiler.is_compiling())
     fn = _LOADED.get(name) or _LOADED.setdefault(name, load_backend(_TABLE, name, "gated_rms_norm"))
+    if name == "triton" and dz_into is not None:
+        return fn(x, z, weight, eps, group_size, norm_before_gate, dz_into)
     return fn(x, z, weight, eps, group_size, norm_before_gate)

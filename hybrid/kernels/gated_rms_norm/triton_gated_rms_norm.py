@@ -19,6 +19,8 @@ a pass over (rows, d) fp32, by one read of x and z and one write each way.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import triton
 import triton.language as tl
@@ -59,7 +61,7 @@ def _gated_rms_norm_fwd_kernel(
 @triton.jit
 def _gated_rms_norm_bwd_kernel(
     dy_ptr, x_ptr, z_ptr, w_ptr, rstd_ptr, dx_ptr, dz_ptr, dw_ptr,
-    rows, group_size, n_groups, d, tiles_per_program, s_dy, s_x, s_z,
+    rows, group_size, n_groups, d, tiles_per_program, s_dy, s_x, s_z, s_dz,
     GATE_IN: tl.constexpr, GATE_OUT: tl.constexpr, BLOCK_ROWS: tl.constexpr, BLOCK_G: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -96,10 +98,9 @@ def _gated_rms_norm_bwd_kernel(
         if GATE_IN:
             dz = dv * x * dgate
             dx = dv * gate
-        out = row[:, None] * d + col  # dx and dz are contiguous (rows, d)
-        tl.store(dx_ptr + out, dx.to(dx_ptr.dtype.element_ty), mask=mask)
-        if GATE_IN or GATE_OUT:
-            tl.store(dz_ptr + out, dz.to(dz_ptr.dtype.element_ty), mask=mask)
+        tl.store(dx_ptr + row[:, None] * d + col, dx.to(dx_ptr.dtype.element_ty), mask=mask)  # (rows, d) contiguous
+        if GATE_IN or GATE_OUT:  # dz: rows s_dz apart (a slice of a wider gradient buffer, or contiguous)
+            tl.store(dz_ptr + row[:, None] * s_dz + col, dz.to(dz_ptr.dtype.element_ty), mask=mask)
     tl.store(dw_ptr + pid * d + col, dw[None, :], mask=in_group[None, :])
 
 
@@ -132,9 +133,13 @@ def _gated_rms_norm_fwd(x: Tensor, z: Tensor | None, weight: Tensor, eps: float,
 
 
 def _gated_rms_norm_bwd(dy: Tensor, x: Tensor, z: Tensor | None, weight: Tensor, rstd: Tensor, group_size: int,
-                        norm_before_gate: bool) -> tuple[Tensor, Tensor | None, Tensor]:
-    """Gradients of x, z (None without z) and the weight from dy (rows, d)."""
+                        norm_before_gate: bool, dz: Tensor | None = None) -> tuple[Tensor, Tensor | None, Tensor]:
+    """Gradients of x, z (None without z) and the weight from dy (rows, d); z's written into `dz`
+    (rows, d) with unit channel stride when given."""
     rows, d = x.shape
+    if dz is not None and (z is None or dz.shape != z.shape or dz.dtype != z.dtype or dz.stride(-1) != 1):
+        raise ValueError(f"gated_rms_norm (triton): the tensor for z's gradient must be (rows, d) = {(rows, d)} in "
+                         f"z's dtype with unit channel stride, got {tuple(dz.shape)} {dz.dtype} strides {dz.stride()}")
     if rows == 0:  # no launch (as the forward)
         return torch.empty_like(x), (torch.empty_like(z) if z is not None else None), torch.zeros_like(weight)
     n_groups = d // group_size
@@ -142,10 +147,12 @@ def _gated_rms_norm_bwd(dy: Tensor, x: Tensor, z: Tensor | None, weight: Tensor,
     target = max(1, 4 * sm_count(x.device) // n_groups) if x.is_cuda else 4  # a few programs per SM
     per, programs = tile_runs(cdiv(rows, block_rows), target)
     dx = torch.empty(rows, d, device=x.device, dtype=x.dtype)
-    dz = torch.empty(rows, d, device=x.device, dtype=z.dtype) if z is not None else None
+    if dz is None and z is not None:
+        dz = torch.empty(rows, d, device=x.device, dtype=z.dtype)
     dw = torch.empty(programs, d, device=x.device, dtype=torch.float32)
     _bwd_launch((programs, n_groups), dy, x, z if z is not None else x, weight, rstd, dx, dz if dz is not None else dx,
                 dw, rows, group_size, n_groups, d, per, dy.stride(0), x.stride(0), z.stride(0) if z is not None else 0,
+                dz.stride(0) if dz is not None else 0,
                 GATE_IN=z is not None and not norm_before_gate, GATE_OUT=z is not None and norm_before_gate,
                 BLOCK_ROWS=block_rows, BLOCK_G=block_g, num_warps=warps)
     return dx, dz, dw.sum(0).to(weight.dtype)
@@ -162,22 +169,28 @@ class GatedRMSNormFn(torch.autograd.Function):
     """(x, z or None, weight) -> y; saves x, z, the weight and rstd."""
 
     @staticmethod
-    def forward(ctx, x, z, weight, eps, group_size, norm_before_gate):
+    def forward(ctx, x, z, weight, eps, group_size, norm_before_gate, dz_into):
         x2, z2 = _rows(x), (_rows(z) if z is not None else None)
         y, rstd = _gated_rms_norm_fwd(x2, z2, weight.contiguous(), eps, group_size, norm_before_gate)
         ctx.save_for_backward(x2, z2, weight, rstd)
         ctx.group_size, ctx.norm_before_gate = group_size, norm_before_gate
+        ctx.dz_into = dz_into if z is not None else None
         return y.view(x.shape)
 
     @staticmethod
     def backward(ctx, dy):
         x2, z2, weight, rstd = ctx.saved_tensors
+        target = ctx.dz_into() if ctx.dz_into is not None else None
+        dz_rows = target.view(z2.shape) if target is not None else None  # (rows, d), rows a stride apart
         dx, dz, dw = _gated_rms_norm_bwd(_rows(dy), x2, z2, weight.contiguous(), rstd, ctx.group_size,
-                                         ctx.norm_before_gate)
-        return dx.view(dy.shape), (dz.view(dy.shape) if dz is not None else None), dw, None, None, None
+                                         ctx.norm_before_gate, dz_rows)
+        dz = (target if target is not None else dz.view(dy.shape)) if dz is not None else None
+        return dx.view(dy.shape), dz, dw, None, None, None, None
 
 
 def gated_rms_norm_triton(x: Tensor, z: Tensor | None, weight: Tensor, eps: float, group_size: int,
-                          norm_before_gate: bool) -> Tensor:
-    """As `gated_rms_norm_ref`; x, z (..., d) with group_size <= MAX_G."""
-    return GatedRMSNormFn.apply(x, z, weight, eps, group_size, norm_before_gate)
+                          norm_before_gate: bool, dz_into: Callable[[], Tensor] | None = None) -> Tensor:
+    """As `gated_rms_norm_ref`; x, z (..., d) with group_size <= MAX_G. dz_into: None, or a callable
+    returning the tensor (z's shape and dtype, unit channel stride) that the backward writes z's
+    gradient into (`hybrid.kernels.grad_sink`)."""
+    return GatedRMSNormFn.apply(x, z, weight, eps, group_size, norm_before_gate, dz_into)
