@@ -62,8 +62,13 @@ def run(args) -> int:
                                                          for r in pending), ""]
     skipped = not_needed(sweep)
     if skipped:
-        lines += [f"Not needed (another {', '.join(sweep.select_over)} of the configuration reached select.enough "
-                  f"{sweep.enough:g} on every seed): " + ", ".join(skipped), ""]
+        why = []
+        if sweep.enough is not None:
+            why.append(f"another {', '.join(sweep.select_over)} of the configuration reached select.enough "
+                       f"{sweep.enough:g} on {'its first seed' if sweep.seeds_best else 'every seed'}")
+        if sweep.seeds_best:
+            why.append("a later seed away from the value its configuration's first seed did best at (select.seeds: best)")
+        lines += [f"Not needed ({'; or '.join(why)}): " + ", ".join(skipped), ""]
     lines += [f"![{p.stem}]({p.name})" for p in plots]
     (out / "report.md").write_text("\n".join(lines) + "\n")
     (out / "table.csv").write_text(csv_table(sweep))

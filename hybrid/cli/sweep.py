@@ -15,7 +15,9 @@ def add_parser(sub) -> None:
                     "<out>/runs/<run name>/; finished runs are skipped, interrupted ones resume from their "
                     "checkpoint, a failed run is recorded and the others go on. With `select: {enough: 0.99}` "
                     "every configuration's first learning rate runs first, and a configuration whose rate "
-                    "reached 0.99 on every seed runs no other (its runs are 'not needed').\n\nexamples:\n"
+                    "reached 0.99 on every seed runs no other (its runs are 'not needed'). With "
+                    "`select: {seeds: best}` the first seed runs at every learning rate and the other seeds "
+                    "only at the one where it did best, once it has finished everywhere.\n\nexamples:\n"
                     "  hybrid sweep experiments/quickstart/sweep.yaml --dry-run\n"
                     "  hybrid sweep experiments/mqar_layouts/sweep.yaml --jobs auto --out /data/mqar\n"
                     "  hybrid sweep SWEEP.yaml train.steps=100     # an override for every run",

@@ -58,6 +58,11 @@ class Sweep:
     plan_select: dict[str, Any] = field(default_factory=dict)  # the plan's select: {over, metric, mode, enough}
 
     @property
+    def seeds_best(self) -> bool:
+        """The plan's select.seeds: best (the first seed chooses; the others run at its choice)."""
+        return self.plan_select.get("seeds") == "best"
+
+    @property
     def enough(self) -> float | None:
         """The plan's select.enough: a configuration at it needs no other choice (None without one)."""
         value = self.plan_select.get("enough")
@@ -136,7 +141,8 @@ def collect(root: Path | str, metric: str | None = None, mode: str | None = None
 def best_rows(sweep: Sweep) -> list[Row]:
     """One Row per configuration, in the order the configurations first appear. The best values of the
     selection axes are chosen among those whose every seed has finished; while none has (a sweep run in
-    pieces), among those with some finished seeds, by their mean, and the row says how many finished."""
+    pieces), among those with some finished seeds, by their mean, and the row says how many finished.
+    With the plan's select.seeds: best, by the first seed's value alone (as the runner chose)."""
     sign = 1 if sweep.mode == "max" else -1
     groups: dict[tuple, dict[tuple, list[RunRecord]]] = {}
     for run in sweep.runs:
@@ -149,8 +155,11 @@ def best_rows(sweep: Sweep) -> list[Row]:
         for sel, runs in by_sel.items():
             usable = [v for v in (r.final(sweep.metric) for r in runs) if v is not None]
             mean = statistics.fmean(usable) if usable else None
-            # complete before partial before nothing; then the better mean
-            rank = (len(usable) == len(runs) and bool(usable), bool(usable), sign * mean if usable else 0.0)
+            if sweep.seeds_best:  # the better first seed: what chose the value the other seeds ran at
+                lead = runs[0].final(sweep.metric)
+                rank = (lead is not None, sign * lead if lead is not None else 0.0)
+            else:  # complete before partial before nothing; then the better mean
+                rank = (len(usable) == len(runs) and bool(usable), bool(usable), sign * mean if usable else 0.0)
             scored.append((rank, mean, sel, runs, usable))
         _, value, sel, runs, usable = max(scored, key=lambda t: t[0])
         config = dict(zip(sweep.config_axes(), key))
@@ -269,30 +278,22 @@ def evaluations_csv(sweep: Sweep) -> str:
 
 
 def not_needed(sweep: Sweep) -> list[str]:
-    """The planned runs, started or not, that the sweep does not run because of the plan's select.enough:
-    unfinished runs of a configuration with another choice whose every seed finished at `enough` or
-    better by the plan's metric and mode (the runner's rule, hybrid/sweep/order.py)."""
-    enough = sweep.enough
-    if enough is None:
-        return []
-    from hybrid.sweep.order import configurations, meets, reached_by  # noqa: PLC0415
+    """The planned runs, started or not, that the sweep does not run because of the plan's select.enough
+    or select.seeds: best, by the plan's metric and mode (the runner's rule, hybrid/sweep/order.py)."""
+    from hybrid.sweep.order import Rules, decide  # noqa: PLC0415
 
-    metric, mode = sweep.plan_select.get("metric", "eval/all/accuracy"), sweep.plan_select.get("mode", "max")
+    rules = Rules(sweep.plan_select.get("mode", "max"), sweep.enough, sweep.seeds_best)
+    if not rules.active:
+        return []
+    metric = sweep.plan_select.get("metric", "eval/all/accuracy")
     records = {r.name: r for r in sweep.runs}
 
-    def good(name: str) -> bool:
-        run = records.get(name)
-        return run is not None and run.state in FINAL_STATES and meets(run.final(metric), enough, mode)
+    def finished(name: str) -> bool:
+        return name in records and records[name].state in FINAL_STATES
 
-    def unfinished_run(name: str) -> bool:
-        return name not in records or records[name].state not in FINAL_STATES
-
-    skipped = []
-    for choices in configurations([(p["name"], p["axes"]) for p in sweep.planned], sweep.select_over).values():
-        for choice, names in choices.items():
-            if reached_by(choices, choice, good):
-                skipped += [n for n in names if unfinished_run(n)]
-    return skipped
+    decided = decide([(p["name"], p["axes"]) for p in sweep.planned], sweep.select_over, rules, finished,
+                     lambda name: records[name].final(metric) if name in records else None)
+    return [p["name"] for p in sweep.planned if p["name"] in decided.unnecessary]
 
 
 def unfinished(sweep: Sweep) -> list[RunRecord]:

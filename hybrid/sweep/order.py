@@ -1,17 +1,28 @@
-"""The order of a sweep's runs under `select.enough`, and which runs it makes unnecessary.
+"""The order of a sweep's runs under `select.enough` and `select.seeds: best`, and which runs they make
+unnecessary (or have to wait for).
 
-With `select: {over: [train.lr], enough: 0.99}` a sweep runs the first-listed learning rate of every
-configuration before any configuration's second, and so on down the list; before a run starts, it is
-skipped if its configuration already has a learning rate whose every seed finished at 0.99 or better
-(mode max; at or below for mode min). The best-of-learning-rate value of such a configuration is then
-at least `enough` whatever the skipped runs would have given: a grid that mostly succeeds (attention
-on MQAR) costs about one run per configuration instead of one per learning rate. List the likeliest
-value first. A configuration is the runs' axes other than `select.over` and `seed`, as in reports.
-The check is made when a run starts: with more jobs at a time than the first round has runs, second
-choices start beside the first ones and the rounds save nothing.
+A configuration is the runs' axes other than `select.over` and `seed`, as in reports; a choice is a
+value of `select.over` (a learning rate); a configuration's runs of one choice differ by seed, in the
+order the sweep lists its seeds, the first being the choice's lead run.
+
+`select.enough: 0.99`: the first-listed choice of every configuration runs before any configuration's
+second, and so on down the list; a run is skipped once another choice of its configuration has every
+seed finished at 0.99 or better (mode max; at or below for mode min). The best-of-choice value of such a
+configuration is then at least `enough` whatever the skipped runs would have given: a grid that mostly
+succeeds (attention on MQAR) costs about one run per configuration instead of one per choice. List the
+likeliest value first. The check is made when a run starts: with more jobs at a time than the first
+round has runs, second choices start beside the first ones and the rounds save nothing.
+
+`select.seeds: best`: only the first seed runs at every choice; the other seeds run at the choice
+whose first seed did best, once every first-seed run of the configuration has finished (or been made
+unnecessary by `enough`, which then counts the first seed alone). The other seeds of every other
+choice are unnecessary: tuning on one seed, then the spread at the chosen value, for about
+choices + seeds - 1 runs per configuration instead of choices x seeds. Every first-seed run is
+scheduled before any other seed's.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 from hybrid.sweep.spec import RunSpec, SweepSpec
@@ -29,49 +40,115 @@ def configurations(runs: Iterable[tuple[str, dict[str, str]]], over: list[str]) 
 
 def meets(value: Any, enough: float, mode: str) -> bool:
     """Whether a final metric value reached `enough` (at or above for mode max, at or below for min)."""
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        return False
-    return value >= enough if mode == "max" else value <= enough
+    return _number(value) and (value >= enough if mode == "max" else value <= enough)
 
 
-def reached_by(choices: dict[tuple, list[str]], own: tuple, good: Callable[[str], bool]) -> str | None:
-    """The first run of another choice than `own` whose every run (seed) is `good`, else None."""
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+@dataclass
+class Rules:
+    """What select asks: the metric and mode, `enough` (or None), `seeds: best` (or all)."""
+    mode: str = "max"
+    enough: float | None = None
+    seeds_best: bool = False
+
+    @property
+    def active(self) -> bool:
+        return self.enough is not None or self.seeds_best
+
+
+@dataclass
+class Decisions:
+    """Per run name: why it is not needed (the run that makes it so, and the rule), or that it waits for
+    first-seed runs of its configuration to finish (`seeds: best`)."""
+    unnecessary: dict[str, str] = field(default_factory=dict)
+    waiting: dict[str, list[str]] = field(default_factory=dict)  # run -> the unfinished first-seed runs
+
+
+def _reached(choices: dict[tuple, list[str]], considered: Callable[[list[str]], list[str]],
+             good: Callable[[str], bool]) -> tuple | None:
+    """The first choice whose considered runs are all good, else None."""
+    return next((c for c, names in choices.items() if all(good(n) for n in considered(names))), None)
+
+
+def _configuration(choices: dict[tuple, list[str]], rules: Rules, finished: Callable[[str], bool],
+                   value: Callable[[str], Any], out: Decisions) -> None:
+    """The decisions for one configuration's runs (see the module docstring)."""
+    considered = (lambda names: names[:1]) if rules.seeds_best else (lambda names: names)
+    if rules.enough is not None:
+        reached = _reached(choices, considered,
+                           lambda n: finished(n) and meets(value(n), rules.enough, rules.mode))
+        if reached is not None:
+            for choice, names in choices.items():
+                for name in names if choice != reached else []:
+                    if not finished(name):
+                        out.unnecessary[name] = f"{choices[reached][0]} reached select.enough {rules.enough:g}"
+    if not rules.seeds_best or all(len(names) < 2 for names in choices.values()):
+        return
+    leads = {choice: names[0] for choice, names in choices.items()}
+    pending = [n for n in leads.values() if not finished(n) and n not in out.unnecessary]
+    if pending:
+        for names in choices.values():
+            for name in names[1:]:
+                if name not in out.unnecessary:
+                    out.waiting[name] = pending
+        return
+    sign = 1 if rules.mode == "max" else -1
+    done = [c for c, n in leads.items() if finished(n)]
+    best = max(done, key=lambda c: sign * value(leads[c]) if _number(value(leads[c])) else float("-inf"),
+               default=None)
     for choice, names in choices.items():
-        if choice != own and all(good(n) for n in names):
-            return names[0]
-    return None
+        for name in names[1:] if choice != best else []:
+            if not finished(name):
+                out.unnecessary.setdefault(name, f"the first seed did best at {leads[best]}"
+                                           if best is not None else "no first-seed run finished")
+
+
+def decide(runs: Iterable[tuple[str, dict[str, str]]], over: list[str], rules: Rules,
+           finished: Callable[[str], bool], value: Callable[[str], Any]) -> Decisions:
+    """Which of `runs` (name, axes) are unnecessary or waiting, given which runs are `finished` (a final
+    state) and their final metric `value`. The runner's and the report's one rule."""
+    out = Decisions()
+    if rules.active:
+        for choices in configurations(runs, over).values():
+            _configuration(choices, rules, finished, value, out)
+    return out
+
+
+def rules_of(spec: SweepSpec) -> Rules:
+    return Rules(spec.mode, spec.enough, spec.seeds_best)
 
 
 def _axes(spec: SweepSpec) -> list[tuple[str, dict[str, str]]]:
     return [(r.name, r.axes) for r in spec.runs]
 
 
-def _choice_of(spec: SweepSpec, run: RunSpec) -> tuple:
-    return tuple(run.axes.get(a, "") for a in spec.select_over)
-
-
 def scheduled(spec: SweepSpec, runs: list[RunSpec]) -> list[RunSpec]:
-    """`runs` in sweep order, or with `select.enough`: by the rank of their choice among their
-    configuration's choices in sweep order (every configuration's first choice first), then sweep order."""
-    if spec.enough is None:
+    """`runs` in sweep order; with `select.enough` or `seeds: best`, every first seed before any other
+    seed, then by the rank of their choice among their configuration's choices in sweep order (every
+    configuration's first choice first), then sweep order."""
+    if not rules_of(spec).active:
         return list(runs)
-    rank = {name: i for choices in configurations(_axes(spec), spec.select_over).values()
-            for i, names in enumerate(choices.values()) for name in names}
+    rank, later = {}, set()
+    for choices in configurations(_axes(spec), spec.select_over).values():
+        for i, names in enumerate(choices.values()):
+            rank.update({name: i for name in names})
+            later.update(names[1:] if spec.seeds_best else [])
     position = {run.name: i for i, run in enumerate(spec.runs)}
-    return sorted(runs, key=lambda r: (rank[r.name], position[r.name]))
+    return sorted(runs, key=lambda r: (r.name in later, rank[r.name], position[r.name]))
+
+
+def decisions(spec: SweepSpec, run_dir) -> Decisions:
+    """`decide` on the sweep's run folders; `run_dir(spec, run)` gives a run's RunDir."""
+    dirs = {r.name: run_dir(spec, r) for r in spec.runs}
+    return decide(_axes(spec), spec.select_over, rules_of(spec), lambda n: dirs[n].finished,
+                  lambda n: (dirs[n].results().get("final") or {}).get(spec.metric))
 
 
 def satisfied_by(spec: SweepSpec, run: RunSpec, run_dir) -> str | None:
-    """With `select.enough`: the name of a finished run whose choice makes `run` unnecessary (a run of
-    the same configuration, another choice, every seed of which finished at `enough` or better), else
-    None. `run_dir(spec, run)` gives a run's RunDir."""
-    if spec.enough is None:
+    """Why `run` is not needed (select.enough or seeds: best), else None."""
+    if not rules_of(spec).active:
         return None
-    by_name = {r.name: r for r in spec.runs}
-
-    def good(name: str) -> bool:
-        d = run_dir(spec, by_name[name])
-        return d.finished and meets((d.results().get("final") or {}).get(spec.metric), spec.enough, spec.mode)
-
-    config = tuple((a, v) for a, v in run.axes.items() if a not in spec.select_over and a != "seed")
-    return reached_by(configurations(_axes(spec), spec.select_over)[config], _choice_of(spec, run), good)
+    return decisions(spec, run_dir).unnecessary.get(run.name)

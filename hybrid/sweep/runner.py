@@ -3,7 +3,9 @@ processes (one per GPU), skipping finished runs and resuming unfinished ones.
 
 A run whose status is completed, early_stopped or diverged is final and skipped; a run with a
 checkpoint continues from it; anything else starts afresh. With `select.enough`, runs go in rounds of
-learning rates and a run whose configuration has already reached it is not run (hybrid/sweep/order.py).
+learning rates and a run whose configuration has already reached it is not run; with `select.seeds: best`,
+a later seed's run waits for its configuration's first-seed runs and runs only at their best choice
+(hybrid/sweep/order.py).
 A run that raises (or whose worker dies) is marked failed with its error in `status.json` and the
 sweep goes on; running the sweep again retries it. `<out>/sweep.json` records the plan for `hybrid report`.
 """
@@ -24,7 +26,7 @@ import torch
 from hybrid.config import dump_config
 from hybrid.errors import ConfigError
 from hybrid.summary import format_table
-from hybrid.sweep.order import satisfied_by, scheduled
+from hybrid.sweep.order import decisions, satisfied_by, scheduled
 from hybrid.sweep.spec import RunSpec, SweepSpec, override_strings, resolve_run
 from hybrid.training.checkpoint import CHECKPOINT
 from hybrid.training.run_dir import RunDir, write_json
@@ -32,7 +34,8 @@ from hybrid.training.run_dir import RunDir, write_json
 log = logging.getLogger(__name__)
 
 SWEEP_PLAN = "sweep.json"
-NOT_NEEDED = "not needed"  # the state reported for a run that select.enough made unnecessary
+NOT_NEEDED = "not needed"  # the state reported for a run that select.enough or seeds: best made unnecessary
+WAIT_POLL_S = 5.0  # how often a later seed's run looks whether its first seeds have finished
 
 
 def run_dir(spec: SweepSpec, run: RunSpec) -> RunDir:
@@ -42,12 +45,15 @@ def run_dir(spec: SweepSpec, run: RunSpec) -> RunDir:
 def plan_rows(spec: SweepSpec) -> list[list[str]]:
     """One row per run: name, what will happen, its overrides."""
     rows = []
+    decided = decisions(spec, run_dir)
     for run in spec.runs:
         rd = run_dir(spec, run)
         state = rd.status().get("state")
-        enough = None if rd.finished else satisfied_by(spec, run, run_dir)
+        reason = None if rd.finished else decided.unnecessary.get(run.name)
+        waits = None if rd.finished else decided.waiting.get(run.name)
         action = ("skip (" + state + ")" if rd.finished else
-                  f"skip ({enough} reached select.enough {spec.enough:g})" if enough else
+                  f"skip (not needed: {reason})" if reason else
+                  f"wait for {', '.join(waits)}, then run if its choice is their best" if waits else
                   f"resume (step {rd.status().get('step', '?')})" if rd.file(CHECKPOINT).exists() else
                   "retry (failed)" if state == "failed" else "run")
         rows.append([run.name, action, " ".join(override_strings({k: v for k, v in run.overrides.items()}))])
@@ -144,14 +150,24 @@ def run_sweep(spec: SweepSpec, *, jobs: int | str | None = None, progress: bool 
     groups = gpu_groups(torch.cuda.device_count(), spec.gpus_per_run)
     free = [groups[i % len(groups)] for i in range(jobs)] if groups else [None] * jobs
     lock = threading.Lock()
+    pending = {r.name for r in todo}  # this invocation's runs not yet done (a later seed may wait for them)
 
     def one(index: int, run: RunSpec) -> None:
+        try:
+            _one(index, run)
+        finally:
+            with lock:
+                pending.discard(run.name)
+
+    def _one(index: int, run: RunSpec) -> None:
         t0 = time.perf_counter()
         log.info("[%d/%d] %s", index + 1, len(todo), run.name)
         rd = run_dir(spec, run)
-        enough = satisfied_by(spec, run, run_dir)
-        if enough:
-            log.info("run %s not needed: %s reached select.enough %g", run.name, enough, spec.enough)
+        if not _wait_for_first_seeds(spec, run, pending, lock):
+            return
+        reason = satisfied_by(spec, run, run_dir)
+        if reason:
+            log.info("run %s not needed: %s", run.name, reason)
             return
         try:
             if jobs == 1 and spec.gpus_per_run == 1:
@@ -185,8 +201,25 @@ def run_sweep(spec: SweepSpec, *, jobs: int | str | None = None, progress: bool 
     return {r.name: state_of(spec, r) for r in chosen}
 
 
+def _wait_for_first_seeds(spec: SweepSpec, run: RunSpec, pending: set[str], lock: threading.Lock) -> bool:
+    """With `select.seeds: best`, a later seed's run waits while first-seed runs of its configuration are
+    still to finish in this sweep; False (deferred to the next sweep) when some are unfinished but not
+    in this sweep's queue (failed, or left out by --only)."""
+    while True:
+        waits = decisions(spec, run_dir).waiting.get(run.name)
+        if not waits:
+            return True
+        with lock:
+            queued = [n for n in waits if n in pending]
+        if not queued:
+            log.info("run %s deferred: the first-seed runs %s are unfinished and not in this sweep; "
+                     "run the sweep again once they finish", run.name, ", ".join(waits))
+            return False
+        time.sleep(WAIT_POLL_S)
+
+
 def state_of(spec: SweepSpec, run: RunSpec) -> str:
-    """The run's state, NOT_NEEDED for an unfinished run that select.enough makes unnecessary."""
+    """The run's state, NOT_NEEDED for an unfinished run that select.enough or seeds: best makes unnecessary."""
     rd = run_dir(spec, run)
     if not rd.finished and satisfied_by(spec, run, run_dir):
         return NOT_NEEDED

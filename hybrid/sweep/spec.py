@@ -15,7 +15,8 @@
       model.vocab_size: [64, 128]
     select: {over: [train.lr], metric: eval/all/accuracy, mode: max}   # best-of-lr in reports
     # select.enough: 0.99 would run the first-listed learning rate of every configuration first and skip
-    # a configuration's other learning rates once one reached 0.99 on every seed (hybrid/sweep/order.py)
+    # a configuration's other learning rates once one reached 0.99 on every seed; select.seeds: best runs
+    # the first seed at every learning rate and the other seeds at its best only (hybrid/sweep/order.py)
     gpus_per_run: 2                                     # each run data-parallel over 2 GPUs (torchrun)
 
 Keys are dotted config paths (any override `hybrid train` accepts); values may be mappings or
@@ -41,7 +42,7 @@ from hybrid.config import COMMAND_LINE, RootConfig, _is_file, _read_yaml, load_c
 from hybrid.errors import ConfigError, did_you_mean, shown
 
 TOP_KEYS = ("name", "config", "overrides", "grid", "zip", "select", "out", "jobs", "gpus_per_run")
-SELECT_KEYS = ("over", "metric", "mode", "enough")
+SELECT_KEYS = ("over", "metric", "mode", "enough", "seeds")
 MAX_RUNS = 10_000
 
 
@@ -63,6 +64,7 @@ class SweepSpec:
     metric: str = "eval/all/accuracy"
     mode: str = "max"
     enough: float | None = None  # select.enough: a configuration whose choice reached it needs no other
+    seeds_best: bool = False  # select.seeds: best: the seeds after the first run at the first seed's best choice
     out: Path | None = None
     jobs: int | str = 1
     gpus_per_run: int = 1  # > 1: each run is a torchrun job of that many ranks (data-parallel)
@@ -74,7 +76,8 @@ class SweepSpec:
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "sweep_file": str(self.path), "config": str(self.config),
                 "select": {"over": self.select_over, "metric": self.metric, "mode": self.mode,
-                           **({"enough": self.enough} if self.enough is not None else {})},
+                           **({"enough": self.enough} if self.enough is not None else {}),
+                           **({"seeds": "best"} if self.seeds_best else {})},
                 "runs": [{"name": r.name, "overrides": r.overrides, "axes": r.axes, "group": r.group} for r in self.runs]}
 
 
@@ -235,6 +238,9 @@ def _select(select: Any, file: str) -> dict[str, Any]:
         raise ConfigError(f"expected a number, the metric's value at which a configuration needs no more of its "
                           f"choices (e.g. 0.99 for accuracy with mode max), got {shown(enough)}",
                           key="select.enough", file=file)
+    if select.get("seeds", "all") not in ("all", "best"):
+        raise ConfigError(f"expected all (every seed at every choice) or best (the first seed at every choice, "
+                          f"the others at its best), got {shown(select['seeds'])}", key="select.seeds", file=file)
     over = select.get("over")
     if over is not None and not (isinstance(over, str) or (isinstance(over, list)
                                                             and all(isinstance(o, str) for o in over))):
@@ -294,6 +300,11 @@ def load_sweep(path: Path | str, *, check: bool = True) -> SweepSpec:
     if select.get("enough") is not None and not over:
         raise ConfigError("select.enough skips a configuration's remaining choices of select.over, but the sweep "
                           "selects over no axis (no train.lr axis and no select.over)", key="select.enough", file=file)
+    seeds_best = select.get("seeds") == "best"
+    if seeds_best and not (over and "seed" in axis_names):
+        raise ConfigError("select.seeds: best runs the first seed at every choice of select.over and the other "
+                          "seeds at its best, but the sweep " + ("selects over no axis" if not over else
+                          "has no seed axis (grid: {seed: [0, 1]})"), key="select.seeds", file=file)
     _check_count(axes, file)
     short = _short_names([n for n in axis_names if n != "zip"])
     runs, seen = [], {}
@@ -325,7 +336,7 @@ def load_sweep(path: Path | str, *, check: bool = True) -> SweepSpec:
         raise ConfigError(f"expected a name, got {shown(data['name'])}", key="name", file=file)
     spec = SweepSpec(path=path, name=str(data.get("name") or path.parent.name), config=config, runs=runs,
                      select_over=over, metric=str(select.get("metric", "eval/all/accuracy")), mode=mode,
-                     enough=None if select.get("enough") is None else float(select["enough"]),
+                     enough=None if select.get("enough") is None else float(select["enough"]), seeds_best=seeds_best,
                      out=(path.parent / data["out"]).resolve() if data.get("out") else None, jobs=jobs,
                      gpus_per_run=gpus_per_run)
     if check:

@@ -272,8 +272,108 @@ def test_select_enough_runs_rounds_and_skips_configurations_that_reached_it(tiny
     from hybrid.report.tables import collect, not_needed
     assert sorted(not_needed(collect(tmp_path))) == sorted(n for n, s in states.items() if s == "not needed")
     assert main(["sweep", str(path), "--dry-run"]) == 0
-    assert "skip (d_model=32,lr=0.001,seed=0 reached select.enough 0.99)" in capsys.readouterr().out
+    assert "skip (not needed: d_model=32,lr=0.001,seed=0 reached select.enough 0.99)" in capsys.readouterr().out
     assert main(["sweep", str(path)]) == 0  # nothing left to run, nothing failed
+
+
+def _fake_results(accuracy: dict, order: list, fail: tuple = ()):
+    """A stand-in for a run's training: records the order, writes a completed run with the given final
+    accuracy (0.5 if not listed), or a failed one for names in `fail`."""
+    def fake(spec_, run, *_):
+        from hybrid.training.run_dir import RunDir
+        order.append(run.name)
+        rd = RunDir(spec_.out_dir / "runs" / run.name).create()
+        rd.write_config(f"name: {run.name}\n")
+        if run.name in fail:
+            rd.set_status("failed", error="boom")
+            raise RuntimeError("boom")
+        rd.write_results({"name": run.name, "state": "completed", "step": 1, "wall_time_s": 0.1,
+                          "final": {"eval/all/accuracy": accuracy.get(run.name, 0.5)}})
+        rd.set_status("completed", step=1)
+    return fake
+
+
+# seed 0 of d_model 32 does best at lr 0.003, of d_model 64 at lr 0.01; seed 1 differs (so the report's
+# choice by the first seed, not by a mean over unequal seed counts, is visible)
+SEED0 = {"d_model=32,lr=0.001,seed=0": 0.6, "d_model=32,lr=0.003,seed=0": 0.9, "d_model=32,lr=0.01,seed=0": 0.8,
+         "d_model=64,lr=0.001,seed=0": 0.6, "d_model=64,lr=0.003,seed=0": 0.8, "d_model=64,lr=0.01,seed=0": 0.95,
+         "d_model=32,lr=0.003,seed=1": 0.5, "d_model=64,lr=0.01,seed=1": 0.85}
+
+
+def _seeds_best_sweep(tmp_path, **select):
+    return load_sweep(write_sweep(tmp_path, {"grid": {"model.d_model": [32, 64], "train.lr": [1e-3, 3e-3, 1e-2],
+                                                      "seed": [0, 1]},
+                                             "select": {"metric": "eval/all/accuracy", "seeds": "best", **select}}))
+
+
+def test_select_seeds_best_runs_later_seeds_at_the_first_seeds_best_only(tiny, tmp_path, monkeypatch, capsys):
+    tiny()
+    spec = _seeds_best_sweep(tmp_path)
+    order = []
+    monkeypatch.setattr("hybrid.sweep.runner._run_inprocess", _fake_results(SEED0, order))
+    states = run_sweep(spec, jobs=1, progress=False)
+    assert all(name.endswith("seed=0") for name in order[:6])  # every first seed before any other
+    assert order[6:] == ["d_model=32,lr=0.003,seed=1", "d_model=64,lr=0.01,seed=1"]
+    assert sorted(n for n, s in states.items() if s == "not needed") == sorted(
+        f"d_model={d},lr={lr},seed=1" for d, lrs in ((32, ("0.001", "0.01")), (64, ("0.001", "0.003"))) for lr in lrs)
+    from hybrid.report.tables import best_rows, collect, not_needed
+    sweep = collect(tmp_path)
+    assert sorted(not_needed(sweep)) == sorted(n for n, s in states.items() if s == "not needed")
+    rows = {r.label: r for r in best_rows(sweep)}
+    # chosen by the first seed (0.9 at 0.003), though 0.01's one seed (0.8) beats 0.003's mean over two (0.7)
+    assert rows["model.d_model=32"].chosen == {"train.lr": "0.003"}
+    assert rows["model.d_model=32"].value == pytest.approx(0.7) and rows["model.d_model=32"].seeds == 2
+    assert rows["model.d_model=64"].chosen == {"train.lr": "0.01"}
+    assert main(["sweep", str(spec.path), "--dry-run"]) == 0
+    assert "skip (not needed: the first seed did best at d_model=32,lr=0.003,seed=0)" in capsys.readouterr().out
+    assert main(["report", str(tmp_path)]) == 0
+    assert "Not needed (a later seed away from the value its configuration's first seed did best at " \
+           "(select.seeds: best)): " in (tmp_path / "report" / "report.md").read_text()
+
+
+def test_select_seeds_best_with_enough_counts_the_first_seed(tiny, tmp_path, monkeypatch):
+    tiny()
+    spec = _seeds_best_sweep(tmp_path, enough=0.9)
+    order = []
+    monkeypatch.setattr("hybrid.sweep.runner._run_inprocess", _fake_results(
+        {"d_model=32,lr=0.001,seed=0": 0.95, "d_model=64,lr=0.003,seed=0": 0.92}, order))
+    run_sweep(spec, jobs=1, progress=False)
+    assert order == ["d_model=32,lr=0.001,seed=0", "d_model=64,lr=0.001,seed=0",  # round 1
+                     "d_model=64,lr=0.003,seed=0",  # round 2: d_model 32 reached 0.9 on its first seed
+                     "d_model=32,lr=0.001,seed=1", "d_model=64,lr=0.003,seed=1"]
+
+
+def test_select_seeds_best_waits_for_first_seeds_in_parallel(tiny, tmp_path, monkeypatch):
+    """With several jobs, a later seed's run waits until its configuration's first seeds have finished."""
+    import time as time_mod
+    tiny()
+    spec = _seeds_best_sweep(tmp_path)
+    order = []
+    fake = _fake_results(SEED0, order)
+
+    def slow(spec_, run, *args):
+        time_mod.sleep(0.05 if run.name.endswith("seed=0") else 0.0)
+        fake(spec_, run, *args)
+    monkeypatch.setattr("hybrid.sweep.runner._run_subprocess", slow)
+    monkeypatch.setattr("hybrid.sweep.runner.WAIT_POLL_S", 0.01)
+    states = run_sweep(spec, jobs=4, progress=False)
+    assert sorted(order[6:]) == ["d_model=32,lr=0.003,seed=1", "d_model=64,lr=0.01,seed=1"]
+    assert sum(s == "completed" for s in states.values()) == 8
+
+
+def test_select_seeds_best_defers_later_seeds_while_a_first_seed_failed(tiny, tmp_path, monkeypatch):
+    tiny()
+    spec = _seeds_best_sweep(tmp_path)
+    order = []
+    monkeypatch.setattr("hybrid.sweep.runner._run_inprocess",
+                        _fake_results(SEED0, order, fail=("d_model=32,lr=0.01,seed=0",)))
+    states = run_sweep(spec, jobs=1, progress=False)
+    assert order[6:] == ["d_model=64,lr=0.01,seed=1"]  # d_model 32's later seeds wait for the failed run
+    assert states["d_model=32,lr=0.003,seed=1"] == "missing"  # deferred, not "not needed"
+    order.clear()
+    monkeypatch.setattr("hybrid.sweep.runner._run_inprocess", _fake_results(SEED0, order))
+    run_sweep(spec, jobs=1, progress=False)  # the retry succeeds: d_model 32 decides
+    assert order == ["d_model=32,lr=0.01,seed=0", "d_model=32,lr=0.003,seed=1"]
 
 
 @pytest.mark.parametrize("select,match", [
@@ -281,6 +381,10 @@ def test_select_enough_runs_rounds_and_skips_configurations_that_reached_it(tiny
     pytest.param({"enough": float("nan")}, r"select.enough: expected a number", id="nan"),
     pytest.param({"enough": 0.9, "over": []}, r"select.enough: select.enough skips .* selects over no axis",
                  id="no-selection-axis"),
+    pytest.param({"seeds": "some"}, r"select.seeds: expected all .* or best", id="seeds-neither-all-nor-best"),
+    pytest.param({"seeds": "best", "over": ["model.d_model"]}, r"select.seeds: .* has no seed axis",
+                 id="seeds-best-without-seeds"),
+    pytest.param({"seeds": "best"}, r"select.seeds: .* selects over no axis", id="seeds-best-without-choices"),
 ])
 def test_bad_select_enough_is_rejected(tiny, tmp_path, select, match):
     tiny()
