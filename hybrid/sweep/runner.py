@@ -53,7 +53,7 @@ def plan_rows(spec: SweepSpec) -> list[list[str]]:
         waits = None if rd.finished else decided.waiting.get(run.name)
         action = ("skip (" + state + ")" if rd.finished else
                   f"skip (not needed: {reason})" if reason else
-                  f"wait for {', '.join(waits)}, then run if its choice is their best" if waits else
+                  f"wait ({len(waits)} first-seed runs to finish), run if the first seed did best here" if waits else
                   f"resume (step {rd.status().get('step', '?')})" if rd.file(CHECKPOINT).exists() else
                   "retry (failed)" if state == "failed" else "run")
         rows.append([run.name, action, " ".join(override_strings({k: v for k, v in run.overrides.items()}))])
