@@ -82,6 +82,32 @@ def measure(model: HybridLM, steps: int, batch: int, length: int, compile_model:
     return batch * length * steps / elapsed, torch.cuda.max_memory_allocated() / 2**30
 
 
+def load_peers(folder: str | None, names: list[str]) -> dict:
+    """mamba_ssm's mixers by our class name ("Mamba", "Mamba2") -> a constructor, from its sources in
+    `folder`; the Mamba-1 one (whose CUDA scan is built, about 2.5 minutes the first time) only when a
+    model among `names` has Mamba-1 mixers."""
+    peers = {}
+    if not folder:
+        return peers
+    sys.path.insert(0, folder)
+    if {"mamba", "hybrid"} & set(names):
+        import load  # builds/loads the peer CUDA scan
+
+        load.selective_scan()
+        from mamba_ssm.modules.mamba_simple import Mamba as PeerMamba
+
+        peers["Mamba"] = lambda: PeerMamba(768, d_state=16)
+    try:  # its Mamba2 also needs einops and huggingface_hub
+        from mamba_ssm.modules.mamba2 import Mamba2 as PeerMamba2
+
+        m2 = LAYERS["M2"]
+        peers["Mamba2"] = lambda: PeerMamba2(768, d_state=m2["d_state"], headdim=m2["headdim"],
+                                             use_mem_eff_path=False)
+    except ImportError as err:
+        print(f"no mamba_ssm Mamba2 peer: {err}", flush=True)
+    return peers
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--peers", help="folder holding mamba_ssm's sources (with load.py)")
@@ -101,24 +127,7 @@ def main() -> None:
     if unknown or not names:
         parser.error(f"--models: expected names among {', '.join(MODELS)}, got {args.models!r}")
 
-    peers = {}
-    if args.peers:
-        sys.path.insert(0, args.peers)
-        if {"mamba", "hybrid"} & set(names):
-            import load  # builds/loads the peer CUDA scan (about 2.5 minutes the first time)
-
-            load.selective_scan()
-            from mamba_ssm.modules.mamba_simple import Mamba as PeerMamba
-
-            peers["Mamba"] = lambda: PeerMamba(768, d_state=16)
-        try:  # its Mamba2 also needs einops and huggingface_hub
-            from mamba_ssm.modules.mamba2 import Mamba2 as PeerMamba2
-
-            m2 = LAYERS["M2"]
-            peers["Mamba2"] = lambda: PeerMamba2(768, d_state=m2["d_state"], headdim=m2["headdim"],
-                                                 use_mem_eff_path=False)
-        except ImportError as err:
-            print(f"no mamba_ssm Mamba2 peer: {err}", flush=True)
+    peers = load_peers(args.peers, names)
 
     rows = []
     for name in names:

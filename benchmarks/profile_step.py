@@ -49,6 +49,8 @@ def op_table(prof: profile, steps: int, width: int, top: int,
     """[(operator, input shapes or "", GPU ms per step of the kernels it launched itself, calls per step)]."""
     rows = []
     for avg in prof.key_averages(group_by_input_shape=by_shape):
+        if avg.device_type != torch.autograd.DeviceType.CPU or avg.key.startswith("ProfilerStep"):
+            continue  # the kernels themselves are the first table's rows; a step's marker is no operator
         ms = avg.self_device_time_total / 1e3 / steps
         if ms > 0:
             shapes = str(avg.input_shapes)[:width] if by_shape else ""

@@ -7,7 +7,14 @@ activation of its layer). `split_into_sink(t, sizes)` returns the same pieces (v
 `sink.into(i)` (a zero-argument callable returning piece i's slice of the buffer, allocated on first
 use) and writes there; the split's backward then finds that gradient already in place. Any other
 gradient (a consumer that returns its own tensor, an accumulation of several, or none) is copied or
-zeroed into its slice, so the result is the concatenation whichever consumers take part.
+zeroed into its slice, so the result is the concatenation whichever consumers take part. A slice goes
+to one writer per backward: a second consumer calling `into(i)` for the same piece gets a tensor of
+its own (then summed and copied in by autograd and the split), not the slice the first one wrote.
+
+The buffer is in_proj-output sized and lives from the first writer's backward to the split's. A
+backward that never reaches the split (gradients asked for a later tensor only) leaves it with the
+sink until the graph is freed; `torch.autograd.grad` for a piece returns a view of it, which a second
+backward through the same graph (retain_graph) overwrites.
 """
 from __future__ import annotations
 
@@ -24,6 +31,7 @@ class GradSink:
         self._shape, self._dtype, self._device = like.shape, like.dtype, like.device
         self._starts = [sum(sizes[:i]) for i in range(len(sizes) + 1)]
         self._buffer: Tensor | None = None
+        self._claimed: set[int] = set()  # pieces handed to a writer in the current backward
 
     def _ensure(self) -> Tensor:
         if self._buffer is None:
@@ -34,21 +42,33 @@ class GradSink:
         """Piece i's slice of the buffer (the last dimension's sizes[i] channels)."""
         return self._ensure()[..., self._starts[i]:self._starts[i + 1]]
 
-    def into(self, i: int) -> Callable[[], Tensor]:
-        """A callable for a consumer's backward: where to write piece i's gradient."""
-        return lambda: self.piece(i)
+    def into(self, i: int, view: Callable[[Tensor], Tensor] | None = None) -> Callable[[], Tensor]:
+        """A callable for a consumer's backward: where to write piece i's gradient (`view` of the slice,
+        e.g. the transpose the consumer sees). The first call in a backward gets the slice; another
+        gets a fresh tensor, so that two writers never overwrite each other."""
+        def target() -> Tensor:
+            piece = self.piece(i)
+            if i in self._claimed:
+                piece = torch.empty_like(piece)
+            self._claimed.add(i)
+            return view(piece) if view is not None else piece
+        return target
 
     def take(self) -> Tensor:
         """The buffer, handed over (the next backward through this graph allocates a new one)."""
         buffer, self._buffer = self._ensure(), None
+        self._claimed = set()
         return buffer
 
 
 def _in_place(grad: Tensor, piece: Tensor) -> bool:
+    """Whether `grad` is the slice `piece` itself (a writer's), so nothing needs copying."""
     return grad.data_ptr() == piece.data_ptr() and grad.stride() == piece.stride() and grad.shape == piece.shape
 
 
 class _SplitIntoSink(torch.autograd.Function):
+    """t -> its pieces (views); backward: the sink's buffer, each piece's gradient in place or copied in."""
+
     @staticmethod
     def forward(ctx, t: Tensor, sizes: tuple[int, ...], sink: GradSink):
         ctx.sizes, ctx.sink = sizes, sink

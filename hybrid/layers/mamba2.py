@@ -134,11 +134,14 @@ class Mamba2(nn.Module):
     def _split(self, zxbcdt: Tensor, sizes: list[int]) -> tuple[tuple[Tensor, ...], Callable | None, Callable | None]:
         """in_proj's output as (z0, x0, z, xBC, dt), and where the norm and the conv may write the
         gradients of z and xBC: slices of one buffer that is then in_proj's output gradient (no
-        concatenation in the backward; `hybrid.kernels.grad_sink`). Without autograd, a plain split."""
+        concatenation in the backward; `hybrid.kernels.grad_sink`). Without autograd a plain split, and
+        under torch.compile too (which traces the split and fuses around it; the sink's Python callables
+        in autograd Functions would break its graph)."""
         if not (torch.is_grad_enabled() and zxbcdt.requires_grad) or torch.compiler.is_compiling():
             return zxbcdt.split(sizes, dim=-1), None, None
         pieces, sink = split_into_sink(zxbcdt, sizes)
-        return pieces, sink.into(2), lambda: sink.piece(3).transpose(1, 2)  # the conv's channel-last layout
+        z, xbc = 2, 3  # the pieces' positions in `sizes`
+        return pieces, sink.into(z), sink.into(xbc, lambda t: t.transpose(1, 2))  # the conv's channel-last view
 
     def _conv(self, xBC: Tensor, state: Mamba2State | None, dx_into: Callable | None = None) -> Tensor:
         """silu(causal conv(xBC)) of xBC (batch, length, conv_dim), continuing from `state` when given."""

@@ -116,8 +116,10 @@ def test_triton_writes_dz_where_dz_into_says(before):
     assert dz.data_ptr() == target.data_ptr() and dz.stride() == target.stride()
     torch.testing.assert_close(dz, expected, rtol=0, atol=0)
     assert buffer[..., :9].isnan().all() and buffer[..., 33:].isnan().all()
-    with pytest.raises(ValueError, match="z's gradient must be"):
+    with pytest.raises(ValueError, match="z's gradient must have z's shape"):
         torch.autograd.grad(fn(dz_into=lambda: buffer[..., 9:33].double()), z, dy.float())
+    with pytest.raises(ValueError, match=r"z's gradient must have z's shape \(2, 7, 24\) .* got \(2, 7, 20\)"):
+        torch.autograd.grad(fn(dz_into=lambda: buffer[..., 9:29]), z, dy.float())
 
 
 def test_rows_that_fill_many_backward_programs_sum_their_weight_gradients():

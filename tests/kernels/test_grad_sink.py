@@ -60,6 +60,45 @@ def test_a_gradient_written_in_place_is_not_copied(monkeypatch):
     assert copies == [True, False]  # a (accumulated): copied; b (written by its consumer): in place
 
 
+class _TimesInto(torch.autograd.Function):
+    """y = k x, whose backward writes d x into `into()`."""
+
+    @staticmethod
+    def forward(ctx, x, k, into):
+        ctx.k, ctx.into = k, into
+        return k * x
+
+    @staticmethod
+    def backward(ctx, dy):
+        dx = ctx.into()
+        dx.copy_(ctx.k * dy)
+        return dx, None, None
+
+
+@pytest.mark.parametrize("second", ["writer", "plain"], ids=["two-writers", "a-writer-and-a-plain-consumer"])
+def test_two_consumers_of_one_piece_add_up(second):
+    """Both consumers of a piece count: a second writer gets a tensor of its own, not the slice the first
+    wrote (which it would overwrite); a plain consumer's gradient is summed with the writer's and copied in."""
+    x = torch.randn(3, 10, requires_grad=True)
+    pieces, sink = split_into_sink(x * 1.0, SIZES)
+    b = pieces[2]
+    other = _TimesInto.apply(b, 5.0, sink.into(2)) if second == "writer" else 5.0 * b
+    (_TimesInto.apply(b, 2.0, sink.into(2)) + other).sum().backward()
+    expected = torch.zeros(3, 10)
+    expected[:, 3:8] = 7.0
+    torch.testing.assert_close(x.grad, expected)
+
+
+def test_a_second_backward_through_the_graph_gets_a_buffer_of_its_own():
+    x = torch.randn(3, 10, requires_grad=True)
+    pieces, sink = split_into_sink(x * 1.0, SIZES)
+    loss = _loss(pieces, sink, True)
+    first, = torch.autograd.grad(loss, x, retain_graph=True)
+    first = first.clone()
+    second, = torch.autograd.grad(loss, x)
+    torch.testing.assert_close(second, first, rtol=0, atol=0)
+
+
 def test_sizes_must_add_up():
     with pytest.raises(ValueError, match=r"add up to 9, not the last dimension 10"):
         split_into_sink(torch.zeros(2, 10), [4, 5])

@@ -38,8 +38,8 @@ buffer of BLOCK_W / (BLOCK_L * TILES_PER_PROGRAM) floats per element of x (1.6% 
 Programs of the first length block also write d initial_states, the dx formula at the W - 1
 negative positions.
 
-Two-pass backward (BACKWARD = "two_pass", or HYBRID_CONV_BWD=two_pass before the import; the
-default stays "fused": the two-pass one has not been timed on a GPU yet). It trades the
+Two-pass backward (BACKWARD = "two_pass", or HYBRID_CONV_BWD=two_pass before the import, read by each
+forward; Triton >= 3.2; the default stays "fused": the two-pass one has not been timed on a GPU yet). It trades the
 recomputation for one more pass over memory, in two kernels:
   A. _causal_conv1d_bwd_g_kernel: a program owns a tile of outputs t, loads the W taps x_{t-W+1+k}
      once (a tuple of tiles: tuples in jit code need Triton >= 3.2), computes pre_t and
@@ -75,7 +75,8 @@ TILES_PER_PROGRAM = 4  # backward: length tiles one program walks, summing its w
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 BACKWARD_METHODS = ("fused", "two_pass")
 BACKWARD_ENV = "HYBRID_CONV_BWD"
-BACKWARD = os.environ.get(BACKWARD_ENV, "fused")  # which backward; _causal_conv1d_bwd reads it at every call
+BACKWARD = os.environ.get(BACKWARD_ENV, "fused")  # which backward; each forward reads it (backward_method)
+TWO_PASS_TRITON = (3, 2)  # the two-pass kernels build tuples in jit code
 
 
 @triton.jit
@@ -432,15 +433,27 @@ def _causal_conv1d_fwd(x, weight, bias, initial_states, seq_idx, silu, config=No
     return out
 
 
+def backward_method(method: str | None = None) -> str:
+    """`method`, else BACKWARD, checked: a known name, and a Triton that builds it."""
+    method = method or BACKWARD
+    if method not in BACKWARD_METHODS:
+        raise ValueError(f"causal_conv1d (triton): the backward must be one of {BACKWARD_METHODS} (set by "
+                         f"{BACKWARD_ENV} or triton_conv.BACKWARD), got {method!r}")
+    if method == "two_pass" and tuple(int(p) for p in triton.__version__.split(".")[:2]) < TWO_PASS_TRITON:
+        raise RuntimeError(f"causal_conv1d (triton): the two-pass backward needs Triton >= 3.2 (tuples in jit "
+                           f"code), found {triton.__version__}; use the fused one ({BACKWARD_ENV}=fused)")
+    return method
+
+
 def _causal_conv1d_bwd(dout, x, weight, bias, initial_states, seq_idx, silu, config=None, method=None, dx=None):
     """The backward: (dx, dweight, dbias, dinit), dx in x's dtype and layout (or written into `dx`, a
     tensor of x's shape and dtype with any strides), dweight and dbias fp32 (dim, width) and (dim,),
     dinit in x's dtype or None. `method` ("fused" or "two_pass") defaults to BACKWARD, read now;
     `config` is one kernel's tiles (fused) or a pair (two-pass: pass A, pass B)."""
-    method = method or BACKWARD
-    if method not in BACKWARD_METHODS:
-        raise ValueError(f"causal_conv1d (triton): the backward must be one of {BACKWARD_METHODS} (set by "
-                         f"{BACKWARD_ENV} or triton_conv.BACKWARD), got {method!r}")
+    method = backward_method(method)
+    if config is not None and method == "two_pass" and len(config) != 2:
+        raise ValueError(f"causal_conv1d (triton): the two-pass backward takes a pair of tiles (pass A, pass B), "
+                         f"got {config}")
     if dx is None:
         dx = _like_layout(x)
     elif dx.shape != x.shape or dx.dtype != x.dtype or dx.device != x.device:
@@ -520,6 +533,7 @@ def _bwd_two_pass(dout, x, weight, bias, initial_states, seq_idx, silu, dx, conf
 class CausalConv1dFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, initial_states, seq_idx, silu, dx_into):
+        ctx.method = backward_method()  # chosen (and checked) now, so the backward can't change or fail on it
         out = _causal_conv1d_fwd(x, weight, bias, initial_states, seq_idx, silu)
         ctx.silu, ctx.dx_into = silu, dx_into
         ctx.save_for_backward(x, weight, bias, initial_states, seq_idx)
@@ -529,7 +543,8 @@ class CausalConv1dFn(torch.autograd.Function):
     def backward(ctx, dout):
         x, weight, bias, initial_states, seq_idx = ctx.saved_tensors
         dx = ctx.dx_into() if ctx.dx_into is not None else None
-        dx, dw, db, dinit = _causal_conv1d_bwd(dout, x, weight, bias, initial_states, seq_idx, ctx.silu, dx=dx)
+        dx, dw, db, dinit = _causal_conv1d_bwd(dout, x, weight, bias, initial_states, seq_idx, ctx.silu,
+                                               method=ctx.method, dx=dx)
         return (dx, dw.to(weight.dtype), db.to(bias.dtype) if bias is not None else None,
                 dinit if ctx.needs_input_grad[3] else None, None, None, None)
 

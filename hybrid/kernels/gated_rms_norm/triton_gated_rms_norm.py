@@ -175,12 +175,16 @@ class GatedRMSNormFn(torch.autograd.Function):
         ctx.save_for_backward(x2, z2, weight, rstd)
         ctx.group_size, ctx.norm_before_gate = group_size, norm_before_gate
         ctx.dz_into = dz_into if z is not None else None
+        ctx.z_shape = z.shape if z is not None else None
         return y.view(x.shape)
 
     @staticmethod
     def backward(ctx, dy):
         x2, z2, weight, rstd = ctx.saved_tensors
         target = ctx.dz_into() if ctx.dz_into is not None else None
+        if target is not None and (target.shape != ctx.z_shape or target.dtype != z2.dtype):
+            raise ValueError(f"gated_rms_norm (triton): the tensor for z's gradient must have z's shape "
+                             f"{tuple(ctx.z_shape)} and dtype {z2.dtype}, got {tuple(target.shape)} {target.dtype}")
         dz_rows = target.view(z2.shape) if target is not None else None  # (rows, d), rows a stride apart
         dx, dz, dw = _gated_rms_norm_bwd(_rows(dy), x2, z2, weight.contiguous(), rstd, ctx.group_size,
                                          ctx.norm_before_gate, dz_rows)
