@@ -96,18 +96,34 @@ def _doc_ids(seq_row, pos, length, s_s_l):
 
 
 @triton.jit
+def _doc_at(seq_row, t, length, s_s_l, HAS_SEQ: tl.constexpr):
+    """seq_idx at the tile t with seq_idx, for _tap; t itself without (never read then)."""
+    doc = t
+    if HAS_SEQ:
+        doc = _doc_ids(seq_row, t, length, s_s_l)
+    return doc
+
+
+@triton.jit
+def _tap(x_rows, init_rows, seq_row, doc, t, mask_d, length, s_x_l, s_i_l, s_s_l, K: tl.constexpr,
+         WIDTH: tl.constexpr, HAS_INIT: tl.constexpr, HAS_SEQ: tl.constexpr):
+    """x_{t-W+1+K} (fp32) that pre_t reads, 0 across a document boundary (doc: _doc_at(t))."""
+    pos = t - (WIDTH - 1 - K)
+    v = _x_at(x_rows, init_rows, pos, mask_d, length, s_x_l, s_i_l, WIDTH, HAS_INIT)
+    if HAS_SEQ:
+        if K < WIDTH - 1:  # tap W - 1 reads x_t itself
+            v = tl.where(_doc_ids(seq_row, pos, length, s_s_l) == doc, v, 0.0)
+    return v
+
+
+@triton.jit
 def _preact(x_rows, init_rows, seq_row, w_rows, bias, t, mask_d, length, s_x_l, s_i_l, s_s_l, s_w_k,
             WIDTH: tl.constexpr, HAS_INIT: tl.constexpr, HAS_SEQ: tl.constexpr):
     """pre_t = bias + sum_k w[k] x_{t-W+1+k} (fp32) at the positions of the tile t (1, N)."""
     acc = bias + tl.zeros(t.shape, tl.float32)  # (BLOCK_D, 1) + (1, N)
-    if HAS_SEQ:
-        doc = _doc_ids(seq_row, t, length, s_s_l)
+    doc = _doc_at(seq_row, t, length, s_s_l, HAS_SEQ)
     for k in tl.static_range(WIDTH):
-        pos = t - (WIDTH - 1 - k)
-        v = _x_at(x_rows, init_rows, pos, mask_d, length, s_x_l, s_i_l, WIDTH, HAS_INIT)
-        if HAS_SEQ:
-            if k < WIDTH - 1:  # tap W - 1 reads x_t itself
-                v = tl.where(_doc_ids(seq_row, pos, length, s_s_l) == doc, v, 0.0)
+        v = _tap(x_rows, init_rows, seq_row, doc, t, mask_d, length, s_x_l, s_i_l, s_s_l, k, WIDTH, HAS_INIT, HAS_SEQ)
         acc += tl.load(w_rows + k * s_w_k, mask=mask_d, other=0.0).to(tl.float32) * v
     return acc
 
@@ -177,6 +193,34 @@ def _dx_at(x_rows, init_rows, seq_row, w_rows, bias, dout_rows, s, mask_d, lengt
 
 
 @triton.jit
+def _bwd_program(dim, BLOCK_D: tl.constexpr, BLOCK_W: tl.constexpr):
+    """A backward program's place: (its length program and their count, batch row, channels (BLOCK_D, 1)
+    int64, their mask, the partial's columns: w[0..W-1], then the bias)."""
+    offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    rows = offs_d.to(tl.int64)[:, None]
+    return (tl.program_id(0), tl.num_programs(0), tl.program_id(2).to(tl.int64), rows, rows < dim,
+            tl.arange(0, BLOCK_W)[None, :])
+
+
+@triton.jit
+def _bias_rows(bias_ptr, rows, mask_d, s_bias, HAS_BIAS: tl.constexpr, BLOCK_D: tl.constexpr):
+    """The channels' bias in fp32 (BLOCK_D, 1); 0 without one."""
+    bias = tl.zeros((BLOCK_D, 1), tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + rows * s_bias, mask=mask_d, other=0.0).to(tl.float32)
+    return bias
+
+
+@triton.jit
+def _store_partial(dwb_ptr, dwb, b, pid_l, n_prog_l, dim, rows, mask_d, offs_w, WIDTH: tl.constexpr,
+                   BLOCK_W: tl.constexpr):
+    """This program's (dw, dbias) into the (batch, length programs, dim, BLOCK_W) partial that the launcher
+    sums over its first two axes."""
+    part = ((b * n_prog_l + pid_l) * dim + rows) * BLOCK_W + offs_w
+    tl.store(dwb_ptr + part, dwb, mask=mask_d & (offs_w <= WIDTH))
+
+
+@triton.jit
 def _causal_conv1d_bwd_kernel(
     x_ptr, w_ptr, bias_ptr, init_ptr, seq_ptr, dout_ptr, dx_ptr, dinit_ptr, dwb_ptr,
     dim, length, n_tiles,
@@ -186,21 +230,13 @@ def _causal_conv1d_bwd_kernel(
     HAS_SEQ: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_W: tl.constexpr,
     HALO: tl.constexpr,
 ):
-    pid_l = tl.program_id(0)
-    n_prog_l = tl.num_programs(0)
-    offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
-    b = tl.program_id(2).to(tl.int64)
-    rows = offs_d.to(tl.int64)[:, None]  # (BLOCK_D, 1)
-    mask_d = rows < dim
-    offs_w = tl.arange(0, BLOCK_W)[None, :]  # columns of the partial: w[0..W-1], then the bias
+    pid_l, n_prog_l, b, rows, mask_d, offs_w = _bwd_program(dim, BLOCK_D, BLOCK_W)
     x_rows = x_ptr + b * s_x_b + rows * s_x_d
     init_rows = init_ptr + b * s_i_b + rows * s_i_d
     seq_row = seq_ptr + b * s_s_b
     w_rows = w_ptr + rows * s_w_d
     dout_rows = dout_ptr + b * s_do_b + rows * s_do_d
-    bias = tl.zeros((BLOCK_D, 1), tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + rows * s_bias, mask=mask_d, other=0.0).to(tl.float32)
+    bias = _bias_rows(bias_ptr, rows, mask_d, s_bias, HAS_BIAS, BLOCK_D)
 
     dwb = tl.zeros((BLOCK_D, BLOCK_W), tl.float32)
     # grid-stride over the length tiles: neighbouring programs take neighbouring tiles, whose halos
@@ -212,19 +248,12 @@ def _causal_conv1d_bwd_kernel(
         tl.store(dx_ptr + b * s_dx_b + rows * s_dx_d + s * s_dx_l, dx.to(dx_ptr.dtype.element_ty),
                  mask=mask_d & (s < length))
         # dw[k] += sum_t g_t x_{t-W+1+k} and dbias += sum_t g_t over this tile's outputs t = s
-        if HAS_SEQ:
-            doc = _doc_ids(seq_row, s, length, s_s_l)
+        doc = _doc_at(seq_row, s, length, s_s_l, HAS_SEQ)
         for k in tl.static_range(WIDTH):
-            pos = s - (WIDTH - 1 - k)
-            v = _x_at(x_rows, init_rows, pos, mask_d, length, s_x_l, s_i_l, WIDTH, HAS_INIT)
-            if HAS_SEQ:
-                if k < WIDTH - 1:
-                    v = tl.where(_doc_ids(seq_row, pos, length, s_s_l) == doc, v, 0.0)
+            v = _tap(x_rows, init_rows, seq_row, doc, s, mask_d, length, s_x_l, s_i_l, s_s_l, k, WIDTH, HAS_INIT, HAS_SEQ)
             dwb += tl.where(offs_w == k, tl.sum(g * v, axis=1)[:, None], 0.0)
         dwb += tl.where(offs_w == WIDTH, tl.sum(g, axis=1)[:, None], 0.0)
-    # partial (batch, length programs, dim, BLOCK_W), summed over its first two axes by the launcher
-    part = ((b * n_prog_l + pid_l) * dim + rows) * BLOCK_W + offs_w
-    tl.store(dwb_ptr + part, dwb, mask=mask_d & (offs_w <= WIDTH))
+    _store_partial(dwb_ptr, dwb, b, pid_l, n_prog_l, dim, rows, mask_d, offs_w, WIDTH, BLOCK_W)
 
     if HAS_INIT:
         if pid_l == 0:
@@ -247,18 +276,12 @@ def _weights(w_rows, mask_d, s_w_k, WIDTH: tl.constexpr):
 @triton.jit
 def _taps(x_rows, init_rows, seq_row, t, mask_d, length, s_x_l, s_i_l, s_s_l,
           WIDTH: tl.constexpr, HAS_INIT: tl.constexpr, HAS_SEQ: tl.constexpr):
-    """The inputs x_{t-W+1+k}, k < W, that pre_t reads, fp32 and 0 across a document boundary (as in
-    _preact): a tuple of W tiles."""
-    if HAS_SEQ:
-        doc = _doc_ids(seq_row, t, length, s_s_l)
+    """The inputs x_{t-W+1+k}, k < W, that pre_t reads (_tap): a tuple of W tiles."""
+    doc = _doc_at(seq_row, t, length, s_s_l, HAS_SEQ)
     taps = ()
     for k in tl.static_range(WIDTH):
-        pos = t - (WIDTH - 1 - k)
-        v = _x_at(x_rows, init_rows, pos, mask_d, length, s_x_l, s_i_l, WIDTH, HAS_INIT)
-        if HAS_SEQ:
-            if k < WIDTH - 1:  # tap W - 1 reads x_t itself
-                v = tl.where(_doc_ids(seq_row, pos, length, s_s_l) == doc, v, 0.0)
-        taps = taps + (v,)
+        taps = taps + (_tap(x_rows, init_rows, seq_row, doc, t, mask_d, length, s_x_l, s_i_l, s_s_l, k,
+                            WIDTH, HAS_INIT, HAS_SEQ),)
     return taps
 
 
@@ -273,20 +296,12 @@ def _causal_conv1d_bwd_g_kernel(
 ):
     """Two-pass backward, pass A: g_t = d loss / d pre_t into the fp32 scratch g, and the (dw, dbias)
     partial of this program's tiles."""
-    pid_l = tl.program_id(0)
-    n_prog_l = tl.num_programs(0)
-    offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
-    b = tl.program_id(2).to(tl.int64)
-    rows = offs_d.to(tl.int64)[:, None]  # (BLOCK_D, 1)
-    mask_d = rows < dim
-    offs_w = tl.arange(0, BLOCK_W)[None, :]  # columns of the partial: w[0..W-1], then the bias
+    pid_l, n_prog_l, b, rows, mask_d, offs_w = _bwd_program(dim, BLOCK_D, BLOCK_W)
     x_rows = x_ptr + b * s_x_b + rows * s_x_d
     init_rows = init_ptr + b * s_i_b + rows * s_i_d
     seq_row = seq_ptr + b * s_s_b
     ws = _weights(w_ptr + rows * s_w_d, mask_d, s_w_k, WIDTH)
-    bias = tl.zeros((BLOCK_D, 1), tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + rows * s_bias, mask=mask_d, other=0.0).to(tl.float32)
+    bias = _bias_rows(bias_ptr, rows, mask_d, s_bias, HAS_BIAS, BLOCK_D)
 
     dwb = tl.zeros((BLOCK_D, BLOCK_W), tl.float32)
     for tile in range(pid_l, n_tiles, n_prog_l):  # grid-stride, as the fused kernel
@@ -306,8 +321,7 @@ def _causal_conv1d_bwd_g_kernel(
         for k in tl.static_range(WIDTH):
             dwb += tl.where(offs_w == k, tl.sum(g * taps[k], axis=1)[:, None], 0.0)
         dwb += tl.where(offs_w == WIDTH, tl.sum(g, axis=1)[:, None], 0.0)
-    part = ((b * n_prog_l + pid_l) * dim + rows) * BLOCK_W + offs_w  # (batch, length programs, dim, BLOCK_W)
-    tl.store(dwb_ptr + part, dwb, mask=mask_d & (offs_w <= WIDTH))
+    _store_partial(dwb_ptr, dwb, b, pid_l, n_prog_l, dim, rows, mask_d, offs_w, WIDTH, BLOCK_W)
 
 
 @triton.jit
@@ -373,7 +387,10 @@ def _config(x: Tensor, kernel: str = "forward") -> tuple[int, int, int]:
     forward's tiles; pass A also holds the W taps and the dw sums, and at the forward's channel-major
     tile spills registers (255 + 136 bytes of stack at width 4 with SiLU and bias; ptxas for sm_90,
     Triton 3.9), so it gets 8 elements a thread: 8 x 128 (143 registers, 177 with initial_states) and
-    128 x 16 with 8 warps (103, 160). At width 8 pass B spills at 16 x 128, as the forward does.
+    128 x 16 with 8 warps (103, 160). At width 8 pass B spills at 16 x 128, as the forward does. The fused
+    backward at its channel-last tile (64 x 32, 4 warps; Mamba-2's layout) compiles to 255 registers and
+    128 bytes of stack at width 4 with SiLU and bias, 9,512 bytes with initial states (ptxas for sm_90 from
+    Triton 3.9, not timed): a reason to time the two-pass one there first.
     The interpreter pays per operation, not per element: a few large tiles."""
     dim, length = x.shape[1], x.shape[2]
     if INTERPRET:
