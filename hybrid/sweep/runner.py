@@ -205,7 +205,7 @@ def _wait_for_first_seeds(spec: SweepSpec, run: RunSpec, pending: set[str], lock
     """With `select.seeds: best`, a later seed's run waits while first-seed runs of its configuration are
     still to finish in this sweep; False (deferred to the next sweep) when some are unfinished but not
     in this sweep's queue (failed, or left out by --only)."""
-    while True:
+    while spec.seeds_best:
         waits = decisions(spec, run_dir).waiting.get(run.name)
         if not waits:
             return True
@@ -216,6 +216,7 @@ def _wait_for_first_seeds(spec: SweepSpec, run: RunSpec, pending: set[str], lock
                      "run the sweep again once they finish", run.name, ", ".join(waits))
             return False
         time.sleep(WAIT_POLL_S)
+    return True
 
 
 def state_of(spec: SweepSpec, run: RunSpec) -> str:
