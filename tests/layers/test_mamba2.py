@@ -240,6 +240,24 @@ def test_triton_conv_backend_agrees_in_training_and_decoding():
     torch.testing.assert_close(steps, outs[0].detach(), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("cfg", VARIANTS)
+def test_the_gradient_sink_equals_a_plain_split(cfg, monkeypatch):
+    """In training the layer splits in_proj's output into one gradient buffer (`hybrid.kernels.grad_sink`):
+    every gradient equals the plain split's, with groups, the norm before the gate, no norm (z into the
+    SSD's gate) and an MLP part (z0 and x0 used)."""
+    grads = []
+    for plain in (False, True):
+        if plain:
+            monkeypatch.setattr(Mamba2, "_split", lambda self, t, sizes: (t.split(sizes, dim=-1), None, None))
+        torch.manual_seed(0)
+        m = Mamba2(32, Mamba2Config(**cfg))
+        u = torch.randn(2, 11, 32, requires_grad=True)
+        m(u).square().sum().backward()
+        grads.append([u.grad] + [p.grad for p in m.parameters()])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
 def test_the_triton_norm_and_conv_write_their_gradients_into_in_proj_output_gradient(monkeypatch):
     """With the Triton conv and gated norm (the interpreter without a GPU), z's and xBC's gradients are
     written into slices of one buffer, which becomes in_proj's output gradient: only dt's (from the SSD)
