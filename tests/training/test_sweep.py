@@ -357,7 +357,12 @@ def test_select_seeds_best_waits_for_first_seeds_in_parallel(tiny, tmp_path, mon
     monkeypatch.setattr("hybrid.sweep.runner._run_subprocess", slow)
     monkeypatch.setattr("hybrid.sweep.runner.WAIT_POLL_S", 0.01)
     states = run_sweep(spec, jobs=4, progress=False)
-    assert sorted(order[6:]) == ["d_model=32,lr=0.003,seed=1", "d_model=64,lr=0.01,seed=1"]
+    later = [n for n in order if n.endswith("seed=1")]
+    assert sorted(later) == ["d_model=32,lr=0.003,seed=1", "d_model=64,lr=0.01,seed=1"]
+    for name in later:  # started after every first seed of its configuration had finished
+        config = name.split(",")[0]
+        leads = [i for i, n in enumerate(order) if n.startswith(config + ",") and n.endswith("seed=0")]
+        assert len(leads) == 3 and max(leads) < order.index(name), order
     assert sum(s == "completed" for s in states.values()) == 8
 
 
