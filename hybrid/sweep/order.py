@@ -49,7 +49,7 @@ def _number(value: Any) -> bool:
 
 @dataclass
 class Rules:
-    """What select asks: the metric and mode, `enough` (or None), `seeds: best` (or all)."""
+    """What select asks: the mode, `enough` (or None), `seeds: best` (or all)."""
     mode: str = "max"
     enough: float | None = None
     seeds_best: bool = False
@@ -145,10 +145,3 @@ def decisions(spec: SweepSpec, run_dir) -> Decisions:
     dirs = {r.name: run_dir(spec, r) for r in spec.runs}
     return decide(_axes(spec), spec.select_over, rules_of(spec), lambda n: dirs[n].finished,
                   lambda n: (dirs[n].results().get("final") or {}).get(spec.metric))
-
-
-def satisfied_by(spec: SweepSpec, run: RunSpec, run_dir) -> str | None:
-    """Why `run` is not needed (select.enough or seeds: best), else None."""
-    if not rules_of(spec).active:
-        return None
-    return decisions(spec, run_dir).unnecessary.get(run.name)

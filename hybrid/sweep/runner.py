@@ -26,7 +26,7 @@ import torch
 from hybrid.config import dump_config
 from hybrid.errors import ConfigError
 from hybrid.summary import format_table
-from hybrid.sweep.order import decisions, satisfied_by, scheduled
+from hybrid.sweep.order import Decisions, decisions, scheduled
 from hybrid.sweep.spec import RunSpec, SweepSpec, override_strings, resolve_run
 from hybrid.training.checkpoint import CHECKPOINT
 from hybrid.training.run_dir import RunDir, write_json
@@ -163,9 +163,10 @@ def run_sweep(spec: SweepSpec, *, jobs: int | str | None = None, progress: bool 
         t0 = time.perf_counter()
         log.info("[%d/%d] %s", index + 1, len(todo), run.name)
         rd = run_dir(spec, run)
-        if not _wait_for_first_seeds(spec, run, pending, lock):
+        decided = _wait_for_first_seeds(spec, run, pending, lock)
+        if decided is None:
             return
-        reason = satisfied_by(spec, run, run_dir)
+        reason = decided.unnecessary.get(run.name)
         if reason:
             log.info("run %s not needed: %s", run.name, reason)
             return
@@ -198,31 +199,34 @@ def run_sweep(spec: SweepSpec, *, jobs: int | str | None = None, progress: bool 
             pool.shutdown(wait=True, cancel_futures=True)
             raise
         pool.shutdown()
-    return {r.name: state_of(spec, r) for r in chosen}
+    decided = decisions(spec, run_dir)
+    return {r.name: state_of(spec, r, decided) for r in chosen}
 
 
-def _wait_for_first_seeds(spec: SweepSpec, run: RunSpec, pending: set[str], lock: threading.Lock) -> bool:
-    """With `select.seeds: best`, a later seed's run waits while first-seed runs of its configuration are
-    still to finish in this sweep; False (deferred to the next sweep) when some are unfinished but not
-    in this sweep's queue (failed, or left out by --only)."""
-    while spec.seeds_best:
-        waits = decisions(spec, run_dir).waiting.get(run.name)
+def _wait_for_first_seeds(spec: SweepSpec, run: RunSpec, pending: set[str],
+                          lock: threading.Lock) -> Decisions | None:
+    """The sweep's decisions once `run` may start: with `select.seeds: best`, a later seed's run waits
+    while first-seed runs of its configuration are still to finish in this sweep; None (deferred to the
+    next sweep) when some are unfinished but not in this sweep's queue (failed, or left out by --only)."""
+    while True:
+        decided = decisions(spec, run_dir)
+        waits = decided.waiting.get(run.name)
         if not waits:
-            return True
+            return decided
         with lock:
             queued = [n for n in waits if n in pending]
         if not queued:
             log.info("run %s deferred: the first-seed runs %s are unfinished and not in this sweep; "
                      "run the sweep again once they finish", run.name, ", ".join(waits))
-            return False
+            return None
         time.sleep(WAIT_POLL_S)
-    return True
 
 
-def state_of(spec: SweepSpec, run: RunSpec) -> str:
-    """The run's state, NOT_NEEDED for an unfinished run that select.enough or seeds: best makes unnecessary."""
+def state_of(spec: SweepSpec, run: RunSpec, decided: Decisions) -> str:
+    """The run's state, NOT_NEEDED for an unfinished run that select.enough or seeds: best makes unnecessary
+    (`decided`: the sweep's decisions, computed once for every run asked about)."""
     rd = run_dir(spec, run)
-    if not rd.finished and satisfied_by(spec, run, run_dir):
+    if not rd.finished and run.name in decided.unnecessary:
         return NOT_NEEDED
     return rd.status().get("state", "missing")
 
@@ -230,11 +234,12 @@ def state_of(spec: SweepSpec, run: RunSpec) -> str:
 def summary_table(spec: SweepSpec) -> str:
     """name, state, the selection metric at the end of each run, wall time."""
     rows = []
+    decided = decisions(spec, run_dir)
     for run in spec.runs:
         rd = run_dir(spec, run)
         res: dict[str, Any] = rd.results()
         value = (res.get("final") or {}).get(spec.metric)
-        state = state_of(spec, run).replace("missing", "-")
+        state = state_of(spec, run, decided).replace("missing", "-")
         rows.append([run.name, state, f"{value:.4f}" if isinstance(value, float) else "-",
                      f"{res['wall_time_s']:.0f}s" if res.get("wall_time_s") else "-",
                      (rd.status().get("error") or "")[:80]])
