@@ -87,8 +87,8 @@ def copy_ms(measure, nbytes, device):
 
 
 def ours(method):
-    """Our Triton op with the backward `method`, chosen at each call (the backward runs after fn returns,
-    so every row of ours sets it)."""
+    """Our Triton op with the backward `method` (triton_conv.BACKWARD, which each forward reads and keeps
+    for its backward: every row of ours sets it before its call)."""
     from hybrid.kernels.causal_conv1d import triton_conv
 
     def fn(x, w, b):

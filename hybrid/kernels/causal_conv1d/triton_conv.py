@@ -480,6 +480,17 @@ def _causal_conv1d_bwd(dout, x, weight, bias, initial_states, seq_idx, silu, con
     return run(dout, x, weight, bias, initial_states, seq_idx, silu, dx, config)
 
 
+def _partials(x: Tensor, width: int, block_l: int) -> tuple[int, int, int, Tensor]:
+    """(length tiles, length programs, BLOCK_W, the fp32 (batch, length programs, dim, BLOCK_W) buffer) of a
+    backward kernel that sums its weight gradient over TILES_PER_PROGRAM tiles of block_l steps."""
+    batch, dim, length = x.shape
+    n_tiles = cdiv(length, block_l)
+    n_prog_l = cdiv(n_tiles, TILES_PER_PROGRAM)
+    block_w = next_power_of_2(width + 1)
+    return n_tiles, n_prog_l, block_w, torch.empty((batch, n_prog_l, dim, block_w), device=x.device,
+                                                   dtype=torch.float32)
+
+
 def _sum_partials(partial: Tensor, width: int) -> tuple[Tensor, Tensor]:
     """(dweight (dim, width), dbias (dim,)) fp32 from the (batch, length programs, dim, BLOCK_W) partials."""
     sums = partial.flatten(0, 1).sum(0)  # (dim, BLOCK_W) fp32
@@ -491,11 +502,8 @@ def _bwd_fused(dout, x, weight, bias, initial_states, seq_idx, silu, dx, config=
     batch, dim, length = x.shape
     width = weight.shape[1]
     block_d, block_l, num_warps = config or _config(x, "backward")
-    n_tiles = cdiv(length, block_l)
-    n_prog_l = cdiv(n_tiles, TILES_PER_PROGRAM)
-    block_w = next_power_of_2(width + 1)
+    n_tiles, n_prog_l, block_w, partial = _partials(x, width, block_l)
     dinit = torch.empty_like(initial_states) if initial_states is not None else None
-    partial = torch.empty((batch, n_prog_l, dim, block_w), device=x.device, dtype=torch.float32)
     b, s_b = _optional(bias, x, 1)
     h0, s_h0 = _optional(initial_states, x, 3)
     seq, s_seq = _optional(seq_idx, x, 2)
@@ -518,11 +526,8 @@ def _bwd_two_pass(dout, x, weight, bias, initial_states, seq_idx, silu, dx, conf
     batch, dim, length = x.shape
     width = weight.shape[1]
     (bd_a, bl_a, nw_a), (bd_b, bl_b, nw_b) = config or (_config(x, "two_pass_g"), _config(x, "two_pass_dx"))
-    n_tiles = cdiv(length, bl_a)
-    n_prog_l = cdiv(n_tiles, TILES_PER_PROGRAM)
-    block_w = next_power_of_2(width + 1)
+    n_tiles, n_prog_l, block_w, partial = _partials(x, width, bl_a)
     g = _like_layout(x, torch.float32)  # (batch, dim, length) d loss / d pre
-    partial = torch.empty((batch, n_prog_l, dim, block_w), device=x.device, dtype=torch.float32)
     b, s_b = _optional(bias, x, 1)
     h0, s_h0 = _optional(initial_states, x, 3)
     seq, s_seq = _optional(seq_idx, x, 2)
