@@ -260,6 +260,28 @@ def _check_count(axes: list[tuple[str, list]], file: str) -> None:
                           key="grid", file=file)
 
 
+def _select_over(select: dict[str, Any], axis_names: list[str], file: str) -> list[str]:
+    """select.over as a list of the sweep's axes (default: train.lr when it is one), checked against the
+    axes together with what needs it (select.enough; select.seeds: best, which also needs a seed axis)."""
+    over = select.get("over")
+    if over is None:  # default: best of the learning rates, when the learning rate is an axis
+        over = ["train.lr"] if "train.lr" in axis_names else []
+    over = [over] if isinstance(over, str) else list(over)
+    for name in over:
+        if name not in axis_names:
+            raise ConfigError(f"select.over names {name!r}, which is not an axis of the sweep; axes: "
+                              f"{', '.join(axis_names) or 'none'}{did_you_mean(name, axis_names)}",
+                              key="select.over", file=file)
+    if select.get("enough") is not None and not over:
+        raise ConfigError("select.enough skips a configuration's remaining choices of select.over, but the sweep "
+                          "selects over no axis (no train.lr axis and no select.over)", key="select.enough", file=file)
+    if select.get("seeds") == "best" and not (over and "seed" in axis_names):
+        raise ConfigError("select.seeds: best runs the first seed at every choice of select.over and the other "
+                          "seeds at its best, but the sweep " + ("selects over no axis" if not over else
+                          "has no seed axis (grid: {seed: [0, 1]})"), key="select.seeds", file=file)
+    return over
+
+
 def load_sweep(path: Path | str, *, check: bool = True) -> SweepSpec:
     """Read and check a sweep file. With `check`, every run's config is resolved (nothing is built),
     so a misspelt key fails now, naming the sweep file and the axis, not hours into the sweep."""
@@ -284,27 +306,12 @@ def load_sweep(path: Path | str, *, check: bool = True) -> SweepSpec:
     config = config.resolve()
 
     select = _select(data.get("select"), file)
-    over, mode = select.get("over"), select.get("mode", "max")
+    mode = select.get("mode", "max")
 
     shared = _as_overrides(data.get("overrides"), file, "overrides")
     axes = _axes(data.get("grid"), file, "grid") + _zip(data.get("zip"), file)
     axis_names = [name for name, _ in axes]
-    if over is None:  # default: best of the learning rates, when the learning rate is an axis
-        over = ["train.lr"] if "train.lr" in axis_names else []
-    over = [over] if isinstance(over, str) else list(over)
-    for name in over:
-        if name not in axis_names:
-            raise ConfigError(f"select.over names {name!r}, which is not an axis of the sweep; axes: "
-                              f"{', '.join(axis_names) or 'none'}{did_you_mean(name, axis_names)}",
-                              key="select.over", file=file)
-    if select.get("enough") is not None and not over:
-        raise ConfigError("select.enough skips a configuration's remaining choices of select.over, but the sweep "
-                          "selects over no axis (no train.lr axis and no select.over)", key="select.enough", file=file)
-    seeds_best = select.get("seeds") == "best"
-    if seeds_best and not (over and "seed" in axis_names):
-        raise ConfigError("select.seeds: best runs the first seed at every choice of select.over and the other "
-                          "seeds at its best, but the sweep " + ("selects over no axis" if not over else
-                          "has no seed axis (grid: {seed: [0, 1]})"), key="select.seeds", file=file)
+    over = _select_over(select, axis_names, file)
     _check_count(axes, file)
     short = _short_names([n for n in axis_names if n != "zip"])
     runs, seen = [], {}
@@ -336,7 +343,7 @@ def load_sweep(path: Path | str, *, check: bool = True) -> SweepSpec:
         raise ConfigError(f"expected a name, got {shown(data['name'])}", key="name", file=file)
     spec = SweepSpec(path=path, name=str(data.get("name") or path.parent.name), config=config, runs=runs,
                      select_over=over, metric=str(select.get("metric", "eval/all/accuracy")), mode=mode,
-                     enough=None if select.get("enough") is None else float(select["enough"]), seeds_best=seeds_best,
+                     enough=None if select.get("enough") is None else float(select["enough"]), seeds_best=select.get("seeds") == "best",
                      out=(path.parent / data["out"]).resolve() if data.get("out") else None, jobs=jobs,
                      gpus_per_run=gpus_per_run)
     if check:
