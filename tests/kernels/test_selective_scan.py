@@ -299,6 +299,19 @@ def test_torch_backend_with_an_empty_length_and_without_a_final_state_gradient()
         torch.testing.assert_close(grads[1][k], grads[0][k], rtol=1e-5, atol=1e-6)
 
 
+def test_torch_backend_under_bf16_autocast_computes_in_fp32():
+    """Autocast does not reach the scan's matmuls: forward and backward under bf16 autocast give what
+    they give without it (a bf16 product once rounded y and crashed the backward on a bf16 dy)."""
+    inputs = make_inputs(2, 6, 33, 4, groups=2, device="cpu")
+    out, last, g, grads = run(selective_scan_torch, inputs, True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out1, last1, g1, _ = run(selective_scan_torch, inputs, True, grads=grads)
+    assert out1.dtype == last1.dtype == torch.float32
+    for k in ("out", "last", *g):
+        x, y = {"out": (out1, out), "last": (last1, last)}.get(k) or (g1[k], g[k])
+        torch.testing.assert_close(x, y, rtol=1e-6, atol=1e-6, msg=lambda m, k=k: f"{k}: {m}")
+
+
 def test_torch_backend_refuses_a_double_backward_and_saves_through_the_hooks():
     """Its backward is not differentiable: create_graph raises instead of giving wrong second
     derivatives. Every tensor it keeps for the backward goes through save_for_backward, so saved-tensor

@@ -25,7 +25,8 @@ for the backward is the inputs plus one state per block; an input of one block (
 shape at small widths, e.g. batch 128 x 128 steps of 128 channels; a 1536-channel layer at batch 8
 has blocks of 85 steps) keeps its decays and states from the forward instead, two (length, batch, dim,
 state) buffers saved through save_for_backward (so saved-tensor hooks and checkpointing see them),
-and the backward recomputes nothing. No double backward (it raises). Real A, fp32 arithmetic (fp64 inputs stay fp64).
+and the backward recomputes nothing. No double backward (it raises). Real A, fp32 arithmetic (fp64 inputs stay
+fp64), also under autocast.
 """
 from __future__ import annotations
 
@@ -83,6 +84,11 @@ class _ScanCore(torch.autograd.Function):
             raise RuntimeError("selective_scan backend 'torch' has no double backward; use backend='ref' for "
                                "higher-order gradients")
         dt, u, A, B, C, *rest = ctx.saved_tensors
+        with torch.autocast(dt.device.type, enabled=False):  # a backward called under autocast: still fp32
+            return _ScanCore._backward(ctx, dy, dlast, dt, u, A, B, C, rest)
+
+    @staticmethod
+    def _backward(ctx, dy, dlast, dt, u, A, B, C, rest):
         keep, entering = (tuple(rest[:2]), rest[2:]) if ctx.one_block else (None, rest)
         length = dt.shape[0]
         ddt, du, dB, dC = (torch.empty_like(t) for t in (dt, u, B, C))
@@ -139,8 +145,11 @@ def selective_scan_torch(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tens
     h0 = (initial_state.to(ct).view(batch, groups, per_group, dstate) if initial_state is not None
           else u_c.new_zeros(batch, groups, per_group, dstate))
     block = max(1, BLOCK_ELEMENTS // max(1, batch * dim * dstate))
-    y, last = _ScanCore.apply(steps_first(delta).contiguous(), steps_first(u_c).contiguous(),
-                              A.to(ct).view(groups, per_group, dstate), bc(B).contiguous(), bc(C).contiguous(), h0, block)
+    # autocast off: its bf16 matmuls would round y and hand the backward a bf16 dy beside fp32 states
+    with torch.autocast(u.device.type, enabled=False):
+        y, last = _ScanCore.apply(steps_first(delta).contiguous(), steps_first(u_c).contiguous(),
+                                  A.to(ct).view(groups, per_group, dstate), bc(B).contiguous(), bc(C).contiguous(),
+                                  h0, block)
     y = y.reshape(length, batch, dim).permute(1, 2, 0)  # (batch, dim, length)
     if D is not None:
         y = y + u_c * D.to(ct)[:, None]
