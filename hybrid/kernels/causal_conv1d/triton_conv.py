@@ -383,20 +383,23 @@ def _config(x: Tensor, kernel: str = "forward") -> tuple[int, int, int]:
     The values are the fastest of `bench_causal_conv1d.py --sweep` on an H200 (Triton 3.6, bf16,
     (8, 1536, 2048), width 4, SiLU): forward 0.047 ms channel-major (8 x 128: 0.054) and 0.046 ms
     channel-last (64 x 16: 0.070); backward 0.21 ms (8 x 128: 0.31) and 0.43 ms (64 x 16: 0.68).
-    The two-pass kernels are not timed yet. Pass B, a W-tap stencil like the forward, takes the
-    forward's tiles; pass A also holds the W taps and the dw sums, and at the forward's channel-major
-    tile spills registers (255 + 136 bytes of stack at width 4 with SiLU and bias; ptxas for sm_90,
-    Triton 3.9), so it gets 8 elements a thread: 8 x 128 (143 registers, 177 with initial_states) and
-    128 x 16 with 8 warps (103, 160). At width 8 pass B spills at 16 x 128, as the forward does. The fused
-    backward at its channel-last tile (64 x 32, 4 warps; Mamba-2's layout) compiles to 255 registers and
-    128 bytes of stack at width 4 with SiLU and bias, 9,512 bytes with initial states (ptxas for sm_90 from
-    Triton 3.9, not timed): a reason to time the two-pass one there first.
+    Pass B of the two-pass backward, a W-tap stencil like the forward, takes the forward's tiles; pass A
+    also holds the W taps and the dw sums, and at the forward's channel-major tile spills registers (255 +
+    136 bytes of stack at width 4 with SiLU and bias; ptxas for sm_90, Triton 3.9), so it gets 8
+    elements a thread: 8 x 128 (143 registers, 177 with initial_states) and, channel-last, 128 x 8 with
+    4 warps. Timed by the same sweep (commit 1751ac0), the two-pass backward took 0.170 ms channel-major
+    (fused 0.208) and 0.172 ms channel-last with pass A at 128 x 8 (0.243 at 128 x 16 with 8 warps;
+    fused 0.432); the model's step has not yet measured it faster (`HYBRID_CONV_BWD`, results file).
+    At width 8 pass B spills at 16 x 128, as the forward does. The fused backward at its channel-last
+    tile (64 x 32, 4 warps; Mamba-2's layout) compiles to 255 registers and 128 bytes of stack at width 4
+    with SiLU and bias, 9,512 bytes with initial states (ptxas for sm_90 from Triton 3.9), which may be
+    why it is the slower there.
     The interpreter pays per operation, not per element: a few large tiles."""
     dim, length = x.shape[1], x.shape[2]
     if INTERPRET:
         return min(64, next_power_of_2(dim)), min(128, next_power_of_2(length)), 1
     tiles = {"forward": ((16, 128, 4), (128, 16, 4)), "backward": ((4, 128, 4), (64, 32, 4)),
-             "two_pass_g": ((8, 128, 4), (128, 16, 8)), "two_pass_dx": ((16, 128, 4), (128, 16, 4))}
+             "two_pass_g": ((8, 128, 4), (128, 8, 4)), "two_pass_dx": ((16, 128, 4), (128, 16, 4))}
     return tiles[kernel][_channel_last(x)]
 
 
