@@ -6,8 +6,9 @@ lower bound, in one run.
 Shapes: a training step's sublayer (8 x 2048 rows of 768: fp32 residual, bf16 sublayer output, as
 under autocast with residual_in_fp32) and decoding steps (1 and 64 rows). "torch" is what the model
 ran before the fused op: `x + out.to(x.dtype)`, then F.rms_norm in fp32 and the cast back. Times are
-medians of triton.testing.do_bench in ms (do_bench_cudagraph for the decoding rows, where launches are
-the cost). "copy" moves the bytes the op must: forward residual and out in, normed and new residual
+medians of triton.testing.do_bench in ms (do_bench_cudagraph for the decoding rows' forward, where
+launches are the cost, and for the "fwd+bwd, CUDA graph" rows: the same forward and backward replayed
+from one graph, without the host's time that the eager fwd+bwd rows include). "copy" moves the bytes the op must: forward residual and out in, normed and new residual
 out; forward+backward adds the two incoming gradients, the saved residual, and the two gradients out.
 """
 from __future__ import annotations
@@ -47,9 +48,9 @@ def _step(backend: str, out, residual, weight, backward: bool):
     leaves = [t.detach().clone().requires_grad_() for t in (out, residual, weight)]
     g = torch.randn_like(residual)
 
-    def run():
+    def run():  # fresh gradients each call (no accumulation into .grad), so a graph can replay it
         normed, new = add_rms_norm(*leaves, 1e-5, backend=backend)
-        torch.autograd.backward([normed, new], [g, g])
+        return torch.autograd.grad([normed, new], leaves, [g, g])
     return run
 
 
@@ -102,14 +103,17 @@ def main() -> None:
             "|---|---|---|---:|---:|---:|---:|---:|"]
     for (n, d), label in SHAPES:
         out, residual, weight = _case(n, d)
-        graphed = n <= 64
-        for backward in (False, True):
+        decoding = n <= 64
+        # (backward, graphed): the forward graphed where launches are the cost; forward+backward eager
+        # (through autograd, the host's time included) and from one CUDA graph (the GPU's time alone)
+        for backward, graphed in ((False, decoding), (True, False), (True, True)):
             # bytes: fp32 residual in, bf16 out in, fp32 normed and new residual out; backward: two fp32
             # gradients and the saved residual in, an fp32 and a bf16 gradient out
             n_bytes = n * d * ((4 + 2 + 4 + 4) + ((4 + 4 + 4 + 4 + 2) if backward else 0))
             copy = _copy_ms(n_bytes, graphed)
-            times = {b: _bench(_step(b, out, residual, weight, backward), graphed and not backward) for b in ("torch", "triton")}
-            rows.append(f"| {n} x {d} | {label} | {'fwd+bwd' if backward else 'fwd'} | {copy:.4f} | {times['torch']:.4f} "
+            times = {b: _bench(_step(b, out, residual, weight, backward), graphed) for b in ("torch", "triton")}
+            kind = ("fwd+bwd, CUDA graph" if graphed else "fwd+bwd") if backward else "fwd"
+            rows.append(f"| {n} x {d} | {label} | {kind} | {copy:.4f} | {times['torch']:.4f} "
                         f"| {times['triton']:.4f} | {times['torch'] / times['triton']:.2f}x | {times['triton'] / copy:.2f}x |")
             print(rows[-1], flush=True)
     text = [f"# Residual add + RMSNorm on {name}, torch {torch.__version__}\n", __doc__.split("\n\n", 2)[2], *rows, *sweep]

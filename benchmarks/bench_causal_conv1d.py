@@ -5,7 +5,9 @@ in the same run.
     PYTHONPATH=. python3 benchmarks/bench_causal_conv1d.py [--sweep] [--out FILE]
     PYTHONPATH=. python3 benchmarks/bench_causal_conv1d.py --device cpu     # PyTorch backends only
 
-Times are medians of triton.testing.do_bench (CUDA events) in ms; bf16 x, weight and bias (the same
+Times are medians of triton.testing.do_bench (CUDA events) in ms; the "fwd+bwd, CUDA graph" rows replay
+the same calls from one CUDA graph (triton.testing.do_bench_cudagraph), which leaves out the host's
+time that the eager fwd+bwd rows include (autograd and launches: at small sizes most of what they time); bf16 x, weight and bias (the same
 dtype for every implementation, as F.conv1d needs), activation SiLU, bias given. "GB/s" counts the
 bytes the op must move: forward x in and out out; forward+backward adds x and dout in and dx out (the
 weight, bias and their gradients are negligible). "copy" is the lower bound: a device-to-device copy
@@ -34,7 +36,9 @@ from hybrid.kernels.causal_conv1d import causal_conv1d_torch  # noqa: E402
 SHAPES = [(8, 1536, 2048, 4, "channel-major"), (8, 1536, 2048, 4, "channel-last"), (8, 1536, 2048, 2, "channel-major"),
           (4, 2048, 512, 4, "channel-major"), (1, 4096, 8192, 4, "channel-major"), (16, 768, 1024, 3, "channel-major")]
 CPU_SHAPES = [(2, 256, 512, 4, "channel-major"), (2, 256, 512, 4, "channel-last")]
-PASSES = [("fwd", False), ("fwd+bwd", True)]
+# (label, backward, graphed): eager fwd+bwd through autograd also times the host (Python, launches); the
+# graphed row replays the same forward and backward from one CUDA graph, the GPU's time alone
+PASSES = [("fwd", False, False), ("fwd+bwd", True, False), ("fwd+bwd, CUDA graph", True, True)]
 
 
 def make(batch, dim, length, width, layout, device, dtype):
@@ -46,10 +50,14 @@ def make(batch, dim, length, width, layout, device, dtype):
     return x, w, torch.randn(dim, device=device, dtype=dtype)
 
 
-def timer(device: str):
+def timer(device: str, graphed: bool = False):
+    """measure(fn, grads) -> median ms; graphed (CUDA): fn's calls captured into one CUDA graph and replayed."""
     if device == "cuda":
         import triton
 
+        if graphed:
+            return lambda fn, grads: triton.testing.do_bench_cudagraph(fn, rep=100, grad_to_none=grads,
+                                                                       return_mode="median")
         return lambda fn, grads: triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median",
                                                          grad_to_none=grads)
 
@@ -152,16 +160,18 @@ def main():
         print("no CUDA device: nothing to measure (try --device cpu for the PyTorch backends)")
         return
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    measure = timer(device)
+    measure, measure_graphed = timer(device), timer(device, graphed=True)
+    passes = [p for p in PASSES if device == "cuda" or not p[2]]
     name = torch.cuda.get_device_name() if device == "cuda" else f"CPU ({os.cpu_count()} threads)"
     rows, notes = [], []
     for shape in SHAPES if device == "cuda" else CPU_SHAPES:
         batch, dim, length, width, layout = shape
         x, w, b = make(*shape, device, dtype)
         n_bytes = x.numel() * x.element_size()
-        for label, backward in PASSES:
+        for label, backward, graphed in passes:
             op_bytes = n_bytes * (5 if backward else 2)  # fwd: x in, out out; bwd: x, dout in, dx out
-            bound = copy_ms(measure, op_bytes, device)
+            timed = measure_graphed if graphed else measure
+            bound = copy_ms(timed, op_bytes, device)
             rows.append(f"| {shape[:4]} | {layout} | {label} | copy (lower bound) | {bound:.3f} | "
                         f"{op_bytes / bound / 1e6:.0f} | 1.00x |")
             print(rows[-1], flush=True)
@@ -169,7 +179,7 @@ def main():
                 if not (backward or has_fwd):
                     continue
                 try:
-                    ms = bench(measure, fn, x, w, b, backward)
+                    ms = bench(timed, fn, x, w, b, backward)
                 except (RuntimeError, torch.OutOfMemoryError) as err:  # a peer that refuses a layout
                     notes.append(f"{impl} at {shape} {label}: {type(err).__name__}: {str(err).splitlines()[0]}")
                     continue
@@ -186,7 +196,9 @@ def main():
         f"# Causal depthwise conv1d + SiLU on {name}",
         "",
         f"torch {torch.__version__}, triton {triton.__version__}; {str(dtype).replace('torch.', '')} x, weight and "
-        "bias; SiLU and bias on. Median of triton.testing.do_bench (CPU: median of 5 wall-clock calls). GB/s "
+        "bias; SiLU and bias on. Median of triton.testing.do_bench (CPU: median of 5 wall-clock calls); the "
+        "\"CUDA graph\" rows: triton.testing.do_bench_cudagraph, forward and backward replayed from one graph, "
+        "without the host's time (the copy too). GB/s "
         "counts x in + out out (fwd) and additionally x, dout in + dx out (bwd); \"x copy\" is the time over a "
         "device copy of the same bytes, measured in the same run.",
         "",
