@@ -9,7 +9,7 @@ import sys
 from hybrid.errors import ConfigError
 
 # Order shown in --help.
-SUBCOMMANDS = ["show", "layers", "tasks", "train", "sweep", "report", "generate", "export", "hf_import"]
+SUBCOMMANDS = ["show", "layers", "tasks", "train", "sweep", "report", "slim", "generate", "export", "hf_import"]
 
 DESCRIPTION = """\
 Compose sequence-model layers (Mamba, attention, MLP/MoE, your own) through YAML layouts, train

@@ -52,6 +52,7 @@ from hybrid.training.optim import build_optimizer, build_scheduler, lr_factor
 from hybrid.training.run_dir import CONFIG, FollowerRunDir, RunDir
 from hybrid.training.sharded import (is_sharded, load_shards, referenced_shards, remove_stale, save_shards,
                                      shard_names)
+from hybrid.training.slim import DONE
 from hybrid.training.step import EagerStep, NonFinite, Window
 
 log = logging.getLogger(__name__)
@@ -197,7 +198,7 @@ def _setup(root: RootConfig, run: RunDir, resume: bool, parallel: Parallel) -> _
         set_rng_state(state["rng"])
         start, extra = state["step"], state["extra"]
         log.info("resuming %s at step %d", run.path, start)
-        if run.status().get("state") in ("completed", "early_stopped") and run.results():
+        if run.status().get("state") in DONE and run.results():
             log.info("%s is already %s", run.path, run.status()["state"])
             return run.results()
     run.write_config(dump_config(root))
@@ -233,9 +234,14 @@ def _restore(run: RunDir, model: HybridLM, optimizer: torch.optim.Optimizer, sta
                               file=str(run.file("checkpoint.pt")))
     if sharded:
         load_shards(run.path, state["model"], model, optimizer)
-    else:
-        load_model_state(model, state["model"], parallel)
+        return
+    load_model_state(model, state["model"], parallel)
+    if state["optimizer"] is not None:
         load_optimizer_state(model, optimizer, state["optimizer"], parallel)
+    elif run.status().get("state") not in DONE:  # `hybrid slim` slims finished runs only: copied or by hand
+        raise CheckpointError("holds no optimiser state (slimmed: `hybrid slim` keeps the weights of finished runs "
+                              "only), so this unfinished run cannot resume from it. Delete it to restart the run "
+                              "from step 0 (or --overwrite)", file=str(run.file("checkpoint.pt")))
 
 
 def _checkpoint(s: _Session, step: int, rotate: bool = True, finishing: dict[str, Any] | None = None) -> None:
