@@ -50,6 +50,8 @@ run_one() {
     python -m hybrid sweep "$sweep" --out "$out" --no-progress --jobs "$jobs" "${only[@]}" \
     || echo "!! $name: sweep exited with $? (failed runs or the time cap); the report covers what finished"
   timeout 120 python -m hybrid report "$out" > /dev/null || echo "!! $name: no report"
+  # finished runs are checked in: their checkpoints without the optimiser state (a third of the size)
+  timeout 120 python -m hybrid slim "$out" > /dev/null || echo "!! $name: checkpoints not slimmed"
   echo "== $name took $((SECONDS - start))s"
 }
 # TOGETHER=1 runs the sweeps at the same time (each with its JOBS), else one after another
