@@ -6,8 +6,9 @@ in the same run.
     PYTHONPATH=. python3 benchmarks/bench_causal_conv1d.py --device cpu     # PyTorch backends only
 
 Times are medians of triton.testing.do_bench (CUDA events) in ms; the "fwd+bwd, CUDA graph" rows replay
-the same calls from one CUDA graph (triton.testing.do_bench_cudagraph), which leaves out the host's
-time that the eager fwd+bwd rows include (autograd and launches: at small sizes most of what they time); bf16 x, weight and bias (the same
+one captured forward and backward from a CUDA graph (graph_timing.py; the L2 cache cleared before each
+replay, as do_bench does), which leaves out the host's time that the eager fwd+bwd rows include
+(autograd and launches: at small sizes most of what they time); bf16 x, weight and bias (the same
 dtype for every implementation, as F.conv1d needs), activation SiLU, bias given. "GB/s" counts the
 bytes the op must move: forward x in and out out; forward+backward adds x and dout in and dx out (the
 weight, bias and their gradients are negligible). "copy" is the lower bound: a device-to-device copy
@@ -30,6 +31,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from graph_timing import graphed_ms  # noqa: E402  (benchmarks/, the script's folder)
 from hybrid.kernels.causal_conv1d import causal_conv1d_torch  # noqa: E402
 
 # (batch, dim, length, width, layout); "channel-last": the x third of a (batch, length, 3 * dim) projection
@@ -51,13 +53,13 @@ def make(batch, dim, length, width, layout, device, dtype):
 
 
 def timer(device: str, graphed: bool = False):
-    """measure(fn, grads) -> median ms; graphed (CUDA): fn's calls captured into one CUDA graph and replayed."""
+    """measure(fn, grads) -> median ms; graphed (CUDA): one call of fn captured in a CUDA graph, its replays
+    timed (graph_timing.py; fn must then return fresh gradients rather than accumulate them)."""
     if device == "cuda":
         import triton
 
         if graphed:
-            return lambda fn, grads: triton.testing.do_bench_cudagraph(fn, rep=100, grad_to_none=grads,
-                                                                       return_mode="median")
+            return lambda fn, grads: graphed_ms(fn)
         return lambda fn, grads: triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median",
                                                          grad_to_none=grads)
 
@@ -82,9 +84,9 @@ def bench(measure, fn, x, w, b, backward):
     leaves = [x.detach().requires_grad_(), w.detach().requires_grad_(), b.detach().requires_grad_()]
     g = torch.randn(x.shape, device=x.device, dtype=x.dtype)
 
-    def run_bwd():
-        fn(*leaves).backward(g)
-    return measure(run_bwd, leaves)
+    def run_bwd():  # fresh gradients each call (nothing accumulates into .grad), so a graph can replay it
+        return torch.autograd.grad(fn(*leaves), leaves, g)
+    return measure(run_bwd, None)
 
 
 def copy_ms(measure, nbytes, device):
@@ -197,8 +199,8 @@ def main():
         "",
         f"torch {torch.__version__}, triton {triton.__version__}; {str(dtype).replace('torch.', '')} x, weight and "
         "bias; SiLU and bias on. Median of triton.testing.do_bench (CPU: median of 5 wall-clock calls); the "
-        "\"CUDA graph\" rows: triton.testing.do_bench_cudagraph, forward and backward replayed from one graph, "
-        "without the host's time (the copy too). GB/s "
+        "\"CUDA graph\" rows: one forward and backward captured in a CUDA graph and its replays timed the same "
+        "way (L2 cleared before each), without the host's time (the copy too). GB/s "
         "counts x in + out out (fwd) and additionally x, dout in + dx out (bwd); \"x copy\" is the time over a "
         "device copy of the same bytes, measured in the same run.",
         "",

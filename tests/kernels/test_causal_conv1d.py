@@ -215,16 +215,22 @@ def test_triton_backward_methods_agree(h0, seq, channel_last):
                 assert torch.equal(a, b), name
 
 
-def test_triton_two_pass_at_the_gpu_tiles_channel_last():
-    """The two-pass backward at the tiles the GPU takes for a channel-last x (pass A 128 x 8, pass B
-    128 x 16; the interpreter's default tiles are others) against the fused one."""
-    from hybrid.kernels.causal_conv1d.triton_conv import _causal_conv1d_bwd
+def test_triton_two_pass_at_the_gpu_tiles_channel_last(monkeypatch):
+    """The two-pass backward at the tiles the GPU takes for a channel-last x (`_config` outside the
+    interpreter, whose own tiles are others) against the fused one; 45 steps are six pass-A tiles of 8,
+    two programs' weight-gradient partials."""
+    from hybrid.kernels.causal_conv1d import triton_conv
     _skip_without_two_pass()
-    inputs = make_inputs(2, 136, 21, 4, True, True, False, True)  # channels past one 128-channel tile
-    dout = torch.randn(inputs["x"].shape, device=DEV)
-    args = (dout, inputs["x"], inputs["weight"], inputs["bias"], inputs["initial_states"], None, True)
-    fused = _causal_conv1d_bwd(*args, method="fused")
-    two_pass = _causal_conv1d_bwd(*args, method="two_pass", config=((128, 8, 4), (128, 16, 4)))
+    inputs = make_inputs(2, 136, 45, 4, True, True, False, True)  # channels past one 128-channel tile
+    x = inputs["x"]
+    monkeypatch.setattr(triton_conv, "INTERPRET", False)
+    tiles = (triton_conv._config(x, "two_pass_g"), triton_conv._config(x, "two_pass_dx"))
+    monkeypatch.undo()
+    assert tiles == ((128, 8, 4), (128, 16, 4))
+    dout = torch.randn(x.shape, device=DEV)
+    args = (dout, x, inputs["weight"], inputs["bias"], inputs["initial_states"], None, True)
+    fused = triton_conv._causal_conv1d_bwd(*args, method="fused")
+    two_pass = triton_conv._causal_conv1d_bwd(*args, method="two_pass", config=tiles)
     for name, a, b in zip(("dx", "dweight", "dbias", "dinit"), fused, two_pass):
         assert rel(b, a) <= 1e-6, name
 

@@ -299,12 +299,14 @@ def test_torch_backend_with_an_empty_length_and_without_a_final_state_gradient()
         torch.testing.assert_close(grads[1][k], grads[0][k], rtol=1e-5, atol=1e-6)
 
 
-def test_torch_backend_under_bf16_autocast_computes_in_fp32():
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA GPU")])])
+def test_torch_backend_under_bf16_autocast_computes_in_fp32(device):
     """Autocast does not reach the scan's matmuls: forward and backward under bf16 autocast give what
     they give without it (a bf16 product once rounded y and crashed the backward on a bf16 dy)."""
-    inputs = make_inputs(2, 6, 33, 4, groups=2, device="cpu")
+    inputs = make_inputs(2, 6, 33, 4, groups=2, device=device)
     out, last, g, grads = run(selective_scan_torch, inputs, True)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast(device, dtype=torch.bfloat16):
         out1, last1, g1, _ = run(selective_scan_torch, inputs, True, grads=grads)
     assert out1.dtype == last1.dtype == torch.float32
     for k in ("out", "last", *g):
