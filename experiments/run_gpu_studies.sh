@@ -9,6 +9,9 @@
 # Each study has a time cap (CAP_<STUDY> seconds, default CAP=600) after which its runs get SIGTERM,
 # checkpoint and stop; KILL_AFTER seconds later (default 30) whatever still runs is killed, so a piece
 # always ends near its cap.
+# START_UNTIL_<STUDY> (or START_UNTIL) seconds: no run of that study starts after it (hybrid sweep
+# --start-until), so the end of a piece finishes runs instead of starting ones the cap would cut: for a
+# study whose cut runs restart from step 0 (MQAR, whose checkpoints are not checked in).
 # ONLY_<STUDY>="GLOB ..." runs only that study's runs whose names match one of the globs (hybrid sweep
 # --only), e.g. ONLY_SELECTIVE_COPYING="arch=mamba,* arch=hybrid,lr=0.001,*"; the report covers every run.
 # MPS (`nvidia-cuda-mps-control -d`) lets the runs' kernels overlap, but a fatal fault in one MPS client
@@ -33,7 +36,7 @@ python -c "import torch; print('torch', torch.__version__, '| cuda', torch.cuda.
 # NAME: a study (experiments/NAME/sweep.yaml, its report in experiments/NAME) or STUDY/FILE, another
 # sweep of a study (experiments/STUDY/FILE.yaml, its runs and report in experiments/STUDY/FILE).
 run_one() {
-  local name=$1 sweep out cap_var cap jobs_var jobs only_var glob start
+  local name=$1 sweep out cap_var cap jobs_var jobs only_var glob start start_var start_until
   local -a only=() globs=()
   if [[ $name == */* ]]; then sweep="experiments/$name.yaml"; else sweep="experiments/$name/sweep.yaml"; fi
   out="experiments/$name"
@@ -41,6 +44,8 @@ run_one() {
   cap=${!cap_var:-${CAP:-600}}
   jobs_var="JOBS_${name//[^A-Za-z0-9]/_}"; jobs_var=${jobs_var^^}
   jobs=${!jobs_var:-${JOBS:-8}}
+  start_var="START_UNTIL_${name//[^A-Za-z0-9]/_}"; start_var=${start_var^^}
+  start_until=${!start_var:-${START_UNTIL:-}}
   only_var="ONLY_${name//[^A-Za-z0-9]/_}"; only_var=${only_var^^}
   read -ra globs <<< "${!only_var:-}"  # split on spaces, no pathname expansion
   for glob in "${globs[@]}"; do only+=(--only "$glob"); done
@@ -48,6 +53,7 @@ run_one() {
   echo "== $name (cap ${cap}s)"
   timeout --signal=TERM --kill-after="${KILL_AFTER:-30}" "$cap" \
     python -m hybrid sweep "$sweep" --out "$out" --no-progress --jobs "$jobs" "${only[@]}" \
+    ${start_until:+--start-until "$start_until"} \
     || echo "!! $name: sweep exited with $? (failed runs or the time cap); the report covers what finished"
   timeout 120 python -m hybrid report "$out" > /dev/null || echo "!! $name: no report"
   # finished runs are checked in: their checkpoints without the optimiser state (a third of the size)

@@ -33,6 +33,10 @@ def add_parser(sub) -> None:
     p.add_argument("--only", action="append", default=[], metavar="GLOB",
                    help="run only the runs whose name matches this shell pattern, e.g. 'arch=*,lr=0.003,seed=0' "
                         "(repeatable: a run matching any is kept); the report still covers every finished run")
+    p.add_argument("--start-until", type=float, default=None, metavar="SECONDS",
+                   help="start no run after this many seconds (runs already going go on): for a sweep run in pieces "
+                        "under a time limit, so that the last minutes finish runs instead of starting ones that "
+                        "would be cut")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(run=run)
 
@@ -40,7 +44,7 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     from hybrid.errors import ConfigError  # noqa: PLC0415
     from hybrid.summary import format_table  # noqa: PLC0415
-    from hybrid.sweep.runner import NOT_NEEDED, plan_rows, run_sweep, summary_table  # noqa: PLC0415
+    from hybrid.sweep.runner import NOT_NEEDED, NOT_STARTED, plan_rows, run_sweep, summary_table  # noqa: PLC0415
     from hybrid.config import COMMAND_LINE  # noqa: PLC0415
     from hybrid.sweep.spec import load_sweep, parse_jobs, parse_value, resolve_run  # noqa: PLC0415
 
@@ -70,12 +74,18 @@ def run(args) -> int:
         print(format_table(["run", "action", "overrides"], [r for r in plan_rows(spec) if r[0] in {k.name for k in kept}]))
         return 0
     try:
-        states = run_sweep(spec, jobs=jobs, progress=not args.no_progress, only=kept)
+        if args.start_until is not None and args.start_until < 0:
+            raise ConfigError(f"expected seconds >= 0, got {args.start_until:g}", key="--start-until",
+                              file="<command line>")
+        states = run_sweep(spec, jobs=jobs, progress=not args.no_progress, only=kept, start_until=args.start_until)
     except KeyboardInterrupt as err:
         print(f"stopped: {err or 'interrupted'}; running the sweep again resumes the interrupted runs", file=sys.stderr)
         return 130
     print(summary_table(spec))
-    failed = [n for n, s in states.items() if s not in ("completed", "early_stopped", "diverged", NOT_NEEDED)]
+    late = [n for n, s in states.items() if s == NOT_STARTED]
+    if late:
+        print(f"{len(late)} run(s) not started (past --start-until): run the sweep again to run them")
+    failed = [n for n, s in states.items() if s not in ("completed", "early_stopped", "diverged", NOT_NEEDED, NOT_STARTED)]
     if failed:
         print(f"{len(failed)} run(s) failed: {', '.join(failed)}; their errors are in runs/<name>/status.json. "
               f"Run the sweep again to retry them.")

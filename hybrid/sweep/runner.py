@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 SWEEP_PLAN = "sweep.json"
 NOT_NEEDED = "not needed"  # the state reported for a run that select.enough or seeds: best made unnecessary
+NOT_STARTED = "not started"  # the state reported for a run that --start-until kept from starting
 WAIT_POLL_S = 5.0  # how often a later seed's run looks whether its first seeds have finished
 
 
@@ -134,9 +135,12 @@ def _run_subprocess(spec: SweepSpec, run: RunSpec, gpus: list[int] | None) -> No
 
 
 def run_sweep(spec: SweepSpec, *, jobs: int | str | None = None, progress: bool = True,
-              only: list[RunSpec] | None = None) -> dict[str, str]:
+              only: list[RunSpec] | None = None, start_until: float | None = None) -> dict[str, str]:
     """Run every run of `spec` (or of `only`, a subset; the plan written for reports stays the whole
-    sweep); returns {run name: final state}. Never raises for a failed run."""
+    sweep); returns {run name: final state}. Never raises for a failed run. `start_until`: seconds
+    from now after which no run starts (those already going go on), for a sweep that runs in pieces
+    under a time limit: a run started just before the limit would be cut anyway."""
+    started = time.monotonic()
     spec.out_dir.mkdir(parents=True, exist_ok=True)
     write_json(spec.out_dir / SWEEP_PLAN, spec.to_dict())
     chosen = spec.runs if only is None else only
@@ -151,6 +155,7 @@ def run_sweep(spec: SweepSpec, *, jobs: int | str | None = None, progress: bool 
     free = [groups[i % len(groups)] for i in range(jobs)] if groups else [None] * jobs
     lock = threading.Lock()
     pending = {r.name for r in todo}  # this invocation's runs not yet done (a later seed may wait for them)
+    too_late: set[str] = set()  # runs that start_until kept from starting
 
     def one(index: int, run: RunSpec) -> None:
         try:
@@ -169,6 +174,10 @@ def run_sweep(spec: SweepSpec, *, jobs: int | str | None = None, progress: bool 
         reason = decided.unnecessary.get(run.name)
         if reason:
             log.info("run %s not needed: %s", run.name, reason)
+            return
+        if start_until is not None and time.monotonic() - started > start_until:
+            log.info("run %s not started: past --start-until %gs; the next sweep runs it", run.name, start_until)
+            too_late.add(run.name)
             return
         try:
             if jobs == 1 and spec.gpus_per_run == 1:
@@ -200,7 +209,7 @@ def run_sweep(spec: SweepSpec, *, jobs: int | str | None = None, progress: bool 
             raise
         pool.shutdown()
     decided = decisions(spec, run_dir)
-    return {r.name: state_of(spec, r, decided) for r in chosen}
+    return {r.name: NOT_STARTED if r.name in too_late else state_of(spec, r, decided) for r in chosen}
 
 
 def _wait_for_first_seeds(spec: SweepSpec, run: RunSpec, pending: set[str],

@@ -239,6 +239,22 @@ def test_only_runs_the_chosen_runs_and_counts_them(tiny, tmp_path, caplog):
     assert "2 runs, 1 chosen by --only (0 finished, 1 to run)" in caplog.text
 
 
+def test_start_until_starts_no_run_past_its_time_and_the_next_sweep_runs_them(tiny, tmp_path, caplog, capsys):
+    tiny()
+    path = write_sweep(tmp_path, {"overrides": {"train.steps": 2}, "grid": {"model.layers.A.n_heads": [2, 4]}})
+    with caplog.at_level("INFO", logger="hybrid.sweep.runner"):
+        states = run_sweep(load_sweep(path), jobs=1, progress=False, start_until=0)
+    assert states == {"n_heads=2": "not started", "n_heads=4": "not started"}
+    assert "not started: past --start-until 0s" in caplog.text and not (tmp_path / "runs" / "n_heads=2").exists()
+    assert main(["sweep", str(path), "--no-progress", "--start-until", "0"]) == 0
+    assert "2 run(s) not started (past --start-until)" in capsys.readouterr().out
+    assert main(["sweep", str(path), "--no-progress", "--start-until", "600"]) == 0
+    assert all(json.loads((tmp_path / "runs" / n / "status.json").read_text())["state"] == "completed"
+               for n in ("n_heads=2", "n_heads=4"))
+    assert main(["sweep", str(path), "--start-until", "-1"]) == 2
+    assert "--start-until" in capsys.readouterr().err
+
+
 def test_select_enough_runs_rounds_and_skips_configurations_that_reached_it(tiny, tmp_path, monkeypatch, capsys):
     """Every configuration's first learning rate runs before any second one; a configuration whose
     learning rate reached select.enough on every seed runs no other; the rest run them all."""
