@@ -8,8 +8,9 @@ under autocast with residual_in_fp32) and decoding steps (1 and 64 rows). "torch
 ran before the fused op: `x + out.to(x.dtype)`, then F.rms_norm in fp32 and the cast back. Times are
 medians of triton.testing.do_bench in ms; the decoding rows' forward, where launches are the cost, and
 the "fwd+bwd, CUDA graph" rows time one call captured in a CUDA graph (graph_timing.py, the L2 cleared
-before each replay), without the host's time that the eager fwd+bwd rows include. "copy" moves the bytes the op must: forward residual and out in, normed and new residual
-out; forward+backward adds the two incoming gradients, the saved residual, and the two gradients out.
+before each replay), without the host's time that the eager fwd+bwd rows include. "copy" moves the
+bytes the op must: forward residual and out in, normed and new residual out; forward+backward adds
+the two incoming gradients, the saved residual, and the two gradients out.
 """
 from __future__ import annotations
 

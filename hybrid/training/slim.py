@@ -2,8 +2,8 @@
 shipped, where a checkpoint is read for its weights (evaluation, probes, export) and never resumed.
 
 AdamW keeps two moments per parameter, so the optimiser state is about two thirds of a checkpoint.
-`slim_run` rewrites a finished run's (completed or early-stopped) checkpoint.pt with `optimizer: None` (atomically, as every
-checkpoint is written), marks it `extra["slimmed"]` and deletes checkpoint.prev.pt. The run stays
+`slim_run` rewrites a finished (completed or early-stopped) run's checkpoint.pt with `optimizer: None`
+(atomically, as every checkpoint is written), marks it `extra["slimmed"]` and deletes checkpoint.prev.pt. The run stays
 finished: `hybrid train` and `hybrid sweep` return its results as before. Only a run that is not
 finished needs the optimiser state to resume, and those are never slimmed; a slimmed checkpoint
 that a resume meets anyway gets a CheckpointError that says so (trainer._restore).

@@ -6,8 +6,8 @@ decoding: the forward pass measured 1.34x the PyTorch ops at 8 x 2048 rows of 76
 2048 and 3.5x at one row, H200, benchmarks/results/add_rms_norm_nvidia_h200.md) and "torch" where
 autograd records it (forward and backward together measured 0.74x at rows of 768, the width of the
 ~130M models, though 1.50x at 2048: eager timings that include the host's time, with the backward's
-earlier tiles; to be measured again from a CUDA graph, `bench_add_rms_norm.py`), and under torch.compile (a Triton launch is a graph break
-there); HYBRID_NORM_BACKEND replaces "auto" for a run.
+earlier tiles; to be measured again from a CUDA graph, `bench_add_rms_norm.py`), and under
+torch.compile (a Triton launch is a graph break there); HYBRID_NORM_BACKEND replaces "auto" for a run.
 """
 from __future__ import annotations
 
