@@ -35,8 +35,9 @@ def run(args) -> int:
             raise ConfigError("holds no run with a checkpoint (a run directory holds status.json and checkpoint.pt)",
                               file=str(path))
         runs += found
+    runs = list(dict.fromkeys(runs))  # each once, in order
     before = after = slimmed = 0
-    for run_dir in dict.fromkeys(runs):  # each once, in order
+    for run_dir in runs:
         result = slim_run(run_dir, dry_run=args.dry_run)
         before, after = before + result.before, after + result.after
         if result.skipped:
@@ -46,6 +47,6 @@ def run(args) -> int:
             print(f"  {'would slim' if args.dry_run else 'slimmed'} {run_dir}: {result.before / 1e6:.2f} -> "
                   f"{result.after / 1e6:.2f} MB")
     verb = "would save" if args.dry_run else "saved"
-    print(f"{slimmed} of {len(dict.fromkeys(runs))} runs; {verb} {(before - after) / 1e6:.1f} MB "
+    print(f"{slimmed} of {len(runs)} runs; {verb} {(before - after) / 1e6:.1f} MB "
           f"({before / 1e6:.1f} -> {after / 1e6:.1f} MB)")
     return 0

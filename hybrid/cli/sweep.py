@@ -47,6 +47,7 @@ def run(args) -> int:
     from hybrid.sweep.runner import NOT_NEEDED, NOT_STARTED, plan_rows, run_sweep, summary_table  # noqa: PLC0415
     from hybrid.config import COMMAND_LINE  # noqa: PLC0415
     from hybrid.sweep.spec import load_sweep, parse_jobs, parse_value, resolve_run  # noqa: PLC0415
+    from hybrid.training.run_dir import FINAL_STATES  # noqa: PLC0415
 
     spec = load_sweep(args.sweep, check=False)
     if args.out:
@@ -68,15 +69,14 @@ def run(args) -> int:
     for r in kept:  # every run's config must resolve before anything starts
         resolve_run(spec, r)
     jobs = None if args.jobs is None else parse_jobs(args.jobs)
+    if args.start_until is not None and args.start_until < 0:
+        raise ConfigError(f"expected seconds >= 0, got {args.start_until:g}", key="--start-until", file="<command line>")
     if args.dry_run:
         print(f"sweep {spec.name}: {len(spec.runs)} runs from {spec.config} into {spec.out_dir / 'runs'}"
               + (f"; best of {', '.join(spec.select_over)} by {spec.metric} ({spec.mode})" if spec.select_over else ""))
         print(format_table(["run", "action", "overrides"], [r for r in plan_rows(spec) if r[0] in {k.name for k in kept}]))
         return 0
     try:
-        if args.start_until is not None and args.start_until < 0:
-            raise ConfigError(f"expected seconds >= 0, got {args.start_until:g}", key="--start-until",
-                              file="<command line>")
         states = run_sweep(spec, jobs=jobs, progress=not args.no_progress, only=kept, start_until=args.start_until)
     except KeyboardInterrupt as err:
         print(f"stopped: {err or 'interrupted'}; running the sweep again resumes the interrupted runs", file=sys.stderr)
@@ -85,7 +85,7 @@ def run(args) -> int:
     late = [n for n, s in states.items() if s == NOT_STARTED]
     if late:
         print(f"{len(late)} run(s) not started (past --start-until): run the sweep again to run them")
-    failed = [n for n, s in states.items() if s not in ("completed", "early_stopped", "diverged", NOT_NEEDED, NOT_STARTED)]
+    failed = [n for n, s in states.items() if s not in (*FINAL_STATES, NOT_NEEDED, NOT_STARTED)]
     if failed:
         print(f"{len(failed)} run(s) failed: {', '.join(failed)}; their errors are in runs/<name>/status.json. "
               f"Run the sweep again to retry them.")

@@ -31,6 +31,7 @@ from hybrid.training.checkpoint import atomic_write
 
 CONFIG, META, STATUS, RESULTS = "config.yaml", "meta.json", "status.json", "results.json"
 FINAL_STATES = ("completed", "early_stopped", "diverged")  # a sweep does not run these again
+DONE = ("completed", "early_stopped")  # the final states whose runs `hybrid train` returns without training
 
 
 def _json_default(value: Any) -> Any:

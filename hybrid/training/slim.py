@@ -3,8 +3,8 @@ shipped, where a checkpoint is read for its weights (evaluation, probes, export)
 
 AdamW keeps two moments per parameter, so the optimiser state is about two thirds of a checkpoint.
 `slim_run` rewrites a finished (completed or early-stopped) run's checkpoint.pt with `optimizer: None`
-(atomically, as every checkpoint is written), marks it `extra["slimmed"]` and deletes checkpoint.prev.pt. The run stays
-finished: `hybrid train` and `hybrid sweep` return its results as before. Only a run that is not
+(atomically, as every checkpoint is written), marks it `extra["slimmed"]` and deletes checkpoint.prev.pt.
+The run stays finished: `hybrid train` and `hybrid sweep` return its results as before. Only a run that is not
 finished needs the optimiser state to resume, and those are never slimmed; a slimmed checkpoint
 that a resume meets anyway gets a CheckpointError that says so (trainer._restore).
 """
@@ -17,11 +17,9 @@ from pathlib import Path
 import torch
 
 from hybrid.training.checkpoint import CHECKPOINT, PREVIOUS, atomic_write, read_checkpoint
-from hybrid.training.run_dir import STATUS, RunDir
+from hybrid.training.run_dir import DONE, STATUS, RunDir
 from hybrid.training.sharded import is_sharded
 
-
-DONE = ("completed", "early_stopped")  # the states whose runs `hybrid train` returns without training
 
 
 @dataclass

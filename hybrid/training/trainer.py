@@ -49,10 +49,9 @@ from hybrid.training.interrupt import Interrupted, StopSignals
 from hybrid.training.logging import MetricsLogger, NullLogger
 from hybrid.training.modes import build_step
 from hybrid.training.optim import build_optimizer, build_scheduler, lr_factor
-from hybrid.training.run_dir import CONFIG, FollowerRunDir, RunDir
+from hybrid.training.run_dir import CONFIG, DONE, FollowerRunDir, RunDir
 from hybrid.training.sharded import (is_sharded, load_shards, referenced_shards, remove_stale, save_shards,
                                      shard_names)
-from hybrid.training.slim import DONE
 from hybrid.training.step import EagerStep, NonFinite, Window
 
 log = logging.getLogger(__name__)
