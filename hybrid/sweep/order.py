@@ -10,8 +10,9 @@ second, and so on down the list; a run is skipped once another choice of its con
 seed finished at 0.99 or better (mode max; at or below for mode min). The best-of-choice value of such a
 configuration is then at least `enough` whatever the skipped runs would have given: a grid that mostly
 succeeds (attention on MQAR) costs about one run per configuration instead of one per choice. List the
-likeliest value first. The check is made when a run starts: with more jobs at a time than the first
-round has runs, second choices start beside the first ones and the rounds save nothing.
+likeliest value first. A configuration's next choice waits while runs of its earlier choices that decide
+it are still to finish in the sweep (`earlier_choices`), so more jobs at a time than the round has runs
+do not start choices that would turn out unnecessary: the free jobs take other configurations' runs.
 
 `select.seeds: best`: only the first seed runs at every choice; the other seeds run at the choice
 whose first seed did best, once every first-seed run of the configuration has finished (or been made
@@ -138,6 +139,20 @@ def scheduled(spec: SweepSpec, runs: list[RunSpec]) -> list[RunSpec]:
             later.update(names[1:] if spec.seeds_best else [])
     position = {run.name: i for i, run in enumerate(spec.runs)}
     return sorted(runs, key=lambda r: (r.name in later, rank[r.name], position[r.name]))
+
+
+def earlier_choices(spec: SweepSpec) -> dict[str, list[str]]:
+    """With `select.enough`: per run, the runs of its configuration's earlier choices whose results decide
+    whether it is needed (their first seeds under `seeds: best`, else every seed); {} without it."""
+    if spec.enough is None:
+        return {}
+    out: dict[str, list[str]] = {}
+    for choices in configurations(_axes(spec), spec.select_over).values():
+        before: list[str] = []
+        for names in choices.values():
+            out.update({name: list(before) for name in names})
+            before += names[:1] if spec.seeds_best else names
+    return out
 
 
 def decisions(spec: SweepSpec, run_dir) -> Decisions:

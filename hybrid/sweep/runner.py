@@ -5,7 +5,7 @@ A run whose status is completed, early_stopped or diverged is final and skipped;
 checkpoint continues from it; anything else starts afresh. With `select.enough`, runs go in rounds of
 learning rates and a run whose configuration has already reached it is not run; with `select.seeds: best`,
 a later seed's run waits for its configuration's first-seed runs and runs only at their best choice
-(hybrid/sweep/order.py).
+(hybrid/sweep/order.py). Parallel workers take the first queued run that waits on nothing still going.
 A run that raises (or whose worker dies) is marked failed with its error in `status.json` and the
 sweep goes on; running the sweep again retries it. `<out>/sweep.json` records the plan for `hybrid report`.
 """
@@ -26,7 +26,7 @@ import torch
 from hybrid.config import dump_config
 from hybrid.errors import ConfigError
 from hybrid.summary import format_table
-from hybrid.sweep.order import Decisions, decisions, scheduled
+from hybrid.sweep.order import Decisions, decisions, earlier_choices, scheduled
 from hybrid.sweep.spec import RunSpec, SweepSpec, override_strings, resolve_run
 from hybrid.training.checkpoint import CHECKPOINT
 from hybrid.training.run_dir import RunDir, write_json
@@ -154,30 +154,16 @@ def run_sweep(spec: SweepSpec, *, jobs: int | str | None = None, progress: bool 
     groups = gpu_groups(torch.cuda.device_count(), spec.gpus_per_run)
     free = [groups[i % len(groups)] for i in range(jobs)] if groups else [None] * jobs
     lock = threading.Lock()
-    pending = {r.name for r in todo}  # this invocation's runs not yet done (a later seed may wait for them)
-    too_late: set[str] = set()  # runs that start_until kept from starting
+    pending = {r.name for r in todo}  # this invocation's runs not yet done (a later run may wait for them)
+    queue = _Queue(spec, todo, pending, lock, started, start_until)
 
-    def one(index: int, run: RunSpec) -> None:
-        try:
-            _one(index, run)
-        finally:
-            with lock:
-                pending.discard(run.name)
-
-    def _one(index: int, run: RunSpec) -> None:
+    def one(index: int, run: RunSpec, decided: Decisions) -> None:
         t0 = time.perf_counter()
         log.info("[%d/%d] %s", index + 1, len(todo), run.name)
         rd = run_dir(spec, run)
-        decided = _wait_for_first_seeds(spec, run, pending, lock)
-        if decided is None:
-            return
         reason = decided.unnecessary.get(run.name)
         if reason:
             log.info("run %s not needed: %s", run.name, reason)
-            return
-        if start_until is not None and time.monotonic() - started > start_until:
-            log.info("run %s not started: past --start-until %gs; the next sweep runs it", run.name, start_until)
-            too_late.add(run.name)
             return
         try:
             if jobs == 1 and spec.gpus_per_run == 1:
@@ -197,38 +183,88 @@ def run_sweep(spec: SweepSpec, *, jobs: int | str | None = None, progress: bool 
         else:
             log.info("run %s %s in %.1fs", run.name, rd.status().get("state"), time.perf_counter() - t0)
 
+    def worker() -> None:
+        while (taken := queue.take()) is not None:
+            try:
+                one(*taken)
+            finally:
+                with lock:
+                    pending.discard(taken[1].name)
+
     if jobs == 1:
-        for i, run in enumerate(todo):
-            one(i, run)  # in this process, or (gpus_per_run > 1) a torchrun job at a time
+        worker()  # in this process, or (gpus_per_run > 1) a torchrun job at a time
     else:
         pool = ThreadPoolExecutor(max_workers=jobs)
         try:
-            list(pool.map(lambda item: one(*item), enumerate(todo)))
+            for future in [pool.submit(worker) for _ in range(jobs)]:
+                future.result()
         except KeyboardInterrupt:  # the workers got the signal too and checkpoint; start no more runs
+            queue.close()
             pool.shutdown(wait=True, cancel_futures=True)
             raise
         pool.shutdown()
     decided = decisions(spec, run_dir)
-    return {r.name: NOT_STARTED if r.name in too_late else state_of(spec, r, decided) for r in chosen}
+    return {r.name: NOT_STARTED if r.name in queue.too_late else state_of(spec, r, decided) for r in chosen}
 
 
-def _wait_for_first_seeds(spec: SweepSpec, run: RunSpec, pending: set[str],
-                          lock: threading.Lock) -> Decisions | None:
-    """The sweep's decisions once `run` may start: with `select.seeds: best`, a later seed's run waits
-    while first-seed runs of its configuration are still to finish in this sweep; None (deferred to the
-    next sweep) when some are unfinished but not in this sweep's queue (failed, or left out by --only)."""
-    while True:
-        decided = decisions(spec, run_dir)
+class _Queue:
+    """The runs still to start, in schedule order. `take` gives the first that may start now, with the
+    decisions it was judged by: not a later seed whose configuration's first seeds are still to finish
+    (`select.seeds: best`), nor a later choice whose earlier choices are (`select.enough`); it waits while
+    every queued run waits on runs still going. A later seed whose first seeds are unfinished but not in
+    this sweep (failed, or left out by --only) is dropped: deferred to the next sweep. Past `start_until`
+    seconds from `started`, no run starts (the remaining needed ones are recorded in `too_late`)."""
+
+    def __init__(self, spec: SweepSpec, runs: list[RunSpec], pending: set[str], lock: threading.Lock,
+                 started: float, start_until: float | None):
+        self.spec, self.runs, self.pending, self.lock = spec, list(runs), pending, lock
+        self.index = {run.name: i for i, run in enumerate(runs)}
+        self.earlier = earlier_choices(spec)
+        self.started, self.start_until = started, start_until
+        self.too_late: set[str] = set()
+
+    def close(self) -> None:
+        with self.lock:
+            self.runs.clear()
+
+    def take(self) -> tuple[int, RunSpec, Decisions] | None:
+        while True:
+            with self.lock:
+                if not self.runs:
+                    return None
+                decided = decisions(self.spec, run_dir)
+                if self.start_until is not None and time.monotonic() - self.started > self.start_until:
+                    self._too_late(decided)
+                    return None
+                for run in list(self.runs):
+                    ready = self._ready(run, decided)
+                    if ready is None:  # deferred
+                        self.runs.remove(run)
+                        self.pending.discard(run.name)
+                    elif ready:
+                        self.runs.remove(run)
+                        return self.index[run.name], run, decided
+            time.sleep(WAIT_POLL_S)
+
+    def _ready(self, run: RunSpec, decided: Decisions) -> bool | None:
+        """True if `run` may start now, False if it waits on runs going in this sweep, None if deferred."""
+        if run.name in decided.unnecessary:
+            return True  # started only to be reported as not needed
         waits = decided.waiting.get(run.name)
-        if not waits:
-            return decided
-        with lock:
-            queued = [n for n in waits if n in pending]
-        if not queued:
+        if waits and not any(n in self.pending for n in waits):
             log.info("run %s deferred: the first-seed runs %s are unfinished and not in this sweep; "
                      "run the sweep again once they finish", run.name, ", ".join(waits))
             return None
-        time.sleep(WAIT_POLL_S)
+        return not waits and not any(n in self.pending for n in self.earlier.get(run.name, ()))
+
+    def _too_late(self, decided: Decisions) -> None:
+        for run in self.runs:
+            if run.name not in decided.unnecessary:
+                log.info("run %s not started: past --start-until %gs; the next sweep runs it",
+                         run.name, self.start_until)
+                self.too_late.add(run.name)
+            self.pending.discard(run.name)
+        self.runs.clear()
 
 
 def state_of(spec: SweepSpec, run: RunSpec, decided: Decisions) -> str:

@@ -382,6 +382,31 @@ def test_select_seeds_best_waits_for_first_seeds_in_parallel(tiny, tmp_path, mon
     assert sum(s == "completed" for s in states.values()) == 8
 
 
+def test_select_enough_in_parallel_starts_no_choice_beside_an_earlier_one(tiny, tmp_path, monkeypatch):
+    """With more jobs than the first round has runs, a configuration's next learning rate waits for its
+    first to finish (and is skipped if that reached select.enough) instead of starting beside it."""
+    import time as time_mod
+    tiny()
+    spec = load_sweep(write_sweep(tmp_path, {"grid": {"model.d_model": [32, 64, 128], "train.lr": [1e-3, 3e-3]},
+                                             "select": {"metric": "eval/all/accuracy", "enough": 0.99}}))
+    events = []
+    fake = _fake_results({"d_model=32,lr=0.001": 0.995}, [])
+
+    def slow(spec_, run, *args):
+        events.append(("start", run.name))
+        time_mod.sleep(0.1 if "lr=0.001" in run.name else 0.0)
+        fake(spec_, run, *args)
+        events.append(("end", run.name))
+    monkeypatch.setattr("hybrid.sweep.runner._run_subprocess", slow)
+    monkeypatch.setattr("hybrid.sweep.runner.WAIT_POLL_S", 0.01)
+    states = run_sweep(spec, jobs=4, progress=False)
+    assert ("start", "d_model=32,lr=0.003") not in events  # its first rate reached 0.99
+    assert states["d_model=32,lr=0.003"] == "not needed"
+    for d in (64, 128):
+        assert events.index(("end", f"d_model={d},lr=0.001")) < events.index(("start", f"d_model={d},lr=0.003"))
+    assert sum(s == "completed" for s in states.values()) == 5
+
+
 def test_select_seeds_best_defers_later_seeds_while_a_first_seed_failed(tiny, tmp_path, monkeypatch):
     tiny()
     spec = _seeds_best_sweep(tmp_path)
