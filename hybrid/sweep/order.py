@@ -81,9 +81,9 @@ def _configuration(choices: dict[tuple, list[str]], rules: Rules, finished: Call
     if rules.enough is not None:
         reached = _reached(choices, considered,
                            lambda n: finished(n) and meets(value(n), rules.enough, rules.mode))
-        if reached is not None:
+        if reached is not None:  # (under seeds: best, the later seeds follow the best first seed, below)
             for choice, names in choices.items():
-                for name in names if choice != reached else []:
+                for name in considered(names) if choice != reached else []:
                     if not finished(name):
                         out.unnecessary[name] = f"{choices[reached][0]} reached select.enough {rules.enough:g}"
     if not rules.seeds_best or all(len(names) < 2 for names in choices.values()):

@@ -359,6 +359,26 @@ def test_select_seeds_best_with_enough_counts_the_first_seed(tiny, tmp_path, mon
                      "d_model=32,lr=0.001,seed=1", "d_model=64,lr=0.003,seed=1"]
 
 
+def test_select_seeds_best_with_enough_runs_later_seeds_at_the_best_first_seed(tiny, tmp_path, monkeypatch):
+    """When first seeds of several choices finished (an earlier piece ran them), the later seed runs at the
+    best of them, even where an earlier choice already reached select.enough."""
+    tiny()
+    spec = _seeds_best_sweep(tmp_path, enough=0.9)
+    order = []
+    accuracy = {"d_model=32,lr=0.001,seed=0": 0.95, "d_model=32,lr=0.003,seed=0": 0.99,
+                "d_model=32,lr=0.01,seed=0": 0.5, "d_model=64,lr=0.001,seed=0": 0.95}
+    fake = _fake_results(accuracy, order)
+    for run in spec.runs:  # an earlier piece that ran every first seed of d_model 32
+        if run.name.startswith("d_model=32") and run.name.endswith("seed=0"):
+            fake(spec, run)
+    order.clear()
+    monkeypatch.setattr("hybrid.sweep.runner._run_inprocess", fake)
+    states = run_sweep(spec, jobs=1, progress=False)
+    assert order[0] == "d_model=64,lr=0.001,seed=0"
+    assert sorted(order[1:]) == ["d_model=32,lr=0.003,seed=1", "d_model=64,lr=0.001,seed=1"]
+    assert states["d_model=32,lr=0.001,seed=1"] == "not needed"
+
+
 def test_select_seeds_best_waits_for_first_seeds_in_parallel(tiny, tmp_path, monkeypatch):
     """With several jobs, a later seed's run waits until its configuration's first seeds have finished."""
     import time as time_mod
