@@ -36,7 +36,8 @@ log = logging.getLogger(__name__)
 SWEEP_PLAN = "sweep.json"
 NOT_NEEDED = "not needed"  # the state reported for a run that select.enough or seeds: best made unnecessary
 NOT_STARTED = "not started"  # the state reported for a run that --start-until kept from starting
-WAIT_POLL_S = 5.0  # how often a later seed's run looks whether its first seeds have finished
+WAIT_POLL_S = 5.0  # how often a waiting worker looks again for a run that may start
+DECISIONS_MAX_AGE_S = 30.0  # re-read the run folders at least this often (another sweep may share them)
 
 
 def run_dir(spec: SweepSpec, run: RunSpec) -> RunDir:
@@ -154,17 +155,12 @@ def run_sweep(spec: SweepSpec, *, jobs: int | str | None = None, progress: bool 
     groups = gpu_groups(torch.cuda.device_count(), spec.gpus_per_run)
     free = [groups[i % len(groups)] for i in range(jobs)] if groups else [None] * jobs
     lock = threading.Lock()
-    pending = {r.name for r in todo}  # this invocation's runs not yet done (a later run may wait for them)
-    queue = _Queue(spec, todo, pending, lock, started, start_until)
+    queue = _Queue(spec, todo, lock, started, start_until)
 
-    def one(index: int, run: RunSpec, decided: Decisions) -> None:
+    def one(index: int, run: RunSpec) -> None:
         t0 = time.perf_counter()
         log.info("[%d/%d] %s", index + 1, len(todo), run.name)
         rd = run_dir(spec, run)
-        reason = decided.unnecessary.get(run.name)
-        if reason:
-            log.info("run %s not needed: %s", run.name, reason)
-            return
         try:
             if jobs == 1 and spec.gpus_per_run == 1:
                 _run_inprocess(spec, run, progress)
@@ -188,8 +184,7 @@ def run_sweep(spec: SweepSpec, *, jobs: int | str | None = None, progress: bool 
             try:
                 one(*taken)
             finally:
-                with lock:
-                    pending.discard(taken[1].name)
+                queue.done(taken[1].name)
 
     if jobs == 1:
         worker()  # in this process, or (gpus_per_run > 1) a torchrun job at a time
@@ -208,48 +203,62 @@ def run_sweep(spec: SweepSpec, *, jobs: int | str | None = None, progress: bool 
 
 
 class _Queue:
-    """The runs still to start, in schedule order. `take` gives the first that may start now, with the
-    decisions it was judged by: not a later seed whose configuration's first seeds are still to finish
+    """The runs still to start, in schedule order. `take` gives the first that may start now (and drops
+    those the decisions make unnecessary, logging why): not a later seed whose configuration's first seeds are still to finish
     (`select.seeds: best`), nor a later choice whose earlier choices are (`select.enough`); it waits while
     every queued run waits on runs still going. A later seed whose first seeds are unfinished but not in
     this sweep (failed, or left out by --only) is dropped: deferred to the next sweep. Past `start_until`
     seconds from `started`, no run starts (the remaining needed ones are recorded in `too_late`)."""
 
-    def __init__(self, spec: SweepSpec, runs: list[RunSpec], pending: set[str], lock: threading.Lock,
-                 started: float, start_until: float | None):
-        self.spec, self.runs, self.pending, self.lock = spec, list(runs), pending, lock
+    def __init__(self, spec: SweepSpec, runs: list[RunSpec], lock: threading.Lock, started: float,
+                 start_until: float | None):
+        self.spec, self.runs, self.lock = spec, list(runs), lock
+        self.pending = {run.name for run in runs}  # not yet done: a later run may wait for them
         self.index = {run.name: i for i, run in enumerate(runs)}
         self.earlier = earlier_choices(spec)
         self.started, self.start_until = started, start_until
         self.too_late: set[str] = set()
+        self._decided: Decisions | None = None  # the decisions, kept until a run finishes or they age
+        self._decided_at = 0.0
+
+    def done(self, name: str) -> None:
+        """A run of this sweep has finished (or stopped): it is no longer waited on, and the decisions
+        are read again from the run folders."""
+        with self.lock:
+            self.pending.discard(name)
+            self._decided = None
 
     def close(self) -> None:
         with self.lock:
             self.runs.clear()
 
-    def take(self) -> tuple[int, RunSpec, Decisions] | None:
+    def take(self) -> tuple[int, RunSpec] | None:
         while True:
             with self.lock:
                 if not self.runs:
                     return None
-                decided = decisions(self.spec, run_dir)
+                if self._decided is None or time.monotonic() - self._decided_at > DECISIONS_MAX_AGE_S:
+                    self._decided, self._decided_at = decisions(self.spec, run_dir), time.monotonic()
+                decided = self._decided
                 if self.start_until is not None and time.monotonic() - self.started > self.start_until:
                     self._too_late(decided)
                     return None
                 for run in list(self.runs):
                     ready = self._ready(run, decided)
-                    if ready is None:  # deferred
+                    if ready is None:  # unnecessary or deferred: never started here
                         self.runs.remove(run)
                         self.pending.discard(run.name)
                     elif ready:
                         self.runs.remove(run)
-                        return self.index[run.name], run, decided
+                        return self.index[run.name], run
             time.sleep(WAIT_POLL_S)
 
     def _ready(self, run: RunSpec, decided: Decisions) -> bool | None:
-        """True if `run` may start now, False if it waits on runs going in this sweep, None if deferred."""
+        """True if `run` may start now, False if it waits on runs going in this sweep, None if it is not
+        needed or deferred to the next sweep."""
         if run.name in decided.unnecessary:
-            return True  # started only to be reported as not needed
+            log.info("run %s not needed: %s", run.name, decided.unnecessary[run.name])
+            return None
         waits = decided.waiting.get(run.name)
         if waits and not any(n in self.pending for n in waits):
             log.info("run %s deferred: the first-seed runs %s are unfinished and not in this sweep; "
