@@ -204,11 +204,12 @@ def run_sweep(spec: SweepSpec, *, jobs: int | str | None = None, progress: bool 
 
 class _Queue:
     """The runs still to start, in schedule order. `take` gives the first that may start now (and drops
-    those the decisions make unnecessary, logging why): not a later seed whose configuration's first seeds are still to finish
-    (`select.seeds: best`), nor a later choice whose earlier choices are (`select.enough`); it waits while
-    every queued run waits on runs still going. A later seed whose first seeds are unfinished but not in
-    this sweep (failed, or left out by --only) is dropped: deferred to the next sweep. Past `start_until`
-    seconds from `started`, no run starts (the remaining needed ones are recorded in `too_late`)."""
+    those the decisions make unnecessary, logging why): not a later seed whose configuration's first
+    seeds are still to finish (`select.seeds: best`), nor a later choice whose earlier choices are
+    (`select.enough`); it waits while every queued run waits on runs still going. A later seed whose
+    first seeds are unfinished but not in this sweep (failed, or left out by --only) is dropped: deferred
+    to the next sweep. Past `start_until` seconds from `started`, no run starts (the remaining needed
+    ones are recorded in `too_late`)."""
 
     def __init__(self, spec: SweepSpec, runs: list[RunSpec], lock: threading.Lock, started: float,
                  start_until: float | None):
