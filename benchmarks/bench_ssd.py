@@ -1,7 +1,7 @@
 """SSD (Mamba-2 scan) benchmark: ours (Triton, hybrid/kernels/ssd/triton_ssd.py) and our chunked PyTorch
 backend against mamba_ssm's Triton `mamba_chunk_scan_combined` (when importable), all in the same run.
 
-    PYTHONPATH=. python3 benchmarks/bench_ssd.py [--peer .peers/mamba] [--quick] [--out FILE]
+    PYTHONPATH=. python3 benchmarks/bench_ssd.py [--peer .peers/mamba] [--quick] [--chunked main] [--out FILE]
 
 Times are medians of triton.testing.do_bench (CUDA events) in ms, eager mode for every implementation;
 bf16 x, dt, B, C, z; fp32 A, D (per head), dt_bias; softplus on, z and D given (the Mamba-2 block's call),
@@ -81,6 +81,9 @@ def main():
     ap.add_argument("--peer", default=".peers/mamba", help="folder holding the mamba_ssm package (the peer)")
     ap.add_argument("--no-peer", action="store_true", help="ours only")
     ap.add_argument("--quick", action="store_true", help="the first shape only")
+    ap.add_argument("--chunked", choices=["all", "main"], default="all",
+                    help="where our chunked PyTorch backend is timed: at every shape (to 8K), or at the first only "
+                         "(a shorter sweep of the Triton kernels against the peer)")
     ap.add_argument("--out", default=None, help="markdown file to write (default benchmarks/results/...)")
     args = ap.parse_args()
     if not torch.cuda.is_available():
@@ -98,6 +101,8 @@ def main():
         for label, backward in PASSES:
             times = {}
             for impl, fn in impls:
+                if impl == "ours (chunked torch)" and args.chunked == "main" and shape != MAIN:
+                    continue
                 if impl == "ours (chunked torch)" and shape[1] > CHUNKED_MAX_LENGTH:
                     notes.append(f"{impl} at {shape} {label}: not run past {CHUNKED_MAX_LENGTH} steps, to keep the "
                                  "run short (its fp32 (batch, chunks, Q, Q, heads) tensors: 2 GB each at 2 x 32K)")
