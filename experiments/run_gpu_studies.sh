@@ -6,6 +6,10 @@
 # running this again skips finished runs and resumes the others from their checkpoints. JOBS runs
 # (default 8; JOBS_<STUDY> for one study) share the GPU at a time; small models leave it mostly idle,
 # so they time-slice well, up to about 8 processes in all (benchmarks/results/train_step_nvidia_h200.md).
+# Tiny runs lose most beside large ones: induction heads' two batch-8 runs (2,048-token steps, graphed)
+# made 10-38 steps/s each beside 11-17 other runs, about 125 beside 4 (selective copying's 131k-token
+# steps, one MQAR run) and about 1,000 with the GPU to the two of them (MPS), so give long runs of tiny
+# models a piece of their own (ONLY_<STUDY>, below).
 # Each study has a time cap (CAP_<STUDY> seconds, default CAP=600) after which its runs get SIGTERM,
 # checkpoint and stop; KILL_AFTER seconds later (default 30) whatever still runs is killed, so a piece
 # always ends near its cap.
