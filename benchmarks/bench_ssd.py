@@ -91,6 +91,8 @@ def main():
         return
     impls, note = implementations(None if args.no_peer else args.peer)
     notes = [note] if note else []
+    if args.chunked == "main":
+        notes.append("ours (chunked torch): timed at the first shape only (--chunked main)")
     name = torch.cuda.get_device_name()
     tag = name.lower().replace(" ", "_").replace("(", "").replace(")", "")
     out = args.out or os.path.join(os.path.dirname(__file__), "results", f"ssd_{tag}.md")
