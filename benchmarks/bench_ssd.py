@@ -1,10 +1,15 @@
 """SSD (Mamba-2 scan) benchmark: ours (Triton, hybrid/kernels/ssd/triton_ssd.py) and our chunked PyTorch
 backend against mamba_ssm's Triton `mamba_chunk_scan_combined` (when importable), all in the same run.
 
-    PYTHONPATH=. python3 benchmarks/bench_ssd.py [--peer .peers/mamba] [--quick] [--chunked main] [--out FILE]
+    PYTHONPATH=. python3 benchmarks/bench_ssd.py [--peer .peers/mamba] [--quick] [--chunked main]
+                                                 [--modes eager,graph] [--out FILE]
 
-Times are medians of triton.testing.do_bench (CUDA events) in ms, eager mode for every implementation;
-bf16 x, dt, B, C, z; fp32 A, D (per head), dt_bias; softplus on, z and D given (the Mamba-2 block's call),
+Times are medians of triton.testing.do_bench (CUDA events) in ms, in two modes for every implementation:
+"eager" (each call launched from Python, so host-side work is in the time where it exceeds the
+kernels') and "graph" (one call captured in a CUDA graph and its replays timed, graph_timing.py: the
+kernels alone). At small shapes mamba_ssm's eager time is its host-side work (five kernels behind
+Triton's autotuner dispatch, more in the backward), so only the graph rows compare the kernels.
+Inputs: bf16 x, dt, B, C, z; fp32 A, D (per head), dt_bias; softplus on, z and D given (the Mamba-2 block's call),
 one B/C group, chunk 256. "fwd" is the forward under no_grad; "fwd+bwd" the forward and the backward of
 <y, dy> (every input a leaf). The first shape is (batch 4, length 2048, heads 32, headdim 64, state 128);
 the sweep varies the length (512..32K), the state (64..256) and the head dimension (64, 128) around it.
@@ -25,7 +30,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hybrid.kernels.ssd.chunked import ssd_chunked  # noqa: E402
-from peer_import import peer_function  # noqa: E402  (benchmarks/, the script's folder)
+from graph_timing import graphed_ms  # noqa: E402  (benchmarks/, the script's folder)
+from peer_import import peer_function  # noqa: E402
 
 CHUNK = 256
 # (batch, length, heads, headdim, state)
@@ -59,9 +65,12 @@ def implementations(peer: str | None):
     return impls, note
 
 
-def bench(fn, inputs, backward: bool) -> float:
+def bench(fn, inputs, backward: bool, mode: str = "eager") -> float:
+    """Median ms of fn's forward (under no_grad) or forward and backward, eager or graphed."""
     import triton
 
+    if mode == "graph":
+        return bench_graphed(fn, inputs, backward)
     if not backward:
         def run():
             with torch.no_grad():
@@ -76,6 +85,22 @@ def bench(fn, inputs, backward: bool) -> float:
                                    grad_to_none=list(leaves.values()))
 
 
+def bench_graphed(fn, inputs, backward: bool) -> float:
+    """One call captured in a CUDA graph, its replays timed (the warm-up calls before the capture run
+    Triton's compilation and mamba_ssm's autotuning); the backward returns fresh gradients of <y, dy>."""
+    if not backward:
+        def run():
+            with torch.no_grad():
+                return fn(inputs)
+        return graphed_ms(run)
+    leaves = {k: v.detach().clone().requires_grad_() for k, v in inputs.items()}
+    dy = torch.randn(inputs["x"].shape, device="cuda", dtype=inputs["x"].dtype)
+
+    def run_bwd():
+        return torch.autograd.grad(fn(leaves), list(leaves.values()), dy)
+    return graphed_ms(run_bwd)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--peer", default=".peers/mamba", help="folder holding the mamba_ssm package (the peer)")
@@ -84,8 +109,13 @@ def main():
     ap.add_argument("--chunked", choices=["all", "main"], default="all",
                     help="where our chunked PyTorch backend is timed: at every shape (to 8K), or at the first only "
                          "(a shorter sweep of the Triton kernels against the peer)")
+    ap.add_argument("--modes", default="eager,graph",
+                    help="comma-separated: eager (launched from Python), graph (one call in a CUDA graph)")
     ap.add_argument("--out", default=None, help="markdown file to write (default benchmarks/results/...)")
     args = ap.parse_args()
+    modes = [m for m in args.modes.split(",") if m]
+    if not modes or set(modes) - {"eager", "graph"}:
+        ap.error(f"--modes: expected a comma-separated list of eager and graph, got {args.modes!r}")
     if not torch.cuda.is_available():
         print("bench_ssd: no CUDA device, nothing to measure (the Triton kernels and the peer need a GPU)")
         return
@@ -100,7 +130,7 @@ def main():
     rows = []
     for shape in [MAIN] + ([] if args.quick else SWEEP):
         inputs = make(*shape)
-        for label, backward in PASSES:
+        for (label, backward), mode in [(p, m) for p in PASSES for m in modes]:
             times = {}
             for impl, fn in impls:
                 if impl == "ours (chunked torch)" and args.chunked == "main" and shape != MAIN:
@@ -110,18 +140,19 @@ def main():
                                  "run short (its fp32 (batch, chunks, Q, Q, heads) tensors: 2 GB each at 2 x 32K)")
                     continue
                 try:
-                    times[impl] = bench(fn, inputs, backward)
+                    times[impl] = bench(fn, inputs, backward, mode)
                 except torch.OutOfMemoryError:
-                    notes.append(f"{impl} at {shape} {label}: out of memory")
+                    notes.append(f"{impl} at {shape} {label} ({mode}): out of memory")
                     torch.cuda.empty_cache()
                     continue
                 except Exception as err:  # noqa: BLE001  (a peer refusing a shape must not end the run)
-                    notes.append(f"{impl} at {shape} {label}: {type(err).__name__}: {str(err).splitlines()[0]}")
+                    notes.append(f"{impl} at {shape} {label} ({mode}): {type(err).__name__}: "
+                                 f"{(str(err).splitlines() or [''])[0]}")
                     continue
             base = times.get("ours (Triton)")
             for impl, ms in times.items():
                 ratio = f"{ms / base:.2f}x" if base else "-"
-                rows.append(f"| {shape} | {label} | {impl} | {ms:.3f} | {ratio} |")
+                rows.append(f"| {shape} | {label} | {mode} | {impl} | {ms:.3f} | {ratio} |")
                 print(rows[-1], flush=True)
         del inputs
         torch.cuda.empty_cache()
@@ -136,12 +167,13 @@ def write(path: str, name: str, rows: list[str], notes: list[str]) -> None:
         f"# SSD (Mamba-2 chunked scan) on {name}",
         "",
         f"torch {torch.__version__}, triton {triton.__version__}; bf16 x, dt, B, C, z; fp32 A, D, dt_bias; "
-        f"softplus, D and z on; groups 1; chunk {CHUNK}. Median of triton.testing.do_bench, eager, all "
-        "implementations in the same run. \"x ours\" is each row's time over ours (Triton) at the same shape "
-        "and pass (> 1: slower than ours).",
+        f"softplus, D and z on; groups 1; chunk {CHUNK}. Median of triton.testing.do_bench, all "
+        "implementations in the same run; mode \"eager\": launched from Python, \"graph\": one call captured "
+        "in a CUDA graph, its replays timed (the kernels alone). \"x ours\" is each row's time over ours "
+        "(Triton) at the same shape, pass and mode (> 1: slower than ours).",
         "",
-        "| (batch, length, heads, headdim, state) | pass | implementation | ms | x ours |",
-        "| --- | --- | --- | --- | --- |",
+        "| (batch, length, heads, headdim, state) | pass | mode | implementation | ms | x ours |",
+        "| --- | --- | --- | --- | --- | --- |",
         *rows,
         "",
         *[f"- {n}" for n in notes],
