@@ -173,6 +173,40 @@ def test_triton_several_tiles_per_chunk(config, monkeypatch):
     assert not bad, f"relative errors above {FP32_TOL}: {bad}"
 
 
+
+def test_triton_per_kernel_tuning(monkeypatch):
+    """TUNING's overrides give each kernel its own tiles: here the forward scan and dx in row tiles of 16
+    and channel tiles of 8-16, dCB and dB/dC in other sizes, the rest whole-chunk (the interpreter's
+    defaults), so a grid or partial buffer sized from another kernel's tiles would give wrong results."""
+    from hybrid.kernels.ssd import triton_ssd
+    monkeypatch.setattr(triton_ssd, "TUNING", triton_ssd.parse_tuning(
+        "scan_fwd:BM=16,BK=16,BP=8,BN=16; dx:BM_DX=16,BP=8,BN=8,BK=16; dcb:BM=32,BP=16;"
+        "dbc:BM=16,BN=8,BK=16; states:BP=8,BN=8,BK=16; dprev:BP=16,BN=8,BK=32; pass_fwd:BLOCK=64;"
+        "pass_bwd:BLOCK=128"))
+    inputs = make_inputs(1, 70, 2, 20, 24, 2, 48, "channel", True, True, True, True, True)
+    ref = run(ssd_ref, inputs, cast=torch.float64)
+    errs = errors(run(ssd_triton, inputs, grads=ref[3], chunk_size=48), ref)
+    bad = {k: e for k, e in errs.items() if not e <= FP32_TOL}
+    assert not bad, f"relative errors above {FP32_TOL}: {bad}"
+
+
+@pytest.mark.parametrize("text,message", [
+    ("scan:BM=16", "KERNEL one of"), ("scan_fwd BM=16", "KERNEL one of"), ("dx:BQ=16", "KEY one of"),
+    ("dx:BM=0", "POSITIVE_INT"), ("dx:BM=x", "POSITIVE_INT"), ("dx:BM=24", "powers of two")])
+def test_tuning_rejects_what_it_cannot_use(text, message):
+    from hybrid.kernels.ssd.triton_ssd import TUNING_VAR, parse_tuning
+    with pytest.raises(ValueError, match=message) as err:
+        parse_tuning(text)
+    assert TUNING_VAR in str(err.value)
+
+
+def test_tuning_parses_several_kernels():
+    from hybrid.kernels.ssd.triton_ssd import parse_tuning
+    assert parse_tuning(" scan_fwd: stages=3, BK=32 ;dx:warps=4;") == {"scan_fwd": {"stages": 3, "BK": 32},
+                                                                    "dx": {"warps": 4}}
+    assert parse_tuning("") == {}
+
+
 # Half precision: against float64 on the same rounded inputs, the kernel's error <= 2 * the error of the
 # PyTorch reference run on the same half inputs (fp32 maths; y, and so the gradient entering the backward,
 # and the gradients of the half inputs rounded once) + an atol per kind of output. The kernels add roundings

@@ -42,6 +42,11 @@ sums over blocks go to separate buffers summed by PyTorch: deterministic, no ato
 for the backward dt and a-hat, CB, the states entering every chunk ((b, c, h, P, N) fp32, as large as x
 times 2 N / Q in bf16) and, with z, y before the gate (fp32); the backward recomputes none of them.
 
+Tile sizes and launch options come from `_config`, one set for every kernel; `TUNING` (from the
+environment variable HYBRID_SSD_TUNING, or set by benchmarks/tune_ssd.py) overrides them per kernel, e.g.
+HYBRID_SSD_TUNING="scan_fwd:stages=3,BK=32;dx:warps=4" (kernel names in KERNELS). Each kernel's grid and
+partial buffers follow its own tiles, so any combination computes the same result.
+
 Under TRITON_INTERPRET=1 (the CPU tests) two interpreter defects of Triton 3.9 are worked around, so that the
 CPU tests see the GPU's numerics: its dot of bf16 operands multiplies their raw bits (a bf16 operand is
 given as the fp32 value rounded to bf16 instead, _operand), and its fp32 -> bf16 cast truncates (values are
@@ -658,6 +663,42 @@ def _config(chunk: int, headdim: int, dstate: int) -> dict:
                 BP=_pow2(headdim, hi=64), BN=_pow2(dstate, hi=64), BLOCK=1024, warps=8, stages=2)
 
 
+# the kernels by the names TUNING uses: the forward's chunk-state kernel is "states", the backward's "dprev"
+KERNELS = ("dt", "cb", "states", "pass_fwd", "scan_fwd", "dprev", "pass_bwd", "dx", "dcb", "dbc")
+TUNABLE = ("BM", "BM_DX", "BK", "BP", "BN", "BLOCK", "warps", "stages")
+TUNING_VAR = "HYBRID_SSD_TUNING"
+
+
+def parse_tuning(text: str, source: str = TUNING_VAR) -> dict[str, dict[str, int]]:
+    """"kernel:key=value,key=value;kernel:..." -> {kernel: {key: value}}; a clear error for anything else."""
+    tuning: dict[str, dict[str, int]] = {}
+    for part in filter(None, (p.strip() for p in text.split(";"))):
+        name, sep, body = part.partition(":")
+        name = name.strip()
+        if not sep or name not in KERNELS:
+            raise ValueError(f"{source}: {part!r}: expected KERNEL:KEY=VALUE[,KEY=VALUE...], KERNEL one of "
+                             f"{', '.join(KERNELS)}")
+        for item in filter(None, (i.strip() for i in body.split(","))):
+            key, sep, value = item.partition("=")
+            key = key.strip()
+            if not sep or key not in TUNABLE or not value.strip().isdigit() or int(value) < 1:
+                raise ValueError(f"{source}: {name}: {item!r}: expected KEY=POSITIVE_INT, KEY one of "
+                                 f"{', '.join(TUNABLE)}")
+            v = int(value)
+            if key not in ("warps", "stages") and v & (v - 1):
+                raise ValueError(f"{source}: {name}: {key}={v}: tile sizes must be powers of two")
+            tuning.setdefault(name, {})[key] = v
+    return tuning
+
+
+TUNING: dict[str, dict[str, int]] = parse_tuning(os.environ.get(TUNING_VAR, ""))
+
+
+def _tuned(cfg: dict, name: str) -> dict:
+    """`cfg` with TUNING's overrides for kernel `name`."""
+    return {**cfg, **TUNING[name]} if name in TUNING else cfg
+
+
 def _dot_dtype(x: Tensor, B: Tensor, C: Tensor):
     """(operand dtype, input precision) of the matmuls: the half dtype when x, B and C all have it, else fp32."""
     if x.dtype == B.dtype == C.dtype and x.dtype in (torch.float16, torch.bfloat16):
@@ -686,7 +727,6 @@ def _ssd_fwd(x, dt, A, B, C, chunk, D, z, dt_bias, dt_softplus, dt_limit, initia
     n_chunks = cdiv(length, chunk)
     cfg = _config(chunk, headdim, dstate)
     dot, prec = _dot_dtype(x, B, C)
-    opts = _launch_options(cfg)
     dev, f32 = x.device, torch.float32
     seq, s_seq = (seq_idx, seq_idx.stride()) if seq_idx is not None else (x, (0, 0))
 
@@ -698,30 +738,31 @@ def _ssd_fwd(x, dt, A, B, C, chunk, D, z, dt_bias, dt_softplus, dt_limit, initia
     _launch_dt((cdiv(heads, block_h), n_chunks, batch), dt, A.contiguous(), bias, dtp, acs,
                length, heads, n_chunks, chunk, float(dt_limit[0]), float(dt_limit[1]), *dt.stride(),
                HAS_BIAS=dt_bias is not None, SOFTPLUS=dt_softplus, HAS_LIMIT=has_limit,
-               BLOCK_H=block_h, BLOCK_Q=next_power_of_2(chunk), **opts)
+               BLOCK_H=block_h, BLOCK_Q=next_power_of_2(chunk), **_launch_options(_tuned(cfg, "dt")))
 
     cb = torch.empty((batch, n_chunks, groups, chunk, chunk), device=dev, dtype=f32)
-    bm, bk = cfg["BM"], cfg["BK"]
-    _launch_cb((cdiv(chunk, bm), cdiv(chunk, bm), batch * n_chunks * groups), C, B, cb,
+    k = _tuned(cfg, "cb")
+    _launch_cb((cdiv(chunk, k["BM"]), cdiv(chunk, k["BM"]), batch * n_chunks * groups), C, B, cb,
                length, n_chunks, chunk, groups, dstate, *C.stride(), *B.stride(),
-               DOT=dot, PREC=prec, BM=bm, BN=bm, BK=min(cfg["BN"], 64), **opts)
+               DOT=dot, PREC=prec, BM=k["BM"], BN=k["BM"], BK=min(k["BN"], 64), **_launch_options(k))
 
     states = torch.empty((batch, n_chunks, heads, headdim, dstate), device=dev, dtype=f32)
-    bp, bn = cfg["BP"], cfg["BN"]
-    _launch_outer((cdiv(headdim, bp) * cdiv(dstate, bn), heads, batch * n_chunks),
+    k = _tuned(cfg, "states")
+    _launch_outer((cdiv(headdim, k["BP"]) * cdiv(dstate, k["BN"]), heads, batch * n_chunks),
                   x, B, dtp, acs, seq, states, length, heads, n_chunks, chunk, headdim, dstate, hpg,
                   *x.stride(), *B.stride(), *s_seq,
-                  TO_END=True, HAS_SEQ=seq_idx is not None, DOT=dot, PREC=prec, BP=bp, BN=bn, BK=bk,
-                  **opts)
+                  TO_END=True, HAS_SEQ=seq_idx is not None, DOT=dot, PREC=prec, BP=k["BP"], BN=k["BN"],
+                  BK=k["BK"], **_launch_options(k))
 
     final = torch.empty((batch, heads, headdim, dstate), device=dev, dtype=f32)
     init = initial_states.float().contiguous() if initial_states is not None else final
     size = headdim * dstate
-    block = min(cfg["BLOCK"], next_power_of_2(size))
+    k = _tuned(cfg, "pass_fwd")
+    block = min(k["BLOCK"], next_power_of_2(size))
     _launch_pass_fwd((cdiv(size, block), heads, batch), states, init, acs, seq, final,
                      length, heads, n_chunks, chunk, size, *s_seq,
                      HAS_INIT=initial_states is not None, HAS_SEQ=seq_idx is not None, BLOCK=block,
-                     **opts)
+                     **_launch_options(k))
     prev = states  # now the state entering each chunk
 
     y = torch.empty((batch, length, heads, headdim), device=dev, dtype=x.dtype)
@@ -729,12 +770,13 @@ def _ssd_fwd(x, dt, A, B, C, chunk, D, z, dt_bias, dt_softplus, dt_limit, initia
     ypre = torch.empty((batch, length, heads, headdim), device=dev, dtype=f32) if store_pre else y
     zz = z if z is not None else x
     Dt = D if D is not None else x
-    _launch_scan_fwd((cdiv(chunk, bm) * cdiv(headdim, bp), heads, batch * n_chunks),
+    k = _tuned(cfg, "scan_fwd")
+    _launch_scan_fwd((cdiv(chunk, k["BM"]) * cdiv(headdim, k["BP"]), heads, batch * n_chunks),
                      cb, x, zz, dtp, acs, seq, C, prev, Dt, y, ypre,
                      length, heads, n_chunks, chunk, headdim, dstate, hpg,
                      *x.stride(), *zz.stride(), *C.stride(), *s_seq, *y.stride(), *_d_strides(D),
                      HAS_D=D is not None, HAS_Z=z is not None, STORE_PRE=store_pre, HAS_SEQ=seq_idx is not None,
-                     DOT=dot, PREC=prec, BM=bm, BP=bp, BN=bn, BK=bk, **opts)
+                     DOT=dot, PREC=prec, BM=k["BM"], BP=k["BP"], BN=k["BN"], BK=k["BK"], **_launch_options(k))
     return y, final, (dtp, acs, cb, prev, ypre if store_pre else None)
 
 
@@ -787,10 +829,8 @@ def _ssd_bwd(dy, dfinal, x, dt, A, B, C, chunk, D, z, dt_bias, dt_softplus, dt_l
     n_chunks = cdiv(length, chunk)
     cfg = _config(chunk, headdim, dstate)
     dot, prec = _dot_dtype(x, B, C)
-    opts = _launch_options(cfg)
     dev, f32 = x.device, torch.float32
     seq, s_seq = (seq_idx, seq_idx.stride()) if seq_idx is not None else (x, (0, 0))
-    bm, bk, bp, bn = cfg["BM"], cfg["BK"], cfg["BP"], cfg["BN"]
     has_seq = seq_idx is not None
     if dy is None:  # only the final state was used
         dy = torch.zeros_like(x)
@@ -799,12 +839,15 @@ def _ssd_bwd(dy, dfinal, x, dt, A, B, C, chunk, D, z, dt_bias, dt_softplus, dt_l
 
     # d prev_c = sum_i exp(a-hat_i) g_i C_i^T, then the reverse state passing turns it into d s_c
     ds = torch.empty_like(prev)
-    _launch_outer((cdiv(headdim, bp) * cdiv(dstate, bn), heads, batch * n_chunks),
+    k = _tuned(cfg, "dprev")
+    _launch_outer((cdiv(headdim, k["BP"]) * cdiv(dstate, k["BN"]), heads, batch * n_chunks),
                   g, C, dtp, acs, seq, ds, length, heads, n_chunks, chunk, headdim, dstate, hpg,
                   *g.stride(), *C.stride(), *s_seq,
-                  TO_END=False, HAS_SEQ=has_seq, DOT=dot, PREC=prec, BP=bp, BN=bn, BK=bk, **opts)
+                  TO_END=False, HAS_SEQ=has_seq, DOT=dot, PREC=prec, BP=k["BP"], BN=k["BN"], BK=k["BK"],
+                  **_launch_options(k))
     size = headdim * dstate
-    block = min(cfg["BLOCK"], next_power_of_2(size))
+    k = _tuned(cfg, "pass_bwd")
+    block = min(k["BLOCK"], next_power_of_2(size))
     n_blocks = cdiv(size, block)
     dcarry = torch.empty((batch, heads, n_chunks, n_blocks), device=dev, dtype=f32)
     dinit = torch.empty((batch, heads, headdim, dstate), device=dev, dtype=f32) if initial_states is not None else None
@@ -812,38 +855,41 @@ def _ssd_bwd(dy, dfinal, x, dt, A, B, C, chunk, D, z, dt_bias, dt_softplus, dt_l
     _launch_pass_bwd((n_blocks, heads, batch), ds, prev, acs, seq, dfin, dinit if dinit is not None else prev, dcarry,
                      length, heads, n_chunks, chunk, size, n_blocks, *s_seq,
                      HAS_DFINAL=dfinal is not None, HAS_INIT=initial_states is not None, HAS_SEQ=has_seq,
-                     BLOCK=block, **opts)
+                     BLOCK=block, **_launch_options(k))
 
     # dx and the per-position partials of ddt and d a-hat
-    n_pb = cdiv(headdim, bp)
+    k = _tuned(cfg, "dx")
+    n_pb = cdiv(headdim, k["BP"])
     plane = batch * heads * n_chunks * chunk
     part = torch.empty((3, n_pb, batch, heads, n_chunks, chunk), device=dev, dtype=f32)
     dx = out[0] if out is not None else torch.empty((batch, length, heads, headdim), device=dev, dtype=x.dtype)
     Dt = D if D is not None else x
-    _launch_dx((cdiv(chunk, cfg["BM_DX"]) * n_pb, heads, batch * n_chunks),
+    _launch_dx((cdiv(chunk, k["BM_DX"]) * n_pb, heads, batch * n_chunks),
                cb, x, g, dtp, acs, seq, B, C, ds, prev, Dt, dx, part,
                length, heads, n_chunks, chunk, headdim, dstate, hpg, plane, n_pb * plane,
                *x.stride(), *g.stride(), *B.stride(), *C.stride(), *s_seq, *dx.stride(), *_d_strides(D),
-               HAS_D=D is not None, HAS_SEQ=has_seq, DOT=dot, PREC=prec, BM=cfg["BM_DX"], BP=bp, BN=bn,
-               BK=bk, **opts)
+               HAS_D=D is not None, HAS_SEQ=has_seq, DOT=dot, PREC=prec, BM=k["BM_DX"], BP=k["BP"],
+               BN=k["BN"], BK=k["BK"], **_launch_options(k))
 
     # dCB and the d a-hat of the quadratic part
-    n_qb = cdiv(chunk, bm)
+    k = _tuned(cfg, "dcb")
+    n_qb = cdiv(chunk, k["BM"])
     dacs_qq = torch.zeros((2, n_qb, batch, heads, n_chunks, chunk), device=dev, dtype=f32)
     dcb = torch.empty_like(cb)
     _launch_dcb((n_qb, n_qb, batch * n_chunks * groups), x, g, dtp, acs, seq, cb, dcb, dacs_qq,
                 length, heads, n_chunks, chunk, headdim, hpg, plane, n_qb * plane,
                 *x.stride(), *g.stride(), *s_seq,
-                HAS_SEQ=has_seq, DOT=dot, PREC=prec, BM=bm, BK=min(bp, 64), **opts)
+                HAS_SEQ=has_seq, DOT=dot, PREC=prec, BM=k["BM"], BK=min(k["BP"], 64), **_launch_options(k))
 
     dB, dC = out[1:] if out is not None else (torch.empty_like(B), torch.empty_like(C))
-    grid = (n_qb * cdiv(dstate, bn), groups, batch * n_chunks)
+    k = _tuned(cfg, "dbc")
+    grid = (cdiv(chunk, k["BM"]) * cdiv(dstate, k["BN"]), groups, batch * n_chunks)
     for out, v, u, st, for_b in ((dC, B, g, prev, False), (dB, C, x, ds, True)):
         _launch_dbc(grid, dcb, v, u, st, dtp, acs, seq, out,
                     length, heads, n_chunks, chunk, headdim, dstate, hpg,
                     *v.stride(), *u.stride(), *s_seq, *out.stride(),
-                    FOR_B=for_b, HAS_SEQ=has_seq, DOT=dot, PREC=prec, BM=bm, BN=bn, BK=min(bk, bp),
-                    **opts)
+                    FOR_B=for_b, HAS_SEQ=has_seq, DOT=dot, PREC=prec, BM=k["BM"], BN=k["BN"],
+                    BK=min(k["BK"], k["BP"]), **_launch_options(k))
 
     ddt_proc, dA = _decay_backward(part, dacs_qq, dcarry, A, dtp, length)
     ddt, dbias = _dt_backward(ddt_proc, dt, dt_bias, dt_softplus, dt_limit)

@@ -1,0 +1,164 @@
+"""Tile sizes and launch options of our SSD kernels, one kernel at a time, timed on the GPU.
+
+    PYTHONPATH=. python3 benchmarks/tune_ssd.py [--shape 4,8192,32,64,128] [--kernels scan_fwd,dx]
+                                                [--peer .peers/mamba] [--out FILE]
+
+Every candidate overrides one kernel's settings (`triton_ssd.TUNING`, the HYBRID_SSD_TUNING variable's
+format) and times the whole SSD call in a CUDA graph (graph_timing.py: the kernels alone, no host work)
+against the defaults in the same run: the forward (under no_grad) for the forward's kernels, the forward
+and backward for the backward's. A candidate that does not compile (shared memory or registers) gets a
+note, and one whose outputs (y, or every gradient) differ from the defaults' by more than 1e-2
+relative is reported as a mismatch and not used. Last, the best candidate of every kernel that beat the defaults is timed together, and printed as a
+HYBRID_SSD_TUNING string; mamba_ssm's `mamba_chunk_scan_combined` is timed the same way when --peer is
+given. Inputs as bench_ssd.py's (bf16; softplus, D and z on; one group; chunk 256). The table is rewritten
+after every candidate, so a run cut short keeps what it measured. Without CUDA it prints a message and exits.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench_ssd import CHUNK, bench_graphed, implementations, make  # noqa: E402  (benchmarks/)
+
+
+def _grid(**axes) -> list[dict]:
+    keys = list(axes)
+    return [dict(zip(keys, values)) for values in itertools.product(*axes.values())]
+
+
+LAUNCH = _grid(warps=[4, 8], stages=[2, 3, 4])
+# kernel -> (timed pass: backward?, candidate overrides)
+CANDIDATES = {
+    "scan_fwd": (False, _grid(warps=[4, 8], stages=[2, 3, 4], BK=[32, 64], BM=[64, 128])),
+    "states": (False, _grid(warps=[4, 8], stages=[2, 3, 4], BK=[32, 64])),
+    "cb": (False, LAUNCH),
+    "dprev": (True, LAUNCH),
+    "dx": (True, _grid(warps=[4, 8], stages=[2, 3], BM_DX=[32, 64])),
+    "dcb": (True, LAUNCH),
+    "dbc": (True, LAUNCH),
+}
+
+
+def outputs(fn, inputs, backward: bool) -> list[torch.Tensor]:
+    """y (forward) or the gradient of every input of <y, dy> (a fixed dy), for comparing settings."""
+    if not backward:
+        with torch.no_grad():
+            return [fn(inputs)]
+    leaves = {k: v.detach().clone().requires_grad_() for k, v in inputs.items()}
+    dy = torch.randn(inputs["x"].shape, device="cuda", dtype=inputs["x"].dtype,
+                     generator=torch.Generator("cuda").manual_seed(0))
+    return list(torch.autograd.grad(fn(leaves), list(leaves.values()), dy))
+
+
+def mismatch(got: list[torch.Tensor], want: list[torch.Tensor], tol: float = 1e-2) -> float | None:
+    """The largest relative error of `got` against `want` when above tol, else None."""
+    worst = max(((g.double() - w.double()).norm() / w.double().norm().clamp_min(1e-30)).item()
+                for g, w in zip(got, want))
+    return worst if not worst <= tol else None  # `not <=` also catches NaN
+
+
+def spec(tuning: dict[str, dict[str, int]]) -> str:
+    """The HYBRID_SSD_TUNING string of `tuning`."""
+    return ";".join(f"{name}:" + ",".join(f"{k}={v}" for k, v in over.items()) for name, over in tuning.items())
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--shape", default="4,8192,32,64,128", help="batch,length,heads,headdim,state")
+    ap.add_argument("--kernels", default=",".join(CANDIDATES), help=f"comma-separated, of {', '.join(CANDIDATES)}")
+    ap.add_argument("--peer", default=None, help="folder holding the mamba_ssm package, to time it beside ours")
+    ap.add_argument("--out", default=None, help="markdown file (default benchmarks/results/tune_ssd_<device>.md)")
+    args = ap.parse_args()
+    shape = tuple(int(v) for v in args.shape.split(",") if v.strip().isdigit())
+    if len(shape) != 5 or len(args.shape.split(",")) != 5 or min(shape) < 1:
+        ap.error(f"--shape: expected five positive integers batch,length,heads,headdim,state, got {args.shape!r}")
+    kernels = [k for k in args.kernels.split(",") if k]
+    unknown = sorted(set(kernels) - set(CANDIDATES))
+    if unknown or not kernels:
+        ap.error(f"--kernels: {unknown or 'none given'}: expected names from {', '.join(CANDIDATES)}")
+    if not torch.cuda.is_available():
+        print("tune_ssd: no CUDA device, nothing to measure")
+        return
+    from hybrid.kernels.ssd import triton_ssd  # noqa: PLC0415
+
+    impls, note = implementations(args.peer)
+    ours = dict(impls)["ours (Triton)"]
+    name = torch.cuda.get_device_name()
+    tag = name.lower().replace(" ", "_").replace("(", "").replace(")", "")
+    out = args.out or os.path.join(os.path.dirname(__file__), "results", f"tune_ssd_{tag}.md")
+    inputs = make(*shape)
+    rows, notes = [], [note] if note else []
+    base, want = {}, {}
+    for backward in (False, True):
+        triton_ssd.TUNING = {}
+        want[backward] = outputs(ours, inputs, backward)
+        base[backward] = bench_graphed(ours, inputs, backward)
+        rows.append(("defaults", "-", "fwd+bwd" if backward else "fwd", base[backward]))
+    best: dict[str, tuple[float, dict]] = {}
+    for kernel in kernels:
+        backward, candidates = CANDIDATES[kernel]
+        for over in candidates:
+            triton_ssd.TUNING = {kernel: over}
+            try:
+                error = mismatch(outputs(ours, inputs, backward), want[backward])
+                if error is not None:
+                    notes.append(f"{spec({kernel: over})}: outputs differ from the defaults' ({error:.2e} relative); "
+                                 "not timed")
+                    continue
+                ms = bench_graphed(ours, inputs, backward)
+            except Exception as err:  # noqa: BLE001  (a candidate that does not compile must not end the run)
+                notes.append(f"{spec({kernel: over})}: {type(err).__name__}: {(str(err).splitlines() or [''])[0]}")
+                torch.cuda.empty_cache()
+                continue
+            rows.append((kernel, spec({kernel: over}), "fwd+bwd" if backward else "fwd", ms, base[backward]))
+            if ms < best.get(kernel, (base[backward], None))[0]:
+                best[kernel] = (ms, over)
+            write(out, name, shape, rows, notes, best)
+    combined = {kernel: over for kernel, (_, over) in best.items()}
+    if combined:
+        triton_ssd.TUNING = combined
+        for backward in (False, True):
+            rows.append(("best together", spec(combined), "fwd+bwd" if backward else "fwd",
+                         bench_graphed(ours, inputs, backward), base[backward]))
+    triton_ssd.TUNING = {}
+    peer = dict(impls).get("mamba_ssm mamba_chunk_scan_combined")
+    if peer is not None:
+        for backward in (False, True):
+            rows.append(("mamba_ssm mamba_chunk_scan_combined", "-", "fwd+bwd" if backward else "fwd",
+                         bench_graphed(peer, inputs, backward), base[backward]))
+    write(out, name, shape, rows, notes, best)
+    print(open(out).read())
+
+
+def write(path: str, name: str, shape: tuple, rows: list[tuple], notes: list[str], best: dict) -> None:
+    import triton  # noqa: PLC0415
+
+    lines = [f"# SSD kernel settings on {name}", "",
+             f"torch {torch.__version__}, triton {triton.__version__}; shape (batch, length, heads, headdim, "
+             f"state) = {shape}, chunk {CHUNK}, bf16, softplus, D and z on, one group. Median ms of the whole "
+             "SSD call in a CUDA graph (benchmarks/tune_ssd.py); \"x defaults\" is the defaults' time over the "
+             "row's (> 1: the row is faster).", "",
+             "| kernel | settings (HYBRID_SSD_TUNING) | pass | ms | x defaults |", "| --- | --- | --- | --- | --- |"]
+    for row in rows:
+        kernel, settings, label, ms = row[:4]
+        ratio = f"{row[4] / ms:.2f}x" if len(row) > 4 else "1.00x"
+        lines.append(f"| {kernel} | `{settings}` | {label} | {ms:.3f} | {ratio} |")
+    combined = spec({kernel: over for kernel, (_, over) in best.items()})
+    lines += ["", f"Best per kernel: `HYBRID_SSD_TUNING=\"{combined}\"`" if combined else
+              "No candidate beat the defaults.", "", *[f"- {n}" for n in notes], ""]
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        f.write("\n".join(lines))
+    os.replace(tmp, path)
+
+
+if __name__ == "__main__":
+    main()
