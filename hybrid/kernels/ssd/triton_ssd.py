@@ -22,15 +22,16 @@ group's heads. Backward, with g_i = dout_i silu(z_i) the gradient of y_i and dS 
   d a-hat         every term above depends on a-hat through exp(a-hat_u - a-hat_v): its contribution T
                   (the term times its gradient) adds +T at u and -T at v; then da_t = sum_{i>=t} d a-hat_i
                   (a reverse cumsum), ddt_t += da_t A, dA = sum da_t dt_t.
-The stages past the kernels (the z gate, D, the reverse cumsum and the chain through dt_bias, softplus and
-the clamp) are elementwise over (batch, length, heads[, headdim]) and are done in PyTorch in fp32.
+The z gate and D's gradient are one elementwise Triton kernel (triton_gate.py); the stages past the
+kernels (the reverse cumsum and the chain through dt_bias, softplus and the clamp) are elementwise over
+(batch, length, heads) and are done in PyTorch in fp32.
 
 Kernels and grids (b batch, c chunks, h heads, g groups, P headdim, N d_state):
   _dt_cumsum_kernel          (heads / BLOCK_H, c, b)           dt and a-hat, (b, h, c, Q) fp32
   _chunk_cb_kernel           (Q / BM, Q / BN, b c g)           C B^T, lower blocks only, fp32
   _chunk_outer_kernel        (P / BP * N / BN, h, b c)         s_c (forward) and d prev_c (backward), fp32
   _state_passing_fwd_kernel  (P N / BLOCK, h, b)               sequential over chunks, in place: s_c -> prev_c
-  _chunk_scan_fwd_kernel     (Q / BM * P / BP, h, b c)         y (and y before the gate, fp32, with z)
+  _chunk_scan_fwd_kernel     (Q / BM * P / BP, h, b c)         y (and y before the gate, with z)
   _state_passing_bwd_kernel  (P N / BLOCK, h, b)               reverse over chunks, in place: d prev_c -> d s_c
   _chunk_scan_bwd_dx_kernel  (Q / BM_DX * P / BP, h, b c)       dx, and per-position partials of ddt and d a-hat
   _chunk_scan_bwd_dcb_kernel (Q / BM, Q / BM, b c g)           dCB (fp32), and the d a-hat of the quadratic part
@@ -40,7 +41,7 @@ dtype when x, B and C are all fp16 or all bf16 (tensor cores; the fp32 factors e
 rounded to it for the product, as mamba_ssm does), else fp32 with "tf32x3" (about fp32 accuracy). Partial
 sums over blocks go to separate buffers summed by PyTorch: deterministic, no atomics. The forward saves
 for the backward dt and a-hat, CB, the states entering every chunk ((b, c, h, P, N) fp32, as large as x
-times 2 N / Q in bf16) and, with z, y before the gate (fp32); the backward recomputes none of them.
+times 2 N / Q in bf16) and, with z, y before the gate (in x's dtype); the backward recomputes none of them.
 
 Tile sizes and launch options come from `_config`, one set for every kernel; `TUNING` (from the
 environment variable HYBRID_SSD_TUNING, or set by benchmarks/tune_ssd.py) overrides them per kernel, e.g.
@@ -65,41 +66,14 @@ from hybrid.kernels.launch import FastLauncher, cdiv, next_power_of_2
 from hybrid.kernels.triton_math import softplus as _softplus
 from hybrid.kernels.ssd.api import unpack_xbc
 from hybrid.kernels.ssd.reference import discretize_dt
+from hybrid.kernels.ssd.triton_gate import gate_backward
+from hybrid.kernels.ssd.triton_rounding import INTERPRET, _cast_out, _operand
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-_ROUND_BF16 = tl.constexpr(INTERPRET)
 NO_LIMIT = (0.0, float("inf"))
 
 
 # ---------------------------------------------------------------------------- helpers
-
-@triton.jit
-def _round_bf16(v):
-    # fp32 v rounded to the nearest-even bf16, kept in fp32 (by its bits; NaN and overflow aside)
-    bits = v.to(tl.uint32, bitcast=True)
-    bits = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16) << 16
-    return bits.to(tl.float32, bitcast=True)
-
-
-@triton.jit
-def _cast_out(v, ptr):
-    """v (fp32) in the element type of ptr, rounded to nearest-even."""
-    if _ROUND_BF16:
-        if ptr.dtype.element_ty == tl.bfloat16:  # the interpreter's cast truncates: round the bits first
-            v = _round_bf16(v)
-    return v.to(ptr.dtype.element_ty)
-
-
-@triton.jit
-def _operand(v, DOT: tl.constexpr):
-    """A matmul operand in the dtype DOT. The interpreter's bf16 dot multiplies the raw bits: there a bf16
-    operand is the fp32 value rounded to bf16, which the fp32 dot then multiplies exactly as the GPU would."""
-    if _ROUND_BF16:
-        if DOT == tl.bfloat16:
-            return _round_bf16(v.to(tl.float32))
-    return v.to(DOT)
-
 
 @triton.jit
 def _doc(seq_row, t, length, s_s_l):
@@ -350,8 +324,8 @@ def _chunk_scan_fwd_kernel(cb_ptr, x_ptr, z_ptr, dtp_ptr, acs_ptr, seq_ptr, c_pt
     y_base = b * s_y_b + row0 * s_y_l  # y and ypre: one layout
     out = offs_i[:, None] * s_y_l + h * s_y_h + offs_p[None, :] * s_y_p
     if HAS_Z:
-        if STORE_PRE:  # y before the gate, fp32, for dz
-            tl.store(ypre_ptr + y_base + out, acc, mask=mask)
+        if STORE_PRE:  # y before the gate, in x's dtype, for dz
+            tl.store(ypre_ptr + y_base + out, _cast_out(acc, ypre_ptr), mask=mask)
         zz = tl.load(z_ptr + offs_i[:, None] * s_z_l + h * s_z_h + offs_p[None, :] * s_z_p,
                      mask=mask, other=0.0).to(tl.float32)
         acc = acc * zz * tl.sigmoid(zz)
@@ -719,7 +693,7 @@ def _d_strides(D: Tensor | None) -> tuple[int, int]:
 def _ssd_fwd(x, dt, A, B, C, chunk, D, z, dt_bias, dt_softplus, dt_limit, initial_states, seq_idx,
              for_backward=True):
     """Stages (1)-(4). Returns y (x's dtype), the final state (fp32) and what the backward needs:
-    dt and a-hat (b, h, c, Q), CB (b, c, g, Q, Q), prev (b, c, h, P, N) and y before the gate (fp32; None
+    dt and a-hat (b, h, c, Q), CB (b, c, g, Q, Q), prev (b, c, h, P, N) and y before the gate (x.dtype; None
     without z or without `for_backward`)."""
     batch, length, heads, headdim = x.shape
     groups, dstate = B.shape[2], B.shape[3]
@@ -767,7 +741,7 @@ def _ssd_fwd(x, dt, A, B, C, chunk, D, z, dt_bias, dt_softplus, dt_limit, initia
 
     y = torch.empty((batch, length, heads, headdim), device=dev, dtype=x.dtype)
     store_pre = z is not None and for_backward
-    ypre = torch.empty((batch, length, heads, headdim), device=dev, dtype=f32) if store_pre else y
+    ypre = torch.empty((batch, length, heads, headdim), device=dev, dtype=x.dtype) if store_pre else y
     zz = z if z is not None else x
     Dt = D if D is not None else x
     k = _tuned(cfg, "scan_fwd")
@@ -790,18 +764,6 @@ def _dt_backward(ddt_proc: Tensor, dt: Tensor, dt_bias: Tensor | None, dt_softpl
         leaves = [dt_] + ([bias_] if bias_ is not None else [])
         grads = torch.autograd.grad(out, leaves, ddt_proc)
     return grads[0], (grads[1] if dt_bias is not None else None)
-
-
-def _gate_backward(dy: Tensor, z: Tensor | None, ypre: Tensor | None) -> tuple[Tensor, Tensor | None]:
-    """g = dout silu(z) = d loss / d y, and dz = dout y silu'(z), silu'(z) = sig(z) (1 + z (1 - sig(z)));
-    without a gate g is dout."""
-    if z is None:
-        return dy, None
-    zf = z.float()
-    sig = torch.sigmoid(zf)
-    dyf = dy.float()
-    g = dyf * zf * sig  # (b, L, h, P) fp32
-    return g, (dyf * ypre * sig * (1 + zf * (1 - sig))).to(z.dtype)
 
 
 def _decay_backward(part: Tensor, dacs_qq: Tensor, dcarry: Tensor, A: Tensor, dtp: Tensor,
@@ -835,7 +797,7 @@ def _ssd_bwd(dy, dfinal, x, dt, A, B, C, chunk, D, z, dt_bias, dt_softplus, dt_l
     if dy is None:  # only the final state was used
         dy = torch.zeros_like(x)
 
-    g, dz = _gate_backward(dy, z, ypre)
+    g, dz, dD = gate_backward(dy, z, ypre, x, D)
 
     # d prev_c = sum_i exp(a-hat_i) g_i C_i^T, then the reverse state passing turns it into d s_c
     ds = torch.empty_like(prev)
@@ -894,9 +856,7 @@ def _ssd_bwd(dy, dfinal, x, dt, A, B, C, chunk, D, z, dt_bias, dt_softplus, dt_l
     ddt_proc, dA = _decay_backward(part, dacs_qq, dcarry, A, dtp, length)
     ddt, dbias = _dt_backward(ddt_proc, dt, dt_bias, dt_softplus, dt_limit)
 
-    dD = None
     if D is not None:
-        dD = (g.float() * x.float()).sum((0, 1))  # (h, P)
         dD = (dD.sum(-1) if D.dim() == 1 else dD).to(D.dtype)
     return (dx, ddt.to(dt.dtype), dA.to(A.dtype), dB, dC, dD, dz,
             dbias.to(dt_bias.dtype) if dbias is not None else None,
