@@ -465,11 +465,24 @@ def _chunk_scan_bwd_dx_kernel(cb_ptr, x_ptr, g_ptr, dtp_ptr, acs_ptr, seq_ptr, b
 
 
 @triton.jit
+def _gx_part(g_ptr, x_ptr, h, p0, offs_i, offs_j, mi, mj, headdim, s_g_l, s_g_h, s_g_p, s_x_l, s_x_h, s_x_p,
+             acc, DOT: tl.constexpr, PREC: tl.constexpr, BK: tl.constexpr):
+    # acc + g_i . x_j over channels p0 .. p0 + BK of head h
+    pp = p0 + tl.arange(0, BK)
+    mp = pp < headdim
+    gi = tl.load(g_ptr + offs_i[:, None] * s_g_l + h * s_g_h + pp[None, :] * s_g_p,
+                 mask=mi[:, None] & mp[None, :], other=0.0)  # (BM, BK)
+    xj = tl.load(x_ptr + offs_j[None, :] * s_x_l + h * s_x_h + pp[:, None] * s_x_p,
+                 mask=mp[:, None] & mj[None, :], other=0.0)  # (BK, BM)
+    return tl.dot(_operand(gi, DOT), _operand(xj, DOT), acc, input_precision=PREC)
+
+
+@triton.jit
 def _chunk_scan_bwd_dcb_kernel(x_ptr, g_ptr, dtp_ptr, acs_ptr, seq_ptr, cb_ptr, dcb_ptr, dacs_ptr,
                                length, heads, n_chunks, chunk, headdim, heads_per_group, s_part, s_plane,
                                s_x_b, s_x_l, s_x_h, s_x_p, s_g_b, s_g_l, s_g_h, s_g_p, s_s_b, s_s_l,
                                HAS_SEQ: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr,
-                               BM: tl.constexpr, BK: tl.constexpr):
+                               BM: tl.constexpr, BK: tl.constexpr, SINGLE_K: tl.constexpr):
     """dCB[i, j] = sum_{h in group} (g_i . x_j) exp(a-hat_i - a-hat_j) dt_j, a (BM, BM) tile of one group and
     chunk, and per head the d a-hat of these terms, T_ij = dCB_h[i, j] CB[i, j]: the row sums (+ at i) and
     the column sums (- at j) go to dacs (2, Q blocks, b, h, c, Q), indexed by the other block."""
@@ -502,14 +515,13 @@ def _chunk_scan_bwd_dcb_kernel(x_ptr, g_ptr, dtp_ptr, acs_ptr, seq_ptr, cb_ptr, 
     for hh in range(heads_per_group):
         h = g * heads_per_group + hh
         gx = tl.zeros((BM, BM), tl.float32)  # g_i . x_j
-        for p0 in range(0, headdim, BK):
-            pp = p0 + tl.arange(0, BK)
-            mp = pp < headdim
-            gi = tl.load(g_ptr + offs_i[:, None] * s_g_l + h * s_g_h + pp[None, :] * s_g_p,
-                         mask=mi[:, None] & mp[None, :], other=0.0)  # (BM, BK)
-            xj = tl.load(x_ptr + offs_j[None, :] * s_x_l + h * s_x_h + pp[:, None] * s_x_p,
-                         mask=mp[:, None] & mj[None, :], other=0.0)  # (BK, BM)
-            gx = tl.dot(_operand(gi, DOT), _operand(xj, DOT), gx, input_precision=PREC)
+        if SINGLE_K:  # the head dimension in one tile: no inner loop, so the loop over heads is pipelined
+            gx = _gx_part(g_ptr, x_ptr, h, 0, offs_i, offs_j, mi, mj, headdim, s_g_l, s_g_h, s_g_p,
+                          s_x_l, s_x_h, s_x_p, gx, DOT, PREC, BK)
+        else:
+            for p0 in range(0, headdim, BK):
+                gx = _gx_part(g_ptr, x_ptr, h, p0, offs_i, offs_j, mi, mj, headdim, s_g_l, s_g_h, s_g_p,
+                              s_x_l, s_x_h, s_x_p, gx, DOT, PREC, BK)
         vec = ((b * heads + h) * n_chunks + c) * chunk
         acs_i = tl.load(acs_ptr + vec + offs_i, mask=offs_i < chunk, other=0.0)
         acs_j = tl.load(acs_ptr + vec + offs_j, mask=offs_j < chunk, other=0.0)
@@ -523,12 +535,24 @@ def _chunk_scan_bwd_dcb_kernel(x_ptr, g_ptr, dtp_ptr, acs_ptr, seq_ptr, cb_ptr, 
 
 
 @triton.jit
+def _state_part(u_ptr, st_base, h, p0, offs_r, offs_n, mr, mn, w, headdim, dstate, s_u_l, s_u_h, s_u_p,
+                acc, DOT: tl.constexpr, PREC: tl.constexpr, BK: tl.constexpr):
+    # acc + (w u_r) . st over channels p0 .. p0 + BK of head h: the state term of dB or dC
+    pp = p0 + tl.arange(0, BK)
+    mp = pp < headdim
+    uu = tl.load(u_ptr + offs_r[:, None] * s_u_l + h * s_u_h + pp[None, :] * s_u_p,
+                 mask=mr[:, None] & mp[None, :], other=0.0).to(tl.float32)  # (BM, BK)
+    sv = tl.load(st_base + pp[:, None] * dstate + offs_n[None, :], mask=mp[:, None] & mn[None, :], other=0.0)
+    return tl.dot(_operand(uu * w[:, None], DOT), _operand(sv, DOT), acc, input_precision=PREC)
+
+
+@triton.jit
 def _chunk_scan_bwd_dbc_kernel(dcb_ptr, v_ptr, u_ptr, st_ptr, dtp_ptr, acs_ptr, seq_ptr, out_ptr,
                                length, heads, n_chunks, chunk, headdim, dstate, heads_per_group,
                                s_v_b, s_v_l, s_v_g, s_v_n, s_u_b, s_u_l, s_u_h, s_u_p, s_s_b, s_s_l,
                                s_o_b, s_o_l, s_o_g, s_o_n,
                                FOR_B: tl.constexpr, HAS_SEQ: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr,
-                               BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+                               BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, SINGLE_K: tl.constexpr):
     """dC (FOR_B false: v = B, u = g, st = prev) or dB (v = C, u = x, st = d s) of BM steps, BN state entries:
         dC_i = sum_{j<=i} dCB_ij B_j + sum_h exp(a-hat_i) g_i prev_c
         dB_j = sum_{i>=j} dCB_ij C_i + sum_h dt_j exp(a-hat_end - a-hat_j) x_j d s_c."""
@@ -591,13 +615,13 @@ def _chunk_scan_bwd_dbc_kernel(dcb_ptr, v_ptr, u_ptr, st_ptr, dtp_ptr, acs_ptr, 
         else:
             w = _masked_exp(acs_r, keep_r)
         st_base = st_ptr + ((b * n_chunks + c) * heads + h) * headdim * dstate
-        for p0 in range(0, headdim, BK):
-            pp = p0 + tl.arange(0, BK)
-            mp = pp < headdim
-            uu = tl.load(u_ptr + offs_r[:, None] * s_u_l + h * s_u_h + pp[None, :] * s_u_p,
-                         mask=mr[:, None] & mp[None, :], other=0.0).to(tl.float32)  # (BM, BK)
-            sv = tl.load(st_base + pp[:, None] * dstate + offs_n[None, :], mask=mp[:, None] & mn[None, :], other=0.0)
-            acc = tl.dot(_operand(uu * w[:, None], DOT), _operand(sv, DOT), acc, input_precision=PREC)
+        if SINGLE_K:  # the head dimension in one tile: no inner loop, so the loop over heads is pipelined
+            acc = _state_part(u_ptr, st_base, h, 0, offs_r, offs_n, mr, mn, w, headdim, dstate, s_u_l, s_u_h, s_u_p,
+                              acc, DOT, PREC, BK)
+        else:
+            for p0 in range(0, headdim, BK):
+                acc = _state_part(u_ptr, st_base, h, p0, offs_r, offs_n, mr, mn, w, headdim, dstate, s_u_l, s_u_h,
+                                  s_u_p, acc, DOT, PREC, BK)
     tl.store(out_ptr + offs_r[:, None] * s_o_l + g * s_o_g + offs_n[None, :] * s_o_n,
              _cast_out(acc, out_ptr), mask=mr[:, None] & mn[None, :])
 
@@ -841,7 +865,8 @@ def _ssd_bwd(dy, dfinal, x, dt, A, B, C, chunk, D, z, dt_bias, dt_softplus, dt_l
     _launch_dcb((n_qb, n_qb, batch * n_chunks * groups), x, g, dtp, acs, seq, cb, dcb, dacs_qq,
                 length, heads, n_chunks, chunk, headdim, hpg, plane, n_qb * plane,
                 *x.stride(), *g.stride(), *s_seq,
-                HAS_SEQ=has_seq, DOT=dot, PREC=prec, BM=k["BM"], BK=min(k["BP"], 64), **_launch_options(k))
+                HAS_SEQ=has_seq, DOT=dot, PREC=prec, BM=k["BM"], BK=min(k["BP"], 64),
+                SINGLE_K=headdim <= min(k["BP"], 64), **_launch_options(k))
 
     dB, dC = out[1:] if out is not None else (torch.empty_like(B), torch.empty_like(C))
     k = _tuned(cfg, "dbc")
@@ -851,7 +876,7 @@ def _ssd_bwd(dy, dfinal, x, dt, A, B, C, chunk, D, z, dt_bias, dt_softplus, dt_l
                     length, heads, n_chunks, chunk, headdim, dstate, hpg,
                     *v.stride(), *u.stride(), *s_seq, *out.stride(),
                     FOR_B=for_b, HAS_SEQ=has_seq, DOT=dot, PREC=prec, BM=k["BM"], BN=k["BN"],
-                    BK=min(k["BK"], k["BP"]), **_launch_options(k))
+                    BK=min(k["BK"], k["BP"]), SINGLE_K=headdim <= min(k["BK"], k["BP"]), **_launch_options(k))
 
     ddt_proc, dA = _decay_backward(part, dacs_qq, dcarry, A, dtp, length)
     ddt, dbias = _dt_backward(ddt_proc, dt, dt_bias, dt_softplus, dt_limit)
