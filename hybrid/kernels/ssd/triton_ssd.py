@@ -90,6 +90,20 @@ def _masked_exp(diff, keep):
 # ---------------------------------------------------------------------------- forward kernels
 
 @triton.jit
+def _pair_dot(a_ptr, b_ptr, h, k0, offs_i, offs_j, mi, mj, width, s_a_l, s_a_h, s_a_k, s_b_l, s_b_h, s_b_k,
+              acc, DOT: tl.constexpr, PREC: tl.constexpr, BK: tl.constexpr):
+    # acc + a_i . b_j over entries k0 .. k0 + BK of the width (rows i of a, j of b, head or group h): C_i . B_j
+    # for CB, g_i . x_j for dCB
+    kk = k0 + tl.arange(0, BK)
+    mk = kk < width
+    ai = tl.load(a_ptr + offs_i[:, None] * s_a_l + h * s_a_h + kk[None, :] * s_a_k,
+                 mask=mi[:, None] & mk[None, :], other=0.0)  # (BM, BK)
+    bj = tl.load(b_ptr + offs_j[None, :] * s_b_l + h * s_b_h + kk[:, None] * s_b_k,
+                 mask=mk[:, None] & mj[None, :], other=0.0)  # (BK, BN)
+    return tl.dot(_operand(ai, DOT), _operand(bj, DOT), acc, input_precision=PREC)
+
+
+@triton.jit
 def _dt_cumsum_kernel(dt_ptr, a_ptr, bias_ptr, dtp_ptr, acs_ptr,
                       length, heads, n_chunks, chunk, lim_lo, lim_hi,
                       s_dt_b, s_dt_l, s_dt_h,
@@ -150,13 +164,8 @@ def _chunk_cb_kernel(c_ptr, b_ptr, cb_ptr, length, n_chunks, chunk, groups, dsta
     mj = (offs_j < chunk) & (tj < length)
     acc = tl.zeros((BM, BN), tl.float32)
     for k0 in range(0, dstate, BK):
-        kk = k0 + tl.arange(0, BK)
-        mk = kk < dstate
-        cc = tl.load(c_ptr + offs_i[:, None] * s_c_l + g * s_c_g + kk[None, :] * s_c_n,
-                     mask=mi[:, None] & mk[None, :], other=0.0)  # (BM, BK)
-        bb = tl.load(b_ptr + offs_j[None, :] * s_b_l + g * s_b_g + kk[:, None] * s_b_n,
-                     mask=mk[:, None] & mj[None, :], other=0.0)  # (BK, BN)
-        acc = tl.dot(_operand(cc, DOT), _operand(bb, DOT), acc, input_precision=PREC)
+        acc = _pair_dot(c_ptr, b_ptr, g, k0, offs_i, offs_j, mi, mj, dstate, s_c_l, s_c_g, s_c_n,
+                        s_b_l, s_b_g, s_b_n, acc, DOT, PREC, BK)
     out = offs_i[:, None] * chunk + offs_j[None, :]
     tl.store(cb_ptr + ((b * n_chunks + c) * groups + g) * chunk * chunk + out, acc,
              mask=(offs_i[:, None] < chunk) & (offs_j[None, :] < chunk))
@@ -465,19 +474,6 @@ def _chunk_scan_bwd_dx_kernel(cb_ptr, x_ptr, g_ptr, dtp_ptr, acs_ptr, seq_ptr, b
 
 
 @triton.jit
-def _gx_part(g_ptr, x_ptr, h, p0, offs_i, offs_j, mi, mj, headdim, s_g_l, s_g_h, s_g_p, s_x_l, s_x_h, s_x_p,
-             acc, DOT: tl.constexpr, PREC: tl.constexpr, BK: tl.constexpr):
-    # acc + g_i . x_j over channels p0 .. p0 + BK of head h
-    pp = p0 + tl.arange(0, BK)
-    mp = pp < headdim
-    gi = tl.load(g_ptr + offs_i[:, None] * s_g_l + h * s_g_h + pp[None, :] * s_g_p,
-                 mask=mi[:, None] & mp[None, :], other=0.0)  # (BM, BK)
-    xj = tl.load(x_ptr + offs_j[None, :] * s_x_l + h * s_x_h + pp[:, None] * s_x_p,
-                 mask=mp[:, None] & mj[None, :], other=0.0)  # (BK, BM)
-    return tl.dot(_operand(gi, DOT), _operand(xj, DOT), acc, input_precision=PREC)
-
-
-@triton.jit
 def _chunk_scan_bwd_dcb_kernel(x_ptr, g_ptr, dtp_ptr, acs_ptr, seq_ptr, cb_ptr, dcb_ptr, dacs_ptr,
                                length, heads, n_chunks, chunk, headdim, heads_per_group, s_part, s_plane,
                                s_x_b, s_x_l, s_x_h, s_x_p, s_g_b, s_g_l, s_g_h, s_g_p, s_s_b, s_s_l,
@@ -516,12 +512,12 @@ def _chunk_scan_bwd_dcb_kernel(x_ptr, g_ptr, dtp_ptr, acs_ptr, seq_ptr, cb_ptr, 
         h = g * heads_per_group + hh
         gx = tl.zeros((BM, BM), tl.float32)  # g_i . x_j
         if SINGLE_K:  # the head dimension in one tile: no inner loop, so the loop over heads is pipelined
-            gx = _gx_part(g_ptr, x_ptr, h, 0, offs_i, offs_j, mi, mj, headdim, s_g_l, s_g_h, s_g_p,
-                          s_x_l, s_x_h, s_x_p, gx, DOT, PREC, BK)
+            gx = _pair_dot(g_ptr, x_ptr, h, 0, offs_i, offs_j, mi, mj, headdim, s_g_l, s_g_h, s_g_p,
+                           s_x_l, s_x_h, s_x_p, gx, DOT, PREC, BK)
         else:
             for p0 in range(0, headdim, BK):
-                gx = _gx_part(g_ptr, x_ptr, h, p0, offs_i, offs_j, mi, mj, headdim, s_g_l, s_g_h, s_g_p,
-                              s_x_l, s_x_h, s_x_p, gx, DOT, PREC, BK)
+                gx = _pair_dot(g_ptr, x_ptr, h, p0, offs_i, offs_j, mi, mj, headdim, s_g_l, s_g_h, s_g_p,
+                               s_x_l, s_x_h, s_x_p, gx, DOT, PREC, BK)
         vec = ((b * heads + h) * n_chunks + c) * chunk
         acs_i = tl.load(acs_ptr + vec + offs_i, mask=offs_i < chunk, other=0.0)
         acs_j = tl.load(acs_ptr + vec + offs_j, mask=offs_j < chunk, other=0.0)
