@@ -26,28 +26,33 @@ def reference(dy, z, ypre, x, D):
     return y.grad, (z64.grad if z is not None else None), (D64.grad if D is not None else None)
 
 
-def inputs(batch, length, heads, headdim, dtype, z=True, D="head", strided=False):
+def inputs(batch, length, heads, headdim, dtype, z=True, D="head", strided=False, dy_expanded=False):
     r = lambda *s: torch.randn(*s, device=DEV)  # noqa: E731
     wide = 3 if strided else 1  # x and z as views of a wider tensor, as the layer's projections give them
     x = r(batch, length, heads, headdim * wide).to(dtype)[..., :headdim]
     zz = r(batch, length, heads, headdim * wide).to(dtype)[..., ::wide] if z else None
-    return {"dy": r(batch, length, heads, headdim).to(dtype), "z": zz,
-            "ypre": r(batch, length, heads, headdim) if z else None, "x": x,
+    # dout as the backward of a sum gives it (stride 0 everywhere) or a fresh tensor; y before the gate in
+    # x's dtype, as the forward keeps it
+    dy = r(1, 1, 1, 1).to(dtype).expand(batch, length, heads, headdim) if dy_expanded else \
+        r(batch, length, heads, headdim).to(dtype)
+    return {"dy": dy, "z": zz, "ypre": r(batch, length, heads, headdim).to(dtype) if z else None, "x": x,
             "D": None if D is None else r(heads) if D == "head" else r(heads, headdim)}
 
 
 # fp32: each output is an fp32 product of O(1) terms (dD a sum over batch x length) against float64
 # (~1e-7); bf16: the inputs are the same rounded values in both, and only dz is stored in bf16 (a rounding
 # of 2^-9 relative), so 1e-2 for it and the fp32 tolerance for g and dD.
-@pytest.mark.parametrize("batch,length,heads,headdim,dtype,z,D,strided", [
-    (1, 1, 1, 1, torch.float32, True, "head", False),
-    (2, 37, 3, 20, torch.float32, True, "channel", True),
-    (1, ROWS + 1, 2, 8, torch.float32, False, "head", False),
-    (2, 50, 2, 16, torch.bfloat16, True, "head", True),
-    (1, 9, 4, 5, torch.float16, True, None, False),
+@pytest.mark.parametrize("batch,length,heads,headdim,dtype,z,D,strided,dy_expanded", [
+    (1, 1, 1, 1, torch.float32, True, "head", False, False),
+    (2, 37, 3, 20, torch.float32, True, "channel", True, False),
+    (1, ROWS + 1, 2, 8, torch.float32, False, "head", False, False),
+    (2, 50, 2, 16, torch.bfloat16, True, "head", True, False),
+    (1, 9, 4, 5, torch.float16, True, None, False, False),
+    (2, 21, 2, 128, torch.bfloat16, True, "channel", True, True),  # 32-row tiles at headdim 128
+    (1, 30, 2, 8, torch.float32, False, "channel", False, True),
 ])
-def test_gate_backward_matches_autograd(batch, length, heads, headdim, dtype, z, D, strided):
-    t = inputs(batch, length, heads, headdim, dtype, z, D, strided)
+def test_gate_backward_matches_autograd(batch, length, heads, headdim, dtype, z, D, strided, dy_expanded):
+    t = inputs(batch, length, heads, headdim, dtype, z, D, strided, dy_expanded)
     g, dz, dD = gate_backward(t["dy"], t["z"], t["ypre"], t["x"], t["D"])
     rg, rdz, rdD = reference(**t)
     rel = lambda a, b: ((a.double() - b).norm() / b.norm().clamp_min(1e-30)).item()  # noqa: E731

@@ -175,13 +175,14 @@ def test_triton_several_tiles_per_chunk(config, monkeypatch):
 
 
 def test_triton_per_kernel_tuning(monkeypatch):
-    """TUNING's overrides give each kernel its own tiles: here the forward scan and dx in row tiles of 16
-    and channel tiles of 8-16, dCB and dB/dC in other sizes, the rest whole-chunk (the interpreter's
-    defaults), so a grid or partial buffer sized from another kernel's tiles would give wrong results."""
+    """TUNING's overrides give each kernel its own tiles: here the forward scan and dx in row and channel
+    tiles of 16, dCB in rows of 32, the chunk states and d prev in other channel tiles, the rest whole-chunk
+    (the interpreter's defaults), so a grid or partial buffer sized from another kernel's tiles would give
+    wrong results."""
     from hybrid.kernels.ssd import triton_ssd
     monkeypatch.setattr(triton_ssd, "TUNING", triton_ssd.parse_tuning(
-        "scan_fwd:BM=16,BK=16,BP=8,BN=16; dx:BM_DX=16,BP=8,BN=8,BK=16; dcb:BM=32,BP=16;"
-        "dbc:BM=16,BN=8,BK=16; states:BP=8,BN=8,BK=16; dprev:BP=16,BN=8,BK=32; pass_fwd:BLOCK=64;"
+        "scan_fwd:BM=16,BK=16,BP=16,BN=16; dx:BM_DX=16,BP=16,BN=16,BK=16; dcb:BM=32,BP=16;"
+        "dbc:BM=16,BN=16,BK=16; states:BP=16,BN=32,BK=16; dprev:BP=32,BN=16,BK=32; pass_fwd:BLOCK=64;"
         "pass_bwd:BLOCK=128"))
     inputs = make_inputs(1, 70, 2, 20, 24, 2, 48, "channel", True, True, True, True, True)
     ref = run(ssd_ref, inputs, cast=torch.float64)
@@ -192,7 +193,8 @@ def test_triton_per_kernel_tuning(monkeypatch):
 
 @pytest.mark.parametrize("text,message", [
     ("scan:BM=16", "KERNEL one of"), ("scan_fwd BM=16", "KERNEL one of"), ("dx:BQ=16", "KEY one of"),
-    ("dx:BM=0", "POSITIVE_INT"), ("dx:BM=x", "POSITIVE_INT"), ("dx:BM=24", "powers of two")])
+    ("dx:BM=16", "what dx reads"), ("dx:BK=0", "POSITIVE_INT"), ("dx:BK=x", "POSITIVE_INT"),
+    ("dx:BK=24", "power of two"), ("dx:warps=6", "power of two"), ("dx:BN=8", "16 or more")])
 def test_tuning_rejects_what_it_cannot_use(text, message):
     from hybrid.kernels.ssd.triton_ssd import TUNING_VAR, parse_tuning
     with pytest.raises(ValueError, match=message) as err:

@@ -18,7 +18,7 @@ from torch import Tensor
 from hybrid.kernels.launch import FastLauncher, cdiv, next_power_of_2
 from hybrid.kernels.ssd.triton_rounding import INTERPRET, _cast_out
 
-ROWS = 64  # (batch, length) positions per program
+ROWS = 64  # (batch, length) positions per program at head dimensions to 64 (4,096 elements a tile)
 
 
 @triton.jit
@@ -28,7 +28,7 @@ def _gate_bwd_kernel(dy, z, ypre, x, g, dz, dd, rows, length, heads, headdim,
                      HAS_Z: tl.constexpr, HAS_D: tl.constexpr, BR: tl.constexpr, BP: tl.constexpr):
     # grid (rows / BR, heads): a block of (batch, length) positions of one head, every channel
     pid_r, h = tl.program_id(0), tl.program_id(1)
-    r = pid_r * BR + tl.arange(0, BR)
+    r = pid_r.to(tl.int64) * BR + tl.arange(0, BR)  # int64: offsets past 2^31 elements
     p = tl.arange(0, BP)
     mask = (r < rows)[:, None] & (p < headdim)[None, :]
     b, t = r // length, r % length
@@ -66,7 +66,9 @@ def gate_backward(dy: Tensor, z: Tensor | None, ypre: Tensor | None, x: Tensor, 
     if z is None and D is None:
         return dy, None, None
     rows = batch * length
-    n_rb = cdiv(rows, ROWS)
+    bp = next_power_of_2(headdim)
+    br = max(16, ROWS * 64 // max(bp, 64))  # a tile of at most 4,096 elements, as at headdim 64
+    n_rb = cdiv(rows, br)
     g = dy if z is None else torch.empty(dy.shape, device=dy.device, dtype=g_dtype)
     dz = torch.empty_like(z) if z is not None else dy
     dd = torch.empty((n_rb, heads, headdim), device=dy.device, dtype=torch.float32) if D is not None else dy
@@ -75,7 +77,7 @@ def gate_backward(dy: Tensor, z: Tensor | None, ypre: Tensor | None, x: Tensor, 
     if rows and heads and headdim:
         _launch((n_rb, heads), dy, zz, yp, x, g, dz, dd, rows, length, heads, headdim,
                 *dy.stride(), *zz.stride(), *yp.stride(), *x.stride(), *g.stride(), *dz.stride(),
-                HAS_Z=z is not None, HAS_D=D is not None, BR=ROWS, BP=next_power_of_2(headdim),
+                HAS_Z=z is not None, HAS_D=D is not None, BR=br, BP=bp,
                 num_warps=1 if INTERPRET else 4)
     dD = None
     if D is not None:

@@ -657,14 +657,21 @@ def _config(chunk: int, headdim: int, dstate: int) -> dict:
                 BP=_pow2(headdim, hi=64), BN=_pow2(dstate, hi=64), BLOCK=1024, warps=8, stages=2)
 
 
-# the kernels by the names TUNING uses: the forward's chunk-state kernel is "states", the backward's "dprev"
-KERNELS = ("dt", "cb", "states", "pass_fwd", "scan_fwd", "dprev", "pass_bwd", "dx", "dcb", "dbc")
-TUNABLE = ("BM", "BM_DX", "BK", "BP", "BN", "BLOCK", "warps", "stages")
+# the kernels by the names TUNING uses (the forward's chunk-state kernel is "states", the backward's "dprev")
+# and the settings each one reads (cb's K tile is min(BN, 64), dCB's min(BP, 64))
+_LAUNCH = ("warps", "stages")
+KERNELS = {"dt": _LAUNCH, "cb": ("BM", "BN", *_LAUNCH), "states": ("BP", "BN", "BK", *_LAUNCH),
+           "pass_fwd": ("BLOCK", *_LAUNCH), "scan_fwd": ("BM", "BP", "BN", "BK", *_LAUNCH),
+           "dprev": ("BP", "BN", "BK", *_LAUNCH), "pass_bwd": ("BLOCK", *_LAUNCH),
+           "dx": ("BM_DX", "BP", "BN", "BK", *_LAUNCH), "dcb": ("BM", "BP", *_LAUNCH),
+           "dbc": ("BM", "BN", "BK", "BP", *_LAUNCH)}
 TUNING_VAR = "HYBRID_SSD_TUNING"
 
 
 def parse_tuning(text: str, source: str = TUNING_VAR) -> dict[str, dict[str, int]]:
-    """"kernel:key=value,key=value;kernel:..." -> {kernel: {key: value}}; a clear error for anything else."""
+    """"kernel:key=value,key=value;kernel:..." -> {kernel: {key: value}}; a clear error for anything else:
+    a key the kernel does not read, a value that is not a power of two, a tile below 16 (every tl.dot side
+    needs 16 on the GPU, whatever the interpreter accepts)."""
     tuning: dict[str, dict[str, int]] = {}
     for part in filter(None, (p.strip() for p in text.split(";"))):
         name, sep, body = part.partition(":")
@@ -675,12 +682,14 @@ def parse_tuning(text: str, source: str = TUNING_VAR) -> dict[str, dict[str, int
         for item in filter(None, (i.strip() for i in body.split(","))):
             key, sep, value = item.partition("=")
             key = key.strip()
-            if not sep or key not in TUNABLE or not value.strip().isdigit() or int(value) < 1:
+            if not sep or key not in KERNELS[name] or not value.strip().isdigit() or int(value) < 1:
                 raise ValueError(f"{source}: {name}: {item!r}: expected KEY=POSITIVE_INT, KEY one of "
-                                 f"{', '.join(TUNABLE)}")
+                                 f"{', '.join(KERNELS[name])} (what {name} reads)")
             v = int(value)
-            if key not in ("warps", "stages") and v & (v - 1):
-                raise ValueError(f"{source}: {name}: {key}={v}: tile sizes must be powers of two")
+            if key != "stages" and v & (v - 1):
+                raise ValueError(f"{source}: {name}: {key}={v}: expected a power of two")
+            if key not in _LAUNCH and v < 16:
+                raise ValueError(f"{source}: {name}: {key}={v}: expected a tile of 16 or more")
             tuning.setdefault(name, {})[key] = v
     return tuning
 
