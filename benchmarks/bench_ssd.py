@@ -65,6 +65,19 @@ def implementations(peer: str | None):
     return impls, note
 
 
+def leaves_and_dout(inputs, seed: int | None = None):
+    """Every input as a fresh leaf, and a random gradient for y (from `seed` when given)."""
+    leaves = {k: v.detach().clone().requires_grad_() for k, v in inputs.items()}
+    gen = torch.Generator("cuda").manual_seed(seed) if seed is not None else None
+    return leaves, torch.randn(inputs["x"].shape, device="cuda", dtype=inputs["x"].dtype, generator=gen)
+
+
+def default_out(stem: str, device_name: str) -> str:
+    """benchmarks/results/<stem>_<device name, lower case, underscores>.md"""
+    tag = device_name.lower().replace(" ", "_").replace("(", "").replace(")", "")
+    return os.path.join(os.path.dirname(__file__), "results", f"{stem}_{tag}.md")
+
+
 def bench(fn, inputs, backward: bool, mode: str = "eager") -> float:
     """Median ms of fn's forward (under no_grad) or forward and backward, eager or graphed."""
     import triton
@@ -76,8 +89,7 @@ def bench(fn, inputs, backward: bool, mode: str = "eager") -> float:
             with torch.no_grad():
                 fn(inputs)
         return triton.testing.do_bench(run, warmup=10, rep=50, return_mode="median")
-    leaves = {k: v.detach().clone().requires_grad_() for k, v in inputs.items()}
-    dy = torch.randn(inputs["x"].shape, device="cuda", dtype=inputs["x"].dtype)
+    leaves, dy = leaves_and_dout(inputs)
 
     def run_bwd():
         fn(leaves).backward(dy)
@@ -93,8 +105,7 @@ def bench_graphed(fn, inputs, backward: bool) -> float:
             with torch.no_grad():
                 return fn(inputs)
         return graphed_ms(run)
-    leaves = {k: v.detach().clone().requires_grad_() for k, v in inputs.items()}
-    dy = torch.randn(inputs["x"].shape, device="cuda", dtype=inputs["x"].dtype)
+    leaves, dy = leaves_and_dout(inputs)
 
     def run_bwd():
         return torch.autograd.grad(fn(leaves), list(leaves.values()), dy)
@@ -124,8 +135,7 @@ def main():
     if args.chunked == "main":
         notes.append("ours (chunked torch): timed at the first shape only (--chunked main)")
     name = torch.cuda.get_device_name()
-    tag = name.lower().replace(" ", "_").replace("(", "").replace(")", "")
-    out = args.out or os.path.join(os.path.dirname(__file__), "results", f"ssd_{tag}.md")
+    out = args.out or default_out("ssd", name)
     os.makedirs(os.path.dirname(out), exist_ok=True)
     rows = []
     for shape in [MAIN] + ([] if args.quick else SWEEP):

@@ -27,7 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_ssd import CHUNK, bench_graphed, implementations, make  # noqa: E402  (benchmarks/)
+from bench_ssd import CHUNK, bench_graphed, default_out, implementations, leaves_and_dout, make  # noqa: E402
 
 
 def _grid(**axes) -> list[dict]:
@@ -51,9 +51,7 @@ CANDIDATES = {
 def outputs(fn, inputs) -> list[torch.Tensor]:
     """y and the gradient of every input of <y, dy> (a fixed dy), for comparing settings: every kernel's
     result reaches one of them, the forward's through what it saves for the backward too."""
-    leaves = {k: v.detach().clone().requires_grad_() for k, v in inputs.items()}
-    dy = torch.randn(inputs["x"].shape, device="cuda", dtype=inputs["x"].dtype,
-                     generator=torch.Generator("cuda").manual_seed(0))
+    leaves, dy = leaves_and_dout(inputs, seed=0)
     y = fn(leaves)
     return [y.detach(), *torch.autograd.grad(y, list(leaves.values()), dy)]
 
@@ -92,8 +90,7 @@ def main():
     impls, note = implementations(args.peer)
     ours = dict(impls)["ours (Triton)"]
     name = torch.cuda.get_device_name()
-    tag = name.lower().replace(" ", "_").replace("(", "").replace(")", "")
-    out = args.out or os.path.join(os.path.dirname(__file__), "results", f"tune_ssd_{tag}.md")
+    out = args.out or default_out("tune_ssd", name)
     inputs = make(*shape)
     rows, notes = [], [note] if note else []
     triton_ssd.TUNING = {}
