@@ -46,7 +46,7 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     from hybrid.errors import ConfigError  # noqa: PLC0415
     from hybrid.summary import format_table  # noqa: PLC0415
-    from hybrid.sweep.runner import NOT_NEEDED, NOT_STARTED, plan_rows, run_sweep, summary_table  # noqa: PLC0415
+    from hybrid.sweep.runner import DEFERRED, NOT_NEEDED, NOT_STARTED, plan_rows, run_sweep, summary_table  # noqa: PLC0415
     from hybrid.config import COMMAND_LINE  # noqa: PLC0415
     from hybrid.sweep.spec import load_sweep, parse_jobs, parse_value, resolve_run  # noqa: PLC0415
     from hybrid.training.run_dir import FINAL_STATES  # noqa: PLC0415
@@ -87,7 +87,11 @@ def run(args) -> int:
     late = [n for n, s in states.items() if s == NOT_STARTED]
     if late:
         print(f"{len(late)} run(s) not started (past --start-until): run the sweep again to run them")
-    failed = [n for n, s in states.items() if s not in (*FINAL_STATES, NOT_NEEDED, NOT_STARTED)]
+    deferred = [n for n, s in states.items() if s == DEFERRED]
+    if deferred:
+        print(f"{len(deferred)} run(s) deferred (their first seeds are unfinished and not in this sweep): "
+              f"{', '.join(deferred)}; run the sweep again once those finish")
+    failed = [n for n, s in states.items() if s not in (*FINAL_STATES, NOT_NEEDED, NOT_STARTED, DEFERRED)]
     if failed:
         print(f"{len(failed)} run(s) failed: {', '.join(failed)}; their errors are in runs/<name>/status.json. "
               f"Run the sweep again to retry them.")

@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 SWEEP_PLAN = "sweep.json"
 NOT_NEEDED = "not needed"  # the state reported for a run that select.enough or seeds: best made unnecessary
 NOT_STARTED = "not started"  # the state reported for a run that --start-until kept from starting
+DEFERRED = "deferred"  # the state reported for a later seed whose first seeds are unfinished and not in this sweep
 WAIT_POLL_S = 5.0  # how often a waiting worker looks again for a run that may start
 DECISIONS_MAX_AGE_S = 30.0  # re-read the run folders at least this often (another sweep may share them)
 
@@ -199,7 +200,8 @@ def run_sweep(spec: SweepSpec, *, jobs: int | str | None = None, progress: bool 
             raise
         pool.shutdown()
     decided = decisions(spec, run_dir)
-    return {r.name: NOT_STARTED if r.name in queue.too_late else state_of(spec, r, decided) for r in chosen}
+    return {r.name: NOT_STARTED if r.name in queue.too_late else DEFERRED if r.name in queue.deferred
+            else state_of(spec, r, decided) for r in chosen}
 
 
 class _Queue:
@@ -219,6 +221,7 @@ class _Queue:
         self.earlier = earlier_choices(spec)
         self.started, self.start_until = started, start_until
         self.too_late: set[str] = set()
+        self.deferred: set[str] = set()
         self._decided: Decisions | None = None  # the decisions, kept until a run finishes or they age
         self._decided_at = 0.0
 
@@ -264,6 +267,7 @@ class _Queue:
         if waits and not any(n in self.pending for n in waits):
             log.info("run %s deferred: the first-seed runs %s are unfinished and not in this sweep; "
                      "run the sweep again once they finish", run.name, ", ".join(waits))
+            self.deferred.add(run.name)
             return None
         return not waits and not any(n in self.pending for n in self.earlier.get(run.name, ()))
 

@@ -402,3 +402,21 @@ def test_triton_fp32_against_chunked_on_gpu():
     # is dA's 1.7e-5 (d a-hat sums +T and -T terms, then a reverse cumsum; the chunked backend in fp32: 4.4e-5)
     bad = {k: e for k, e in errs.items() if not e <= 1e-4}
     assert not bad, f"relative errors above 1e-4: {bad}"
+
+
+def test_measured_settings_apply_to_half_operands_on_the_gpu_and_tuning_overrides_them(monkeypatch):
+    """MEASURED's per-kernel settings come after _config's and before TUNING's, on the GPU with half operands
+    only (fp32 operands keep _config's; the interpreter keeps its whole-chunk tiles)."""
+    import triton.language as tl
+    from hybrid.kernels.ssd import triton_ssd
+    monkeypatch.setattr(triton_ssd, "INTERPRET", False)
+    monkeypatch.setattr(triton_ssd, "TUNING", triton_ssd.parse_tuning("scan_fwd:BK=64"))
+    base = triton_ssd._config(256, 64, 128)
+    half = triton_ssd._kernel_configs(256, 64, 128, tl.bfloat16)
+    assert triton_ssd._tuned(half, "dx")["BM_DX"] == triton_ssd.MEASURED["dx"]["BM_DX"] != base["BM_DX"]
+    assert triton_ssd._tuned(half, "scan_fwd")["BK"] == 64 and triton_ssd._tuned(half, "scan_fwd")["warps"] == 4
+    assert triton_ssd._tuned(half, "cb") == {**base, "kernels": triton_ssd.MEASURED}
+    fp32 = triton_ssd._kernel_configs(256, 64, 128, tl.float32)
+    assert "kernels" not in fp32 and triton_ssd._tuned(fp32, "dx")["BM_DX"] == base["BM_DX"]
+    monkeypatch.setattr(triton_ssd, "INTERPRET", True)
+    assert "kernels" not in triton_ssd._kernel_configs(256, 64, 128, tl.bfloat16)

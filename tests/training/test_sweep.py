@@ -435,7 +435,7 @@ def test_select_seeds_best_defers_later_seeds_while_a_first_seed_failed(tiny, tm
                         _fake_results(SEED0, order, fail=("d_model=32,lr=0.01,seed=0",)))
     states = run_sweep(spec, jobs=1, progress=False)
     assert order[6:] == ["d_model=64,lr=0.01,seed=1"]  # d_model 32's later seeds wait for the failed run
-    assert states["d_model=32,lr=0.003,seed=1"] == "missing"  # deferred, not "not needed"
+    assert states["d_model=32,lr=0.003,seed=1"] == "deferred"  # not "not needed", and not counted as failed
     order.clear()
     monkeypatch.setattr("hybrid.sweep.runner._run_inprocess", _fake_results(SEED0, order))
     run_sweep(spec, jobs=1, progress=False)  # the retry succeeds: d_model 32 decides

@@ -43,8 +43,9 @@ sums over blocks go to separate buffers summed by PyTorch: deterministic, no ato
 for the backward dt and a-hat, CB, the states entering every chunk ((b, c, h, P, N) fp32, as large as x
 times 2 N / Q in bf16) and, with z, y before the gate (in x's dtype); the backward recomputes none of them.
 
-Tile sizes and launch options come from `_config`, one set for every kernel; `TUNING` (from the
-environment variable HYBRID_SSD_TUNING, or set by benchmarks/tune_ssd.py) overrides them per kernel, e.g.
+Tile sizes and launch options come from `_config`, one set for every kernel, then from MEASURED (per kernel,
+timed on an H200, half operands on the GPU only); `TUNING` (from the environment variable
+HYBRID_SSD_TUNING, or set by benchmarks/tune_ssd.py) overrides both per kernel, e.g.
 HYBRID_SSD_TUNING="scan_fwd:stages=3,BK=32;dx:warps=4" (kernel names in KERNELS). Each kernel's grid and
 partial buffers follow its own tiles, so any combination computes the same result.
 
@@ -641,15 +642,13 @@ def _pow2(n: int, lo: int = 16, hi: int | None = None) -> int:
 
 
 def _config(chunk: int, headdim: int, dstate: int) -> dict:
-    """Tile sizes and launch options. tl.dot needs every side >= 16 (smaller sizes are masked).
+    """Tile sizes and launch options shared by every kernel. tl.dot needs every side >= 16 (smaller sizes
+    are masked).
 
     GPU: 64-wide tiles of the chunk, the head dimension and the state, 8 warps, 2 pipeline stages, and
-    32-step row tiles for the dx kernel, which holds two (rows, channels) accumulators and the state tiles.
-    Chosen from the register and shared-memory use of the kernels compiled for sm_90 (bf16, P 64, N 128),
-    not yet from timings (benchmarks/bench_ssd.py): with 4 warps or 3 stages the backward kernels spilled
-    0.9-1.4 KB of registers per thread; with these settings, in bf16 only the dx kernel spills (8 bytes);
-    fp32 operands spill 0.1-0.4 KB in the backward and take at most 96 KB of shared memory. The interpreter
-    pays per operation, not per element: whole chunks, heads and states per program."""
+    32-step row tiles for the dx kernel, chosen from the register and shared-memory use of the kernels
+    compiled for sm_90 (bf16, P 64, N 128); with half operands MEASURED then overrides some kernels. The
+    interpreter pays per operation, not per element: whole chunks, heads and states per program."""
     if INTERPRET:
         q, p, n = _pow2(chunk), _pow2(headdim), _pow2(dstate)
         return dict(BM=q, BM_DX=q, BK=q, BP=p, BN=n, BLOCK=p * n, warps=1, stages=1)
@@ -697,9 +696,26 @@ def parse_tuning(text: str, source: str = TUNING_VAR) -> dict[str, dict[str, int
 TUNING: dict[str, dict[str, int]] = parse_tuning(os.environ.get(TUNING_VAR, ""))
 
 
+# Per-kernel settings that timed faster than _config's on an H200 (benchmarks/tune_ssd.py at (4, 8192, 32 heads,
+# 64, state 128), bf16, the whole SSD call in a CUDA graph; benchmarks/results/tune_ssd_nvidia_h200.md), used
+# with half operands on the GPU; fp32 operands keep _config's, whose shared memory was checked. BP and BN stay
+# capped at 64, so other head dimensions and states compile the same tiles. The chunk states, the d prev
+# kernel and CB are left out: no setting beat the defaults there by more than the run's noise (1%).
+MEASURED = {"scan_fwd": dict(warps=4, stages=2, BK=32, BM=64),  # fwd 1.79x alone
+            "dx": dict(warps=4, stages=2, BM_DX=64),  # fwd+bwd 1.06x
+            "dcb": dict(warps=4, stages=3),  # fwd+bwd 1.08x
+            "dbc": dict(warps=4, stages=3)}  # fwd+bwd 1.02x
+
+
+def _kernel_configs(chunk: int, headdim: int, dstate: int, dot) -> dict:
+    """_config's settings, with MEASURED's per kernel (under "kernels") for half operands on the GPU."""
+    cfg = _config(chunk, headdim, dstate)
+    return cfg if INTERPRET or dot == tl.float32 else {**cfg, "kernels": MEASURED}
+
+
 def _tuned(cfg: dict, name: str) -> dict:
-    """`cfg` with TUNING's overrides for kernel `name`."""
-    return {**cfg, **TUNING[name]} if name in TUNING else cfg
+    """The settings of kernel `name`: `cfg`, then its per-kernel ones (MEASURED), then TUNING's overrides."""
+    return {**cfg, **cfg.get("kernels", {}).get(name, {}), **TUNING.get(name, {})}
 
 
 def _dot_dtype(x: Tensor, B: Tensor, C: Tensor):
@@ -728,8 +744,8 @@ def _ssd_fwd(x, dt, A, B, C, chunk, D, z, dt_bias, dt_softplus, dt_limit, initia
     groups, dstate = B.shape[2], B.shape[3]
     hpg = heads // groups
     n_chunks = cdiv(length, chunk)
-    cfg = _config(chunk, headdim, dstate)
     dot, prec = _dot_dtype(x, B, C)
+    cfg = _kernel_configs(chunk, headdim, dstate, dot)
     dev, f32 = x.device, torch.float32
     seq, s_seq = (seq_idx, seq_idx.stride()) if seq_idx is not None else (x, (0, 0))
 
@@ -818,8 +834,8 @@ def _ssd_bwd(dy, dfinal, x, dt, A, B, C, chunk, D, z, dt_bias, dt_softplus, dt_l
     groups, dstate = B.shape[2], B.shape[3]
     hpg = heads // groups
     n_chunks = cdiv(length, chunk)
-    cfg = _config(chunk, headdim, dstate)
     dot, prec = _dot_dtype(x, B, C)
+    cfg = _kernel_configs(chunk, headdim, dstate, dot)
     dev, f32 = x.device, torch.float32
     seq, s_seq = (seq_idx, seq_idx.stride()) if seq_idx is not None else (x, (0, 0))
     has_seq = seq_idx is not None
