@@ -15,6 +15,7 @@ YAML anchor repeated a few levels deep expands to millions).
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 import re
@@ -120,8 +121,28 @@ def _read_text(path: Path) -> str:
         raise ConfigError(f"cannot read it: {getattr(err, 'strerror', None) or err}", file=str(path)) from None
 
 
+_PARSED: dict[tuple[str, str], dict] = {}  # (file, text) -> its checked mapping: a sweep reads one file per run
+_BASES: dict[str, tuple[DictConfig, dict[str, str]]] = {}  # repr(pieces) -> (pieces merged, their origins)
+CACHED = 32  # entries in each
+
+
+def _remember(cache: dict, key: Any, value: Any) -> Any:
+    if len(cache) >= CACHED:
+        cache.pop(next(iter(cache)))
+    cache[key] = value
+    return value
+
+
 def _read_yaml(path: Path) -> dict:
     text = _read_text(path)
+    if (str(path), text) in _PARSED:
+        return copy.deepcopy(_PARSED[str(path), text])
+    data = _parse_yaml(path, text)
+    _remember(_PARSED, (str(path), text), copy.deepcopy(data))
+    return data
+
+
+def _parse_yaml(path: Path, text: str) -> dict:
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as err:
@@ -196,17 +217,42 @@ def origin_of(key: str | None, origins: dict[str, str]) -> str | None:
 def _merged(pieces: list[tuple[str, dict]], overrides: list[str], origins: dict[str, str], main_file: str) -> dict:
     """The pieces, then the overrides, merged by omegaconf with interpolations resolved."""
     try:
-        confs = [(file, OmegaConf.create(data)) for file, data in pieces]
-        confs += [(COMMAND_LINE, _override(text)) for text in overrides]
-        merged = None
-        for file, conf in confs:  # one at a time: a clash names both files
-            merged = conf if merged is None else _merge(merged, conf, file, origins)
-            _record_origins(OmegaConf.to_container(conf), file, origins)
+        base = _merged_pieces(pieces, origins)
+        confs = [_override(text) for text in overrides]
+        try:  # all at once: omegaconf copies the base once, not once per override
+            merged = OmegaConf.merge(base, *confs)
+        except (OmegaConfBaseException, TypeError, ValueError):
+            merged = base
+            for conf in confs:  # one at a time, for the error: a clash names both sides
+                merged = _merge(merged, conf, COMMAND_LINE, origins)
+                _record_origins(OmegaConf.to_container(conf), COMMAND_LINE, origins)
+        for conf in confs:
+            _record_origins(OmegaConf.to_container(conf), COMMAND_LINE, origins)
         return OmegaConf.to_container(merged, resolve=True)
     except OmegaConfBaseException as err:
         key = getattr(err, "full_key", None) or None
         raise ConfigError(f"{getattr(err, 'msg', err)}".splitlines()[0][:300], key=key,
                           file=origin_of(key, origins) or main_file) from None
+
+
+def _merged_pieces(pieces: list[tuple[str, dict]], origins: dict[str, str]) -> DictConfig:
+    """The pieces merged one at a time (a clash names both files), their origins recorded; remembered,
+    since every run of a sweep starts from the same pieces. Not to be changed: merging copies it."""
+    key = repr(pieces)
+    if key not in _BASES:
+        found: dict[str, str] = {}
+        merged = None
+        try:
+            for file, data in pieces:
+                conf = OmegaConf.create(data)
+                merged = conf if merged is None else _merge(merged, conf, file, found)
+                _record_origins(OmegaConf.to_container(conf), file, found)
+        finally:
+            origins.update(found)
+        _remember(_BASES, key, (merged, found))
+    merged, found = _BASES[key]
+    origins.update(found)
+    return merged
 
 
 def _override(text: str) -> DictConfig:

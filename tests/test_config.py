@@ -94,3 +94,23 @@ def test_dump_roundtrip(tmp_path):
     root = load_config(ROOT / "configs" / "layouts" / "zamba.yaml")
     again = load_config(write(tmp_path, "dumped.yaml", dump_config(root)))
     assert again.layout == root.layout
+
+
+def test_repeated_loads_share_nothing_and_see_edits(tmp_path):
+    # a sweep loads one base config per run: what one run's overrides change must not reach the next
+    # run, and a file edited between loads is read again
+    top = write(tmp_path, "c.yaml", "model: {d_model: 48, layers: {F: mlp}, layout: F}\nseed: 1\n")
+    assert load_config(top, ["model.d_model=96", "model.layout=F x2"]).model.d_model == 96
+    again = load_config(top)
+    assert again.model.d_model == 48 and again.layout.aliases == ["F"] and again.seed == 1
+    top.write_text("model: {d_model: 40, layers: {F: mlp}, layout: F}\nseed: 1\n")
+    assert load_config(top).model.d_model == 40
+
+
+def test_override_clash_names_both_sides_after_a_clean_load(tmp_path):
+    top = write(tmp_path, "c.yaml", "model: {d_model: 48, layers: {F: mlp}, layout: F}\n")
+    load_config(top)
+    with pytest.raises(ConfigError) as info:
+        load_config(top, ["model.layers=[1, 2]"])
+    msg = str(info.value)
+    assert "model.layers" in msg and "<command line>" in msg and str(top) in msg
