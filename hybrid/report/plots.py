@@ -23,6 +23,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from hybrid.report.facets import add_legend, facets, panel_grid  # noqa: E402
 from hybrid.report.tables import Row, Sweep, best_rows  # noqa: E402
 
 
@@ -33,8 +34,8 @@ def _numeric(label: str) -> float | None:
         return None
 
 
-def _save(fig, path: Path) -> Path:
-    fig.tight_layout()
+def _save(fig, path: Path, rect: tuple[float, float, float, float] | None = None) -> Path:
+    fig.tight_layout(rect=rect)
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
@@ -46,39 +47,57 @@ def _bounded(metric: str) -> bool:
     return metric.rsplit("/", 1)[-1] in ("accuracy", "exact_match")
 
 
-def _width_panels(rows: list[Row], x_axis: str, panel_axis: str | None) -> dict[str, dict[str, list]]:
-    """panel -> line -> [(d_model, value)]: a panel per value of `panel_axis` (one panel without it),
-    a line per configuration of the remaining axes."""
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+
+
+def _width_panels(rows: list[Row], x_axis: str, panel_axis: str | None, metric: str) -> dict[str, dict[str, list]]:
+    """panel -> line -> [(d_model, value, lowest seed, highest seed)]: a panel per value of `panel_axis`
+    (one panel without it), a line per configuration of the remaining axes."""
     panels: dict[str, dict[str, list]] = {}
     for r in rows:
         panel = f"{panel_axis}={r.config.get(panel_axis, '')}" if panel_axis else ""
         line = ",".join(f"{k}={v}" for k, v in r.config.items() if k not in (x_axis, panel_axis)) or "all"
         value = r.value if r.value is not None else float("nan")
-        panels.setdefault(panel, {}).setdefault(line, []).append((_numeric(r.config[x_axis]), value))
+        seeds = [v for v in (run.final(metric) for run in r.runs) if v is not None] or [value]
+        panels.setdefault(panel, {}).setdefault(line, []).append((_numeric(r.config[x_axis]), value, min(seeds),
+                                                                  max(seeds)))
     return panels
 
 
 def _plot_widths(sweep: Sweep, rows: list[Row], x_axis: str):
     """Zoology's Figure 2 layout: the metric against d_model (log 2), a line per architecture, a panel
-    per value of the first other axis when there are two or more (e.g. the (length, pairs) setting)."""
+    per value of the first other axis when there are two or more (e.g. the (length, pairs) setting).
+    A line keeps its colour and marker in every panel and is nudged sideways a little, so that lines
+    meeting at 1.0 stay apart; a bar spans the seeds' range where a point has several; one legend."""
     others = [a for a in sweep.config_axes() if a != x_axis]
-    panels = _width_panels(rows, x_axis, others[0] if len(others) >= 2 else None)
+    panels = _width_panels(rows, x_axis, others[0] if len(others) >= 2 else None, sweep.metric)
+    labels = list(dict.fromkeys(label for lines in panels.values() for label in lines))
+    colors = plt.rcParams["axes.prop_cycle"].by_key().get("color", ["C0"])
+    style = {label: dict(color=colors[i % len(colors)], marker=MARKERS[i % len(MARKERS)])
+             for i, label in enumerate(labels)}
     cols = min(4, len(panels))
     n_rows = -(-len(panels) // cols)
-    fig, axes = plt.subplots(n_rows, cols, figsize=(4.4 * cols if cols > 1 else 6.4, 3.8 * n_rows + 0.4),
+    fig, axes = plt.subplots(n_rows, cols, figsize=(4.4 * cols if cols > 1 else 6.4, 3.8 * n_rows + 0.7),
                              sharey=True, squeeze=False)
+    handles = {}
     for ax, (title, lines) in zip(axes.flat, panels.items()):
         for label, points in lines.items():
             points.sort()
-            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
+            nudge = 2 ** (0.04 * (labels.index(label) - (len(labels) - 1) / 2))
+            xs = [p[0] * nudge for p in points]
+            handles[label] = ax.errorbar(xs, [p[1] for p in points], yerr=[[p[1] - p[2] for p in points],
+                                         [p[3] - p[1] for p in points]], capsize=2, markersize=5,
+                                         linewidth=1.2, **style[label])
         ax.set_xscale("log", base=2)
-        ax.set_xlabel("d_model")
+        ax.set_xlabel(x_axis.rsplit(".", 1)[-1])
         ax.set_title(title, fontsize=9)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
     for ax in list(axes.flat)[len(panels):]:
         ax.set_visible(False)
-    return fig, axes.flat[0]
+    legend_height = 0.35 / (3.8 * n_rows + 0.7)  # inches of the figure's height
+    fig.legend([handles[label] for label in labels], labels, loc="lower center", ncol=min(len(labels), 6),
+               fontsize=8, frameon=False)
+    return fig, axes.flat[0], (0, legend_height, 1, 1)
 
 
 def metric_vs_config(sweep: Sweep, rows: list[Row], out: Path) -> Path | None:
@@ -87,8 +106,9 @@ def metric_vs_config(sweep: Sweep, rows: list[Row], out: Path) -> Path | None:
         return None
     name = sweep.metric.split("/")[-1]
     x_axis = next((a for a in sweep.config_axes() if a.rsplit(".", 1)[-1] == "d_model"), None)
+    rect = None
     if x_axis is not None and all(_numeric(r.config.get(x_axis, "")) is not None for r in rows):
-        fig, ax = _plot_widths(sweep, rows, x_axis)
+        fig, ax, rect = _plot_widths(sweep, rows, x_axis)
     else:
         fig, ax = plt.subplots(figsize=(6.4, 4.2))
         labels = [r.label for r, _ in values]
@@ -99,56 +119,66 @@ def metric_vs_config(sweep: Sweep, rows: list[Row], out: Path) -> Path | None:
         ax.set_ylim(-0.02, 1.02)  # the axes share y
     ax.set_ylabel(f"{name} (best {', '.join(sweep.select_over) or 'run'})")
     fig.suptitle(f"{sweep.metric} by configuration", fontsize=11)
-    return _save(fig, out / "metric_vs_config.png")
+    return _save(fig, out / "metric_vs_config.png", rect)
 
 
-def loss_curves(rows: list[Row], out: Path) -> Path | None:
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+def loss_curves(sweep: Sweep, rows: list[Row], out: Path) -> Path | None:
+    found = facets(rows, sweep.config_axes())
+    fig, (panels,), rect = panel_grid(len(found.panels))
     drawn = False
     for r in rows:
         run = r.runs[0]
         points = [(m["step"], m["train/loss"]) for m in run.metrics if isinstance(m.get("train/loss"), (int, float))]
         if points:
-            ax.plot([p[0] for p in points], [p[1] for p in points], label=r.label, linewidth=1)
+            panel, style = found.where[r.label]
+            panels[panel].plot([p[0] for p in points], [p[1] for p in points], **{"linewidth": 1, **style})
             drawn = True
     if not drawn:
         plt.close(fig)
         return None
-    ax.set_xlabel("step")
-    ax.set_ylabel("training loss (nats/token)")
-    ax.set_yscale("log")
-    ax.set_title("training loss (each configuration at its best lr)")
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-    return _save(fig, out / "loss_curves.png")
+    for ax, title in zip(panels, found.panels):
+        ax.set_xlabel("step")
+        ax.set_yscale("log")
+        ax.set_title(title, fontsize=9)
+        ax.grid(alpha=0.3)
+    panels[0].set_ylabel("training loss (nats/token)")
+    fig.suptitle("training loss (each configuration at its best lr)", fontsize=11)
+    add_legend(fig, found)
+    return _save(fig, out / "loss_curves.png", rect)
 
 
 def metric_curves(sweep: Sweep, rows: list[Row], out: Path) -> Path | None:
-    """The selection metric against step and against wall-clock seconds, each configuration at its
-    best lr (the seed with the most periodic evaluations): how fast each gets there, in steps and in time."""
-    fig, (by_step, by_time) = plt.subplots(1, 2, figsize=(10.0, 4.2), sharey=True)
+    """The selection metric against step (top) and against wall-clock seconds (below), each configuration
+    at its best lr (the seed with the most periodic evaluations): how fast each gets there, in steps and in time."""
+    found = facets(rows, sweep.config_axes())
+    fig, (by_step, by_time), rect = panel_grid(len(found.panels), kinds=2)
     drawn = False
     for r in rows:
         per_run = [[(m["step"], m.get("time"), m[sweep.metric]) for m in run.metrics
                     if isinstance(m.get(sweep.metric), (int, float)) and not m.get("final")] for run in r.runs]
         points = max(per_run, key=len, default=[])
-        if len(points) < 2:
+        if not points:
             continue
-        line, = by_step.plot([p[0] for p in points], [p[2] for p in points], label=r.label, linewidth=1)
+        panel, style = found.where[r.label]
+        style = {"linewidth": 1, **style, **({"marker": "o", "markersize": 3} if len(points) == 1 else {})}
+        by_step[panel].plot([p[0] for p in points], [p[2] for p in points], **style)
         timed = [p for p in points if isinstance(p[1], (int, float))]
-        by_time.plot([p[1] for p in timed], [p[2] for p in timed], color=line.get_color(), linewidth=1)
+        by_time[panel].plot([p[1] for p in timed], [p[2] for p in timed], **style)
         drawn = True
     if not drawn:
         plt.close(fig)
         return None
-    by_step.set_xlabel("step")
-    by_time.set_xlabel("wall-clock seconds")
-    by_step.set_ylabel(sweep.metric)
-    by_step.legend(fontsize=7)
-    for ax in (by_step, by_time):
-        ax.grid(alpha=0.3)
-    fig.suptitle(f"{sweep.metric} during training (each configuration at its best lr)")
-    return _save(fig, out / "metric_curves.png")
+    for kind, xlabel in ((by_step, "step"), (by_time, "wall-clock seconds")):
+        for ax, title in zip(kind, found.panels):
+            ax.set_xlabel(xlabel)
+            ax.set_title(title, fontsize=9)
+            ax.grid(alpha=0.3)
+            if _bounded(sweep.metric):
+                ax.set_ylim(-0.02, 1.02)
+        kind[0].set_ylabel(sweep.metric.rsplit("/", 1)[-1])
+    fig.suptitle(f"{sweep.metric} during training (each configuration at its best lr)", fontsize=11)
+    add_legend(fig, found)
+    return _save(fig, out / "metric_curves.png", rect)
 
 
 def _slice_points(run, pattern: re.Pattern) -> dict[float, float]:
@@ -191,7 +221,7 @@ def metric_vs_slice(sweep: Sweep, rows: list[Row], key: str, out: Path, xlabel: 
 def all_plots(sweep: Sweep, out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     rows = best_rows(sweep)
-    made = [metric_vs_config(sweep, rows, out), loss_curves(rows, out), metric_curves(sweep, rows, out),
+    made = [metric_vs_config(sweep, rows, out), loss_curves(sweep, rows, out), metric_curves(sweep, rows, out),
             metric_vs_slice(sweep, rows, "length", out, "sequence length"),
             metric_vs_slice(sweep, rows, "num_kv_pairs", out, "key-value pairs")]
     return [p for p in made if p is not None]

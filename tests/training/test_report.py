@@ -152,11 +152,15 @@ def test_width_plot_has_a_panel_per_setting_and_a_line_per_arch(tmp_path):
                 _run(tmp_path, name, None, 0.5 + 0.1 * (d_model == 128) + 0.2 * (arch == "attention"))
     _plan(tmp_path, runs, over=())
     sweep = collect(tmp_path)
-    panels = _width_panels(best_rows(sweep), "model.d_model", "setting")
+    metric = "eval/all/accuracy"
+    panels = _width_panels(best_rows(sweep), "model.d_model", "setting", metric)
     assert sorted(panels) == ["setting=L128", "setting=L64"]
     assert sorted(panels["setting=L64"]) == ["arch=attention", "arch=mamba"]
-    assert sorted(panels["setting=L64"]["arch=attention"]) == [(64.0, 0.7), (128.0, pytest.approx(0.8))]
-    assert list(_width_panels(best_rows(sweep), "model.d_model", None)) == [""]
+    # (d_model, value, lowest seed, highest seed): one seed here
+    assert sorted(panels["setting=L64"]["arch=attention"]) == [(64.0, 0.7, 0.7, 0.7),
+                                                               (128.0, pytest.approx(0.8), pytest.approx(0.8),
+                                                                pytest.approx(0.8))]
+    assert list(_width_panels(best_rows(sweep), "model.d_model", None, metric)) == [""]
     assert metric_vs_config(sweep, best_rows(sweep), tmp_path).stat().st_size > 1000
     assert _bounded("eval/all/accuracy") and _bounded("eval/L64/exact_match") and not _bounded("eval/all/loss")
 
@@ -192,3 +196,35 @@ def test_runs_that_select_enough_made_unnecessary_are_listed_apart(tmp_path):
     report = (tmp_path / "report" / "report.md").read_text()
     assert "Not needed (another train.lr of the configuration reached select.enough 0.99 on every seed): " \
            "arch=a,lr=0.003,seed=0, arch=a,lr=0.01,seed=0" in report
+
+
+def test_many_configurations_get_a_panel_per_setting_a_colour_per_arch_and_a_style_per_width(tmp_path):
+    """Past FEW configurations the curves are split as the width plot is: a panel per value of the first
+    axis, one colour per value of the next in every panel, a line style per value of the rest."""
+    from hybrid.report.facets import FEW, facets  # noqa: PLC0415
+    from hybrid.report.plots import loss_curves, metric_curves  # noqa: PLC0415
+
+    runs = []
+    for setting in ("L64", "L128"):
+        for arch in ("attention", "mamba", "hybrid"):
+            for d_model in (64, 128):
+                name = f"setting={setting},arch={arch},d_model={d_model}"
+                runs.append({"name": name, "axes": {"setting": setting, "arch": arch, "model.d_model": str(d_model)}})
+                _run(tmp_path, name, None, 0.5)
+    _plan(tmp_path, runs, over=())
+    sweep = collect(tmp_path)
+    rows = best_rows(sweep)
+    assert len(rows) == 12 > FEW
+    found = facets(rows, sweep.config_axes())
+    assert found.panels == ["setting=L64", "setting=L128"]
+    panel, style = found.where["setting=L128,arch=mamba,model.d_model=128"]
+    same_arch = found.where["setting=L64,arch=mamba,model.d_model=64"][1]
+    other_arch = found.where["setting=L128,arch=hybrid,model.d_model=128"][1]
+    assert panel == 1 and style["color"] == same_arch["color"] != other_arch["color"]
+    assert style["linestyle"] == other_arch["linestyle"] != same_arch["linestyle"]
+    assert [text for text, _ in found.legend] == ["arch=attention", "arch=mamba", "arch=hybrid", "d_model=64",
+                                                  "d_model=128"]
+    few = facets(rows[:3], sweep.config_axes())
+    assert few.panels == [""] and [t for t, _ in few.legend] == [r.label for r in rows[:3]]
+    assert loss_curves(sweep, rows, tmp_path).stat().st_size > 1000
+    assert metric_curves(sweep, rows, tmp_path).stat().st_size > 1000
