@@ -5,7 +5,7 @@
 # The caps add up to more than one 10-minute device command: split the parts over two.
 # 1. every test marked `cuda` (kernels, layers, generation with CUDA graphs, training);
 # 2. kernel benchmarks: add + RMSNorm, gated RMSNorm, causal conv1d, linear cross-entropy, SSD (with the peer when given),
-#    the SSD kernels' per-kernel settings (tune_ssd.py);
+#    the SSD kernels' per-kernel settings (tune_ssd.py), ours and the peer's SSD kernel by kernel (profile_ssd.py);
 # 3. whole models: bench_model.py at 8 x 2048 (with mamba_ssm's blocks when PEERS is given) and
 #    bench_generate.py at batch 1 and 64, context 8K, eager and graphed; data-parallel cases (bench_distributed.py).
 # Logs and tables go to OUT_DIR (tables also to benchmarks/results/ by each script's default name).
@@ -15,7 +15,7 @@ OUT=${1:?usage: benchmarks/run_gpu_checks.sh OUT_DIR [PEERS]}
 PEERS=${2:-}
 cd "$(dirname "$0")/.."
 mkdir -p "$OUT"
-PARTS=${PARTS:-cuda_tests bench_add_rms_norm bench_gated_rms_norm bench_causal_conv1d bench_linear_cross_entropy bench_ssd tune_ssd profile_step profile_step_mamba2 bench_model bench_generate bench_distributed}
+PARTS=${PARTS:-cuda_tests bench_add_rms_norm bench_gated_rms_norm bench_causal_conv1d bench_linear_cross_entropy bench_ssd tune_ssd profile_ssd profile_step profile_step_mamba2 bench_model bench_generate bench_distributed}
 part() {  # name, cap in seconds, command...  (only the parts named in PARTS run)
   local name=$1 cap=$2; shift 2
   [[ " $PARTS " == *" $name "* ]] || return 0
@@ -31,6 +31,7 @@ part bench_causal_conv1d 60 python benchmarks/bench_causal_conv1d.py --out "$OUT
 part bench_linear_cross_entropy 60 python benchmarks/bench_linear_cross_entropy.py --out "$OUT/linear_cross_entropy.md"
 part bench_ssd 300 python benchmarks/bench_ssd.py ${PEERS:+--peer "$PEERS"} --out "$OUT/ssd.md"
 part tune_ssd 300 python benchmarks/tune_ssd.py ${PEERS:+--peer "$PEERS"} --out "$OUT/tune_ssd.md"
+part profile_ssd 90 python benchmarks/profile_ssd.py ${PEERS:+--peer "$PEERS"} --out "$OUT/profile_ssd.md"
 part profile_step 60 python benchmarks/profile_step.py --lm "M x24" --out "$OUT/profile_mamba.md"
 part profile_step_mamba2 60 python benchmarks/profile_step.py --lm "M2 x24" --out "$OUT/profile_mamba2.md"
 part bench_model 240 python benchmarks/bench_model.py ${PEERS:+--peers "$PEERS"} --out "$OUT/model.md"
