@@ -36,12 +36,14 @@ Kernels and grids (b batch, c chunks, h heads, g groups, P headdim, N d_state):
   _chunk_scan_bwd_dx_kernel  (Q / BM_DX * P / BP, h, b c)       dx, and per-position partials of ddt and d a-hat
   _chunk_scan_bwd_dcb_kernel (Q / BM, Q / BM, b c g)           dCB (fp32), and the d a-hat of the quadratic part
   _chunk_scan_bwd_dbc_kernel (Q / BM * N / BN, g, b c)         dB or dC
-Every accumulator, the states, CB, dt and a-hat are fp32. The matmuls take their operands in the inputs'
-dtype when x, B and C are all fp16 or all bf16 (tensor cores; the fp32 factors exp(.) dt and the states are
-rounded to it for the product, as mamba_ssm does), else fp32 with "tf32x3" (about fp32 accuracy). Partial
-sums over blocks go to separate buffers summed by PyTorch: deterministic, no atomics. The forward saves
-for the backward dt and a-hat, CB, the states entering every chunk ((b, c, h, P, N) fp32, as large as x
-times 2 N / Q in bf16) and, with z, y before the gate (in x's dtype); the backward recomputes none of them.
+Every accumulator, the state passing's running states, CB, dt and a-hat are fp32. The matmuls take their
+operands in the inputs' dtype when x, B and C are all fp16 or all bf16 (tensor cores; the fp32 factors
+exp(.) dt are rounded to it for the product, as mamba_ssm does), else fp32 with "tf32x3" (about fp32
+accuracy). The states the matmuls read, prev_c and d s_c ((b, c, h, P, N)), are stored in the matmuls'
+dtype, as mamba_ssm stores them: the product would round them to it anyway, and they are the largest
+tensors the kernels pass between them. Partial sums over blocks go to separate buffers summed by PyTorch:
+deterministic, no atomics. The forward saves for the backward dt and a-hat, CB, prev_c (as large as x times
+N / Q) and, with z, y before the gate (in x's dtype); the backward recomputes none of them.
 
 Tile sizes and launch options come from `_config`, one set for every kernel, then from MEASURED (per kernel,
 timed on an H200, half operands on the GPU only); `TUNING` (from the environment variable
@@ -237,11 +239,12 @@ def _carry(acs_ptr, vec, seq_ptr, b, c, chunk, length, s_s_b, s_s_l, HAS_SEQ: tl
 
 
 @triton.jit
-def _state_passing_fwd_kernel(st_ptr, init_ptr, acs_ptr, seq_ptr, final_ptr,
+def _state_passing_fwd_kernel(st_ptr, prev_ptr, init_ptr, acs_ptr, seq_ptr, final_ptr,
                               length, heads, n_chunks, chunk, size, s_s_b, s_s_l,
                               HAS_INIT: tl.constexpr, HAS_SEQ: tl.constexpr, BLOCK: tl.constexpr):
     """(3): S_c = carry_c S_{c-1} + s_c along the chunks of one (batch, head), BLOCK of the P N state
-    entries. Each slot of st (b, c, h, P, N) holds s_c on entry and prev_c = S_{c-1} on exit."""
+    entries, in fp32. Slot c of st (b, c, h, P, N) holds s_c; slot c of prev (st itself, or a buffer in the
+    matmuls' half dtype) gets prev_c = S_{c-1}."""
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     h = tl.program_id(1)
     b = tl.program_id(2).to(tl.int64)
@@ -251,9 +254,9 @@ def _state_passing_fwd_kernel(st_ptr, init_ptr, acs_ptr, seq_ptr, final_ptr,
     else:
         s = tl.zeros((BLOCK,), tl.float32)
     for c in range(n_chunks):
-        slot = st_ptr + ((b * n_chunks + c) * heads + h) * size + offs
-        new = tl.load(slot, mask=m, other=0.0)
-        tl.store(slot, s, mask=m)
+        slot = ((b * n_chunks + c) * heads + h) * size + offs
+        new = tl.load(st_ptr + slot, mask=m, other=0.0)
+        tl.store(prev_ptr + slot, _cast_out(s, prev_ptr), mask=m)
         vec = ((b * heads + h) * n_chunks + c) * chunk
         s = _carry(acs_ptr, vec, seq_ptr, b, c, chunk, length, s_s_b, s_s_l, HAS_SEQ) * s + new
     tl.store(final_ptr + (b * heads + h) * size + offs, s, mask=m)
@@ -345,13 +348,14 @@ def _chunk_scan_fwd_kernel(cb_ptr, x_ptr, z_ptr, dtp_ptr, acs_ptr, seq_ptr, c_pt
 # ---------------------------------------------------------------------------- backward kernels
 
 @triton.jit
-def _state_passing_bwd_kernel(ds_ptr, prev_ptr, acs_ptr, seq_ptr, dfinal_ptr, dinit_ptr, dcarry_ptr,
+def _state_passing_bwd_kernel(dprev_ptr, ds_ptr, prev_ptr, acs_ptr, seq_ptr, dfinal_ptr, dinit_ptr, dcarry_ptr,
                               length, heads, n_chunks, chunk, size, n_blocks, s_s_b, s_s_l,
                               HAS_DFINAL: tl.constexpr, HAS_INIT: tl.constexpr, HAS_SEQ: tl.constexpr,
                               BLOCK: tl.constexpr):
-    """dS_{c-1} = d prev_c + carry_c dS_c, from dS_last = d final, chunks in reverse. Each slot of ds holds
-    d prev_c on entry and d s_c = dS_c on exit; d carry_c = <dS_c, prev_c> goes, times carry_c (that is,
-    as the gradient of a-hat_end), to dcarry (b, h, c, n_blocks), one partial per program."""
+    """dS_{c-1} = d prev_c + carry_c dS_c, from dS_last = d final, chunks in reverse, in fp32. Slot c of
+    dprev (fp32) holds d prev_c; slot c of ds (dprev itself, or a buffer in the matmuls' half dtype) gets
+    d s_c = dS_c; d carry_c = <dS_c, prev_c> goes, times carry_c (that is, as the gradient of a-hat_end),
+    to dcarry (b, h, c, n_blocks), one partial per program."""
     pid = tl.program_id(0)
     offs = pid * BLOCK + tl.arange(0, BLOCK)
     h = tl.program_id(1)
@@ -364,9 +368,9 @@ def _state_passing_bwd_kernel(ds_ptr, prev_ptr, acs_ptr, seq_ptr, dfinal_ptr, di
     for k in range(n_chunks):
         c = n_chunks - 1 - k
         slot = ((b * n_chunks + c) * heads + h) * size + offs
-        dprev = tl.load(ds_ptr + slot, mask=m, other=0.0)
-        prev = tl.load(prev_ptr + slot, mask=m, other=0.0)
-        tl.store(ds_ptr + slot, d, mask=m)
+        dprev = tl.load(dprev_ptr + slot, mask=m, other=0.0)
+        prev = tl.load(prev_ptr + slot, mask=m, other=0.0).to(tl.float32)
+        tl.store(ds_ptr + slot, _cast_out(d, ds_ptr), mask=m)
         vec = ((b * heads + h) * n_chunks + c) * chunk
         carry = _carry(acs_ptr, vec, seq_ptr, b, c, chunk, length, s_s_b, s_s_l, HAS_SEQ)
         tl.store(dcarry_ptr + ((b * heads + h) * n_chunks + c) * n_blocks + pid, carry * tl.sum(d * prev, axis=0))
@@ -778,11 +782,14 @@ def _ssd_fwd(x, dt, A, B, C, chunk, D, z, dt_bias, dt_softplus, dt_limit, initia
     size = headdim * dstate
     k = _tuned(cfg, "pass_fwd")
     block = min(k["BLOCK"], next_power_of_2(size))
-    _launch_pass_fwd((cdiv(size, block), heads, batch), states, init, acs, seq, final,
+    # the state entering each chunk, as the matmuls read it: in their half dtype (half the bytes to write,
+    # read and keep for the backward; the fp32 kernels round it to that dtype for the product anyway)
+    prev = states if dot == tl.float32 else torch.empty(states.shape, device=dev, dtype=x.dtype)
+    _launch_pass_fwd((cdiv(size, block), heads, batch), states, prev, init, acs, seq, final,
                      length, heads, n_chunks, chunk, size, *s_seq,
                      HAS_INIT=initial_states is not None, HAS_SEQ=seq_idx is not None, BLOCK=block,
                      **_launch_options(k))
-    prev = states  # now the state entering each chunk
+    del states
 
     y = torch.empty((batch, length, heads, headdim), device=dev, dtype=x.dtype)
     store_pre = z is not None and for_backward
@@ -845,10 +852,10 @@ def _ssd_bwd(dy, dfinal, x, dt, A, B, C, chunk, D, z, dt_bias, dt_softplus, dt_l
     g, dz, dD = gate_backward(dy, z, ypre, x, D)
 
     # d prev_c = sum_i exp(a-hat_i) g_i C_i^T, then the reverse state passing turns it into d s_c
-    ds = torch.empty_like(prev)
+    dprev = torch.empty(prev.shape, device=dev, dtype=f32)
     k = _tuned(cfg, "dprev")
     _launch_outer((cdiv(headdim, k["BP"]) * cdiv(dstate, k["BN"]), heads, batch * n_chunks),
-                  g, C, dtp, acs, seq, ds, length, heads, n_chunks, chunk, headdim, dstate, hpg,
+                  g, C, dtp, acs, seq, dprev, length, heads, n_chunks, chunk, headdim, dstate, hpg,
                   *g.stride(), *C.stride(), *s_seq,
                   TO_END=False, HAS_SEQ=has_seq, DOT=dot, PREC=prec, BP=k["BP"], BN=k["BN"], BK=k["BK"],
                   **_launch_options(k))
@@ -858,11 +865,14 @@ def _ssd_bwd(dy, dfinal, x, dt, A, B, C, chunk, D, z, dt_bias, dt_softplus, dt_l
     n_blocks = cdiv(size, block)
     dcarry = torch.empty((batch, heads, n_chunks, n_blocks), device=dev, dtype=f32)
     dinit = torch.empty((batch, heads, headdim, dstate), device=dev, dtype=f32) if initial_states is not None else None
-    dfin = dfinal.float().contiguous() if dfinal is not None else prev
-    _launch_pass_bwd((n_blocks, heads, batch), ds, prev, acs, seq, dfin, dinit if dinit is not None else prev, dcarry,
+    dfin = dfinal.float().contiguous() if dfinal is not None else dprev
+    ds = dprev if prev.dtype == f32 else torch.empty_like(prev)  # d s_c, in the dtype prev has (see _ssd_fwd)
+    _launch_pass_bwd((n_blocks, heads, batch), dprev, ds, prev, acs, seq, dfin, dinit if dinit is not None else dprev,
+                     dcarry,
                      length, heads, n_chunks, chunk, size, n_blocks, *s_seq,
                      HAS_DFINAL=dfinal is not None, HAS_INIT=initial_states is not None, HAS_SEQ=has_seq,
                      BLOCK=block, **_launch_options(k))
+    del dprev
 
     # dx and the per-position partials of ddt and d a-hat
     k = _tuned(cfg, "dx")
