@@ -10,7 +10,7 @@ and backward for the backward's. A candidate that does not compile (shared memor
 note, and so does one whose outputs (y and every gradient) differ from the defaults' by more than 1e-2
 relative; neither is used. Last, the best candidate of every kernel that beat the defaults is timed
 together (and checked the same way), and printed as a HYBRID_SSD_TUNING string. mamba_ssm's
-`mamba_chunk_scan_combined` is timed the same way right after the defaults when --peer is given. The 68
+`mamba_chunk_scan_combined` is timed the same way right after the defaults when --peer is given. The 76
 candidates take a few minutes; --kernels picks some. Inputs as bench_ssd.py's (bf16; softplus, D and z
 on; one group; chunk 256). The table is rewritten after every candidate, so a run cut short keeps what it
 measured. Without CUDA it prints a message and exits.
@@ -36,15 +36,18 @@ def _grid(**axes) -> list[dict]:
 
 
 LAUNCH = _grid(warps=[4, 8], stages=[2, 3, 4])
-# kernel -> (timed pass: backward?, candidate overrides)
+# kernel -> (timed pass: backward?, candidate overrides). A candidate overrides only the keys it names: the
+# others are the kernel's defaults (_config, then MEASURED, whose launch options and row tiles came from
+# the first round of this search: benchmarks/results/tune_ssd_nvidia_h200.md). This second round varies
+# the tiles the first left at _config's (the channel tile BP, the state tile BN, the K tile) around them.
 CANDIDATES = {
-    "scan_fwd": (False, _grid(warps=[4, 8], stages=[2, 3, 4], BK=[32, 64], BM=[64, 128])),
-    "states": (False, _grid(warps=[4, 8], stages=[2, 3, 4], BK=[32, 64])),
-    "cb": (False, LAUNCH),
-    "dprev": (True, LAUNCH),
-    "dx": (True, _grid(warps=[4, 8], stages=[2, 3], BM_DX=[32, 64])),
-    "dcb": (True, LAUNCH),
-    "dbc": (True, LAUNCH),
+    "scan_fwd": (False, _grid(BM=[32, 64], BK=[16, 32], BP=[32, 64], BN=[64, 128])),
+    "states": (False, _grid(warps=[4, 8], BP=[32, 64], BN=[32, 64, 128])),
+    "cb": (False, _grid(warps=[4, 8], BM=[32, 64, 128])),
+    "dprev": (True, _grid(warps=[4, 8], BP=[32, 64], BN=[32, 64, 128])),
+    "dx": (True, _grid(BM_DX=[32, 64], BP=[32, 64], BN=[32, 64, 128])),
+    "dcb": (True, _grid(BM=[32, 64, 128], BP=[32, 64])),
+    "dbc": (True, _grid(BM=[32, 64], BN=[32, 64, 128], BK=[32, 64])),
 }
 
 
