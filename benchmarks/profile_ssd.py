@@ -16,7 +16,6 @@ message and exits.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -94,15 +93,15 @@ def main() -> None:
              f"{shape}, chunk 256, bf16, softplus, D and z on, one group; {args.calls} calls each after {WARMUP}, "
              "torch.profiler, the GPU synchronised after every call (benchmarks/profile_ssd.py).", ""]
     lines += [f"- {note}", ""] if note else []
+    out = Path(args.out or default_out("profile_ssd", device))
+    out.parent.mkdir(parents=True, exist_ok=True)
     inputs = make(*shape)
     for impl, fn in impls:
         for label, backward in PASSES:
             rows, total = profiled(_call(fn, inputs, backward), args.calls)
             lines += section(impl, label, rows, total)
             print(f"{impl} {label}: {total:.3f} ms of GPU kernels per call", flush=True)
-    out = args.out or default_out("profile_ssd", device)
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    Path(out).write_text("\n".join(lines))
+            out.write_text("\n".join(lines))  # after every pass: a run cut short keeps what it measured
     print("\n".join(lines))
 
 

@@ -19,6 +19,7 @@ import copy
 import dataclasses
 import os
 import re
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -124,6 +125,7 @@ def _read_text(path: Path) -> str:
 _PARSED: dict[tuple[str, str], dict] = {}  # (file, text) -> its checked mapping: a sweep reads one file per run
 _BASES: dict[str, tuple[DictConfig, dict[str, str]]] = {}  # repr(pieces) -> (pieces merged, their origins)
 CACHED = 32  # entries in each
+_MERGING = threading.Lock()
 
 
 def _remember(cache: dict, key: Any, value: Any) -> Any:
@@ -217,22 +219,31 @@ def origin_of(key: str | None, origins: dict[str, str]) -> str | None:
 def _merged(pieces: list[tuple[str, dict]], overrides: list[str], origins: dict[str, str], main_file: str) -> dict:
     """The pieces, then the overrides, merged by omegaconf with interpolations resolved."""
     try:
-        base = _merged_pieces(pieces, origins)
-        confs = [_override(text) for text in overrides]
-        try:  # all at once: omegaconf copies the base once, not once per override
-            merged = OmegaConf.merge(base, *confs)
-        except (OmegaConfBaseException, TypeError, ValueError):
-            merged = base
-            for conf in confs:  # one at a time, for the error: a clash names both sides
-                merged = _merge(merged, conf, COMMAND_LINE, origins)
-                _record_origins(OmegaConf.to_container(conf), COMMAND_LINE, origins)
-        for conf in confs:
-            _record_origins(OmegaConf.to_container(conf), COMMAND_LINE, origins)
+        confs = [_override(text) for text in overrides]  # first: a malformed override before a clash of files
+        with _MERGING:  # every merge deep-copies the remembered base, and omegaconf's copy unlinks its nodes a while
+            merged = _with_overrides(_merged_pieces(pieces, origins), confs, origins)
         return OmegaConf.to_container(merged, resolve=True)
     except OmegaConfBaseException as err:
         key = getattr(err, "full_key", None) or None
-        raise ConfigError(f"{getattr(err, 'msg', err)}".splitlines()[0][:300], key=key,
-                          file=origin_of(key, origins) or main_file) from None
+        raise ConfigError(_first_line(err), key=key, file=origin_of(key, origins) or main_file) from None
+
+
+def _first_line(err: OmegaConfBaseException) -> str:
+    return f"{getattr(err, 'msg', err)}".splitlines()[0][:300]
+
+
+def _with_overrides(base: DictConfig, confs: list[DictConfig], origins: dict[str, str]) -> DictConfig:
+    """A copy of `base` with the overrides merged in, their origins recorded."""
+    try:  # all at once: omegaconf copies the base once, not once per override
+        merged = OmegaConf.merge(base, *confs)
+    except (OmegaConfBaseException, TypeError, ValueError):
+        merged = base
+        for conf in confs:  # one at a time, for the error: a clash names both sides
+            merged = _merge(merged, conf, COMMAND_LINE, origins)
+            _record_origins(OmegaConf.to_container(conf), COMMAND_LINE, origins)
+    for conf in confs:
+        _record_origins(OmegaConf.to_container(conf), COMMAND_LINE, origins)
+    return merged
 
 
 def _merged_pieces(pieces: list[tuple[str, dict]], origins: dict[str, str]) -> DictConfig:
@@ -266,8 +277,8 @@ def _override(text: str) -> DictConfig:
                           key=key, file=COMMAND_LINE)
     try:
         dot = OmegaConf.from_dotlist([text])
-    except OmegaConfBaseException:
-        raise
+    except OmegaConfBaseException as err:  # e.g. an interpolation it cannot parse
+        raise ConfigError(_first_line(err), key=key, file=COMMAND_LINE) from None
     except (yaml.YAMLError, ValueError, TypeError) as err:  # the YAML reading of the value
         reason = (str(err).splitlines() or [type(err).__name__])[0].split(";")[0][:160]
         raise ConfigError(f"cannot read the value of {shown(text)} ({reason}); quote it to pass a string",

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import logging
+import threading
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any, Callable, Generic, Iterator, Literal, TypeVar
@@ -21,6 +22,7 @@ from hybrid.errors import ConfigError, closest
 from hybrid.typed_config import from_dict
 
 log = logging.getLogger(__name__)
+_LOADING = threading.RLock()  # one thread loads the built-in layers and plugins; the others wait for them
 
 StateKind = Literal["none", "kv", "kv_window", "recurrent"]
 STATE_KINDS = ("none", "kv", "kv_window", "recurrent")
@@ -39,6 +41,7 @@ class Registry(Generic[E]):
         self.builtins = builtins  # module whose import registers the built-in entries
         self._entries: dict[str, E] = {}
         self._entry_points_loaded = False
+        self._loading = False
 
     def add(self, name: str, entry: E, *, override: bool = False) -> None:
         if name in self._entries and not override:
@@ -79,9 +82,22 @@ class Registry(Generic[E]):
         return iter(self._entries[n] for n in self.names())
 
     def _load_entry_points(self) -> None:
+        """Import the built-in entries and the plugins' once. Another thread asking meanwhile waits for them
+        (a sweep resolves its runs' configs from several); the loading thread itself, asking again from a
+        module it imports, goes on with what is registered so far."""
         if self._entry_points_loaded:
             return
-        self._entry_points_loaded = True
+        with _LOADING:
+            if self._entry_points_loaded or self._loading:
+                return
+            self._loading = True
+            try:
+                self._import_entries()
+            finally:
+                self._loading = False
+                self._entry_points_loaded = True
+
+    def _import_entries(self) -> None:
         if self.builtins:
             importlib.import_module(self.builtins)
         if self.entry_point_group is None:

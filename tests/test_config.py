@@ -1,4 +1,5 @@
 """Configs: composition, interpolation, command-line overrides, strictness with file and key."""
+import sys
 from pathlib import Path
 
 import pytest
@@ -114,3 +115,37 @@ def test_override_clash_names_both_sides_after_a_clean_load(tmp_path):
         load_config(top, ["model.layers=[1, 2]"])
     msg = str(info.value)
     assert "model.layers" in msg and "<command line>" in msg and str(top) in msg
+
+
+def test_malformed_override_names_the_command_line_even_when_a_default_set_the_key(tmp_path):
+    write(tmp_path, "base.yaml", "model: {d_model: 48, layers: {F: mlp}, layout: F}\n")
+    top = write(tmp_path, "top.yaml", "defaults: [base]\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(top, ["model.d_model=${}"])
+    assert str(info.value).startswith("<command line>: model.d_model:")
+
+
+def test_loads_from_several_threads_leave_the_remembered_base_whole(tmp_path):
+    # a sweep resolves its runs' configs from worker threads; each merge deep-copies the remembered base,
+    # and omegaconf's copy unlinks a node's parent for a while: concurrent copies could leave it unlinked
+    from concurrent.futures import ThreadPoolExecutor
+
+    from omegaconf import DictConfig
+
+    from hybrid import config
+
+    top = ROOT / "configs" / "experiments" / "quick.yaml"
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads switch often, as on a loaded machine
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            widths = list(pool.map(lambda i: load_config(top, [f"model.d_model={16 + i}"]).model.d_model, range(160)))
+    finally:
+        sys.setswitchinterval(interval)
+    assert widths == [16 + i for i in range(160)]
+
+    def unlinked(node) -> int:
+        children = [node._get_node(k) for k in node.keys()] if isinstance(node, DictConfig) else []
+        return sum((c._get_parent() is not node) + unlinked(c) for c in children)
+
+    assert not any(unlinked(base) for base, _ in config._BASES.values())

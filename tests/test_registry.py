@@ -112,3 +112,27 @@ def test_entry_point_plugins_load(monkeypatch):
     monkeypatch.setattr(registry, "entry_points", lambda group: [FakeEntryPoint()] if group == "hybrid.layers" else [])
     reg.names()  # triggers entry-point loading
     assert "test_scale" in LAYERS.names()
+
+
+def test_threads_asking_while_the_builtins_load_wait_for_them(tmp_path, monkeypatch):
+    """The first lookup imports the built-in entries; a second thread asking meanwhile gets them too, not
+    an empty registry (a sweep resolves its runs' configs from several threads)."""
+    import threading
+    import time
+
+    from hybrid.registry import Registry
+
+    registry = Registry("widget", builtins="slow_widgets")
+    (tmp_path / "slow_widgets.py").write_text(
+        "import time\nfrom tests_registry_target import REGISTRY\ntime.sleep(0.3)\nREGISTRY.add('gear', 1)\n")
+    target = type(sys)("tests_registry_target")
+    target.REGISTRY = registry
+    monkeypatch.setitem(sys.modules, "tests_registry_target", target)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    found = []
+    first = threading.Thread(target=lambda: found.append(registry.names()))
+    first.start()
+    time.sleep(0.05)  # the first thread is inside the import now
+    found.append(registry.names())
+    first.join()
+    assert found == [["gear"], ["gear"]]

@@ -23,7 +23,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from hybrid.report.facets import add_legend, facets, panel_grid  # noqa: E402
+from hybrid.report.facets import MARKERS, add_legend, facets, panel_grid  # noqa: E402
 from hybrid.report.tables import Row, Sweep, best_rows  # noqa: E402
 
 
@@ -45,9 +45,6 @@ def _bounded(metric: str) -> bool:
     """A metric in [0, 1] (accuracy, exact match): its axis spans [0, 1], so that 0.997 against 0.9968
     reads as the tie it is and not as a gap filling the plot."""
     return metric.rsplit("/", 1)[-1] in ("accuracy", "exact_match")
-
-
-MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 
 
 def _width_panels(rows: list[Row], x_axis: str, panel_axis: str | None, metric: str) -> dict[str, dict[str, list]]:
@@ -75,29 +72,23 @@ def _plot_widths(sweep: Sweep, rows: list[Row], x_axis: str):
     colors = plt.rcParams["axes.prop_cycle"].by_key().get("color", ["C0"])
     style = {label: dict(color=colors[i % len(colors)], marker=MARKERS[i % len(MARKERS)])
              for i, label in enumerate(labels)}
-    cols = min(4, len(panels))
-    n_rows = -(-len(panels) // cols)
-    fig, axes = plt.subplots(n_rows, cols, figsize=(4.4 * cols if cols > 1 else 6.4, 3.8 * n_rows + 0.7),
-                             sharey=True, squeeze=False)
+    fig, (cells,), rect = panel_grid(len(panels), labels, height=3.8, sharey=True)
     handles = {}
-    for ax, (title, lines) in zip(axes.flat, panels.items()):
+    for ax, (title, lines) in zip(cells, panels.items()):
         for label, points in lines.items():
             points.sort()
             nudge = 2 ** (0.04 * (labels.index(label) - (len(labels) - 1) / 2))
             xs = [p[0] * nudge for p in points]
-            handles[label] = ax.errorbar(xs, [p[1] for p in points], yerr=[[p[1] - p[2] for p in points],
-                                         [p[3] - p[1] for p in points]], capsize=2, markersize=5,
+            below = [max(0.0, p[1] - p[2]) for p in points]  # the mean can lie an ulp outside equal seeds
+            above = [max(0.0, p[3] - p[1]) for p in points]
+            handles[label] = ax.errorbar(xs, [p[1] for p in points], yerr=[below, above], capsize=2, markersize=5,
                                          linewidth=1.2, **style[label])
         ax.set_xscale("log", base=2)
         ax.set_xlabel(x_axis.rsplit(".", 1)[-1])
         ax.set_title(title, fontsize=9)
         ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(panels):]:
-        ax.set_visible(False)
-    legend_height = 0.35 / (3.8 * n_rows + 0.7)  # inches of the figure's height
-    fig.legend([handles[label] for label in labels], labels, loc="lower center", ncol=min(len(labels), 6),
-               fontsize=8, frameon=False)
-    return fig, axes.flat[0], (0, legend_height, 1, 1)
+    add_legend(fig, [handles[label] for label in labels], labels)
+    return fig, cells[0], rect
 
 
 def metric_vs_config(sweep: Sweep, rows: list[Row], out: Path) -> Path | None:
@@ -124,7 +115,7 @@ def metric_vs_config(sweep: Sweep, rows: list[Row], out: Path) -> Path | None:
 
 def loss_curves(sweep: Sweep, rows: list[Row], out: Path) -> Path | None:
     found = facets(rows, sweep.config_axes())
-    fig, (panels,), rect = panel_grid(len(found.panels))
+    fig, (panels,), rect = panel_grid(len(found.panels), [text for text, _ in found.legend])
     drawn = False
     for r in rows:
         run = r.runs[0]
@@ -143,7 +134,7 @@ def loss_curves(sweep: Sweep, rows: list[Row], out: Path) -> Path | None:
         ax.grid(alpha=0.3)
     panels[0].set_ylabel("training loss (nats/token)")
     fig.suptitle("training loss (each configuration at its best lr)", fontsize=11)
-    add_legend(fig, found)
+    add_legend(fig, *found.handles())
     return _save(fig, out / "loss_curves.png", rect)
 
 
@@ -151,7 +142,7 @@ def metric_curves(sweep: Sweep, rows: list[Row], out: Path) -> Path | None:
     """The selection metric against step (top) and against wall-clock seconds (below), each configuration
     at its best lr (the seed with the most periodic evaluations): how fast each gets there, in steps and in time."""
     found = facets(rows, sweep.config_axes())
-    fig, (by_step, by_time), rect = panel_grid(len(found.panels), kinds=2)
+    fig, (by_step, by_time), rect = panel_grid(len(found.panels), [text for text, _ in found.legend], kinds=2)
     drawn = False
     for r in rows:
         per_run = [[(m["step"], m.get("time"), m[sweep.metric]) for m in run.metrics
@@ -177,7 +168,7 @@ def metric_curves(sweep: Sweep, rows: list[Row], out: Path) -> Path | None:
                 ax.set_ylim(-0.02, 1.02)
         kind[0].set_ylabel(sweep.metric.rsplit("/", 1)[-1])
     fig.suptitle(f"{sweep.metric} during training (each configuration at its best lr)", fontsize=11)
-    add_legend(fig, found)
+    add_legend(fig, *found.handles())
     return _save(fig, out / "metric_curves.png", rect)
 
 

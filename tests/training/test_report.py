@@ -228,3 +228,25 @@ def test_many_configurations_get_a_panel_per_setting_a_colour_per_arch_and_a_sty
     assert few.panels == [""] and [t for t, _ in few.legend] == [r.label for r in rows[:3]]
     assert loss_curves(sweep, rows, tmp_path).stat().st_size > 1000
     assert metric_curves(sweep, rows, tmp_path).stat().st_size > 1000
+
+
+def test_equal_seeds_and_more_architectures_than_colours_plot(tmp_path):
+    """Three seeds of one value (their mean an ulp outside them) draw a zero-length bar, not an error;
+    past the colour cycle a line gets a marker too, so that no two look alike."""
+    from hybrid.report.facets import facets  # noqa: PLC0415
+    from hybrid.report.plots import metric_vs_config  # noqa: PLC0415
+
+    runs = []
+    for arch in range(12):
+        for d_model in (64, 128):
+            for seed in range(3):
+                name = f"arch=a{arch},d_model={d_model},seed={seed}"
+                runs.append({"name": name, "axes": {"arch": f"a{arch}", "model.d_model": str(d_model),
+                                                    "seed": str(seed)}})
+                _run(tmp_path, name, None, 0.1)
+    _plan(tmp_path, runs, over=())
+    sweep = collect(tmp_path)
+    rows = best_rows(sweep)
+    assert metric_vs_config(sweep, rows, tmp_path).stat().st_size > 1000
+    styles = [style for _, style in facets(rows, ["arch"]).legend]
+    assert len({(s["color"], s.get("marker")) for s in styles}) == len(styles) == 12
