@@ -126,12 +126,14 @@ _PARSED: dict[tuple[str, str], dict] = {}  # (file, text) -> its checked mapping
 _BASES: dict[str, tuple[DictConfig, dict[str, str]]] = {}  # repr(pieces) -> (pieces merged, their origins)
 CACHED = 32  # entries in each
 _MERGING = threading.Lock()
+_REMEMBERING = threading.Lock()
 
 
 def _remember(cache: dict, key: Any, value: Any) -> Any:
-    if len(cache) >= CACHED:
-        cache.pop(next(iter(cache)))
-    cache[key] = value
+    with _REMEMBERING:  # threads may add at once: each drops its own oldest entry
+        if len(cache) >= CACHED:
+            cache.pop(next(iter(cache)))
+        cache[key] = value
     return value
 
 
