@@ -7,6 +7,8 @@
     loss_curves.png          training loss against step, each configuration at its best lr
     metric_curves.png        the selection metric of the periodic evaluations against step and against
                              the run's wall-clock time (resumed runs count only the time they trained)
+                             (these two: past facets.FEW configurations, a panel per value of the first
+                             axis, a colour per value of the next, a line style per value of the rest)
     metric_vs_length.png     the metric per held-out length (extrapolation beyond the training length)
     metric_vs_num_kv_pairs.png   the metric per number of key-value pairs (MQAR)
 
