@@ -4,9 +4,9 @@
     PYTHONPATH=. python3 benchmarks/kernel_resources.py scan [--shape 4,2048,2048,16]
     HYBRID_SSD_TUNING="scan_fwd:BN=128" PYTHONPATH=. python3 benchmarks/kernel_resources.py ssd
 
-Runs the host code of one bf16 forward and backward on small stand-in CPU tensors of the same strides'
-kind, with every FastLauncher launch recorded instead of made (the recorded arguments are what the GPU
-would get, the tensors' contents garbage), then compiles each kernel for CUDA compute capability --arch
+Runs the host code of one bf16 forward and backward on CPU tensors of the given shape (zeros; the
+layout the layers pass), with every FastLauncher launch recorded instead of made (the recorded arguments
+are what the GPU would get: grids, strides, tiles), then compiles each kernel for CUDA compute capability --arch
 with Triton's own specialisation of those arguments (dtypes, 16-byte alignment, integers equal to 1 or
 divisible by 16) and their launch options, and reads the compiled kernel's resources with the cuobjdump
 that ships with Triton: registers per thread, local memory (spilled registers: anything above 0 is slow),
@@ -85,7 +85,8 @@ def ssd_calls(shape: tuple[int, ...]) -> list:
     b, length, h, p, n = shape
     bf = torch.bfloat16
     x, z = torch.zeros(b, length, h, p, dtype=bf), torch.zeros(b, length, h, p, dtype=bf)
-    dt, B, C = torch.zeros(b, length, h, dtype=bf), torch.zeros(b, length, 1, n, dtype=bf), torch.zeros(b, length, 1, n, dtype=bf)
+    dt = torch.zeros(b, length, h, dtype=bf)
+    B, C = torch.zeros(b, length, 1, n, dtype=bf), torch.zeros(b, length, 1, n, dtype=bf)
     A, D, bias = -torch.ones(h), torch.ones(h), torch.zeros(h)
     with recorded_launches() as calls:
         y, final, saved = triton_ssd._ssd_fwd(x, dt, A, B, C, 256, D, z, bias, True, triton_ssd.NO_LIMIT, None, None)
@@ -112,7 +113,8 @@ def scan_calls(shape: tuple[int, ...]) -> list:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("what", choices=["ssd", "scan"], help="ssd: Mamba-2's SSD kernels; scan: Mamba-1's selective scan")
     ap.add_argument("--shape", default=None, help="ssd: batch,length,heads,headdim,state (default 4,8192,32,64,128); "
                                                   "scan: batch,dim,length,state (default 4,2048,2048,16)")

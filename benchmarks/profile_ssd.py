@@ -65,7 +65,8 @@ def section(impl: str, label: str, rows: list[tuple[str, float, float]], total: 
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shape", default="4,8192,32,64,128", help="batch,length,heads,headdim,state")
     ap.add_argument("--peer", default=".peers/mamba", help="folder holding the mamba_ssm package (the peer)")
     ap.add_argument("--no-peer", action="store_true", help="ours only")
