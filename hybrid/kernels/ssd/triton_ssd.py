@@ -833,6 +833,38 @@ def _decay_backward(part: Tensor, dacs_qq: Tensor, dcarry: Tensor, A: Tensor, dt
     return ddt_proc.reshape(batch, heads, n_chunks * chunk)[:, :, :length].transpose(1, 2), dA
 
 
+def _state_gradients(g: Tensor, C: Tensor, dtp: Tensor, acs: Tensor, seq_idx: Tensor | None, prev: Tensor,
+                     dfinal: Tensor | None, has_init: bool, cfg: dict, dot,
+                     prec) -> tuple[Tensor, Tensor, Tensor | None]:
+    """(d s_c (b, c, h, P, N) in prev's dtype, the carries' partials (b, h, c, blocks) fp32, d initial
+    state (b, h, P, N) fp32 or None): d prev_c = sum_i exp(a-hat_i) g_i C_i^T, then the reverse state passing."""
+    batch, length, heads, headdim = g.shape
+    dstate, hpg = C.shape[3], heads // C.shape[2]
+    n_chunks, chunk = dtp.shape[2], dtp.shape[3]
+    dev, f32 = g.device, torch.float32
+    seq, s_seq = (seq_idx, seq_idx.stride()) if seq_idx is not None else (g, (0, 0))
+    dprev = torch.empty(prev.shape, device=dev, dtype=f32)
+    k = _tuned(cfg, "dprev")
+    _launch_outer((cdiv(headdim, k["BP"]) * cdiv(dstate, k["BN"]), heads, batch * n_chunks),
+                  g, C, dtp, acs, seq, dprev, length, heads, n_chunks, chunk, headdim, dstate, hpg,
+                  *g.stride(), *C.stride(), *s_seq,
+                  TO_END=False, HAS_SEQ=seq_idx is not None, DOT=dot, PREC=prec, BP=k["BP"], BN=k["BN"],
+                  BK=k["BK"], **_launch_options(k))
+    size = headdim * dstate
+    k = _tuned(cfg, "pass_bwd")
+    block = min(k["BLOCK"], next_power_of_2(size))
+    n_blocks = cdiv(size, block)
+    dcarry = torch.empty((batch, heads, n_chunks, n_blocks), device=dev, dtype=f32)
+    dinit = torch.empty((batch, heads, headdim, dstate), device=dev, dtype=f32) if has_init else None
+    dfin = dfinal.float().contiguous() if dfinal is not None else dprev
+    ds = dprev if prev.dtype == f32 else torch.empty_like(prev)  # in the dtype prev has (see _ssd_fwd)
+    _launch_pass_bwd((n_blocks, heads, batch), dprev, ds, prev, acs, seq, dfin, dinit if has_init else dprev, dcarry,
+                     length, heads, n_chunks, chunk, size, n_blocks, *s_seq,
+                     HAS_DFINAL=dfinal is not None, HAS_INIT=has_init, HAS_SEQ=seq_idx is not None,
+                     BLOCK=block, **_launch_options(k))
+    return ds, dcarry, dinit
+
+
 def _ssd_bwd(dy, dfinal, x, dt, A, B, C, chunk, D, z, dt_bias, dt_softplus, dt_limit, initial_states, seq_idx,
              dtp, acs, cb, prev, ypre, out=None):
     """Every gradient: (dx, ddt, dA, dB, dC, dD, dz, ddt_bias, d initial_states), in the inputs' dtypes;
@@ -851,28 +883,8 @@ def _ssd_bwd(dy, dfinal, x, dt, A, B, C, chunk, D, z, dt_bias, dt_softplus, dt_l
 
     g, dz, dD = gate_backward(dy, z, ypre, x, D)
 
-    # d prev_c = sum_i exp(a-hat_i) g_i C_i^T, then the reverse state passing turns it into d s_c
-    dprev = torch.empty(prev.shape, device=dev, dtype=f32)
-    k = _tuned(cfg, "dprev")
-    _launch_outer((cdiv(headdim, k["BP"]) * cdiv(dstate, k["BN"]), heads, batch * n_chunks),
-                  g, C, dtp, acs, seq, dprev, length, heads, n_chunks, chunk, headdim, dstate, hpg,
-                  *g.stride(), *C.stride(), *s_seq,
-                  TO_END=False, HAS_SEQ=has_seq, DOT=dot, PREC=prec, BP=k["BP"], BN=k["BN"], BK=k["BK"],
-                  **_launch_options(k))
-    size = headdim * dstate
-    k = _tuned(cfg, "pass_bwd")
-    block = min(k["BLOCK"], next_power_of_2(size))
-    n_blocks = cdiv(size, block)
-    dcarry = torch.empty((batch, heads, n_chunks, n_blocks), device=dev, dtype=f32)
-    dinit = torch.empty((batch, heads, headdim, dstate), device=dev, dtype=f32) if initial_states is not None else None
-    dfin = dfinal.float().contiguous() if dfinal is not None else dprev
-    ds = dprev if prev.dtype == f32 else torch.empty_like(prev)  # d s_c, in the dtype prev has (see _ssd_fwd)
-    _launch_pass_bwd((n_blocks, heads, batch), dprev, ds, prev, acs, seq, dfin, dinit if dinit is not None else dprev,
-                     dcarry,
-                     length, heads, n_chunks, chunk, size, n_blocks, *s_seq,
-                     HAS_DFINAL=dfinal is not None, HAS_INIT=initial_states is not None, HAS_SEQ=has_seq,
-                     BLOCK=block, **_launch_options(k))
-    del dprev
+    ds, dcarry, dinit = _state_gradients(g, C, dtp, acs, seq_idx, prev, dfinal, initial_states is not None, cfg,
+                                         dot, prec)
 
     # dx and the per-position partials of ddt and d a-hat
     k = _tuned(cfg, "dx")
