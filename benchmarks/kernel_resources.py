@@ -59,6 +59,9 @@ def recorded_launches():
 
 def compiled(kernel, args, kwargs, target: GPUTarget):
     """The kernel compiled for `target` as Triton would compile it for these arguments."""
+    if not hasattr(kernel, "_pack_args"):  # Triton's own argument packing, read from 3.9's runtime/jit.py
+        raise SystemExit(f"kernel_resources: Triton {triton.__version__} has no JITFunction._pack_args; it uses "
+                         "Triton 3.9's compile path")
     backend = make_backend(target)
     kwargs = {"debug": False, **kwargs}
     binder = create_function_from_signature(kernel.signature, kernel.params, backend)
