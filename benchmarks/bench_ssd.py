@@ -97,19 +97,33 @@ def bench(fn, inputs, backward: bool, mode: str = "eager") -> float:
                                    grad_to_none=list(leaves.values()))
 
 
-def bench_graphed(fn, inputs, backward: bool) -> float:
-    """One call captured in a CUDA graph, its replays timed (the warm-up calls before the capture run
-    Triton's compilation and mamba_ssm's autotuning); the backward returns fresh gradients of <y, dy>."""
+def call_of(fn, inputs, backward: bool):
+    """One forward (under no_grad) or forward and backward, returning fresh gradients of <y, dy>, as a
+    function of no arguments."""
     if not backward:
         def run():
             with torch.no_grad():
                 return fn(inputs)
-        return graphed_ms(run)
+        return run
     leaves, dy = leaves_and_dout(inputs)
 
     def run_bwd():
         return torch.autograd.grad(fn(leaves), list(leaves.values()), dy)
-    return graphed_ms(run_bwd)
+    return run_bwd
+
+
+def bench_graphed(fn, inputs, backward: bool) -> float:
+    """One call captured in a CUDA graph, its replays timed (the warm-up calls before the capture run
+    Triton's compilation and mamba_ssm's autotuning)."""
+    return graphed_ms(call_of(fn, inputs, backward))
+
+
+def parse_shape(ap: argparse.ArgumentParser, text: str, names: str = "batch,length,heads,headdim,state") -> tuple:
+    """--shape's positive integers, one per name in `names`, else argparse's error naming them."""
+    parts = text.split(",")
+    if len(parts) != len(names.split(",")) or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        ap.error(f"--shape: expected {len(names.split(','))} positive integers {names}, got {text!r}")
+    return tuple(int(p) for p in parts)
 
 
 def main():

@@ -36,9 +36,12 @@ from triton.runtime.jit import create_function_from_signature  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench_ssd import parse_shape  # noqa: E402  (benchmarks/, the script's folder)
 from hybrid.kernels import launch  # noqa: E402
 
 RESOURCES = re.compile(r"REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)")
+SHAPES = {"ssd": ("batch,length,heads,headdim,state", "4,8192,32,64,128"),  # (--shape's names, its default)
+          "scan": ("batch,dim,length,state", "4,2048,2048,16")}
 
 
 @contextmanager
@@ -123,13 +126,10 @@ def main() -> None:
                                                   "scan: batch,dim,length,state (default 4,2048,2048,16)")
     ap.add_argument("--arch", type=int, default=90, help="CUDA compute capability, e.g. 90 (H100, H200), 80 (A100)")
     args = ap.parse_args()
-    default = "4,8192,32,64,128" if args.what == "ssd" else "4,2048,2048,16"
-    try:
-        shape = tuple(int(v) for v in (args.shape or default).split(","))
-    except ValueError:
-        shape = ()
-    if len(shape) != len(default.split(",")) or min(shape) < 1:
-        ap.error(f"--shape: expected {len(default.split(','))} positive integers like {default}, got {args.shape!r}")
+    names, default = SHAPES[args.what]
+    shape = parse_shape(ap, args.shape or default, names)
+    if args.arch < 75:
+        ap.error(f"--arch: expected a CUDA compute capability of 75 or more (what Triton compiles for), got {args.arch}")
     cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
     calls = ssd_calls(shape) if args.what == "ssd" else scan_calls(shape)
     target = GPUTarget("cuda", args.arch, 32)

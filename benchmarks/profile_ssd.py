@@ -24,26 +24,12 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_ssd import PASSES, default_out, implementations, leaves_and_dout, make  # noqa: E402
+from bench_ssd import PASSES, call_of, default_out, implementations, make, parse_shape  # noqa: E402
 from profile_step import kernel_table  # noqa: E402
 
 WARMUP = 3
 WIDTH = 60
 TOP = 20
-
-
-def _call(fn, inputs, backward: bool):
-    """One forward (under no_grad) or forward and backward of <y, dy>, as a function of no arguments."""
-    if not backward:
-        def run():
-            with torch.no_grad():
-                fn(inputs)
-        return run
-    leaves, dy = leaves_and_dout(inputs, seed=0)
-
-    def run_bwd():
-        torch.autograd.grad(fn(leaves), list(leaves.values()), dy)
-    return run_bwd
 
 
 def profiled(run, calls: int) -> tuple[list[tuple[str, float, float]], float]:
@@ -73,12 +59,7 @@ def main() -> None:
     ap.add_argument("--calls", type=int, default=20, help="profiled calls of each implementation and pass")
     ap.add_argument("--out", default=None, help="markdown file (default benchmarks/results/profile_ssd_<device>.md)")
     args = ap.parse_args()
-    try:
-        shape = tuple(int(v) for v in args.shape.split(","))
-    except ValueError:
-        shape = ()
-    if len(shape) != 5 or min(shape) < 1:
-        ap.error(f"--shape: expected five positive integers batch,length,heads,headdim,state, got {args.shape!r}")
+    shape = parse_shape(ap, args.shape)
     if args.calls < 1:
         ap.error(f"--calls: expected a positive integer, got {args.calls}")
     if not torch.cuda.is_available():
@@ -99,7 +80,7 @@ def main() -> None:
     inputs = make(*shape)
     for impl, fn in impls:
         for label, backward in PASSES:
-            rows, total = profiled(_call(fn, inputs, backward), args.calls)
+            rows, total = profiled(call_of(fn, inputs, backward), args.calls)
             lines += section(impl, label, rows, total)
             print(f"{impl} {label}: {total:.3f} ms of GPU kernels per call", flush=True)
             out.write_text("\n".join(lines))  # after every pass: a run cut short keeps what it measured

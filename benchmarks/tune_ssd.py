@@ -27,7 +27,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_ssd import CHUNK, bench_graphed, default_out, implementations, leaves_and_dout, make  # noqa: E402
+from bench_ssd import (CHUNK, bench_graphed, default_out, implementations, leaves_and_dout, make,  # noqa: E402
+                       parse_shape)
 
 
 def _grid(**axes) -> list[dict]:
@@ -35,7 +36,6 @@ def _grid(**axes) -> list[dict]:
     return [dict(zip(keys, values)) for values in itertools.product(*axes.values())]
 
 
-LAUNCH = _grid(warps=[4, 8], stages=[2, 3, 4])
 # kernel -> (timed pass: backward?, candidate overrides). A candidate overrides only the keys it names: the
 # others are the kernel's defaults (_config, then MEASURED, whose launch options and row tiles came from
 # the first round of this search: benchmarks/results/tune_ssd_nvidia_h200.md). This second round varies
@@ -78,9 +78,7 @@ def main():
     ap.add_argument("--peer", default=None, help="folder holding the mamba_ssm package, to time it beside ours")
     ap.add_argument("--out", default=None, help="markdown file (default benchmarks/results/tune_ssd_<device>.md)")
     args = ap.parse_args()
-    shape = tuple(int(v) for v in args.shape.split(",") if v.strip().isdigit())
-    if len(shape) != 5 or len(args.shape.split(",")) != 5 or min(shape) < 1:
-        ap.error(f"--shape: expected five positive integers batch,length,heads,headdim,state, got {args.shape!r}")
+    shape = parse_shape(ap, args.shape)
     kernels = [k for k in args.kernels.split(",") if k]
     unknown = sorted(set(kernels) - set(CANDIDATES))
     if unknown or not kernels:
