@@ -66,8 +66,16 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=None,
                         help="read the inputs in chunks of this many tokens, the state carried (recurrent models)")
     args = parser.parse_args()
+    for flag in ("examples", "batch", "chunk"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            parser.error(f"--{flag}: expected a positive integer, got {getattr(args, flag)}")
+    if not all(n.strip().isdigit() and int(n) >= 4 for n in args.lengths.split(",")):
+        parser.error(f"--lengths: expected a comma list of input lengths of 4 or more, got {args.lengths!r}")
     lengths = [int(n) for n in args.lengths.split(",")]
     run = Path(args.run)
+    missing = [name for name in ("config.yaml", "checkpoint.pt") if not (run / name).is_file()]
+    if missing:
+        parser.error(f"{run}: not a run directory (no {' or '.join(missing)})")
     batch = args.batch or min(args.examples, 8)
     root = load_config(str(run / "config.yaml"), [f"task.eval_lengths={lengths}", f"task.eval_examples={args.examples}",
                                                   f"task.eval_batch_size={batch}"])
@@ -78,7 +86,7 @@ def main() -> None:
     task = build_task_of(root)
     for name in args.dtypes.split(","):
         start = time.perf_counter()
-        if args.chunk:
+        if args.chunk is not None:
             result = chunked_evaluation(model, task, device, DTYPES[name], args.chunk)
         else:
             result = run_evaluation(model, task, device, DTYPES[name], None)
