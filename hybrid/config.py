@@ -237,15 +237,15 @@ def _first_line(err: OmegaConfBaseException) -> str:
 def _with_overrides(base: DictConfig, confs: list[DictConfig], origins: dict[str, str]) -> DictConfig:
     """A copy of `base` with the overrides merged in, their origins recorded."""
     try:  # all at once: omegaconf copies the base once, not once per override
-        merged = OmegaConf.merge(base, *confs)
+        together = OmegaConf.merge(base, *confs)
     except (OmegaConfBaseException, TypeError, ValueError):
-        merged = base
-        for conf in confs:  # one at a time, for the error: a clash names both sides
-            merged = _merge(merged, conf, COMMAND_LINE, origins)
-            _record_origins(OmegaConf.to_container(conf), COMMAND_LINE, origins)
+        together = None
+    merged = base
     for conf in confs:
+        if together is None:  # again one at a time, for the error: a clash names both sides
+            merged = _merge(merged, conf, COMMAND_LINE, origins)
         _record_origins(OmegaConf.to_container(conf), COMMAND_LINE, origins)
-    return merged
+    return together if together is not None else merged
 
 
 def _merged_pieces(pieces: list[tuple[str, dict]], origins: dict[str, str]) -> DictConfig:
