@@ -29,8 +29,17 @@ class Facets:
     where: dict[str, tuple[int, dict]] = field(default_factory=dict)  # row label -> (panel, plot kwargs)
     legend: list[tuple[str, dict]] = field(default_factory=list)  # (text, kwargs of its sample line)
 
+    @property
+    def texts(self) -> list[str]:
+        return [text for text, _ in self.legend]
+
     def handles(self) -> tuple[list[Line2D], list[str]]:
-        return [Line2D([], [], **kw) for _, kw in self.legend], [text for text, _ in self.legend]
+        return [Line2D([], [], **kw) for _, kw in self.legend], self.texts
+
+
+def cycle_colors() -> list:
+    """matplotlib's colour cycle."""
+    return plt.rcParams["axes.prop_cycle"].by_key().get("color", ["C0"])
 
 
 def hue(i: int, colors: list) -> dict:
@@ -51,7 +60,7 @@ def _ordered(values) -> list:
 
 def facets(rows: list[Row], axes: list[str]) -> Facets:
     """The panels, styles and legend for `rows`, whose configurations vary along `axes`."""
-    colors = plt.rcParams["axes.prop_cycle"].by_key().get("color", ["C0"])
+    colors = cycle_colors()
     varying = [a for a in axes if len({r.config.get(a, "") for r in rows}) > 1]
     if len(rows) <= FEW or not varying:
         out = Facets([""])

@@ -25,7 +25,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from hybrid.report.facets import MARKERS, add_legend, facets, panel_grid  # noqa: E402
+from hybrid.report.facets import MARKERS, add_legend, cycle_colors, facets, panel_grid  # noqa: E402
 from hybrid.report.tables import Row, Sweep, best_rows  # noqa: E402
 
 
@@ -71,7 +71,7 @@ def _plot_widths(sweep: Sweep, rows: list[Row], x_axis: str):
     others = [a for a in sweep.config_axes() if a != x_axis]
     panels = _width_panels(rows, x_axis, others[0] if len(others) >= 2 else None, sweep.metric)
     labels = list(dict.fromkeys(label for lines in panels.values() for label in lines))
-    colors = plt.rcParams["axes.prop_cycle"].by_key().get("color", ["C0"])
+    colors = cycle_colors()
     style = {label: dict(color=colors[i % len(colors)], marker=MARKERS[i % len(MARKERS)])
              for i, label in enumerate(labels)}
     fig, (cells,), rect = panel_grid(len(panels), labels, height=3.8, sharey=True)
@@ -117,7 +117,7 @@ def metric_vs_config(sweep: Sweep, rows: list[Row], out: Path) -> Path | None:
 
 def loss_curves(sweep: Sweep, rows: list[Row], out: Path) -> Path | None:
     found = facets(rows, sweep.config_axes())
-    fig, (panels,), rect = panel_grid(len(found.panels), [text for text, _ in found.legend])
+    fig, (panels,), rect = panel_grid(len(found.panels), found.texts)
     drawn = False
     for r in rows:
         run = r.runs[0]
@@ -144,7 +144,7 @@ def metric_curves(sweep: Sweep, rows: list[Row], out: Path) -> Path | None:
     """The selection metric against step (top) and against wall-clock seconds (below), each configuration
     at its best lr (the seed with the most periodic evaluations): how fast each gets there, in steps and in time."""
     found = facets(rows, sweep.config_axes())
-    fig, (by_step, by_time), rect = panel_grid(len(found.panels), [text for text, _ in found.legend], kinds=2)
+    fig, (by_step, by_time), rect = panel_grid(len(found.panels), found.texts, kinds=2)
     drawn = False
     for r in rows:
         per_run = [[(m["step"], m.get("time"), m[sweep.metric]) for m in run.metrics
