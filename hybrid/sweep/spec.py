@@ -74,7 +74,7 @@ class SweepSpec:
         return self.out or self.path.parent
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "sweep_file": str(self.path), "config": str(self.config),
+        return {"name": self.name, "sweep_file": str(self.path), "config": _below_cwd(self.config),
                 "select": {"over": self.select_over, "metric": self.metric, "mode": self.mode,
                            **({"enough": self.enough} if self.enough is not None else {}),
                            **({"seeds": "best"} if self.seeds_best else {})},
@@ -280,6 +280,15 @@ def _select_over(select: dict[str, Any], axis_names: list[str], file: str) -> li
                           "seeds at its best, but the sweep " + ("selects over no axis" if not over else
                           "has no seed axis (grid: {seed: [0, 1]})"), key="select.seeds", file=file)
     return over
+
+
+def _below_cwd(path: Path) -> str:
+    """`path` relative to the working directory when it lies below it (so that a plan checked in with
+    its study names no machine's folders), else whole."""
+    try:
+        return str(path.relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
 
 
 def load_sweep(path: Path | str, *, check: bool = True) -> SweepSpec:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import datetime
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -62,6 +63,22 @@ def test_bad_sweep_files_are_rejected(tiny, tmp_path, body, match):
     tiny()
     with pytest.raises(ConfigError, match=match):
         load_sweep(write_sweep(tmp_path, body))
+
+
+def test_plan_names_its_base_config_relative_to_the_working_directory(tiny, tmp_path, monkeypatch):
+    """sweep.json is checked in with a study: a base config below the working directory is named
+    relative to it, not by the absolute path of the machine that ran the sweep; one elsewhere whole."""
+    tiny()
+    path = write_sweep(tmp_path, {"grid": {"model.layers.A.n_heads": [2]}})
+    monkeypatch.chdir(tmp_path.parent)
+    plan = load_sweep(Path(tmp_path.name) / path.name).to_dict()
+    assert plan["config"] == str(Path(tmp_path.name) / "tiny.yaml")
+    assert plan["sweep_file"] == str(Path(tmp_path.name) / path.name)
+    monkeypatch.chdir(tmp_path)
+    assert load_sweep(path.resolve()).to_dict()["config"] == "tiny.yaml"
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert load_sweep(path).to_dict()["config"] == str((tmp_path / "tiny.yaml").resolve())
 
 
 def test_skip_resume_and_failure_isolation(tiny, tmp_path):
