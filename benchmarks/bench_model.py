@@ -13,8 +13,12 @@ with F.scaled_dot_product_attention (benchmarks/plain_transformer.py).
 Every model runs its backward on the calling thread, as `hybrid train` does (autograd's
 set_multithreading_enabled(False)); --worker-thread measures PyTorch's default instead, which hands
 the backward to autograd's CUDA worker thread.
+--conv-bwd fused,two_pass times our Mamba and Mamba-2 models once with each backward of the causal
+conv (triton_conv.BACKWARD, which each forward reads), in the same run: the rows after the first are
+labelled with their method.
 
     python benchmarks/bench_model.py [--peers .peers/mamba] [--steps 10] [--compile] [--models transformer,mamba2]
+    python benchmarks/bench_model.py --models mamba2 --conv-bwd fused,two_pass --peers .peers/mamba
 """
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from hybrid.kernels.causal_conv1d import triton_conv  # noqa: E402
 from hybrid.model import HybridLM  # noqa: E402
 from hybrid.model_config import ModelConfig  # noqa: E402
 from plain_transformer import PlainTransformer  # noqa: E402
@@ -82,6 +87,30 @@ def measure(model: HybridLM, steps: int, batch: int, length: int, compile_model:
     return batch * length * steps / elapsed, torch.cuda.max_memory_allocated() / 2**30
 
 
+def ours_rows(name: str, args: argparse.Namespace) -> list[tuple]:
+    """(model, label, params, tokens/s, peak GiB) of our model `name`: eager, compiled with --compile, and
+    with each causal-conv backward of --conv-bwd after the first (models with a conv only)."""
+    layout, rows = MODELS[name], []
+    methods = args.conv_bwd if "M" in layout else args.conv_bwd[:1]
+    default = triton_conv.BACKWARD
+    variants = [("ours", False, methods[0])] + ([("ours+compile", True, methods[0])] if args.compile else [])
+    variants += [(f"ours, conv backward {m}", False, m) for m in methods[1:]]
+    try:
+        for label, comp, method in variants:
+            triton_conv.BACKWARD = method
+            torch.manual_seed(0)
+            model = build(layout)
+            params = model.num_parameters()
+            tps, mem = measure(model, args.steps, args.batch, args.length, comp, not args.worker_thread)
+            rows.append((name, label, params, tps, mem))
+            print(rows[-1], flush=True)
+            del model
+            torch.cuda.empty_cache()
+    finally:
+        triton_conv.BACKWARD = default
+    return rows
+
+
 def load_peers(folder: str | None, names: list[str]) -> dict:
     """mamba_ssm's mixers by our class name ("Mamba", "Mamba2") -> a constructor, from its sources in
     `folder`; the Mamba-1 one (whose CUDA scan is built, about 2.5 minutes the first time) only when a
@@ -120,8 +149,17 @@ def main() -> None:
     parser.add_argument("--models", default=",".join(MODELS),
                         help=f"comma-separated, of {', '.join(MODELS)} (the Mamba-1 peer's CUDA scan is built "
                              "only when mamba or hybrid is among them)")
+    parser.add_argument("--conv-bwd", default=triton_conv.BACKWARD,
+                        help=f"comma-separated causal-conv backwards to time our Mamba models with, of "
+                             f"{', '.join(triton_conv.BACKWARD_METHODS)} (default: {triton_conv.BACKWARD}, the "
+                             "library's); the first is the one the main rows use")
     parser.add_argument("--out", default=None, help="markdown file to write")
     args = parser.parse_args()
+    args.conv_bwd = [m.strip() for m in args.conv_bwd.split(",") if m.strip()]
+    bad = sorted(set(args.conv_bwd) - set(triton_conv.BACKWARD_METHODS))
+    if bad or not args.conv_bwd:
+        parser.error(f"--conv-bwd: expected names among {', '.join(triton_conv.BACKWARD_METHODS)}, got "
+                     f"{','.join(args.conv_bwd) or 'nothing'}")
     names = [n.strip() for n in args.models.split(",") if n.strip()]
     unknown = sorted(set(names) - set(MODELS))
     if unknown or not names:
@@ -132,16 +170,7 @@ def main() -> None:
     rows = []
     for name in names:
         layout = MODELS[name]
-        variants = [("ours", False)] + ([("ours+compile", True)] if args.compile else [])
-        for label, comp in variants:
-            torch.manual_seed(0)
-            model = build(layout)
-            params = model.num_parameters()
-            tps, mem = measure(model, args.steps, args.batch, args.length, comp, not args.worker_thread)
-            rows.append((name, label, params, tps, mem))
-            print(rows[-1], flush=True)
-            del model
-            torch.cuda.empty_cache()
+        rows += ours_rows(name, args)
         if name == "transformer":  # held to a plain nn.Module of the same shapes (benchmarks/plain_transformer.py)
             torch.manual_seed(0)
             plain = PlainTransformer()

@@ -8,6 +8,7 @@
 # 2. kernel benchmarks: add + RMSNorm, gated RMSNorm, causal conv1d, linear cross-entropy, SSD (with the peer when given),
 #    the SSD kernels' per-kernel settings (tune_ssd.py), ours and the peer's SSD kernel by kernel (profile_ssd.py);
 # 3. whole models: bench_model.py at 8 x 2048 (with mamba_ssm's blocks when PEERS is given) and
+#    the Mamba stacks with each causal-conv backward (bench_model_conv_bwd, and profile_step_mamba2_two_pass);
 #    bench_generate.py at batch 1 and 64, context 8K, eager and graphed; data-parallel cases (bench_distributed.py);
 #    one training step of the MQAR study (profile_step_mqar) and of the ~130M Mamba stacks, kernel by kernel.
 # Logs and tables go to OUT_DIR (tables also to benchmarks/results/ by each script's default name).
@@ -17,7 +18,7 @@ OUT=${1:?usage: benchmarks/run_gpu_checks.sh OUT_DIR [PEERS]}
 PEERS=${2:-}
 cd "$(dirname "$0")/.."
 mkdir -p "$OUT"
-PARTS=${PARTS:-cuda_tests bench_add_rms_norm bench_gated_rms_norm bench_causal_conv1d bench_linear_cross_entropy bench_ssd tune_ssd profile_ssd profile_step profile_step_mamba2 profile_step_mqar bench_model bench_generate bench_distributed}
+PARTS=${PARTS:-cuda_tests bench_add_rms_norm bench_gated_rms_norm bench_causal_conv1d bench_linear_cross_entropy bench_ssd tune_ssd profile_ssd profile_step profile_step_mamba2 profile_step_mqar bench_model bench_model_conv_bwd profile_step_mamba2_two_pass bench_generate bench_distributed}
 part() {  # name, cap in seconds, command...  (only the parts named in PARTS run)
   local name=$1 cap=$2; shift 2
   [[ " $PARTS " == *" $name "* ]] || return 0
@@ -43,6 +44,11 @@ part profile_step_mqar 90 python benchmarks/profile_step.py --config experiments
   "task.train=[{length: 512, num_kv_pairs: 64}]" "task.test=[{length: 512, num_kv_pairs: 64}]" train.batch_size=128 \
   model.d_model=256 "model.layout=M2 x2" --out "$OUT/profile_mqar.md"
 part bench_model 240 python benchmarks/bench_model.py ${PEERS:+--peers "$PEERS"} --out "$OUT/model.md"
+# the causal conv's two backwards in the Mamba and Mamba-2 training steps, one run (ours against ours)
+part bench_model_conv_bwd 150 python benchmarks/bench_model.py --models mamba,mamba2 --conv-bwd fused,two_pass \
+  --out "$OUT/model_conv_bwd.md"
+part profile_step_mamba2_two_pass 60 env HYBRID_CONV_BWD=two_pass python benchmarks/profile_step.py --lm "M2 x24" \
+  --out "$OUT/profile_mamba2_two_pass.md"
 part bench_generate 180 python benchmarks/bench_generate.py --models transformer,mamba,mamba2,jamba \
   --contexts 8192 --batches 1,64 ${PEERS:+--peers "$PEERS"} --out "$OUT/generate.md"
 part bench_distributed 240 python benchmarks/bench_distributed.py --ranks 1,2 --steps 120 --timeout 110 \
