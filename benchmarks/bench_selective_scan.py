@@ -4,6 +4,7 @@ mamba_ssm's CUDA kernel, measured in the same run; and the decoding step against
 
     python3 .peers/mamba/load.py                      # once per machine: builds the peer's CUDA scan
     PYTHONPATH=. python3 benchmarks/bench_selective_scan.py --peers .peers/mamba [--sweep] [--out FILE]
+    PYTHONPATH=. python3 benchmarks/bench_selective_scan.py --sweep-only [--out FILE]   # our tiles only
     PYTHONPATH=. python3 benchmarks/bench_selective_scan.py --cpu [--out FILE]
 
 Times are medians of triton.testing.do_bench (CUDA events) in ms; bf16 u, delta, z, B, C; fp32 A, D,
@@ -23,8 +24,8 @@ import torch
 import triton
 
 from hybrid.kernels.selective_scan import selective_scan_ref, selective_scan_torch
-from hybrid.kernels.selective_scan.triton_scan import (_forward_config, _selective_scan_bwd, _selective_scan_fwd,
-                                                       selective_scan_triton)
+from hybrid.kernels.selective_scan.triton_scan import (_backward_config, _forward_config, _selective_scan_bwd,
+                                                       _selective_scan_fwd, selective_scan_triton)
 from hybrid.kernels.selective_scan.triton_step import selective_state_update_triton
 
 SHAPES = [(4, 2048, 512, 16), (4, 2048, 2048, 16), (4, 2048, 8192, 16), (4, 2048, 32768, 16),
@@ -103,30 +104,49 @@ def reference(u, delta, A, B, C, D, z, bias, softplus):
     return selective_scan_ref(u, delta, A, B, C, D=D, z=z, delta_bias=bias, delta_softplus=softplus)
 
 
+SWEEP_SHAPES = [(8, 1536, 2048, 16), (4, 2048, 2048, 16), (1, 4096, 2048, 16), (4, 2048, 2048, 64),
+                (4, 2048, 8192, 16)]  # the first: one layer of bench_model.py's ~130M Mamba
+SWEEP_FWD = [(1, 1, 32, 8, None), (1, 1, 32, 8, 96), (1, 1, 32, 8, 64), (2, 1, 16, 8, None), (4, 1, 8, 8, None)]
+# several warps a program (BLOCK_D * SEGS = 32 * warps): more channels share one atomic add of dB and dC
+SWEEP_BWD = [(1, 1, 32, 8, None), (1, 1, 32, 8, 200), (2, 1, 16, 8, None), (4, 1, 8, 8, None),
+             (8, 1, 4, 8, None), (8, 2, 8, 8, None), (16, 4, 8, 8, None), (4, 2, 16, 8, None)]
+SWEEP_TOLERANCE = 2e-2  # a candidate's gradients against the default tiles', max |diff| / max |default|
+
+
 def sweep(lines):
     """Tile settings (BLOCK_D, num_warps, SEGS, ITEMS, MAXNREG) of the forward and backward kernels: a
     chunk is SEGS segments of ITEMS steps, one segment per thread when BLOCK_D * SEGS = 32 * num_warps;
     MAXNREG caps the registers (None: no cap). Each backward candidate runs on states that the default
-    forward saved every chunk of that backward."""
-    fwd_configs = [(1, 1, 32, 8, None), (1, 1, 32, 8, 96), (1, 1, 32, 8, 64), (2, 1, 16, 8, None), (4, 1, 8, 8, None)]
-    bwd_configs = [(1, 1, 32, 8, None), (1, 1, 32, 8, 200), (2, 1, 16, 8, None), (4, 1, 8, 8, None),
-                   (8, 1, 4, 8, None)]
-    for shape in [(4, 2048, 2048, 16), (1, 4096, 2048, 16), (4, 2048, 2048, 64), (4, 2048, 8192, 16)]:
+    forward saved every chunk of that backward, and its gradients are checked against the default
+    tiles' (the largest relative difference over the nine is in its line; over SWEEP_TOLERANCE it is
+    marked WRONG)."""
+    for shape in SWEEP_SHAPES:
         x = make(*shape)
         args = (x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], x["z"], x["delta_bias"])
         dout = torch.randn_like(x["u"])
-        for cfg in fwd_configs:
+        for cfg in SWEEP_FWD:
             tf = triton.testing.do_bench(lambda: _selective_scan_fwd(*args, None, True, False, config=cfg),  # noqa: B023
                                          return_mode="median")
             lines.append(f"sweep {shape} forward BLOCK_D, warps, SEGS, ITEMS, MAXNREG = {cfg}: {tf:.3f} ms")
             print(lines[-1], flush=True)
         fwd_default = _forward_config(shape[1], shape[3])
-        for cfg in bwd_configs:
+        expected = None
+        for cfg in [_backward_config(shape[1])] + SWEEP_BWD:
             _, _, states = _selective_scan_fwd(*args, None, True, True, config=fwd_default, save_every=cfg[2] * cfg[3])
+            grads = _selective_scan_bwd(dout, None, *args, states, True, config=cfg)
+            if expected is None:  # the default tiles: the reference for the others
+                expected = grads
+                continue
+            error = max(((g.float() - e.float()).abs().max() / e.float().abs().max().clamp_min(1e-30)).item()
+                        for g, e in zip(grads, expected) if e is not None)
             tb = triton.testing.do_bench(lambda: _selective_scan_bwd(dout, None, *args, states, True, config=cfg),  # noqa: B023
                                          return_mode="median")
-            lines.append(f"sweep {shape} backward BLOCK_D, warps, SEGS, ITEMS, MAXNREG = {cfg}: {tb:.3f} ms")
+            flag = " WRONG" if error > SWEEP_TOLERANCE else ""
+            lines.append(f"sweep {shape} backward BLOCK_D, warps, SEGS, ITEMS, MAXNREG = {cfg}: {tb:.3f} ms "
+                         f"(gradients within {error:.1e} of the default tiles'){flag}")
             print(lines[-1], flush=True)
+        del x, dout, expected
+        torch.cuda.empty_cache()
 
 
 def main():
@@ -134,12 +154,16 @@ def main():
     ap.add_argument("--peers", default=".peers/mamba", help="folder of the mamba_ssm peer (with load.py)")
     ap.add_argument("--out", default=None, help="markdown file to write (default benchmarks/results/...)")
     ap.add_argument("--sweep", action="store_true", help="also time tile-size variants of our kernels")
+    ap.add_argument("--sweep-only", action="store_true",
+                    help="only the tile-size variants (no peer, no table), as their own results file")
     ap.add_argument("--no-peer", action="store_true", help="ours only (no peer build), short repetitions")
     ap.add_argument("--rep", type=float, default=200, help="do_bench repetition time per measurement, ms")
     ap.add_argument("--cpu", action="store_true", help="the CPU backends (PyTorch backend, reference) instead")
     args = ap.parse_args()
     if args.cpu or not torch.cuda.is_available():
         return cpu_main(args.out)
+    if args.sweep_only:
+        return sweep_main(args.out)
     if args.no_peer:
         peer = peer_step = None
     else:
@@ -237,6 +261,24 @@ def main():
     print(text)
     out = args.out or os.path.join(os.path.dirname(__file__), "results",
                                    f"selective_scan_{device.replace(' ', '_')}.md")
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    with open(out, "w") as f:
+        f.write(text + "\n")
+
+
+def sweep_main(out: str | None) -> None:
+    """--sweep-only: the tile sweep alone, written as its own results file."""
+    device = torch.cuda.get_device_name()
+    notes = []
+    sweep(notes)
+    text = "\n".join([f"# Selective scan tile sweep on {device}", "",
+                      f"torch {torch.__version__}, triton {triton.__version__}; bf16 u, delta, z, B, C; fp32 A, D, "
+                      "delta_bias; softplus, z and D given. Median of triton.testing.do_bench, ms; "
+                      "`python benchmarks/bench_selective_scan.py --sweep-only`.", "",
+                      *[f"- {n}" for n in notes], ""])
+    print(text)
+    out = out or os.path.join(os.path.dirname(__file__), "results",
+                              f"selective_scan_sweep_{device.replace(' ', '_')}.md")
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out, "w") as f:
         f.write(text + "\n")

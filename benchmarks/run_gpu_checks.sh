@@ -5,7 +5,8 @@
 # The caps add up to more than one 10-minute device command: split the parts over two.
 # 1. every test marked `cuda` (kernels, layers, generation with CUDA graphs, training); or, as the part
 #    cuda_tests_ssd, only the SSD kernels' and the Mamba-2 layer's (a change there checked in ~2 minutes);
-# 2. kernel benchmarks: add + RMSNorm, gated RMSNorm, causal conv1d, linear cross-entropy, SSD (with the peer when given),
+# 2. kernel benchmarks: add + RMSNorm, gated RMSNorm, causal conv1d, linear cross-entropy, the selective scan's tiles
+#    (bench_selective_scan.py --sweep-only, gradients checked against the default tiles'), SSD (with the peer when given),
 #    the SSD kernels' per-kernel settings (tune_ssd.py), ours and the peer's SSD kernel by kernel (profile_ssd.py);
 # 3. whole models: bench_model.py at 8 x 2048 (with mamba_ssm's blocks when PEERS is given) and
 #    the Mamba stacks with each causal-conv backward (bench_model_conv_bwd, and profile_step_mamba2_two_pass);
@@ -18,7 +19,7 @@ OUT=${1:?usage: benchmarks/run_gpu_checks.sh OUT_DIR [PEERS]}
 PEERS=${2:-}
 cd "$(dirname "$0")/.."
 mkdir -p "$OUT"
-PARTS=${PARTS:-cuda_tests bench_add_rms_norm bench_gated_rms_norm bench_causal_conv1d bench_linear_cross_entropy bench_ssd tune_ssd profile_ssd profile_step profile_step_mamba2 profile_step_mqar bench_model bench_model_conv_bwd profile_step_mamba2_two_pass bench_generate bench_distributed}
+PARTS=${PARTS:-cuda_tests bench_add_rms_norm bench_gated_rms_norm bench_causal_conv1d bench_linear_cross_entropy bench_selective_scan_sweep bench_ssd tune_ssd profile_ssd profile_step profile_step_mamba2 profile_step_mqar bench_model bench_model_conv_bwd profile_step_mamba2_two_pass bench_generate bench_distributed}
 part() {  # name, cap in seconds, command...  (only the parts named in PARTS run)
   local name=$1 cap=$2; shift 2
   [[ " $PARTS " == *" $name "* ]] || return 0
@@ -34,6 +35,7 @@ part bench_add_rms_norm 60 python benchmarks/bench_add_rms_norm.py --out "$OUT/a
 part bench_gated_rms_norm 60 python benchmarks/bench_gated_rms_norm.py ${PEERS:+--peer "$PEERS"} --out "$OUT/gated_rms_norm.md"
 part bench_causal_conv1d 60 python benchmarks/bench_causal_conv1d.py --out "$OUT/causal_conv1d.md"
 part bench_linear_cross_entropy 60 python benchmarks/bench_linear_cross_entropy.py --out "$OUT/linear_cross_entropy.md"
+part bench_selective_scan_sweep 240 python benchmarks/bench_selective_scan.py --sweep-only --out "$OUT/selective_scan_sweep.md"
 part bench_ssd 300 python benchmarks/bench_ssd.py ${PEERS:+--peer "$PEERS"} --out "$OUT/ssd.md"
 part tune_ssd 300 python benchmarks/tune_ssd.py ${PEERS:+--peer "$PEERS"} --out "$OUT/tune_ssd.md"
 part profile_ssd 90 python benchmarks/profile_ssd.py ${PEERS:+--peer "$PEERS"} --out "$OUT/profile_ssd.md"

@@ -131,16 +131,19 @@ def test_triton_no_grad_over_many_chunks_keeps_the_state():
     assert rel(out, ref) <= FP32_TOL and rel(last, ref_last) <= FP32_TOL
 
 
-@pytest.mark.parametrize("backward_config", [(4, 1, 8, 8, None), (2, 1, 16, 8, None), (1, 1, 32, 8, None)],
-                         ids=["4-channels", "2-channels", "1-channel"])
+@pytest.mark.parametrize("backward_config", [(4, 1, 8, 8, None), (2, 1, 16, 8, None), (1, 1, 32, 8, None),
+                                             (8, 2, 8, 8, None), (4, 2, 16, 8, None)],
+                         ids=["4-channels", "2-channels", "1-channel", "8-channels-2-warps", "4-channels-2-warps"])
 def test_triton_gpu_tiles_under_the_interpreter(backward_config, monkeypatch):
     """The GPU's tiles on CPU-sized inputs (the interpreter otherwise only runs its own small ones): the
     forward's 256-step chunk with states saved for the backward's 64, 128 or 256-step chunks, whose
-    programs sum dB and dC over 4, 2 or 1 channels."""
+    programs sum dB and dC over 8, 4, 2 or 1 channels (the two-warp tiles are candidates of
+    bench_selective_scan.py's sweep; the interpreter runs them as one program of the same tiles)."""
     from hybrid.kernels.selective_scan import triton_scan
     monkeypatch.setattr(triton_scan, "_forward_config", lambda *a: (1, 1, 32, 8, 64))
     monkeypatch.setattr(triton_scan, "_backward_config", lambda *a: backward_config)
-    compare(selective_scan, make_inputs(1, 8, 300, 4, groups=2), True, FP32_TOL, backend="triton")
+    dim = 2 * max(4, backward_config[0])  # two B/C groups, each a whole number of the program's channels
+    compare(selective_scan, make_inputs(1, dim, 300, 4, groups=2), True, FP32_TOL, backend="triton")
 
 
 @pytest.mark.parametrize("used", ["out", "last"])
