@@ -67,7 +67,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from hybrid.kernels.launch import FastLauncher, cdiv, next_power_of_2
+from hybrid.kernels.launch import FastLauncher, cdiv, next_power_of_2, optional_arg
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MAX_WIDTH = 8  # the taps are unrolled; the backward holds 2W - 1 shifted tiles live
@@ -428,20 +428,15 @@ _launch_bwd_g = FastLauncher(_causal_conv1d_bwd_g_kernel)
 _launch_bwd_dx = FastLauncher(_causal_conv1d_bwd_dx_kernel)
 
 
-def _optional(t: Tensor | None, like: Tensor, ndim: int) -> tuple[Tensor, tuple[int, ...]]:
-    """A tensor to pass for an optional input (x itself when absent: never read) and its strides."""
-    return (t, t.stride()) if t is not None else (like, (0,) * ndim)
-
-
 def _causal_conv1d_fwd(x, weight, bias, initial_states, seq_idx, silu, config=None) -> Tensor:
     """The forward kernel: out (batch, dim, length) in x's dtype and layout."""
     batch, dim, length = x.shape
     width = weight.shape[1]
     block_d, block_l, num_warps = config or _config(x)
     out = _like_layout(x)
-    b, s_b = _optional(bias, x, 1)
-    h0, s_h0 = _optional(initial_states, x, 3)
-    seq, s_seq = _optional(seq_idx, x, 2)
+    b, s_b = optional_arg(bias, x, 1)
+    h0, s_h0 = optional_arg(initial_states, x, 3)
+    seq, s_seq = optional_arg(seq_idx, x, 2)
     _launch_fwd(
         (cdiv(length, block_l), cdiv(dim, block_d), batch),
         x, weight, b, h0, seq, out,
@@ -507,10 +502,10 @@ def _bwd_fused(dout, x, weight, bias, initial_states, seq_idx, silu, dx, config=
     block_d, block_l, num_warps = config or _config(x, "backward")
     n_tiles, n_prog_l, block_w, partial = _partials(x, width, block_l)
     dinit = torch.empty_like(initial_states) if initial_states is not None else None
-    b, s_b = _optional(bias, x, 1)
-    h0, s_h0 = _optional(initial_states, x, 3)
-    seq, s_seq = _optional(seq_idx, x, 2)
-    dh0, s_dh0 = _optional(dinit, x, 3)
+    b, s_b = optional_arg(bias, x, 1)
+    h0, s_h0 = optional_arg(initial_states, x, 3)
+    seq, s_seq = optional_arg(seq_idx, x, 2)
+    dh0, s_dh0 = optional_arg(dinit, x, 3)
     _launch_bwd(
         (n_prog_l, cdiv(dim, block_d), batch),
         x, weight, b, h0, seq, dout, dx, dh0, partial,
@@ -531,9 +526,9 @@ def _bwd_two_pass(dout, x, weight, bias, initial_states, seq_idx, silu, dx, conf
     (bd_a, bl_a, nw_a), (bd_b, bl_b, nw_b) = config or (_config(x, "two_pass_g"), _config(x, "two_pass_dx"))
     n_tiles, n_prog_l, block_w, partial = _partials(x, width, bl_a)
     g = _like_layout(x, torch.float32)  # (batch, dim, length) d loss / d pre
-    b, s_b = _optional(bias, x, 1)
-    h0, s_h0 = _optional(initial_states, x, 3)
-    seq, s_seq = _optional(seq_idx, x, 2)
+    b, s_b = optional_arg(bias, x, 1)
+    h0, s_h0 = optional_arg(initial_states, x, 3)
+    seq, s_seq = optional_arg(seq_idx, x, 2)
     _launch_bwd_g(
         (n_prog_l, cdiv(dim, bd_a), batch),
         x, weight, b, h0, seq, dout, g, partial,
@@ -543,7 +538,7 @@ def _bwd_two_pass(dout, x, weight, bias, initial_states, seq_idx, silu, dx, conf
         HAS_SEQ=seq_idx is not None, BLOCK_D=bd_a, BLOCK_L=bl_a, BLOCK_W=block_w, num_warps=nw_a,
     )
     dinit = torch.empty_like(initial_states) if initial_states is not None else None
-    dh0, s_dh0 = _optional(dinit, x, 3)
+    dh0, s_dh0 = optional_arg(dinit, x, 3)
     _launch_bwd_dx(
         (cdiv(length, bl_b), cdiv(dim, bd_b), batch),
         g, weight, seq, dx, dh0,

@@ -65,7 +65,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from hybrid.kernels.launch import FastLauncher, cdiv, next_power_of_2
+from hybrid.kernels.launch import FastLauncher, cdiv, next_power_of_2, optional_arg
 from hybrid.kernels.triton_math import softplus as _softplus
 from hybrid.kernels.ssd.api import unpack_xbc
 from hybrid.kernels.ssd.reference import discretize_dt
@@ -733,11 +733,6 @@ def _launch_options(cfg: dict) -> dict:
     return dict(num_warps=cfg["warps"], num_stages=cfg["stages"])
 
 
-def _seq_args(seq_idx: Tensor | None, stand_in: Tensor) -> tuple[Tensor, tuple[int, int]]:
-    """The kernels' document-index pointer and strides: seq_idx's, or a stand-in they never read (HAS_SEQ off)."""
-    return (seq_idx, seq_idx.stride()) if seq_idx is not None else (stand_in, (0, 0))
-
-
 def _d_strides(D: Tensor | None) -> tuple[int, int]:
     if D is None:
         return 0, 0
@@ -756,7 +751,7 @@ def _ssd_fwd(x, dt, A, B, C, chunk, D, z, dt_bias, dt_softplus, dt_limit, initia
     dot, prec = _dot_dtype(x, B, C)
     cfg = _kernel_configs(chunk, headdim, dstate, dot)
     dev, f32 = x.device, torch.float32
-    seq, s_seq = _seq_args(seq_idx, x)
+    seq, s_seq = optional_arg(seq_idx, x, 2)
 
     dtp = torch.empty((batch, heads, n_chunks, chunk), device=dev, dtype=f32)  # dt after bias/softplus/clamp
     acs = torch.empty_like(dtp)  # a-hat
@@ -847,7 +842,7 @@ def _state_gradients(g: Tensor, C: Tensor, dtp: Tensor, acs: Tensor, seq_idx: Te
     dstate, hpg = C.shape[3], heads // C.shape[2]
     n_chunks, chunk = dtp.shape[2], dtp.shape[3]
     dev, f32 = g.device, torch.float32
-    seq, s_seq = _seq_args(seq_idx, g)
+    seq, s_seq = optional_arg(seq_idx, g, 2)
     dprev = torch.empty(prev.shape, device=dev, dtype=f32)
     k = _tuned(cfg, "dprev")
     _launch_outer((cdiv(headdim, k["BP"]) * cdiv(dstate, k["BN"]), heads, batch * n_chunks),
@@ -881,7 +876,7 @@ def _ssd_bwd(dy, dfinal, x, dt, A, B, C, chunk, D, z, dt_bias, dt_softplus, dt_l
     dot, prec = _dot_dtype(x, B, C)
     cfg = _kernel_configs(chunk, headdim, dstate, dot)
     dev, f32 = x.device, torch.float32
-    seq, s_seq = _seq_args(seq_idx, x)
+    seq, s_seq = optional_arg(seq_idx, x, 2)
     has_seq = seq_idx is not None
     if dy is None:  # only the final state was used
         dy = torch.zeros_like(x)
