@@ -137,6 +137,14 @@ def load_peers(folder: str | None, names: list[str]) -> dict:
     return peers
 
 
+def listed(parser: argparse.ArgumentParser, option: str, text: str, allowed) -> list[str]:
+    """The comma-separated names of `option`, each among `allowed`, else argparse's error naming them."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names or set(names) - set(allowed):
+        parser.error(f"{option}: expected names among {', '.join(allowed)}, got {text!r}")
+    return names
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--peers", help="folder holding mamba_ssm's sources (with load.py)")
@@ -155,15 +163,8 @@ def main() -> None:
                              "library's); the first is the one the main rows use")
     parser.add_argument("--out", default=None, help="markdown file to write")
     args = parser.parse_args()
-    args.conv_bwd = [m.strip() for m in args.conv_bwd.split(",") if m.strip()]
-    bad = sorted(set(args.conv_bwd) - set(triton_conv.BACKWARD_METHODS))
-    if bad or not args.conv_bwd:
-        parser.error(f"--conv-bwd: expected names among {', '.join(triton_conv.BACKWARD_METHODS)}, got "
-                     f"{','.join(args.conv_bwd) or 'nothing'}")
-    names = [n.strip() for n in args.models.split(",") if n.strip()]
-    unknown = sorted(set(names) - set(MODELS))
-    if unknown or not names:
-        parser.error(f"--models: expected names among {', '.join(MODELS)}, got {args.models!r}")
+    args.conv_bwd = listed(parser, "--conv-bwd", args.conv_bwd, triton_conv.BACKWARD_METHODS)
+    names = listed(parser, "--models", args.models, MODELS)
 
     peers = load_peers(args.peers, names)
 
