@@ -76,13 +76,13 @@ def fill_sms(block: int, minimum: int, rows: int, extent: int, device: torch.dev
     return block
 
 
-@functools.lru_cache(maxsize=None)
 def optional_arg(t: Tensor | None, stand_in: Tensor, ndim: int) -> tuple[Tensor, tuple[int, ...]]:
     """The tensor and strides to pass a kernel for an optional input: `t`'s, or a stand-in the kernel never
     reads (its HAS_... flag off) with `ndim` zero strides."""
     return (t, t.stride()) if t is not None else (stand_in, (0,) * ndim)
 
 
+@functools.lru_cache(maxsize=None)
 def sm_count(device: torch.device) -> int:
     """Streaming multiprocessors of a CUDA device (read once: the query costs host time every launch)."""
     return torch.cuda.get_device_properties(device).multi_processor_count
