@@ -31,8 +31,7 @@ def _is_dir(path: Path) -> bool:
 
 def run(args) -> int:
     from hybrid.errors import ConfigError  # noqa: PLC0415
-    from hybrid.report.tables import (collect, csv_table, evaluations_csv, markdown_table, runs_csv,  # noqa: PLC0415
-                                      not_needed, unfinished)
+    from hybrid.report.tables import collect, csv_table, evaluations_csv, markdown_table, runs_csv  # noqa: PLC0415
 
     if not _is_dir(args.dir):
         raise ConfigError("is not a folder; give a sweep's output folder or any folder of run directories",
@@ -52,14 +51,38 @@ def run(args) -> int:
     if not args.no_plots:
         from hybrid.report.plots import all_plots  # noqa: PLC0415
         plots = all_plots(sweep, out)
-    pending = unfinished(sweep)
     lines = [f"# {args.dir.resolve().name}", "",
              f"{len(sweep.runs)} runs; {sweep.metric} ({sweep.mode}) from the final evaluation"
              + (f", best over {', '.join(sweep.select_over)} per configuration" if sweep.select_over else "") + ".",
-             "", table, ""]
+             "", table, "", *_run_lists(sweep, out)]
+    lines += [f"![{p.stem}]({p.name})" for p in plots]
+    (out / "report.md").write_text("\n".join(lines) + "\n")
+    (out / "table.csv").write_text(csv_table(sweep))
+    (out / "runs.csv").write_text(runs_csv(sweep))
+    (out / "evaluations.csv").write_text(evaluations_csv(sweep))
+    print(table)
+    written = ["table.csv", "runs.csv", "evaluations.csv", *(f.name for f in sorted(out.glob("*.txt"))),
+               *(p.name for p in plots)]
+    print(f"\nwrote {out / 'report.md'}, " + ", ".join(written))
+    return 0
+
+
+INLINE = 20  # a list of more run names than this goes to its own file in the report folder, one a line
+
+
+def _run_lists(sweep, out: Path) -> list[str]:
+    """The report's paragraphs on the runs outside the table: unfinished or failed, planned but not
+    started, and not needed (with why); each long list written to report/<name>.txt instead."""
+    from hybrid.report.tables import not_needed, not_started, unfinished  # noqa: PLC0415
+
+    lines = []
+    pending = unfinished(sweep)
     if pending:
-        lines += ["Unfinished or failed: " + ", ".join(f"{r.name} ({r.state}{': ' + r.error[:120] if r.error else ''})"
-                                                         for r in pending), ""]
+        lines += _listed("Unfinished or failed", [f"{r.name} ({r.state}{': ' + r.error[:120] if r.error else ''})"
+                                                  for r in pending], out / "unfinished.txt")
+    waiting = not_started(sweep)
+    if waiting:
+        lines += _listed("Not started (planned, not yet ruled out)", waiting, out / "not_started.txt")
     skipped = not_needed(sweep)
     if skipped:
         why = []
@@ -68,13 +91,15 @@ def run(args) -> int:
                        f"{sweep.enough:g} on {'its first seed' if sweep.seeds_best else 'every seed'}")
         if sweep.seeds_best:
             why.append("a later seed away from the value its configuration's first seed did best at (select.seeds: best)")
-        lines += [f"Not needed ({'; or '.join(why)}): " + ", ".join(skipped), ""]
-    lines += [f"![{p.stem}]({p.name})" for p in plots]
-    (out / "report.md").write_text("\n".join(lines) + "\n")
-    (out / "table.csv").write_text(csv_table(sweep))
-    (out / "runs.csv").write_text(runs_csv(sweep))
-    (out / "evaluations.csv").write_text(evaluations_csv(sweep))
-    print(table)
-    written = ["table.csv", "runs.csv", "evaluations.csv", *(p.name for p in plots)]
-    print(f"\nwrote {out / 'report.md'}, " + ", ".join(written))
-    return 0
+        lines += _listed(f"Not needed ({'; or '.join(why)})", skipped, out / "not_needed.txt")
+    return lines
+
+
+def _listed(title: str, names: list[str], file: Path) -> list[str]:
+    """`title: a, b, c` for a short list; for a long one the count, the names written to `file`."""
+    if len(names) <= INLINE:
+        file.unlink(missing_ok=True)  # a list that was long at the last report and is short now
+        return [f"{title}: " + ", ".join(names), ""]
+    file.write_text("\n".join(names) + "\n")
+    return [f"{title}: {len(names)} runs, listed in {file.name}.", ""]
+

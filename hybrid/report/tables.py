@@ -296,6 +296,13 @@ def not_needed(sweep: Sweep) -> list[str]:
     return [p["name"] for p in sweep.planned if p["name"] in decided.unnecessary]
 
 
+def not_started(sweep: Sweep) -> list[str]:
+    """The planned runs with no run directory yet that the sweep would still run (not those that
+    select.enough or select.seeds: best make unnecessary), in the plan's order."""
+    skipped, started = set(not_needed(sweep)), {r.name for r in sweep.runs}
+    return [p["name"] for p in sweep.planned if p["name"] not in started and p["name"] not in skipped]
+
+
 def unfinished(sweep: Sweep) -> list[RunRecord]:
     """Runs not finished that the sweep would still run (not those select.enough made unnecessary)."""
     skipped = set(not_needed(sweep))

@@ -250,3 +250,34 @@ def test_equal_seeds_and_more_architectures_than_colours_plot(tmp_path):
     assert metric_vs_config(sweep, rows, tmp_path).stat().st_size > 1000
     styles = [style for _, style in facets(rows, ["arch"]).legend]
     assert len({(s["color"], s.get("marker")) for s in styles}) == len(styles) == 12
+
+
+def test_long_run_lists_go_to_files_and_planned_runs_not_started_are_counted(tmp_path):
+    """A grid's report names few runs inline: past INLINE names a list is a count in report.md and the
+    names in report/<list>.txt. Planned runs without a folder that the sweep would still run are listed
+    as not started; those select.enough made unnecessary are not."""
+    from hybrid.cli.report import INLINE
+    from hybrid.report.tables import collect, not_started
+    runs = []
+    for arch in range(INLINE + 5):  # each: lr 0.001 done at 0.995 (enough), 0.003 and 0.01 never started
+        for lr in ("0.001", "0.003", "0.01"):
+            name = f"arch=a{arch},lr={lr},seed=0"
+            runs.append({"name": name, "axes": {"arch": f"a{arch}", "train.lr": lr, "seed": "0"}})
+            if lr == "0.001":
+                _run(tmp_path, name, None, 0.995)
+    runs.append({"name": "arch=z,lr=0.001,seed=0", "axes": {"arch": "z", "train.lr": "0.001", "seed": "0"}})
+    (tmp_path / "sweep.json").write_text(json.dumps({"runs": runs, "select": {
+        "over": ["train.lr"], "metric": "eval/all/accuracy", "mode": "max", "enough": 0.99}}))
+    assert not_started(collect(tmp_path)) == ["arch=z,lr=0.001,seed=0"]
+    assert main(["report", str(tmp_path), "--no-plots"]) == 0
+    report = (tmp_path / "report" / "report.md").read_text()
+    skipped = 2 * (INLINE + 5)
+    assert f"select.enough 0.99 on every seed): {skipped} runs, listed in not_needed.txt." in report
+    listed = (tmp_path / "report" / "not_needed.txt").read_text().split()
+    assert len(listed) == skipped and "arch=a0,lr=0.003,seed=0" in listed
+    assert "Not started (planned, not yet ruled out): arch=z,lr=0.001,seed=0" in report
+    (tmp_path / "sweep.json").write_text(json.dumps({"runs": runs[:3], "select": {
+        "over": ["train.lr"], "metric": "eval/all/accuracy", "mode": "max", "enough": 0.99}}))
+    assert main(["report", str(tmp_path), "--no-plots"]) == 0
+    assert not (tmp_path / "report" / "not_needed.txt").exists()  # short again: inline, the old file gone
+    assert "arch=a0,lr=0.003,seed=0, arch=a0,lr=0.01,seed=0" in (tmp_path / "report" / "report.md").read_text()
