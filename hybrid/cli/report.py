@@ -11,8 +11,9 @@ def add_parser(sub) -> None:
         description="Tabulate the runs under DIR: one row per configuration at its best learning rate "
                     "(the sweep's `select:`), with parameters, inference state size, tokens/s and wall time; "
                     "plot the metric by configuration, the loss curves, and the metric by held-out length "
-                    "and by number of key-value pairs. Writes DIR/report/{report.md,table.csv,runs.csv,*.png} "
-                    "and prints the table.\n\nexample:\n  hybrid report experiments/quickstart",
+                    "and by number of key-value pairs. Writes DIR/report/{report.md,table.csv,runs.csv,"
+                    "evaluations.csv,*.png} and prints the table; report.md also names the runs unfinished, "
+                    "not started and not needed (a list longer than 20 goes to report/<list>.txt).\n\nexample:\n  hybrid report experiments/quickstart",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("dir", type=Path, help="a sweep's output folder, or any folder holding run directories")
     p.add_argument("--out", type=Path, help="where the report goes (default: DIR/report)")
