@@ -76,31 +76,24 @@ def _run_lists(sweep, out: Path) -> list[str]:
     started, and not needed (with why); each long list written to report/<name>.txt instead."""
     from hybrid.report.tables import not_needed, not_started, unfinished  # noqa: PLC0415
 
-    lines = []
-    pending = unfinished(sweep)
-    if pending:
-        lines += _listed("Unfinished or failed", [f"{r.name} ({r.state}{': ' + r.error[:120] if r.error else ''})"
-                                                  for r in pending], out / "unfinished.txt")
-    waiting = not_started(sweep)
-    if waiting:
-        lines += _listed("Not started (planned, not yet ruled out)", waiting, out / "not_started.txt")
-    skipped = not_needed(sweep)
-    if skipped:
-        why = []
-        if sweep.enough is not None:
-            why.append(f"another {', '.join(sweep.select_over)} of the configuration reached select.enough "
-                       f"{sweep.enough:g} on {'its first seed' if sweep.seeds_best else 'every seed'}")
-        if sweep.seeds_best:
-            why.append("a later seed away from the value its configuration's first seed did best at (select.seeds: best)")
-        lines += _listed(f"Not needed ({'; or '.join(why)})", skipped, out / "not_needed.txt")
-    return lines
+    why = []
+    if sweep.enough is not None:
+        why.append(f"another {', '.join(sweep.select_over)} of the configuration reached select.enough "
+                   f"{sweep.enough:g} on {'its first seed' if sweep.seeds_best else 'every seed'}")
+    if sweep.seeds_best:
+        why.append("a later seed away from the value its configuration's first seed did best at (select.seeds: best)")
+    pending = [f"{r.name} ({r.state}{': ' + r.error[:120] if r.error else ''})" for r in unfinished(sweep)]
+    return (_listed("Unfinished or failed", pending, out / "unfinished.txt")
+            + _listed("Not started (planned, not yet ruled out)", not_started(sweep), out / "not_started.txt")
+            + _listed(f"Not needed ({'; or '.join(why)})", not_needed(sweep), out / "not_needed.txt"))
 
 
 def _listed(title: str, names: list[str], file: Path) -> list[str]:
-    """`title: a, b, c` for a short list; for a long one the count, the names written to `file`."""
+    """`title: a, b, c` for a short list, nothing for an empty one; for a long one the count, the names
+    written to `file` (removed otherwise: a list that was long at the last report is short or gone now)."""
     if len(names) <= INLINE:
-        file.unlink(missing_ok=True)  # a list that was long at the last report and is short now
-        return [f"{title}: " + ", ".join(names), ""]
+        file.unlink(missing_ok=True)
+        return [f"{title}: " + ", ".join(names), ""] if names else []
     file.write_text("\n".join(names) + "\n")
     return [f"{title}: {len(names)} runs, listed in {file.name}.", ""]
 
