@@ -10,9 +10,10 @@
 # made 10-38 steps/s each beside 11-17 other runs, about 125 beside 4 (selective copying's 131k-token
 # steps, one MQAR run) and about 1,000 with the GPU to the two of them (MPS), so give long runs of tiny
 # models a piece of their own (ONLY_<STUDY>, below).
-# Each study has a time cap (CAP_<STUDY> seconds, default CAP=600) after which its runs get SIGTERM,
-# checkpoint and stop; KILL_AFTER seconds later (default 30) whatever still runs is killed, so a piece
-# always ends near its cap.
+# Each study has a time cap (CAP_<STUDY> seconds, default CAP=600) after which its sweep stops its runs
+# (hybrid sweep --stop-after: each gets one SIGTERM, checkpoints and stops as interrupted; one still going
+# 60 s later is killed); a timeout KILL_AFTER seconds past that (default 90) ends whatever is left, so a
+# piece always ends near its cap.
 # START_UNTIL_<STUDY> (or START_UNTIL) seconds: no run of that study starts after it (hybrid sweep
 # --start-until), so the end of a piece finishes runs instead of starting ones the cap would cut: for a
 # study whose cut runs restart from step 0 (MQAR, whose checkpoints are not checked in).
@@ -55,8 +56,8 @@ run_one() {
   for glob in "${globs[@]}"; do only+=(--only "$glob"); done
   start=$SECONDS
   echo "== $name (cap ${cap}s)"
-  timeout --signal=TERM --kill-after="${KILL_AFTER:-30}" "$cap" \
-    python -m hybrid sweep "$sweep" --out "$out" --no-progress --jobs "$jobs" "${only[@]}" \
+  timeout --signal=TERM --kill-after=15 "$((cap + ${KILL_AFTER:-90}))" \
+    python -m hybrid sweep "$sweep" --out "$out" --no-progress --jobs "$jobs" "${only[@]}" --stop-after "$cap" \
     ${start_until:+--start-until "$start_until"} \
     || echo "!! $name: sweep exited with $? (failed runs or the time cap); the report covers what finished"
   timeout 120 python -m hybrid report "$out" > /dev/null || echo "!! $name: no report"

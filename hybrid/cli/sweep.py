@@ -39,6 +39,11 @@ def add_parser(sub) -> None:
                    help="start no run after this many seconds (runs already going go on): for a sweep run in pieces "
                         "under a time limit, so that the last minutes finish runs instead of starting ones that "
                         "would be cut")
+    p.add_argument("--stop-after", type=float, default=None, metavar="SECONDS",
+                   help="after this many seconds stop every run still going (each writes a checkpoint at the step "
+                        "it is on and is left interrupted: the next sweep resumes it) and start no other; for a "
+                        "job with a wall-clock limit (a scheduler's, a shared GPU's). With it, runs go in worker "
+                        "processes even one at a time")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(run=run)
 
@@ -71,27 +76,35 @@ def run(args) -> int:
     for r in kept:  # every run's config must resolve before anything starts
         resolve_run(spec, r)
     jobs = None if args.jobs is None else parse_jobs(args.jobs)
-    if args.start_until is not None and args.start_until < 0:
-        raise ConfigError(f"expected seconds >= 0, got {args.start_until:g}", key="--start-until", file="<command line>")
+    for key, seconds in (("--start-until", args.start_until), ("--stop-after", args.stop_after)):
+        if seconds is not None and seconds < 0:
+            raise ConfigError(f"expected seconds >= 0, got {seconds:g}", key=key, file="<command line>")
     if args.dry_run:
         print(f"sweep {spec.name}: {len(spec.runs)} runs from {spec.config} into {spec.out_dir / 'runs'}"
               + (f"; best of {', '.join(spec.select_over)} by {spec.metric} ({spec.mode})" if spec.select_over else ""))
         print(format_table(["run", "action", "overrides"], [r for r in plan_rows(spec) if r[0] in {k.name for k in kept}]))
         return 0
     try:
-        states = run_sweep(spec, jobs=jobs, progress=not args.no_progress, only=kept, start_until=args.start_until)
+        states = run_sweep(spec, jobs=jobs, progress=not args.no_progress, only=kept, start_until=args.start_until,
+                           stop_after=args.stop_after)
     except KeyboardInterrupt as err:
         print(f"stopped: {err or 'interrupted'}; running the sweep again resumes the interrupted runs", file=sys.stderr)
         return 130
     print(summary_table(spec))
     late = [n for n, s in states.items() if s == NOT_STARTED]
     if late:
-        print(f"{len(late)} run(s) not started (past --start-until): run the sweep again to run them")
+        print(f"{len(late)} run(s) not started (past --start-until or at --stop-after): run the sweep again to "
+              "run them")
+    stopped = [n for n, s in states.items() if s == "interrupted"] if args.stop_after is not None else []
+    if stopped:
+        print(f"{len(stopped)} run(s) stopped at --stop-after with a checkpoint: {', '.join(stopped)}; "
+              "run the sweep again to resume them")
     deferred = [n for n, s in states.items() if s == DEFERRED]
     if deferred:
         print(f"{len(deferred)} run(s) deferred (their first seeds are unfinished and not in this sweep): "
               f"{', '.join(deferred)}; run the sweep again once those finish")
-    failed = [n for n, s in states.items() if s not in (*FINAL_STATES, NOT_NEEDED, NOT_STARTED, DEFERRED)]
+    failed = [n for n, s in states.items()
+              if s not in (*FINAL_STATES, NOT_NEEDED, NOT_STARTED, DEFERRED) and n not in stopped]
     if failed:
         print(f"{len(failed)} run(s) failed: {', '.join(failed)}; their errors are in runs/<name>/status.json. "
               f"Run the sweep again to retry them.")

@@ -7,12 +7,15 @@ learning rates and a run whose configuration has already reached it is not run; 
 a later seed's run waits for its configuration's first-seed runs and runs only at their best choice
 (hybrid/sweep/order.py). Parallel workers take the first queued run that waits on nothing still going.
 A run that raises (or whose worker dies) is marked failed with its error in `status.json` and the
-sweep goes on; running the sweep again retries it. `<out>/sweep.json` records the plan for `hybrid report`.
+sweep goes on; running the sweep again retries it. With a time limit (`stop_after`), the runs still going
+get one SIGTERM each at its time and stop with a checkpoint, for the next sweep to resume. `<out>/sweep.json`
+records the plan for `hybrid report`.
 """
 from __future__ import annotations
 
 import logging
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -37,6 +40,7 @@ SWEEP_PLAN = "sweep.json"
 NOT_NEEDED = "not needed"  # the state reported for a run that select.enough or seeds: best made unnecessary
 NOT_STARTED = "not started"  # the state reported for a run that --start-until kept from starting
 DEFERRED = "deferred"  # the state reported for a later seed whose first seeds are unfinished and not in this sweep
+STOP_GRACE_S = 60.0  # after --stop-after's SIGTERM, how long a run may take to checkpoint before it is killed
 WAIT_POLL_S = 5.0  # how often a waiting worker looks again for a run that may start
 DECISIONS_MAX_AGE_S = 30.0  # re-read the run folders at least this often (another sweep may share them)
 
@@ -111,9 +115,10 @@ def _run_inprocess(spec: SweepSpec, run: RunSpec, progress: bool) -> None:
     train(root, resume=True)
 
 
-def _run_subprocess(spec: SweepSpec, run: RunSpec, gpus: list[int] | None) -> None:
+def _run_subprocess(spec: SweepSpec, run: RunSpec, gpus: list[int] | None, stop: "_Stop | None" = None) -> None:
     """Train in a worker process (`hybrid train --resume DIR`), its output in `<run>/train.log`; with
-    gpus_per_run > 1 a torchrun job of that many ranks, one per GPU in `gpus` (gloo ranks without GPUs)."""
+    gpus_per_run > 1 a torchrun job of that many ranks, one per GPU in `gpus` (gloo ranks without GPUs).
+    `stop`: the sweep's --stop-after, which signals the worker when its time comes."""
     rd = run_dir(spec, run).create()
     root = resolve_run(spec, run)
     rd.write_config(dump_config(root))
@@ -125,23 +130,39 @@ def _run_subprocess(spec: SweepSpec, run: RunSpec, gpus: list[int] | None) -> No
         launch += ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={spec.gpus_per_run}"]
     cmd = [*launch, "-m", "hybrid", "train", "--resume", str(rd.path), "train.progress=false"]
     with open(rd.file("train.log"), "a") as out:
-        code = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, env=env).returncode
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+        if stop is not None:
+            stop.track(proc)
+        try:
+            code = proc.wait()
+        finally:
+            if stop is not None:
+                stop.untrack(proc)
     if code != 0 and not rd.finished:
         tail = rd.file("train.log").read_text().strip().splitlines()[-5:]
         status = rd.status()
         if status.get("state") == "interrupted":  # SIGINT/SIGTERM: checkpointed, resumes next time
             raise RuntimeError(f"interrupted at step {status.get('step')}")
+        if stop is not None and stop.fired and code in (-signal.SIGTERM, -signal.SIGKILL):
+            # stopped while starting (before its training loop listens for the signal) or killed after the
+            # grace: not a failure; the next sweep resumes it from the last checkpoint it wrote, if any
+            rd.set_status("interrupted")
+            raise RuntimeError(f"stopped by --stop-after (worker exit code {code})")
         if status.get("state") != "failed":
             rd.set_status("failed", error=f"worker exited with code {code}: " + " | ".join(tail))
         raise RuntimeError(status.get("error") or f"worker exited with code {code}")
 
 
 def run_sweep(spec: SweepSpec, *, jobs: int | str | None = None, progress: bool = True,
-              only: list[RunSpec] | None = None, start_until: float | None = None) -> dict[str, str]:
+              only: list[RunSpec] | None = None, start_until: float | None = None,
+              stop_after: float | None = None) -> dict[str, str]:
     """Run every run of `spec` (or of `only`, a subset; the plan written for reports stays the whole
     sweep); returns {run name: final state}. Never raises for a failed run. `start_until`: seconds
     from now after which no run starts (those already going go on), for a sweep that runs in pieces
-    under a time limit: a run started just before the limit would be cut anyway."""
+    under a time limit: a run started just before the limit would be cut anyway. `stop_after`: seconds
+    from now at which every run still going is stopped with a checkpoint (state interrupted; the next
+    sweep resumes it) and no other starts, for a time limit that cuts the job: with it, runs go in
+    worker processes even one at a time."""
     started = time.monotonic()
     spec.out_dir.mkdir(parents=True, exist_ok=True)
     write_json(spec.out_dir / SWEEP_PLAN, spec.to_dict())
@@ -157,26 +178,34 @@ def run_sweep(spec: SweepSpec, *, jobs: int | str | None = None, progress: bool 
     free = [groups[i % len(groups)] for i in range(jobs)] if groups else [None] * jobs
     lock = threading.Lock()
     queue = _Queue(spec, todo, lock, started, start_until)
+    stop = None if stop_after is None else _Stop(stop_after, queue)
+    in_process = jobs == 1 and spec.gpus_per_run == 1 and stop is None
 
     def one(index: int, run: RunSpec) -> None:
         t0 = time.perf_counter()
         log.info("[%d/%d] %s", index + 1, len(todo), run.name)
         rd = run_dir(spec, run)
         try:
-            if jobs == 1 and spec.gpus_per_run == 1:
+            if in_process:
                 _run_inprocess(spec, run, progress)
             else:
                 with lock:
                     device = free.pop(0)
                 try:
-                    _run_subprocess(spec, run, device)
+                    _run_subprocess(spec, run, device, stop)
                 finally:
                     with lock:
                         free.append(device)
         except Exception as err:  # isolate the failure: record it, go on with the others
-            if rd.status().get("state") not in ("failed", "diverged", "interrupted"):
+            state = rd.status().get("state")
+            if state not in ("failed", "diverged", "interrupted"):
                 rd.create().set_status("failed", error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc())
-            log.error("run %s %s: %s", run.name, rd.status().get("state"), rd.status().get("error", err))
+            if state == "interrupted" and stop is not None and stop.fired:
+                step = rd.status().get("step")
+                log.info("run %s stopped by --stop-after %s; the next sweep resumes it", run.name,
+                         f"at step {step}" if step is not None else "before its first checkpoint")
+            else:
+                log.error("run %s %s: %s", run.name, rd.status().get("state"), rd.status().get("error", err))
         else:
             log.info("run %s %s in %.1fs", run.name, rd.status().get("state"), time.perf_counter() - t0)
 
@@ -187,8 +216,20 @@ def run_sweep(spec: SweepSpec, *, jobs: int | str | None = None, progress: bool 
             finally:
                 queue.done(taken[1].name)
 
+    try:
+        _execute(jobs, worker, queue)
+    finally:
+        if stop is not None:
+            stop.cancel()
+    decided = decisions(spec, run_dir)
+    return {r.name: NOT_STARTED if r.name in queue.too_late else DEFERRED if r.name in queue.deferred
+            else state_of(spec, r, decided) for r in chosen}
+
+
+def _execute(jobs: int, worker, queue: "_Queue") -> None:
+    """`worker` on this thread (one job), or on `jobs` threads until each returns."""
     if jobs == 1:
-        worker()  # in this process, or (gpus_per_run > 1) a torchrun job at a time
+        worker()  # a run at a time: in this process, or in a worker (torchrun with gpus_per_run > 1, --stop-after)
     else:
         pool = ThreadPoolExecutor(max_workers=jobs)
         try:
@@ -199,9 +240,6 @@ def run_sweep(spec: SweepSpec, *, jobs: int | str | None = None, progress: bool 
             pool.shutdown(wait=True, cancel_futures=True)
             raise
         pool.shutdown()
-    decided = decisions(spec, run_dir)
-    return {r.name: NOT_STARTED if r.name in queue.too_late else DEFERRED if r.name in queue.deferred
-            else state_of(spec, r, decided) for r in chosen}
 
 
 class _Queue:
@@ -236,6 +274,11 @@ class _Queue:
         with self.lock:
             self.runs.clear()
 
+    def stop(self) -> None:
+        """--stop-after's time: the runs still queued are recorded as not started, and none starts."""
+        with self.lock:
+            self._too_late(decisions(self.spec, run_dir), "at --stop-after")
+
     def take(self) -> tuple[int, RunSpec] | None:
         while True:
             with self.lock:
@@ -245,7 +288,7 @@ class _Queue:
                     self._decided, self._decided_at = decisions(self.spec, run_dir), time.monotonic()
                 decided = self._decided
                 if self.start_until is not None and time.monotonic() - self.started > self.start_until:
-                    self._too_late(decided)
+                    self._too_late(decided, f"past --start-until {self.start_until:g}s")
                     return None
                 for run in list(self.runs):
                     ready = self._ready(run, decided)
@@ -271,14 +314,70 @@ class _Queue:
             return None
         return not waits and not any(n in self.pending for n in self.earlier.get(run.name, ()))
 
-    def _too_late(self, decided: Decisions) -> None:
+    def _too_late(self, decided: Decisions, why: str) -> None:
         for run in self.runs:
             if run.name not in decided.unnecessary:
-                log.info("run %s not started: past --start-until %gs; the next sweep runs it",
-                         run.name, self.start_until)
+                log.info("run %s not started: %s; the next sweep runs it", run.name, why)
                 self.too_late.add(run.name)
             self.pending.discard(run.name)
         self.runs.clear()
+
+
+class _Stop:
+    """--stop-after: `seconds` from now no run starts any more, and every worker process still going gets
+    one SIGTERM (its training loop finishes the step in flight, writes a checkpoint and stops as
+    interrupted, for the next sweep to resume); one still alive STOP_GRACE_S later is killed."""
+
+    def __init__(self, seconds: float, queue: _Queue):
+        self.queue, self.fired = queue, False
+        self._lock = threading.Lock()
+        self._procs: set[subprocess.Popen] = set()
+        self._timers = [threading.Timer(seconds, self._fire)]
+        self._timers[0].daemon = True
+        self._timers[0].start()
+
+    def track(self, proc: subprocess.Popen) -> None:
+        with self._lock:
+            self._procs.add(proc)
+            late = self.fired
+        if late:  # started as the time came
+            _signal(proc, signal.SIGTERM)
+
+    def untrack(self, proc: subprocess.Popen) -> None:
+        with self._lock:
+            self._procs.discard(proc)
+
+    def cancel(self) -> None:
+        for timer in self._timers:
+            timer.cancel()
+
+    def _fire(self) -> None:
+        with self._lock:
+            self.fired = True
+            procs = list(self._procs)
+        log.info("--stop-after: stopping %d run(s) with a checkpoint and starting no other", len(procs))
+        self.queue.stop()
+        for proc in procs:
+            _signal(proc, signal.SIGTERM)
+        kill = threading.Timer(STOP_GRACE_S, self._kill)
+        kill.daemon = True
+        self._timers.append(kill)
+        kill.start()
+
+    def _kill(self) -> None:
+        with self._lock:
+            procs = list(self._procs)
+        for proc in procs:
+            log.warning("--stop-after: a run's worker (pid %d) still going %gs after SIGTERM: killed", proc.pid,
+                        STOP_GRACE_S)
+            _signal(proc, signal.SIGKILL)
+
+
+def _signal(proc: subprocess.Popen, sig: int) -> None:
+    try:
+        proc.send_signal(sig)
+    except (ProcessLookupError, OSError):  # it has just exited
+        pass
 
 
 def state_of(spec: SweepSpec, run: RunSpec, decided: Decisions) -> str:

@@ -160,7 +160,7 @@ def test_more_jobs_than_gpus_share_them(tiny, tmp_path, monkeypatch):
     spec = load_sweep(path)
     seen, lock = [], threading.Lock()
 
-    def fake_subprocess(spec_, run, gpu):
+    def fake_subprocess(spec_, run, gpu, stop=None):
         with lock:
             seen.append(gpu)
         time.sleep(0.05)  # overlap the workers
@@ -211,7 +211,7 @@ def test_runs_of_several_gpus_get_groups_of_them(tiny, tmp_path, monkeypatch):
     spec = load_sweep(write_sweep(tmp_path, {"grid": {"seed": [0, 1, 2, 3]}, "gpus_per_run": 2}))
     seen, lock = [], threading.Lock()
 
-    def fake_subprocess(spec_, run, gpus):
+    def fake_subprocess(spec_, run, gpus, stop=None):
         with lock:
             seen.append(tuple(gpus))
         time.sleep(0.05)
@@ -264,12 +264,35 @@ def test_start_until_starts_no_run_past_its_time_and_the_next_sweep_runs_them(ti
     assert states == {"n_heads=2": "not started", "n_heads=4": "not started"}
     assert "not started: past --start-until 0s" in caplog.text and not (tmp_path / "runs" / "n_heads=2").exists()
     assert main(["sweep", str(path), "--no-progress", "--start-until", "0"]) == 0
-    assert "2 run(s) not started (past --start-until)" in capsys.readouterr().out
+    assert "2 run(s) not started (past --start-until or at --stop-after)" in capsys.readouterr().out
     assert main(["sweep", str(path), "--no-progress", "--start-until", "600"]) == 0
     assert all(json.loads((tmp_path / "runs" / n / "status.json").read_text())["state"] == "completed"
                for n in ("n_heads=2", "n_heads=4"))
     assert main(["sweep", str(path), "--start-until", "-1"]) == 2
     assert "--start-until" in capsys.readouterr().err
+
+
+def test_stop_after_stops_the_run_going_with_a_checkpoint_and_the_next_sweep_resumes_it(tiny, tmp_path, caplog,
+                                                                                       capsys):
+    """--stop-after: at its time the run in flight (a worker process, though one job) gets SIGTERM, writes a
+    checkpoint at the step it is on and is left interrupted; the runs not started are 'not started'; the
+    next sweep's plan resumes the first from that step. The CLI counts neither as failed."""
+    from hybrid.sweep.runner import plan_rows
+    tiny(steps=10**7, checkpoint_every=10**7, eval_every=10**7)  # only the stop writes a checkpoint
+    path = write_sweep(tmp_path, {"grid": {"model.layers.A.n_heads": [2, 4]}})
+    with caplog.at_level("INFO", logger="hybrid.sweep.runner"):
+        states = run_sweep(load_sweep(path), jobs=1, progress=False, stop_after=20)  # the worker starts in ~5 s
+    assert states == {"n_heads=2": "interrupted", "n_heads=4": "not started"}
+    step = json.loads((tmp_path / "runs" / "n_heads=2" / "status.json").read_text())["step"]
+    assert step > 0 and (tmp_path / "runs" / "n_heads=2" / "checkpoint.pt").is_file()
+    assert f"run n_heads=2 stopped by --stop-after at step {step}" in caplog.text
+    assert "run n_heads=4 not started: at --stop-after" in caplog.text
+    assert [row[:2] for row in plan_rows(load_sweep(path))] == [["n_heads=2", f"resume (step {step})"],
+                                                                ["n_heads=4", "run"]]
+    assert main(["sweep", str(path), "--no-progress", "--stop-after", "0"]) == 0
+    assert "2 run(s) not started (past --start-until or at --stop-after)" in capsys.readouterr().out
+    assert main(["sweep", str(path), "--stop-after", "-1"]) == 2
+    assert "--stop-after" in capsys.readouterr().err
 
 
 def test_select_enough_runs_rounds_and_skips_configurations_that_reached_it(tiny, tmp_path, monkeypatch, capsys):
