@@ -12,8 +12,9 @@
 # models a piece of their own (ONLY_<STUDY>, below).
 # Each study has a time cap (CAP_<STUDY> seconds, default CAP=600) after which its sweep stops its runs
 # (hybrid sweep --stop-after: each gets one SIGTERM, checkpoints and stops as interrupted; one still going
-# 60 s later is killed); a timeout KILL_AFTER seconds past that (default 90) ends whatever is left, so a
-# piece always ends near its cap.
+# 60 s later is killed); a timeout KILL_AFTER seconds past that (default 90, at least 75: the sweep's own
+# kill comes 60 s after its stop, and a second SIGTERM before a run has checkpointed would stop it without
+# one) ends whatever is left, so a piece always ends near its cap.
 # START_UNTIL_<STUDY> (or START_UNTIL) seconds: no run of that study starts after it (hybrid sweep
 # --start-until), so the end of a piece finishes runs instead of starting ones the cap would cut: for a
 # study whose cut runs restart from step 0 (MQAR, whose checkpoints are not checked in).
@@ -41,7 +42,7 @@ python -c "import torch; print('torch', torch.__version__, '| cuda', torch.cuda.
 # NAME: a study (experiments/NAME/sweep.yaml, its report in experiments/NAME) or STUDY/FILE, another
 # sweep of a study (experiments/STUDY/FILE.yaml, its runs and report in experiments/STUDY/FILE).
 run_one() {
-  local name=$1 sweep out cap_var cap jobs_var jobs only_var glob start start_var start_until
+  local name=$1 sweep out cap_var cap jobs_var jobs only_var glob start start_var start_until kill_after
   local -a only=() globs=()
   if [[ $name == */* ]]; then sweep="experiments/$name.yaml"; else sweep="experiments/$name/sweep.yaml"; fi
   out="experiments/$name"
@@ -56,7 +57,8 @@ run_one() {
   for glob in "${globs[@]}"; do only+=(--only "$glob"); done
   start=$SECONDS
   echo "== $name (cap ${cap}s)"
-  timeout --signal=TERM --kill-after=15 "$((cap + ${KILL_AFTER:-90}))" \
+  kill_after=${KILL_AFTER:-90}; (( kill_after >= 75 )) || kill_after=75
+  timeout --signal=TERM --kill-after=15 "$((cap + kill_after))" \
     python -m hybrid sweep "$sweep" --out "$out" --no-progress --jobs "$jobs" "${only[@]}" --stop-after "$cap" \
     ${start_until:+--start-until "$start_until"} \
     || echo "!! $name: sweep exited with $? (failed runs or the time cap); the report covers what finished"

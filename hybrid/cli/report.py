@@ -62,7 +62,8 @@ def run(args) -> int:
     (out / "runs.csv").write_text(runs_csv(sweep))
     (out / "evaluations.csv").write_text(evaluations_csv(sweep))
     print(table)
-    written = ["table.csv", "runs.csv", "evaluations.csv", *(f.name for f in sorted(out.glob("*.txt"))),
+    lists = [name for name in ("unfinished.txt", "not_started.txt", "not_needed.txt") if (out / name).exists()]
+    written = ["table.csv", "runs.csv", "evaluations.csv", *lists,
                *(p.name for p in plots)]
     print(f"\nwrote {out / 'report.md'}, " + ", ".join(written))
     return 0

@@ -51,7 +51,8 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     from hybrid.errors import ConfigError  # noqa: PLC0415
     from hybrid.summary import format_table  # noqa: PLC0415
-    from hybrid.sweep.runner import DEFERRED, NOT_NEEDED, NOT_STARTED, plan_rows, run_sweep, summary_table  # noqa: PLC0415
+    from hybrid.sweep.runner import (DEFERRED, NOT_NEEDED, NOT_STARTED, STOPPED, plan_rows, run_sweep,  # noqa: PLC0415
+                                     summary_table)
     from hybrid.config import COMMAND_LINE  # noqa: PLC0415
     from hybrid.sweep.spec import load_sweep, parse_jobs, parse_value, resolve_run  # noqa: PLC0415
     from hybrid.training.run_dir import FINAL_STATES  # noqa: PLC0415
@@ -77,7 +78,7 @@ def run(args) -> int:
         resolve_run(spec, r)
     jobs = None if args.jobs is None else parse_jobs(args.jobs)
     for key, seconds in (("--start-until", args.start_until), ("--stop-after", args.stop_after)):
-        if seconds is not None and seconds < 0:
+        if seconds is not None and not 0 <= seconds < 10**9:  # and not nan or inf
             raise ConfigError(f"expected seconds >= 0, got {seconds:g}", key=key, file="<command line>")
     if args.dry_run:
         print(f"sweep {spec.name}: {len(spec.runs)} runs from {spec.config} into {spec.out_dir / 'runs'}"
@@ -95,16 +96,16 @@ def run(args) -> int:
     if late:
         print(f"{len(late)} run(s) not started (past --start-until or at --stop-after): run the sweep again to "
               "run them")
-    stopped = [n for n, s in states.items() if s == "interrupted"] if args.stop_after is not None else []
+    stopped = [n for n, s in states.items() if s == STOPPED]
     if stopped:
-        print(f"{len(stopped)} run(s) stopped at --stop-after with a checkpoint: {', '.join(stopped)}; "
-              "run the sweep again to resume them")
+        print(f"{len(stopped)} run(s) stopped at --stop-after: {', '.join(stopped)}; run the sweep again to "
+              "resume them (from the checkpoint each wrote as it stopped, or its last one)")
     deferred = [n for n, s in states.items() if s == DEFERRED]
     if deferred:
         print(f"{len(deferred)} run(s) deferred (their first seeds are unfinished and not in this sweep): "
               f"{', '.join(deferred)}; run the sweep again once those finish")
     failed = [n for n, s in states.items()
-              if s not in (*FINAL_STATES, NOT_NEEDED, NOT_STARTED, DEFERRED) and n not in stopped]
+              if s not in (*FINAL_STATES, NOT_NEEDED, NOT_STARTED, DEFERRED, STOPPED)]
     if failed:
         print(f"{len(failed)} run(s) failed: {', '.join(failed)}; their errors are in runs/<name>/status.json. "
               f"Run the sweep again to retry them.")

@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 SWEEP_PLAN = "sweep.json"
 NOT_NEEDED = "not needed"  # the state reported for a run that select.enough or seeds: best made unnecessary
 NOT_STARTED = "not started"  # the state reported for a run that --start-until kept from starting
+STOPPED = "stopped at --stop-after"  # the state reported for a run --stop-after stopped (interrupted on disk)
 DEFERRED = "deferred"  # the state reported for a later seed whose first seeds are unfinished and not in this sweep
 STOP_GRACE_S = 60.0  # after --stop-after's SIGTERM, how long a run may take to checkpoint before it is killed
 WAIT_POLL_S = 5.0  # how often a waiting worker looks again for a run that may start
@@ -115,6 +116,15 @@ def _run_inprocess(spec: SweepSpec, run: RunSpec, progress: bool) -> None:
     train(root, resume=True)
 
 
+def worker_devices(gpus: list[int], visible: str | None) -> str:
+    """CUDA_VISIBLE_DEVICES for a worker given the sweep's GPU numbers `gpus`, which count the GPUs this
+    process sees: through this process's own CUDA_VISIBLE_DEVICES (`visible`) when it has one."""
+    if not visible:
+        return ",".join(map(str, gpus))
+    seen = [d.strip() for d in visible.split(",") if d.strip()]
+    return ",".join(seen[g] for g in gpus)
+
+
 def _run_subprocess(spec: SweepSpec, run: RunSpec, gpus: list[int] | None, stop: "_Stop | None" = None) -> None:
     """Train in a worker process (`hybrid train --resume DIR`), its output in `<run>/train.log`; with
     gpus_per_run > 1 a torchrun job of that many ranks, one per GPU in `gpus` (gloo ranks without GPUs).
@@ -124,7 +134,8 @@ def _run_subprocess(spec: SweepSpec, run: RunSpec, gpus: list[int] | None, stop:
     rd.write_config(dump_config(root))
     env = dict(os.environ)
     if gpus is not None:
-        env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, gpus))
+        env["CUDA_VISIBLE_DEVICES"] = worker_devices(gpus, os.environ.get("CUDA_VISIBLE_DEVICES"))
+    before = rd.status()
     launch = [sys.executable]
     if spec.gpus_per_run > 1:
         launch += ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={spec.gpus_per_run}"]
@@ -143,9 +154,11 @@ def _run_subprocess(spec: SweepSpec, run: RunSpec, gpus: list[int] | None, stop:
         status = rd.status()
         if status.get("state") == "interrupted":  # SIGINT/SIGTERM: checkpointed, resumes next time
             raise RuntimeError(f"interrupted at step {status.get('step')}")
-        if stop is not None and stop.fired and code in (-signal.SIGTERM, -signal.SIGKILL):
-            # stopped while starting (before its training loop listens for the signal) or killed after the
-            # grace: not a failure; the next sweep resumes it from the last checkpoint it wrote, if any
+        failed_now = status.get("state") == "failed" and status != before  # written by this attempt
+        if stop is not None and stop.fired and not failed_now:
+            # stopped while starting (before its training loop listens for the signal), killed after the
+            # grace, or a torchrun job (which exits 1 once its ranks stop): not a failure; the next sweep
+            # resumes it from the last checkpoint it wrote, if any
             rd.set_status("interrupted")
             raise RuntimeError(f"stopped by --stop-after (worker exit code {code})")
         if status.get("state") != "failed":
@@ -177,8 +190,8 @@ def run_sweep(spec: SweepSpec, *, jobs: int | str | None = None, progress: bool 
     groups = gpu_groups(torch.cuda.device_count(), spec.gpus_per_run)
     free = [groups[i % len(groups)] for i in range(jobs)] if groups else [None] * jobs
     lock = threading.Lock()
-    queue = _Queue(spec, todo, lock, started, start_until)
-    stop = None if stop_after is None else _Stop(stop_after, queue)
+    queue = _Queue(spec, todo, lock, started, start_until, stop_after)
+    stop = None if stop_after is None else _Stop(stop_after)
     in_process = jobs == 1 and spec.gpus_per_run == 1 and stop is None
 
     def one(index: int, run: RunSpec) -> None:
@@ -200,7 +213,8 @@ def run_sweep(spec: SweepSpec, *, jobs: int | str | None = None, progress: bool 
             state = rd.status().get("state")
             if state not in ("failed", "diverged", "interrupted"):
                 rd.create().set_status("failed", error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc())
-            if state == "interrupted" and stop is not None and stop.fired:
+            if rd.status().get("state") == "interrupted" and stop is not None and stop.fired:
+                stop.stopped.add(run.name)
                 step = rd.status().get("step")
                 log.info("run %s stopped by --stop-after %s; the next sweep resumes it", run.name,
                          f"at step {step}" if step is not None else "before its first checkpoint")
@@ -222,8 +236,9 @@ def run_sweep(spec: SweepSpec, *, jobs: int | str | None = None, progress: bool 
         if stop is not None:
             stop.cancel()
     decided = decisions(spec, run_dir)
+    stopped = set() if stop is None else stop.stopped
     return {r.name: NOT_STARTED if r.name in queue.too_late else DEFERRED if r.name in queue.deferred
-            else state_of(spec, r, decided) for r in chosen}
+            else STOPPED if r.name in stopped else state_of(spec, r, decided) for r in chosen}
 
 
 def _execute(jobs: int, worker, queue: "_Queue") -> None:
@@ -248,12 +263,13 @@ class _Queue:
     seeds are still to finish (`select.seeds: best`), nor a later choice whose earlier choices are
     (`select.enough`); it waits while every queued run waits on runs still going. A later seed whose
     first seeds are unfinished but not in this sweep (failed, or left out by --only) is dropped: deferred
-    to the next sweep. Past `start_until` seconds from `started`, no run starts (the remaining needed
-    ones are recorded in `too_late`)."""
+    to the next sweep. Past `start_until` seconds from `started`, or at `stop_after`, no run starts (the
+    remaining needed ones are recorded in `too_late`)."""
 
     def __init__(self, spec: SweepSpec, runs: list[RunSpec], lock: threading.Lock, started: float,
-                 start_until: float | None):
+                 start_until: float | None, stop_after: float | None = None):
         self.spec, self.runs, self.lock = spec, list(runs), lock
+        self.stop_after = stop_after
         self.pending = {run.name for run in runs}  # not yet done: a later run may wait for them
         self.index = {run.name: i for i, run in enumerate(runs)}
         self.earlier = earlier_choices(spec)
@@ -274,11 +290,6 @@ class _Queue:
         with self.lock:
             self.runs.clear()
 
-    def stop(self) -> None:
-        """--stop-after's time: the runs still queued are recorded as not started, and none starts."""
-        with self.lock:
-            self._too_late(decisions(self.spec, run_dir), "at --stop-after")
-
     def take(self) -> tuple[int, RunSpec] | None:
         while True:
             with self.lock:
@@ -287,7 +298,11 @@ class _Queue:
                 if self._decided is None or time.monotonic() - self._decided_at > DECISIONS_MAX_AGE_S:
                     self._decided, self._decided_at = decisions(self.spec, run_dir), time.monotonic()
                 decided = self._decided
-                if self.start_until is not None and time.monotonic() - self.started > self.start_until:
+                elapsed = time.monotonic() - self.started
+                if self.stop_after is not None and elapsed >= self.stop_after:
+                    self._too_late(decided, "at --stop-after")
+                    return None
+                if self.start_until is not None and elapsed > self.start_until:
                     self._too_late(decided, f"past --start-until {self.start_until:g}s")
                     return None
                 for run in list(self.runs):
@@ -324,14 +339,17 @@ class _Queue:
 
 
 class _Stop:
-    """--stop-after: `seconds` from now no run starts any more, and every worker process still going gets
-    one SIGTERM (its training loop finishes the step in flight, writes a checkpoint and stops as
-    interrupted, for the next sweep to resume); one still alive STOP_GRACE_S later is killed."""
+    """--stop-after: `seconds` from now every worker process still going gets one SIGTERM (its training loop
+    finishes the step in flight, writes a checkpoint and stops as interrupted, for the next sweep to
+    resume), and one still alive STOP_GRACE_S later is killed; the queue starts no run from that time on
+    (its own check). `stopped`: the runs it stopped, filled in by the sweep. A torchrun job (gpus_per_run
+    > 1) passes the signal to its ranks and kills them itself after 30 s, its own limit."""
 
-    def __init__(self, seconds: float, queue: _Queue):
-        self.queue, self.fired = queue, False
+    def __init__(self, seconds: float):
+        self.fired, self.stopped = False, set()
         self._lock = threading.Lock()
         self._procs: set[subprocess.Popen] = set()
+        self._cancelled = False
         self._timers = [threading.Timer(seconds, self._fire)]
         self._timers[0].daemon = True
         self._timers[0].start()
@@ -348,20 +366,25 @@ class _Stop:
             self._procs.discard(proc)
 
     def cancel(self) -> None:
-        for timer in self._timers:
+        with self._lock:
+            self._cancelled = True
+            timers = list(self._timers)
+        for timer in timers:
             timer.cancel()
 
     def _fire(self) -> None:
         with self._lock:
+            if self._cancelled:
+                return
             self.fired = True
             procs = list(self._procs)
-        log.info("--stop-after: stopping %d run(s) with a checkpoint and starting no other", len(procs))
-        self.queue.stop()
+            kill = threading.Timer(STOP_GRACE_S, self._kill)
+            kill.daemon = True
+            self._timers.append(kill)
         for proc in procs:
             _signal(proc, signal.SIGTERM)
-        kill = threading.Timer(STOP_GRACE_S, self._kill)
-        kill.daemon = True
-        self._timers.append(kill)
+        log.info("--stop-after: stopped %d run(s) (each checkpoints at the step it is on); starting no other",
+                 len(procs))
         kill.start()
 
     def _kill(self) -> None:

@@ -156,5 +156,17 @@ def test_optional_arg_keeps_no_tensor_alive():
     assert gone_x() is None and gone_bias() is None
 
 
-def test_sm_count_is_read_once_per_device():
-    assert hasattr(launch.sm_count, "cache_info")  # the device query costs host time on every launch
+def test_sm_count_is_read_once_per_device(monkeypatch):
+    """The device query costs host time: asked once per device, not on every launch."""
+    asked = []
+
+    class Properties:
+        multi_processor_count = 132
+
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: asked.append(device) or Properties)
+    launch.sm_count.cache_clear()
+    try:
+        device = torch.device("cuda", 0)
+        assert launch.sm_count(device) == launch.sm_count(device) == 132 and len(asked) == 1
+    finally:
+        launch.sm_count.cache_clear()  # the real device's count next time

@@ -282,8 +282,10 @@ def test_stop_after_stops_the_run_going_with_a_checkpoint_and_the_next_sweep_res
     path = write_sweep(tmp_path, {"grid": {"model.layers.A.n_heads": [2, 4]}})
     with caplog.at_level("INFO", logger="hybrid.sweep.runner"):
         states = run_sweep(load_sweep(path), jobs=1, progress=False, stop_after=20)  # the worker starts in ~5 s
-    assert states == {"n_heads=2": "interrupted", "n_heads=4": "not started"}
-    step = json.loads((tmp_path / "runs" / "n_heads=2" / "status.json").read_text())["step"]
+    assert states == {"n_heads=2": "stopped at --stop-after", "n_heads=4": "not started"}
+    status = json.loads((tmp_path / "runs" / "n_heads=2" / "status.json").read_text())
+    step = status["step"]
+    assert status["state"] == "interrupted"
     assert step > 0 and (tmp_path / "runs" / "n_heads=2" / "checkpoint.pt").is_file()
     assert f"run n_heads=2 stopped by --stop-after at step {step}" in caplog.text
     assert "run n_heads=4 not started: at --stop-after" in caplog.text
@@ -291,8 +293,61 @@ def test_stop_after_stops_the_run_going_with_a_checkpoint_and_the_next_sweep_res
                                                                 ["n_heads=4", "run"]]
     assert main(["sweep", str(path), "--no-progress", "--stop-after", "0"]) == 0
     assert "2 run(s) not started (past --start-until or at --stop-after)" in capsys.readouterr().out
-    assert main(["sweep", str(path), "--stop-after", "-1"]) == 2
-    assert "--stop-after" in capsys.readouterr().err
+    for bad in ("-1", "nan", "inf"):
+        assert main(["sweep", str(path), "--stop-after", bad]) == 2
+        assert "--stop-after" in capsys.readouterr().err
+
+
+class _FakeWorker:
+    """A stand-in for a run's worker process: `effect(rd)` runs at wait(), which returns `code`."""
+
+    pid = 12345
+
+    def __init__(self, rd, code, effect):
+        self.rd, self.code, self.effect, self.signals = rd, code, effect, []
+
+    def send_signal(self, sig):
+        self.signals.append(sig)
+
+    def wait(self):
+        self.effect(self.rd)
+        return self.code
+
+
+@pytest.mark.parametrize("code,effect,expected", [
+    pytest.param(-15, lambda rd: None, "interrupted", id="killed-while-starting"),
+    pytest.param(1, lambda rd: rd.set_status("running", step=7), "interrupted", id="torchrun-exits-1"),
+    pytest.param(-15, lambda rd: rd.set_status("failed", error="out of memory"), "failed", id="failed-as-it-stopped"),
+])
+def test_a_worker_ending_after_the_stop_is_interrupted_unless_it_failed(tiny, tmp_path, monkeypatch, code, effect,
+                                                                        expected):
+    """After --stop-after's time a worker that exits non-zero without having marked itself interrupted (killed
+    before its loop listened for the signal, or a torchrun job, which exits 1) is left interrupted for the
+    next sweep to resume; one that wrote 'failed' in this attempt stays failed, its error kept."""
+    import time as time_mod
+
+    from hybrid.sweep import runner
+    tiny()
+    spec = load_sweep(write_sweep(tmp_path, {"grid": {"model.layers.A.n_heads": [2]}}))
+    stop = runner._Stop(0)
+    while not stop.fired:
+        time_mod.sleep(0.01)
+    rd = runner.run_dir(spec, spec.runs[0])
+    workers = []
+    monkeypatch.setattr(runner.subprocess, "Popen",
+                        lambda *a, **k: workers.append(_FakeWorker(rd, code, effect)) or workers[-1])
+    with pytest.raises(RuntimeError):
+        runner._run_subprocess(spec, spec.runs[0], None, stop)
+    stop.cancel()
+    status = json.loads((tmp_path / "runs" / "n_heads=2" / "status.json").read_text())
+    assert status["state"] == expected and workers[0].signals == [runner.signal.SIGTERM]  # started late: signalled
+    assert (status.get("error") == "out of memory") == (expected == "failed")
+
+
+def test_worker_devices_count_through_the_sweeps_own_visible_devices():
+    from hybrid.sweep.runner import worker_devices
+    assert worker_devices([0, 1], None) == "0,1"
+    assert worker_devices([1], "3,5") == "5" and worker_devices([0], " 7 ") == "7"
 
 
 def test_select_enough_runs_rounds_and_skips_configurations_that_reached_it(tiny, tmp_path, monkeypatch, capsys):
