@@ -551,3 +551,18 @@ def test_bad_select_enough_is_rejected(tiny, tmp_path, select, match):
     tiny()
     with pytest.raises(ConfigError, match=match):
         load_sweep(write_sweep(tmp_path, {"grid": {"model.d_model": [32]}, "select": select}))
+
+
+EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
+CHECKED_IN = sorted(p for p in EXPERIMENTS.rglob("*.yaml")
+                    if "runs" not in p.parts and "grid" in (yaml.safe_load(p.read_text()) or {}))
+
+
+@pytest.mark.parametrize("path", CHECKED_IN, ids=lambda p: str(p.relative_to(EXPERIMENTS)))
+def test_every_checked_in_sweep_file_loads_and_its_first_and_last_runs_resolve(path):
+    """The studies' sweep files stay valid as the config schema moves: each loads, and its first and last
+    runs' configs resolve (every run of the small ones)."""
+    from hybrid.sweep.spec import resolve_run
+    spec = load_sweep(path, check=False)
+    for run in spec.runs if len(spec.runs) <= 20 else (spec.runs[0], spec.runs[-1]):
+        resolve_run(spec, run)
