@@ -23,6 +23,7 @@ labelled with their method.
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 import time
 from pathlib import Path
@@ -87,6 +88,20 @@ def measure(model: HybridLM, steps: int, batch: int, length: int, compile_model:
     return batch * length * steps / elapsed, torch.cuda.max_memory_allocated() / 2**30
 
 
+LEAK_GIB = 0.5  # memory still allocated after a row's model is freed, above which the next rows' peaks are suspect
+
+
+def freed(label: str) -> None:
+    """After a row: free the cache and say so if the row left memory allocated (a leak would add to every
+    later row's peak, as a cache of tensors in a kernel launcher once did: 30 GiB a model)."""
+    gc.collect()
+    torch.cuda.empty_cache()
+    left = torch.cuda.memory_allocated() / 2**30
+    if left > LEAK_GIB:
+        print(f"!! {label}: {left:.1f} GiB still allocated after its model was freed; later rows' peaks include it",
+              flush=True)
+
+
 def ours_rows(name: str, args: argparse.Namespace) -> list[tuple]:
     """(model, label, params, tokens/s, peak GiB) of our model `name`: eager, compiled with --compile, and
     with each causal-conv backward of --conv-bwd after the first (models with a conv only)."""
@@ -105,7 +120,7 @@ def ours_rows(name: str, args: argparse.Namespace) -> list[tuple]:
             rows.append((name, label, params, tps, mem))
             print(rows[-1], flush=True)
             del model
-            torch.cuda.empty_cache()
+            freed(f"{name}, {label}")
     finally:
         triton_conv.BACKWARD = default
     return rows
@@ -179,7 +194,7 @@ def main() -> None:
             rows.append((name, "plain nn.Module + SDPA (peer)", plain.num_parameters(), tps, mem))
             print(rows[-1], flush=True)
             del plain
-            torch.cuda.empty_cache()
+            freed(f"{name}, plain nn.Module")
         if not peers:
             continue
         torch.manual_seed(0)
@@ -191,7 +206,7 @@ def main() -> None:
             rows.append((name, label, model.num_parameters(), tps, mem))
             print(rows[-1], flush=True)
         del model
-        torch.cuda.empty_cache()
+        freed(f"{name}, peer")
 
     device = torch.cuda.get_device_name()
     where = "autograd's CUDA worker thread" if args.worker_thread else "the calling thread"
