@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 
 SWEEP_PLAN = "sweep.json"
 NOT_NEEDED = "not needed"  # the state reported for a run that select.enough or seeds: best made unnecessary
-NOT_STARTED = "not started"  # the state reported for a run that --start-until kept from starting
+NOT_STARTED = "not started"  # the state reported for a run that --start-until or --stop-after kept from starting
 STOPPED = "stopped at --stop-after"  # the state reported for a run --stop-after stopped (interrupted on disk)
 DEFERRED = "deferred"  # the state reported for a later seed whose first seeds are unfinished and not in this sweep
 STOP_GRACE_S = 60.0  # after --stop-after's SIGTERM, how long a run may take to checkpoint before it is killed
