@@ -14,7 +14,10 @@ Mamba trains at T = 256 with V = 16 and tests at lengths 2^6 .. 2^20 (length ext
 Choices of ours: `length` is the model's input length T (safari's input_seq_len is T-1); safari's
 training loss also scores next-token prediction on the random context, which `train_scoring: all`
 reproduces, while the default scores only the answer (the context is unpredictable noise); held-out
-sets always score only the answer.
+sets always score only the answer. `train_trigger_position` fixes p in training (the held-out sets keep
+it uniform): the one public reproduction of Mamba at 2^20 that we found (hrbigelow/mamba-recall's
+`InductionData`, state-spaces/mamba issue 62) trains with the special token at position 5 and the query
+at the end, so every training example asks for the longest recall the length allows.
 """
 from __future__ import annotations
 
@@ -36,6 +39,9 @@ class InductionHeadsConfig:
                                     metadata={"help": "held-out input lengths (Mamba: 2^6 .. 2^20)"})
     train_scoring: Literal["answer", "all"] = field(default="answer", metadata={
         "help": "answer: score only the recalled token; all: also next-token targets on the context (safari)"})
+    train_trigger_position: int | None = field(default=None, metadata={
+        "help": "p of every training example (0 <= p <= length - 4); null: uniform in [0, length - 4]. "
+                "Held-out examples keep it uniform"})
     eval_examples: int = field(default=256, metadata={"help": "examples per held-out length"})
     eval_batch_size: int = field(default=32, metadata={"help": "examples per held-out batch"})
 
@@ -45,6 +51,9 @@ class InductionHeadsConfig:
         for name, value in [("length", self.length)] + [(f"eval_lengths[{i}]", v) for i, v in enumerate(self.eval_lengths)]:
             if value < 4:
                 raise ValueError(f"{name} must be >= 4 (special, its successor, one more token, final special), got {value}")
+        if self.train_trigger_position is not None and not 0 <= self.train_trigger_position <= self.length - 4:
+            raise ValueError(f"train_trigger_position must be in [0, length - 4] = [0, {self.length - 4}] (the token "
+                             f"after it and two more must fit), got {self.train_trigger_position}")
         if self.eval_examples < 1 or self.eval_batch_size < 1:
             raise ValueError("eval_examples and eval_batch_size must be >= 1")
 
@@ -54,11 +63,14 @@ class InductionHeadsConfig:
 
 
 def induction_heads(n: int, length: int, vocab_size: int, gen: torch.Generator, device: torch.device,
-                    score_context: bool = False) -> Sample:
-    """inputs, targets (n, length) int64, info {"length"}."""
+                    score_context: bool = False, trigger_position: int | None = None) -> Sample:
+    """inputs, targets (n, length) int64, info {"length"}; the special token at `trigger_position` in every
+    row, or (None) at a uniform p in [0, T-4]."""
     special = vocab_size - 1
     inputs = torch.randint(0, vocab_size - 2, (n, length), generator=gen, device=device)
     trigger = torch.randint(0, length - 3, (n,), generator=gen, device=device)  # p in [0, T-4]
+    if trigger_position is not None:
+        trigger.fill_(trigger_position)  # drawn all the same, so the content tokens match the uniform case's
     rows = torch.arange(n, device=device)
     inputs[rows, trigger] = special
     inputs[:, -1] = special
@@ -79,10 +91,12 @@ class InductionHeads(SyntheticTask):
         return self.config.vocab_size
 
     def train_settings(self):
-        return [(1.0, {"length": self.config.length, "score_context": self.config.train_scoring == "all"})]
+        return [(1.0, {"length": self.config.length, "score_context": self.config.train_scoring == "all",
+                       "trigger_position": self.config.train_trigger_position})]
 
     def eval_settings(self):
-        return {f"L{n}": {"length": n, "score_context": False} for n in self.config.eval_lengths}
+        return {f"L{n}": {"length": n, "score_context": False, "trigger_position": None}
+                for n in self.config.eval_lengths}
 
-    def make(self, n, gen, device, *, length: int, score_context: bool) -> Sample:
-        return induction_heads(n, length, self.config.vocab_size, gen, device, score_context)
+    def make(self, n, gen, device, *, length: int, score_context: bool, trigger_position: int | None) -> Sample:
+        return induction_heads(n, length, self.config.vocab_size, gen, device, score_context, trigger_position)

@@ -53,3 +53,25 @@ def test_bad_parameters():
         build_task({**SPEC, "eval_lengths": [3]})
     with pytest.raises(ConfigError, match="vocab_size must be >= 4"):
         build_task({**SPEC, "vocab_size": 3})
+
+
+def test_a_fixed_training_trigger_puts_every_training_special_token_there_and_leaves_held_out_sets_uniform():
+    """train_trigger_position (as hrbigelow/mamba-recall trains: the special token at 5, the query last):
+    every training example's first special token is at p and its answer is x[p+1]; the held-out sets and
+    the default's training data are the uniform task's, token for token."""
+    fixed = build_task({**SPEC, "train_trigger_position": 5}, seed=3)
+    uniform = build_task(SPEC, seed=3)
+    b = fixed.train_batch(4, 32)
+    assert (b.inputs[:, 5] == 15).all() and ((b.inputs[:, :-1] == 15).sum(-1) == 1).all()
+    assert torch.equal(b.targets[:, -1], b.inputs[:, 6])
+    held_out = [(x.inputs == 15).int().argmax(-1) for x in fixed.eval_sets()["L256"]]
+    assert len(set(torch.cat(held_out).tolist())) > 5  # uniform positions, as the uniform task's
+    assert all(torch.equal(a.inputs, c.inputs) for a, c in zip(fixed.eval_sets()["L256"], uniform.eval_sets()["L256"]))
+    assert torch.equal(build_task({**SPEC, "train_trigger_position": None}, seed=3).train_batch(4, 32).inputs,
+                       uniform.train_batch(4, 32).inputs)
+
+
+@pytest.mark.parametrize("position", [-1, 61], ids=["negative", "past-length-4"])
+def test_a_training_trigger_outside_the_input_is_rejected(position):
+    with pytest.raises(ConfigError, match=r"train_trigger_position must be in \[0, length - 4\] = \[0, 60\]"):
+        build_task({**SPEC, "train_trigger_position": position})
