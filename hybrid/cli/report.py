@@ -13,7 +13,8 @@ def add_parser(sub) -> None:
                     "plot the metric by configuration, the loss curves, and the metric by held-out length "
                     "and by number of key-value pairs. Writes DIR/report/{report.md,table.csv,runs.csv,"
                     "evaluations.csv,*.png} and prints the table; report.md also names the runs unfinished, "
-                    "not started and not needed (a list longer than 20 goes to report/<list>.txt).\n\nexample:\n  hybrid report experiments/quickstart",
+                    "not started and not needed (a list longer than 20 goes to report/<list>.txt)."
+                    "\n\nexample:\n  hybrid report experiments/quickstart",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("dir", type=Path, help="a sweep's output folder, or any folder holding run directories")
     p.add_argument("--out", type=Path, help="where the report goes (default: DIR/report)")
@@ -63,8 +64,7 @@ def run(args) -> int:
     (out / "evaluations.csv").write_text(evaluations_csv(sweep))
     print(table)
     lists = [name for name in ("unfinished.txt", "not_started.txt", "not_needed.txt") if (out / name).exists()]
-    written = ["table.csv", "runs.csv", "evaluations.csv", *lists,
-               *(p.name for p in plots)]
+    written = ["table.csv", "runs.csv", "evaluations.csv", *lists, *(p.name for p in plots)]
     print(f"\nwrote {out / 'report.md'}, " + ", ".join(written))
     return 0
 
@@ -83,10 +83,13 @@ def _run_lists(sweep, out: Path) -> list[str]:
                    f"{sweep.enough:g} on {'its first seed' if sweep.seeds_best else 'every seed'}")
     if sweep.seeds_best:
         why.append("a later seed away from the value its configuration's first seed did best at (select.seeds: best)")
-    pending = [f"{r.name} ({r.state}{': ' + r.error[:120] if r.error else ''})" for r in unfinished(sweep)]
+    skipped = not_needed(sweep)  # the plan's decisions, read once for the three lists
+    pending = [f"{r.name} ({r.state}{': ' + r.error[:120] if r.error else ''})"
+               for r in unfinished(sweep, set(skipped))]
     return (_listed("Unfinished or failed", pending, out / "unfinished.txt")
-            + _listed("Not started (planned, not yet ruled out)", not_started(sweep), out / "not_started.txt")
-            + _listed(f"Not needed ({'; or '.join(why)})", not_needed(sweep), out / "not_needed.txt"))
+            + _listed("Not started (planned, not yet ruled out)", not_started(sweep, set(skipped)),
+                      out / "not_started.txt")
+            + _listed(f"Not needed ({'; or '.join(why)})", skipped, out / "not_needed.txt"))
 
 
 def _listed(title: str, names: list[str], file: Path) -> list[str]:
@@ -97,4 +100,3 @@ def _listed(title: str, names: list[str], file: Path) -> list[str]:
         return [f"{title}: " + ", ".join(names), ""] if names else []
     file.write_text("\n".join(names) + "\n")
     return [f"{title}: {len(names)} runs, listed in {file.name}.", ""]
-

@@ -296,14 +296,17 @@ def not_needed(sweep: Sweep) -> list[str]:
     return [p["name"] for p in sweep.planned if p["name"] in decided.unnecessary]
 
 
-def not_started(sweep: Sweep) -> list[str]:
+def not_started(sweep: Sweep, skipped: set[str] | None = None) -> list[str]:
     """The planned runs with no run directory yet that the sweep would still run (not those that
-    select.enough or select.seeds: best make unnecessary), in the plan's order."""
-    skipped, started = set(not_needed(sweep)), {r.name for r in sweep.runs}
+    select.enough or select.seeds: best make unnecessary), in the plan's order. `skipped`: `not_needed`'s
+    names where the caller has them already."""
+    skipped = set(not_needed(sweep)) if skipped is None else skipped
+    started = {r.name for r in sweep.runs}
     return [p["name"] for p in sweep.planned if p["name"] not in started and p["name"] not in skipped]
 
 
-def unfinished(sweep: Sweep) -> list[RunRecord]:
-    """Runs not finished that the sweep would still run (not those select.enough made unnecessary)."""
-    skipped = set(not_needed(sweep))
+def unfinished(sweep: Sweep, skipped: set[str] | None = None) -> list[RunRecord]:
+    """Runs not finished that the sweep would still run (not those select.enough made unnecessary).
+    `skipped`: as `not_started`'s."""
+    skipped = set(not_needed(sweep)) if skipped is None else skipped
     return [r for r in sweep.runs if r.state not in FINAL_STATES and r.name not in skipped]
