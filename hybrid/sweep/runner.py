@@ -210,16 +210,16 @@ def run_sweep(spec: SweepSpec, *, jobs: int | str | None = None, progress: bool 
                     with lock:
                         free.append(device)
         except Exception as err:  # isolate the failure: record it, go on with the others
-            state = rd.status().get("state")
-            if state not in ("failed", "diverged", "interrupted"):
+            if rd.status().get("state") not in ("failed", "diverged", "interrupted"):
                 rd.create().set_status("failed", error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc())
-            if rd.status().get("state") == "interrupted" and stop is not None and stop.fired:
+            status = rd.status()
+            if status.get("state") == "interrupted" and stop is not None and stop.fired:
                 stop.stopped.add(run.name)
-                step = rd.status().get("step")
+                step = status.get("step")
                 log.info("run %s stopped by --stop-after %s; the next sweep resumes it", run.name,
                          f"at step {step}" if step is not None else "before its first checkpoint")
             else:
-                log.error("run %s %s: %s", run.name, rd.status().get("state"), rd.status().get("error", err))
+                log.error("run %s %s: %s", run.name, status.get("state"), status.get("error", err))
         else:
             log.info("run %s %s in %.1fs", run.name, rd.status().get("state"), time.perf_counter() - t0)
 
