@@ -79,7 +79,8 @@ def run(args) -> int:
     jobs = None if args.jobs is None else parse_jobs(args.jobs)
     for key, seconds in (("--start-until", args.start_until), ("--stop-after", args.stop_after)):
         if seconds is not None and not 0 <= seconds < 10**9:  # and not nan or inf
-            raise ConfigError(f"expected seconds >= 0, got {seconds:g}", key=key, file="<command line>")
+            raise ConfigError(f"expected a finite number of seconds >= 0, got {seconds:g}", key=key,
+                              file="<command line>")
     if args.dry_run:
         print(f"sweep {spec.name}: {len(spec.runs)} runs from {spec.config} into {spec.out_dir / 'runs'}"
               + (f"; best of {', '.join(spec.select_over)} by {spec.metric} ({spec.mode})" if spec.select_over else ""))
