@@ -3,9 +3,11 @@
     python experiments/induction_heads/evaluate_checkpoint.py experiments/induction_heads/runs/arch=mamba,seed=0 \\
         --lengths 4096,16384 --examples 16
     python experiments/induction_heads/evaluate_checkpoint.py RUN --lengths 1048576 --examples 32 --chunk 16384
+    python experiments/induction_heads/evaluate_checkpoint.py RUN --lengths 256,4096 --trigger-position 5
 
 Held-out examples as the run's own evaluation draws them (the task's held-out sets at these lengths; with
-the run's own eval_examples and eval_batch_size, the very examples its final evaluation scored).
+the run's own eval_examples and eval_batch_size, the very examples its final evaluation scored). --trigger-position puts every held-out example's special
+token at that position (`task.eval_trigger_position`): each length then scores its longest recall alone.
 On a CPU, 16 examples at 2^14 take about a minute per dtype for the 2-layer models. With --chunk, a model
 whose layers all keep a recurrent state (Mamba, Mamba-2) reads each input in chunks of that many tokens,
 its state carried from one to the next (`hybrid.generation.prefill`), and only the last position, the
@@ -65,6 +67,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=None, help="examples per batch (default: min(examples, 8))")
     parser.add_argument("--chunk", type=int, default=None,
                         help="read the inputs in chunks of this many tokens, the state carried (recurrent models)")
+    parser.add_argument("--trigger-position", type=int, default=None,
+                        help="the special token of every held-out example at this position (default: uniform)")
     args = parser.parse_args()
     for flag in ("examples", "batch", "chunk"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
@@ -78,7 +82,9 @@ def main() -> None:
         parser.error(f"{run}: not a run directory (no {' or '.join(missing)})")
     batch = args.batch or min(args.examples, 8)
     root = load_config(str(run / "config.yaml"), [f"task.eval_lengths={lengths}", f"task.eval_examples={args.examples}",
-                                                  f"task.eval_batch_size={batch}"])
+                                                  f"task.eval_batch_size={batch}"]
+                       + ([] if args.trigger_position is None else
+                          [f"task.eval_trigger_position={args.trigger_position}"]))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = HybridLM.from_config(root.model)
     load_weights(model, str(run / "checkpoint.pt"), trust=True)  # our own run (older files hold numpy state)

@@ -18,6 +18,8 @@ sets always score only the answer. `train_trigger_position` fixes p in training 
 it uniform): the one public reproduction of Mamba at 2^20 that we found (hrbigelow/mamba-recall's
 `InductionData`, state-spaces/mamba issue 62) trains with the special token at position 5 and the query
 at the end, so every training example asks for the longest recall the length allows.
+`eval_trigger_position` fixes p in the held-out sets too, so that a length's accuracy is that of the
+longest recall alone (a gap of T-1-p) rather than an average over gaps uniform in [3, T-1].
 """
 from __future__ import annotations
 
@@ -42,6 +44,9 @@ class InductionHeadsConfig:
     train_trigger_position: int | None = field(default=None, metadata={
         "help": "p of every training example (0 <= p <= length - 4); null: uniform in [0, length - 4]. "
                 "Held-out examples keep it uniform"})
+    eval_trigger_position: int | None = field(default=None, metadata={
+        "help": "p of every held-out example (0 <= p <= min(eval_lengths) - 4): the longest recall of each "
+                "length alone; null: uniform in [0, T - 4] at each length T"})
     eval_examples: int = field(default=256, metadata={"help": "examples per held-out length"})
     eval_batch_size: int = field(default=32, metadata={"help": "examples per held-out batch"})
 
@@ -54,6 +59,10 @@ class InductionHeadsConfig:
         if self.train_trigger_position is not None and not 0 <= self.train_trigger_position <= self.length - 4:
             raise ValueError(f"train_trigger_position must be in [0, length - 4] = [0, {self.length - 4}] (the token "
                              f"after it and two more must fit), got {self.train_trigger_position}")
+        shortest = min(self.eval_lengths or [self.length])
+        if self.eval_trigger_position is not None and not 0 <= self.eval_trigger_position <= shortest - 4:
+            raise ValueError(f"eval_trigger_position must be in [0, min(eval_lengths) - 4] = [0, {shortest - 4}] "
+                             f"(the token after it and two more must fit), got {self.eval_trigger_position}")
         if self.eval_examples < 1 or self.eval_batch_size < 1:
             raise ValueError("eval_examples and eval_batch_size must be >= 1")
 
@@ -95,7 +104,7 @@ class InductionHeads(SyntheticTask):
                        "trigger_position": self.config.train_trigger_position})]
 
     def eval_settings(self):
-        return {f"L{n}": {"length": n, "score_context": False, "trigger_position": None}
+        return {f"L{n}": {"length": n, "score_context": False, "trigger_position": self.config.eval_trigger_position}
                 for n in self.config.eval_lengths}
 
     def make(self, n, gen, device, *, length: int, score_context: bool, trigger_position: int | None) -> Sample:

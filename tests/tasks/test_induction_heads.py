@@ -75,3 +75,21 @@ def test_a_fixed_training_trigger_puts_every_training_special_token_there_and_le
 def test_a_training_trigger_outside_the_input_is_rejected(position):
     with pytest.raises(ConfigError, match=r"train_trigger_position must be in \[0, length - 4\] = \[0, 60\]"):
         build_task({**SPEC, "train_trigger_position": position})
+
+
+def test_a_fixed_held_out_trigger_puts_every_held_out_special_token_there_and_leaves_training_alone():
+    """eval_trigger_position: each held-out length asks for its longest recall alone (the special token at
+    p, the answer x[p+1]); the training data is the default's, token for token."""
+    fixed = build_task({**SPEC, "eval_trigger_position": 5}, seed=3)
+    uniform = build_task(SPEC, seed=3)
+    for name, batches in fixed.eval_sets().items():
+        for b in batches:
+            assert (b.inputs[:, 5] == 15).all() and ((b.inputs[:, :-1] == 15).sum(-1) == 1).all(), name
+            assert torch.equal(b.targets[:, -1], b.inputs[:, 6]), name
+    assert torch.equal(fixed.train_batch(4, 32).inputs, uniform.train_batch(4, 32).inputs)
+
+
+@pytest.mark.parametrize("position", [-1, 61], ids=["negative", "past-shortest-length-4"])
+def test_a_held_out_trigger_outside_the_shortest_held_out_input_is_rejected(position):
+    with pytest.raises(ConfigError, match=r"eval_trigger_position must be in \[0, min\(eval_lengths\) - 4\] = \[0, 60\]"):
+        build_task({**SPEC, "eval_lengths": [64, 256], "eval_trigger_position": position})
