@@ -3,8 +3,11 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import logging
 import sys
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 
 def add_parser(sub) -> None:
@@ -48,6 +51,25 @@ def add_parser(sub) -> None:
     p.set_defaults(run=run)
 
 
+def _check_against_axes(spec, extra: dict) -> None:
+    """A command-line override of a key that names the runs (a plain axis's or a zipped key) would give every
+    run the same value under names that say otherwise: refused. One of a key a named axis sets (a label's
+    bundle, e.g. the train.steps of a setting) is allowed, for a quick try of the whole grid, and said."""
+    from hybrid.config import COMMAND_LINE  # noqa: PLC0415
+    from hybrid.errors import ConfigError  # noqa: PLC0415
+    for key in extra:
+        where = spec.axis_setting(key)
+        if where is None:
+            continue
+        axis = where.partition(".")[2]
+        if where.startswith("zip.") or spec.varied.get(axis) == where:  # a plain axis: its key names the runs
+            raise ConfigError(f"is an axis of the sweep ({where} in {spec.path}); an override would give every "
+                              f"run the same value under names that say otherwise. Drop the axis from the sweep "
+                              f"file, or pick runs with --only (e.g. --only '*{key.rsplit('.', 1)[-1]}=...*')",
+                              key=key, file=COMMAND_LINE)
+        log.warning("%s=%s overrides the value %s gives each run, in every run", key, extra[key], where)
+
+
 def run(args) -> int:
     from hybrid.errors import ConfigError  # noqa: PLC0415
     from hybrid.summary import format_table  # noqa: PLC0415
@@ -65,6 +87,7 @@ def run(args) -> int:
         if bad:
             raise ConfigError(f"overrides are key=value, e.g. train.steps=100; got {bad[0]!r}", file="<command line>")
         extra = {k: parse_value(v, COMMAND_LINE, k) for k, _, v in (o.partition("=") for o in args.overrides)}
+        _check_against_axes(spec, extra)
         for r in spec.runs:
             r.overrides.update(extra)
     if args.only:

@@ -68,6 +68,14 @@ class SweepSpec:
     out: Path | None = None
     jobs: int | str = 1
     gpus_per_run: int = 1  # > 1: each run is a torchrun job of that many ranks (data-parallel)
+    varied: dict[str, str] = field(default_factory=dict)  # dotted key an axis sets -> that axis, e.g. "grid.setting"
+
+    def axis_setting(self, key: str) -> str | None:
+        """The axis that sets `key` (or a key above or below it), e.g. "grid.model.d_model"; None if no axis does."""
+        for varied, where in self.varied.items():
+            if key == varied or key.startswith(varied + ".") or varied.startswith(key + "."):
+                return where
+        return None
 
     @property
     def out_dir(self) -> Path:
@@ -217,6 +225,23 @@ def _zip(section: Any, file: str) -> list[tuple[str, list[tuple[str, dict[str, A
     return [("zip", options)]
 
 
+def _varied_keys(axes: list[tuple[str, list[tuple[str, dict[str, Any]]]]], file: str) -> dict[str, str]:
+    """{dotted key: the axis that sets it ("grid.<axis>" or "zip.<key>")}; a key set by two axes is an error
+    (the later would silently win over the earlier in every run)."""
+    varied: dict[str, str] = {}
+    for axis, options in axes:
+        keys = {k for _, bundle in options for k in bundle}
+        for key in sorted(keys):
+            where = f"zip.{key}" if axis == "zip" else f"grid.{axis}"
+            for other, other_where in varied.items():
+                if key == other or key.startswith(other + ".") or other.startswith(key + "."):
+                    raise ConfigError(f"{key} is set by two axes, {other_where} and {where}; a key may vary in one "
+                                      "place only (the later would silently replace the earlier in every run)",
+                                      key=where, file=file)
+            varied[key] = where
+    return varied
+
+
 def _select(select: Any, file: str) -> dict[str, Any]:
     """The `select:` section, its keys and the types of their values checked."""
     select = select or {}
@@ -320,6 +345,7 @@ def load_sweep(path: Path | str, *, check: bool = True) -> SweepSpec:
     shared = _as_overrides(data.get("overrides"), file, "overrides")
     axes = _axes(data.get("grid"), file, "grid") + _zip(data.get("zip"), file)
     axis_names = [name for name, _ in axes]
+    varied = _varied_keys(axes, file)
     over = _select_over(select, axis_names, file)
     _check_count(axes, file)
     short = _short_names([n for n in axis_names if n != "zip"])
@@ -354,7 +380,7 @@ def load_sweep(path: Path | str, *, check: bool = True) -> SweepSpec:
                      select_over=over, metric=str(select.get("metric", "eval/all/accuracy")), mode=mode,
                      enough=None if select.get("enough") is None else float(select["enough"]), seeds_best=select.get("seeds") == "best",
                      out=(path.parent / data["out"]).resolve() if data.get("out") else None, jobs=jobs,
-                     gpus_per_run=gpus_per_run)
+                     gpus_per_run=gpus_per_run, varied=varied)
     if check:
         for run in runs:
             resolve_run(spec, run)

@@ -32,7 +32,7 @@ import torch
 
 from hybrid.config import RootConfig, dump_config, load_config
 from hybrid.estimate import check_fits
-from hybrid.errors import CheckpointError, ConfigError
+from hybrid.errors import CheckpointError, ConfigError, did_you_mean
 from hybrid.model import HybridLM
 from hybrid.training.batches import TrainBatches
 from hybrid.training.build import (autocast_dtype, build_task_of, check_eval_sets, check_vocab, inference_state_size,
@@ -158,6 +158,7 @@ class _Session:
     eval_stats: GraphedStats | None = None
     parallel: Parallel = field(default_factory=Parallel)
     finishing: dict[str, Any] | None = None  # {"ending", "stopped_by", "token"}: the final evaluation began
+    warned_metric: bool = False  # an evaluation lacked train.early_stop.metric, and the log said so
 
     @property
     def cfg(self) -> TrainConfig:
@@ -286,6 +287,8 @@ def _improves(s: _Session, value: float | None) -> bool:
 def _reached_target(s: _Session, metrics: dict[str, float], step: int) -> bool:
     """Record the early-stopping metric of an evaluation; True once it reaches the target."""
     stop = s.cfg.early_stop
+    if stop.metric not in metrics:
+        _unknown_metric(s, metrics)
     value = metrics.get(stop.metric)
     if _improves(s, value):
         s.best = value
@@ -299,6 +302,23 @@ def _reached_target(s: _Session, metrics: dict[str, float], step: int) -> bool:
         s.stopped_by = "plateau"
         return True
     return False
+
+
+def _unknown_metric(s: _Session, metrics: dict[str, float]) -> None:
+    """An evaluation without the early-stopping metric: a misspelt name, which would leave the target and the
+    plateau rule unwatched for the whole budget. An error where either is set; a warning (once) where the
+    metric only picks results.json's "best"."""
+    stop = s.cfg.early_stop
+    names = sorted(k for k in metrics if k.startswith("eval/"))
+    message = (f"{stop.metric!r} is not among the metrics this run's evaluations log"
+               f"{did_you_mean(stop.metric, names)}; they are: {', '.join(names[:12])}"
+               + (" ..." if len(names) > 12 else ""))
+    if stop.target is not None or stop.patience is not None:
+        raise ConfigError(message + " (the early stop would never be checked)", key="train.early_stop.metric",
+                          file=str(s.run.file(CONFIG)))
+    if not s.warned_metric:
+        s.warned_metric = True
+        log.warning("train.early_stop.metric: %s; results.json's best stays empty", message)
 
 
 def _on_plateau(s: _Session, value: float, step: int) -> bool:

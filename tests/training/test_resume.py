@@ -362,3 +362,21 @@ def test_patience_must_be_positive(tiny):
 
     with pytest.raises(ConfigError, match="patience"):
         load_config(tiny(), ["train.early_stop.patience=0"])
+
+
+def test_an_early_stop_metric_no_evaluation_logs_fails_the_run_at_its_first_evaluation(tiny, tmp_path, caplog):
+    """A misspelt train.early_stop.metric would leave its target (or plateau rule) unwatched for the whole
+    budget: with a target the first evaluation stops the run, naming the key and the logged metrics; with
+    neither a target nor a patience it only picks results.json's best, and the log says so once."""
+    from hybrid.errors import ConfigError  # noqa: PLC0415
+
+    bad = ["train.early_stop.metric=eval/al/accuracy", "train.eval_every=2"]
+    with pytest.raises(ConfigError, match=r"train.early_stop.metric: 'eval/al/accuracy' is not among the metrics "
+                                          r"this run's evaluations log \(did you mean 'eval/all/accuracy'\?\)"):
+        train(load_config(tiny(), ["name=target", *bad, "train.early_stop.target=0.99"]))
+    status = json.loads((tmp_path / "runs" / "target" / "status.json").read_text())
+    assert status["state"] == "failed" and "eval/al/accuracy" in status["error"]
+    with caplog.at_level("WARNING"):
+        quiet = train(load_config(tiny(), ["name=quiet", *bad]))
+    assert quiet["state"] == "completed"
+    assert caplog.text.count("'eval/al/accuracy' is not among the metrics") == 1

@@ -58,6 +58,11 @@ def test_grid_zip_and_names(tiny, tmp_path):
     pytest.param({"jobs": True}, r"jobs: expected a positive integer or auto, got True", id="jobs-bool"),
     pytest.param({"out": 5}, r"out: expected a folder path", id="out-int"),
     pytest.param({"overrides": ["train.steps=["]}, r"overrides\[0\]: '\[' is not a YAML value", id="override-yaml"),
+    pytest.param({"grid": {"model.d_model": [32, 64]}, "zip": {"model.d_model": [16, 24], "train.lr": [1e-3, 2e-3]}},
+                 r"sweep.yaml: zip.model.d_model: model.d_model is set by two axes, grid.model.d_model and "
+                 r"zip.model.d_model", id="grid-zip-clash"),
+    pytest.param({"grid": {"arch": {"a": {"train.lr": 1e-3}}, "train.lr": [1e-3, 2e-3]}},
+                 r"grid.train.lr: train.lr is set by two axes, grid.arch and grid.train.lr", id="named-plain-clash"),
 ])
 def test_bad_sweep_files_are_rejected(tiny, tmp_path, body, match):
     tiny()
@@ -138,6 +143,22 @@ def test_dry_run_prints_the_plan(tiny, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "4 runs" in out and "lr=0.001,seed=1" in out and "run" in out
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_command_line_override_of_an_axis_is_refused_and_of_a_named_axis_key_said(tiny, tmp_path, capsys, caplog):
+    """An override of a plain axis's key would run every run at one value under names that say otherwise:
+    refused, naming the axis. One of a key a named axis's labels set (a quick try of the whole grid) runs,
+    with a warning."""
+    tiny()
+    path = write_sweep(tmp_path, {"grid": {"arch": {"a": {"train.steps": 3}, "b": {"train.steps": 4}},
+                                           "model.d_model": [32, 64]}})
+    assert main(["sweep", str(path), "--dry-run", "model.d_model=48"]) == 2
+    err = capsys.readouterr().err
+    assert "<command line>: model.d_model: is an axis of the sweep (grid.model.d_model" in err
+    with caplog.at_level("WARNING"):
+        assert main(["sweep", str(path), "--dry-run", "train.steps=2"]) == 0
+    assert "train.steps=2 overrides the value grid.arch gives each run" in caplog.text
+    assert "train.steps=2" in capsys.readouterr().out
 
 
 def test_cli_reports_bad_sweep_with_file_and_key(tiny, tmp_path, capsys):
