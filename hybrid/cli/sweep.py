@@ -70,12 +70,25 @@ def _check_against_axes(spec, extra: dict) -> None:
         log.warning("%s=%s overrides the value %s gives each run, in every run", key, extra[key], where)
 
 
+def _say_stale(stale: dict[str, str], spec) -> None:
+    """Finished runs made with another config than the sweep now gives them are kept and not run again (their
+    folder holds their results); the log says so, so that a table is not read as the new config's."""
+    for name, changes in list(stale.items())[:10]:
+        log.warning("run %s finished with another config than the sweep now gives it (%s); kept, not run again",
+                    name, changes)
+    if stale:
+        log.warning("%d finished run(s) made with another config%s: to run the new one, give another --out, or "
+                    "delete those folders under %s, or make the changed key an axis", len(stale),
+                    f" ({len(stale) - 10} not listed)" if len(stale) > 10 else "", spec.out_dir / "runs")
+
+
 def run(args) -> int:
     from hybrid.errors import ConfigError  # noqa: PLC0415
     from hybrid.summary import format_table  # noqa: PLC0415
     from hybrid.sweep.runner import (DEFERRED, NOT_NEEDED, NOT_STARTED, STOPPED, plan_rows, run_sweep,  # noqa: PLC0415
                                      summary_table)
     from hybrid.config import COMMAND_LINE  # noqa: PLC0415
+    from hybrid.sweep.changed import stale_runs  # noqa: PLC0415
     from hybrid.sweep.spec import load_sweep, parse_jobs, parse_value, resolve_run  # noqa: PLC0415
     from hybrid.training.run_dir import FINAL_STATES  # noqa: PLC0415
 
@@ -97,8 +110,9 @@ def run(args) -> int:
                               f"{spec.runs[0].name!r}", file=str(args.sweep))
     else:
         kept = spec.runs
-    for r in kept:  # every run's config must resolve before anything starts
-        resolve_run(spec, r)
+    planned = {r.name: resolve_run(spec, r) for r in kept}  # every run's config must resolve before anything starts
+    stale = stale_runs(spec, kept, planned)
+    _say_stale(stale, spec)
     jobs = None if args.jobs is None else parse_jobs(args.jobs)
     for key, seconds in (("--start-until", args.start_until), ("--stop-after", args.stop_after)):
         if seconds is not None and not 0 <= seconds < 10**9:  # and not nan or inf
@@ -107,11 +121,12 @@ def run(args) -> int:
     if args.dry_run:
         print(f"sweep {spec.name}: {len(spec.runs)} runs from {spec.config} into {spec.out_dir / 'runs'}"
               + (f"; best of {', '.join(spec.select_over)} by {spec.metric} ({spec.mode})" if spec.select_over else ""))
-        print(format_table(["run", "action", "overrides"], [r for r in plan_rows(spec) if r[0] in {k.name for k in kept}]))
+        print(format_table(["run", "action", "overrides"],
+                           [r for r in plan_rows(spec, stale) if r[0] in {k.name for k in kept}]))
         return 0
     try:
-        states = run_sweep(spec, jobs=jobs, progress=not args.no_progress, only=kept, start_until=args.start_until,
-                           stop_after=args.stop_after)
+        states = run_sweep(spec, jobs=jobs, progress=not args.no_progress, only=kept if args.only else None,
+                           start_until=args.start_until, stop_after=args.stop_after)
     except KeyboardInterrupt as err:
         print(f"stopped: {err or 'interrupted'}; running the sweep again resumes the interrupted runs", file=sys.stderr)
         return 130

@@ -117,16 +117,18 @@ def collect(root: Path | str, metric: str | None = None, mode: str | None = None
     select = plan.get("select", {})
     runs = []
     order = {name: i for i, name in enumerate(planned)}
-    # a sweep's own folder: its runs/ only; any other folder: every run below it but another sweep's
-    candidates = (root / "runs").glob(f"*/{CONFIG}") if (root / "runs").is_dir() else root.rglob(CONFIG)
-    found = [c for c in candidates if (c.parent / STATUS).is_file()  # a bare config.yaml is no run
+    # a sweep's own folder: its runs/ only; any other folder: every run below it but another sweep's. A run
+    # is a folder with a status.json and a config.yaml, or one of the sweep's planned runs with a status
+    # alone (one that failed before its config was written: a device or memory check)
+    candidates = (root / "runs").glob(f"*/{STATUS}") if (root / "runs").is_dir() else root.rglob(STATUS)
+    found = [c.parent for c in candidates if ((c.parent / CONFIG).is_file() or c.parent.name in planned)
              and not _in_another_sweep(c.parent, root)]
-    for config in sorted(found, key=lambda c: (order.get(c.parent.name, len(order)), str(c))):
-        rd = RunDir(config.parent)
+    for folder in sorted(found, key=lambda c: (order.get(c.name, len(order)), str(c))):
+        rd = RunDir(folder)
         status = rd.status()
-        name = config.parent.name
+        name = folder.name
         axes = planned.get(name, {}).get("axes") or {"run": name}
-        runs.append(RunRecord(name, config.parent, {str(k): str(v) for k, v in axes.items()},
+        runs.append(RunRecord(name, folder, {str(k): str(v) for k, v in axes.items()},
                               status.get("state", "unknown"), rd.results(), str(status.get("error", ""))))
     if plan.get("runs"):
         axes = list(plan["runs"][0]["axes"])

@@ -50,8 +50,9 @@ def run_dir(spec: SweepSpec, run: RunSpec) -> RunDir:
     return RunDir(spec.out_dir / "runs" / run.name)
 
 
-def plan_rows(spec: SweepSpec) -> list[list[str]]:
-    """One row per run: name, what will happen, its overrides."""
+def plan_rows(spec: SweepSpec, stale: dict[str, str] | None = None) -> list[list[str]]:
+    """One row per run: name, what will happen, its overrides; `stale`: finished runs whose recorded config
+    differs from the planned one (`hybrid.sweep.changed.stale_runs`), said in their action."""
     rows = []
     decided = decisions(spec, run_dir)
     for run in spec.runs:
@@ -59,7 +60,9 @@ def plan_rows(spec: SweepSpec) -> list[list[str]]:
         state = rd.status().get("state")
         reason = None if rd.finished else decided.unnecessary.get(run.name)
         waits = None if rd.finished else decided.waiting.get(run.name)
-        action = ("skip (" + state + ")" if rd.finished else
+        changed = (stale or {}).get(run.name)
+        action = (f"skip ({state}; made with another config: {changed})" if rd.finished and changed else
+                  "skip (" + state + ")" if rd.finished else
                   f"skip (not needed: {reason})" if reason else
                   f"wait ({len(waits)} first-seed runs to finish), run if the first seed did best here" if waits else
                   f"resume (step {rd.status().get('step', '?')})" if rd.file(CHECKPOINT).exists() else

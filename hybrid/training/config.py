@@ -88,7 +88,9 @@ class TrainConfig:
     threads: int | None = field(default=None, metadata={"help": "CPU threads (torch.set_num_threads); null: torch's default"})
     out_dir: str = field(default="runs", metadata={"help": "root of run directories: a run writes to <out_dir>/<name>"})
     run_dir: str | None = field(default=None, metadata={"help": "the run directory itself (overrides out_dir/name)"})
-    progress: bool = field(default=True, metadata={"help": "show a tqdm progress bar"})
+    progress: bool = field(default=True, metadata={
+        "help": "a tqdm progress bar where stderr is a terminal; otherwise, or false: plain log lines (one per "
+                "evaluation, a training one at most every minute)"})
     tensorboard: bool = field(default=True, metadata={"help": "write TensorBoard event files when torch.utils.tensorboard imports"})
 
     def __post_init__(self):

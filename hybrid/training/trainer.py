@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import sys
 import time
 import traceback
 import uuid
@@ -55,6 +56,7 @@ from hybrid.training.sharded import (is_sharded, load_shards, referenced_shards,
 from hybrid.training.step import EagerStep, NonFinite, Window
 
 log = logging.getLogger(__name__)
+PLAIN_EVERY_S = 60.0  # without a progress bar, a training line at most this often (and one per evaluation)
 
 
 class TrainingDiverged(RuntimeError):
@@ -159,6 +161,8 @@ class _Session:
     parallel: Parallel = field(default_factory=Parallel)
     finishing: dict[str, Any] | None = None  # {"ending", "stopped_by", "token"}: the final evaluation began
     warned_metric: bool = False  # an evaluation lacked train.early_stop.metric, and the log said so
+    plain: bool = False  # no progress bar (train.progress off, or stderr not a terminal): plain log lines instead
+    last_line: float = 0.0  # when the last plain training line was logged (perf_counter)
 
     @property
     def cfg(self) -> TrainConfig:
@@ -276,6 +280,20 @@ def _log_window(s: _Session, step: int, window: Window, last_eval: dict[str, flo
     s.logger.log(step, metrics, s.elapsed())
     shown = {"acc": f"{last_eval['eval/all/accuracy']:.3f}"} if "eval/all/accuracy" in last_eval else {}
     bar.set_postfix(loss=f"{window.loss:.4f}", **shown, tok_s=f"{metrics['train/tokens_per_s']:.0f}", refresh=False)
+    if s.plain and s.parallel.main and (time.perf_counter() - s.last_line >= PLAIN_EVERY_S or step == s.cfg.steps):
+        s.last_line = time.perf_counter()
+        log.info("%s: step %d/%d, loss %.4f, %s tokens/s", s.root.name, step, s.cfg.steps, window.loss,
+                 f"{metrics['train/tokens_per_s']:,.0f}")
+
+
+def _log_evaluation(s: _Session, step: int, metrics: dict[str, float]) -> None:
+    """Without a progress bar, a log line per periodic evaluation: its pooled accuracy and loss, and the
+    early-stopping metric where that is another."""
+    if not (s.plain and s.parallel.main):
+        return
+    keys = dict.fromkeys(k for k in ("eval/all/accuracy", "eval/all/loss", s.cfg.early_stop.metric) if k in metrics)
+    shown = ", ".join(f"{k} {metrics[k]:.4f}" for k in keys)
+    log.info("%s: step %d/%d, evaluation: %s", s.root.name, step, s.cfg.steps, shown or "no metrics")
 
 
 def _improves(s: _Session, value: float | None) -> bool:
@@ -354,7 +372,8 @@ def _loop(s: _Session, on_step: Callable[[int], None] | None, stop: StopSignals)
     cfg = s.cfg
     batches = TrainBatches(s.task, cfg.batch_size, cfg.accumulation, s.device,
                            s.parallel if s.parallel.world > 1 else None)
-    bar = tqdm(total=cfg.steps, initial=s.start, disable=not cfg.progress or not s.parallel.main, desc=s.root.name,
+    s.plain = not (cfg.progress and sys.stderr.isatty())  # a bar's \r frames would garble a log file
+    bar = tqdm(total=cfg.steps, initial=s.start, disable=s.plain or not s.parallel.main, desc=s.root.name,
                dynamic_ncols=True, mininterval=0.5)
     s.model.train()
     step, last_eval, mark = s.start, {}, time.perf_counter()
@@ -391,6 +410,7 @@ def _loop(s: _Session, on_step: Callable[[int], None] | None, stop: StopSignals)
             if evaluating:
                 last_eval = _evaluate(s, cfg.eval_batches, cfg.eval_sets)
                 s.logger.log(step, last_eval, s.elapsed())
+                _log_evaluation(s, step, last_eval)
                 if _reached_target(s, last_eval, step):
                     return step, "early_stopped"
             if checkpointing:

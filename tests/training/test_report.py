@@ -281,3 +281,27 @@ def test_long_run_lists_go_to_files_and_planned_runs_not_started_are_counted(tmp
     assert main(["report", str(tmp_path), "--no-plots"]) == 0
     assert not (tmp_path / "report" / "not_needed.txt").exists()  # short again: inline, the old file gone
     assert "arch=a0,lr=0.003,seed=0, arch=a0,lr=0.01,seed=0" in (tmp_path / "report" / "report.md").read_text()
+
+
+def test_a_planned_run_that_failed_before_its_config_was_written_is_listed_failed(tmp_path):
+    """A run that failed in its first checks (device, memory) leaves a status.json alone: the report lists it
+    as failed, with its error, not as not started. A folder with a status alone that the plan does not
+    name is no run."""
+    from hybrid.report.tables import not_started  # noqa: PLC0415
+
+    runs = [{"name": n, "axes": {"device": n.split("=")[1]}} for n in ("device=cpu", "device=cuda")]
+    _plan(tmp_path, runs, over=())
+    _run(tmp_path, "device=cpu", None, 0.5)
+    early = tmp_path / "runs" / "device=cuda"
+    early.mkdir()
+    (early / "status.json").write_text(json.dumps({"state": "failed", "error": "ConfigError: no CUDA"}))
+    stray = tmp_path / "runs" / "stray"
+    stray.mkdir()
+    (stray / "status.json").write_text(json.dumps({"state": "failed"}))
+    sweep = collect(tmp_path)
+    assert {r.name: r.state for r in sweep.runs} == {"device=cpu": "completed", "device=cuda": "failed"}
+    assert not_started(sweep) == []
+    assert [r.error for r in sweep.runs if r.name == "device=cuda"] == ["ConfigError: no CUDA"]
+    assert main(["report", str(tmp_path), "--no-plots"]) == 0
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "device=cuda (failed: ConfigError: no CUDA)" in report and "Not started" not in report

@@ -161,6 +161,48 @@ def test_a_command_line_override_of_an_axis_is_refused_and_of_a_named_axis_key_s
     assert "train.steps=2" in capsys.readouterr().out
 
 
+def test_a_finished_run_made_with_another_config_is_kept_and_said(tiny, tmp_path, capsys, caplog):
+    """A run folder from before a change of the shared config keeps its name: the sweep does not run it again
+    (its results stay), but the plan and the log say what differs, so that its table is not read as the new
+    config's. The same config again says nothing."""
+    tiny()
+    path = write_sweep(tmp_path, {"overrides": {"train.steps": 2}, "grid": {"seed": [0, 1]}})
+    assert main(["sweep", str(path), "--no-progress"]) == 0
+    results = tmp_path / "runs" / "seed=0" / "results.json"
+    before = results.stat().st_mtime_ns
+    capsys.readouterr()
+    with caplog.at_level("WARNING"):
+        assert main(["sweep", str(path), "--dry-run", "train.lr=0.01"]) == 0
+    assert "skip (completed; made with another config: train.lr 0.003 -> 0.01)" in capsys.readouterr().out
+    assert "run seed=1 finished with another config than the sweep now gives it (train.lr 0.003 -> 0.01)" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        assert main(["sweep", str(path), "--no-progress", "train.lr=0.01"]) == 0
+        assert "2 finished run(s) made with another config" in caplog.text
+        caplog.clear()
+        assert main(["sweep", str(path), "--no-progress"]) == 0
+    assert results.stat().st_mtime_ns == before and "another config" not in caplog.text
+
+
+def test_config_changes_compare_the_keys_both_sides_have():
+    """A setting added to the framework since the run (absent from its config.yaml) and where a run was written
+    are not differences; 1 and 1.0 are the same value."""
+    from hybrid.sweep.changed import config_changes, describe  # noqa: PLC0415
+
+    def changes(recorded: dict, planned: dict, tmp=Path(__import__("tempfile").mkdtemp())):
+        (tmp / "config.yaml").write_text(yaml.safe_dump(recorded))
+        return config_changes(tmp / "config.yaml", planned)
+
+    recorded = {"name": "a", "train": {"lr": 1, "run_dir": "/x/a", "steps": 5}, "model": {"d_model": 32}}
+    planned = {"name": "b", "train": {"lr": 1.0, "run_dir": "/y/b", "steps": 5, "new_setting": 3},
+               "model": {"d_model": 32}, "task": {"type": "mqar"}}
+    assert changes(recorded, planned) == []
+    planned["model"]["d_model"] = 48
+    planned["train"]["steps"] = 6
+    assert describe(changes(recorded, planned)) == "model.d_model 32 -> 48, train.steps 5 -> 6"
+    assert config_changes(Path("/nonexistent/config.yaml"), planned) == []
+
+
 def test_cli_reports_bad_sweep_with_file_and_key(tiny, tmp_path, capsys):
     tiny()
     path = write_sweep(tmp_path, {"grid": {"model.d_modle": [32]}})
