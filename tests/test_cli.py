@@ -72,3 +72,10 @@ def test_overrides_may_follow_options(capsys):
     assert "d_model=48" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         main(["show", JAMBA, "--no-such-flag"])
+
+
+def test_train_resume_with_a_config_file_says_the_run_keeps_its_own(tmp_path, capsys):
+    (tmp_path / "cfg.yaml").write_text("train: {steps: 2}\n")
+    assert main(["train", str(tmp_path / "cfg.yaml"), "--resume", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "--resume continues" in err and "give no CONFIG with it" in err and "cfg.yaml" in err

@@ -53,6 +53,8 @@ def test_missing_or_folder_config(tmp_path, capsys):
     pytest.param("train.lr=.inf", "train.lr", "expected a finite number, got inf", id="inf"),
     pytest.param("train.batch_size=1e308", "train.batch_size", "expected an integer, got 1e+308", id="int-from-1e308"),
     pytest.param("train.steps=0", "train.steps", "train.steps must be >= 1", id="post-init-field"),
+    pytest.param("train.weight_decay=-1", "train.weight_decay", "train.weight_decay must be >= 0, got -1.0",
+                 id="negative-weight-decay"),
     pytest.param("train.device=gpu0", "train.device", "expected auto, cpu, cuda, cuda:<index> or mps", id="device"),
     pytest.param("train.threads=100000000", "train.threads", "expected 1 to 1024 CPU threads", id="threads"),
     pytest.param("seed=-1", "seed", "seed must be in [0, 2^63)", id="negative-seed"),

@@ -94,6 +94,9 @@ def run(args) -> int:
 
     spec = load_sweep(args.sweep, check=False)
     if args.out:
+        if args.out.exists() and not args.out.is_dir():
+            raise ConfigError(f"{str(args.out)!r} is a file; give a folder (it gets runs/ and sweep.json)", key="--out",
+                              file=COMMAND_LINE)
         spec.out = args.out.resolve()
     if args.overrides:
         bad = [o for o in args.overrides if "=" not in o]
@@ -128,7 +131,8 @@ def run(args) -> int:
         states = run_sweep(spec, jobs=jobs, progress=not args.no_progress, only=kept if args.only else None,
                            start_until=args.start_until, stop_after=args.stop_after)
     except KeyboardInterrupt as err:
-        print(f"stopped: {err or 'interrupted'}; running the sweep again resumes the interrupted runs", file=sys.stderr)
+        print(f"stopped: {str(err) or 'interrupted (Ctrl-C)'}; running the sweep again resumes the interrupted runs",
+              file=sys.stderr)
         return 130
     print(summary_table(spec))
     late = [n for n, s in states.items() if s == NOT_STARTED]

@@ -32,6 +32,11 @@ def run(args) -> int:
     overrides = list(args.overrides)
     try:
         if args.resume:
+            if args.config and "=" not in args.config:
+                print(f"error: --resume continues {args.resume} with the run's own config ({args.resume}/config.yaml); "
+                      f"give no CONFIG with it ({args.config!r}): hybrid train --resume {args.resume} [key=value ...]",
+                      file=sys.stderr)
+                return 2
             if args.config:  # `hybrid train --resume DIR key=value`: argparse put the first override here
                 overrides.insert(0, args.config)
             results = resume_run(args.resume, overrides)

@@ -186,6 +186,10 @@ def _axes(section: Any, file: str, where: str) -> list[tuple[str, list[tuple[str
         if isinstance(values, dict):  # named axis: label -> {dotted key: value}
             if not values:
                 raise ConfigError("a named axis needs at least one labelled value", key=key, file=file)
+            for label in values:
+                if "/" in str(label) or "\\" in str(label) or "\0" in str(label) or str(label) in ("", ".", ".."):
+                    raise ConfigError(f"label {str(label)!r} cannot be part of a run's folder name (no / or \\, "
+                                      "not empty, . or ..)", key=f"{key}.{label}", file=file)
             options = [(str(label), _as_overrides(bundle, file, f"{key}.{label}")) for label, bundle in values.items()]
         elif isinstance(values, list):
             if not values:

@@ -106,6 +106,8 @@ class TrainConfig:
             raise ValueError(f"train.accumulation ({self.accumulation}) must divide train.batch_size ({self.batch_size})")
         if not 0 < self.lr <= MAX_LR:  # past float32's range AdamW's step cannot even be formed
             raise ValueError(f"train.lr must be in (0, {MAX_LR:g}], got {self.lr}")
+        if not self.weight_decay >= 0:  # a negative decay grows the weights; nan is refused too
+            raise ValueError(f"train.weight_decay must be >= 0, got {self.weight_decay}")
         if not 0 <= self.min_lr_ratio <= 1:
             raise ValueError(f"train.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):

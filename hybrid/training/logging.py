@@ -75,8 +75,16 @@ class MetricsLogger:
 
     def truncate_after(self, step: int) -> None:
         """Keep only the records with step <= `step` (resuming from a checkpoint taken at `step`)."""
-        kept = [r for r in read_metrics(self.path) if r.get("step", 0) <= step]
-        self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        if not self.path.is_file():
+            return
+        records = read_metrics(self.path)
+        kept = [r for r in records if r.get("step", 0) <= step]
+        text = self.path.read_text()
+        if len(kept) == len(records) == text.count("\n") and text.endswith("\n"):
+            return  # nothing past the checkpoint, no cut last line: the file stays as it is
+        from hybrid.training.checkpoint import atomic_write  # noqa: PLC0415
+        payload = "".join(json.dumps(r) + "\n" for r in kept).encode()
+        atomic_write(self.path, lambda f: f.write(payload))  # a failed write leaves the old file whole
 
     def log(self, step: int, metrics: dict[str, Any], elapsed: float | None = None) -> None:
         record = {"step": step}

@@ -16,6 +16,7 @@ do, and is never overwritten: the run's other files stay as they are.
 from __future__ import annotations
 
 import json
+import logging
 import platform
 import socket
 import subprocess
@@ -29,6 +30,7 @@ import torch
 from hybrid.errors import RunFileError
 from hybrid.training.checkpoint import atomic_write
 
+log = logging.getLogger(__name__)
 CONFIG, META, STATUS, RESULTS = "config.yaml", "meta.json", "status.json", "results.json"
 FINAL_STATES = ("completed", "early_stopped", "diverged")  # a sweep does not run these again
 DONE = ("completed", "early_stopped")  # the final states whose runs `hybrid train` returns without training
@@ -135,10 +137,24 @@ class RunDir:
     def write_config(self, yaml_text: str) -> None:
         atomic_write(self.file(CONFIG), lambda f: f.write(yaml_text.encode()))
 
-    def write_meta(self, device: torch.device, extra: dict[str, Any] | None = None) -> None:
+    def write_meta(self, device: torch.device, extra: dict[str, Any] | None = None,
+                   resumed_at: int | None = None) -> None:
+        """Where, how and from what the run started. A resume (`resumed_at`: the checkpoint's step) keeps the
+        first start's record and appends its own to "resumes", so the commit and command line that made the
+        earlier steps are not lost."""
         meta = {"git": git_info(), "versions": versions(), "device": device_info(device),
                 "host": socket.gethostname(), "argv": sys.argv, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 **(extra or {})}
+        first = {}
+        if resumed_at is not None:
+            try:
+                first = read_json(self.file(META), {}, expect=dict)
+            except RunFileError as err:  # a damaged record of the first start must not stop the resume
+                log.warning("%s; it is rewritten with this resume's record only", err)
+        if first:
+            meta = {**first, "resumes": [*first.get("resumes", []), {"at_step": resumed_at, **meta}]}
+        elif resumed_at is not None:
+            meta["resumed_at_step"] = resumed_at  # no record of the first start (an older run, or it was lost)
         write_json(self.file(META), meta)
 
     # -- how it went
@@ -187,7 +203,8 @@ class FollowerRunDir(RunDir):
     def write_config(self, yaml_text: str) -> None:
         pass
 
-    def write_meta(self, device: torch.device, extra: dict[str, Any] | None = None) -> None:
+    def write_meta(self, device: torch.device, extra: dict[str, Any] | None = None,
+                   resumed_at: int | None = None) -> None:
         pass
 
     def set_status(self, state: str, **fields: Any) -> None:

@@ -206,7 +206,7 @@ def _setup(root: RootConfig, run: RunDir, resume: bool, parallel: Parallel) -> _
             log.info("%s is already %s", run.path, run.status()["state"])
             return run.results()
     run.write_config(dump_config(root))
-    run.write_meta(device, {"resumed_at_step": start} if state is not None else None)
+    run.write_meta(device, resumed_at=start if state is not None else None)
     run.set_status("running", step=start)
     logger = MetricsLogger(run.path, tensorboard=cfg.tensorboard) if parallel.main else NullLogger()
     logger.truncate_after(start)

@@ -380,3 +380,16 @@ def test_an_early_stop_metric_no_evaluation_logs_fails_the_run_at_its_first_eval
         quiet = train(load_config(tiny(), ["name=quiet", *bad]))
     assert quiet["state"] == "completed"
     assert caplog.text.count("'eval/al/accuracy' is not among the metrics") == 1
+
+
+def test_a_resume_keeps_the_first_starts_record_and_appends_its_own(tiny, tmp_path):
+    """meta.json after a resume: the first start's commit, command line and time as they were, and the
+    resume's own record (with the step it resumed at) in "resumes"."""
+    with pytest.raises(Killed):
+        train(load_config(tiny(checkpoint_every=4), ["name=cut"]), on_step=_kill_at(5))
+    meta = tmp_path / "runs" / "cut" / "meta.json"
+    first = json.loads(meta.read_text())
+    resume_run(tmp_path / "runs" / "cut")
+    after = json.loads(meta.read_text())
+    assert {k: after[k] for k in first} == first
+    assert [r["at_step"] for r in after["resumes"]] == [4] and "started" in after["resumes"][0]

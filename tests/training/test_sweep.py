@@ -61,6 +61,8 @@ def test_grid_zip_and_names(tiny, tmp_path):
     pytest.param({"grid": {"model.d_model": [32, 64]}, "zip": {"model.d_model": [16, 24], "train.lr": [1e-3, 2e-3]}},
                  r"sweep.yaml: zip.model.d_model: model.d_model is set by two axes, grid.model.d_model and "
                  r"zip.model.d_model", id="grid-zip-clash"),
+    pytest.param({"grid": {"arch": {"a b/c": {"train.lr": 1e-3}}}},
+                 r"sweep.yaml: grid.arch.a b/c: label 'a b/c' cannot be part of a run's folder name", id="label-slash"),
     pytest.param({"grid": {"arch": {"a": {"train.lr": 1e-3}}, "train.lr": [1e-3, 2e-3]}},
                  r"grid.train.lr: train.lr is set by two axes, grid.arch and grid.train.lr", id="named-plain-clash"),
 ])
@@ -133,7 +135,7 @@ def test_skip_resume_and_failure_isolation(tiny, tmp_path):
     losses_after = [m for m in map(json.loads, (victim / "metrics.jsonl").read_text().splitlines()) if "train/loss" in m]
     assert [(m["step"], m["train/loss"]) for m in losses_after] == [(m["step"], m["train/loss"]) for m in losses_before]
     meta = json.loads((victim / "meta.json").read_text())
-    assert meta["resumed_at_step"] == 2
+    assert [r["at_step"] for r in meta["resumes"]] == [2]  # the first start's record kept, the resume's appended
 
 
 def test_dry_run_prints_the_plan(tiny, tmp_path, capsys):
@@ -201,6 +203,16 @@ def test_config_changes_compare_the_keys_both_sides_have():
     planned["train"]["steps"] = 6
     assert describe(changes(recorded, planned)) == "model.d_model 32 -> 48, train.steps 5 -> 6"
     assert config_changes(Path("/nonexistent/config.yaml"), planned) == []
+
+
+def test_an_out_folder_that_is_a_file_is_refused(tiny, tmp_path, capsys):
+    tiny()
+    path = write_sweep(tmp_path, {"grid": {"seed": [0]}})
+    (tmp_path / "afile").write_text("")
+    assert main(["sweep", str(path), "--dry-run", "--out", str(tmp_path / "afile")]) == 2
+    err = capsys.readouterr().err
+    assert "<command line>: --out: " in err and "is a file; give a folder" in err
+    assert not (tmp_path / "afile").is_dir()
 
 
 def test_cli_reports_bad_sweep_with_file_and_key(tiny, tmp_path, capsys):
