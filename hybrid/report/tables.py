@@ -4,13 +4,15 @@ Best-of-learning-rate selection follows Zoology: for each configuration (the swe
 than `select.over`, normally `train.lr`, and `seed`) every learning rate's metric is averaged over
 seeds, the best learning rate is kept, and the row reports that learning rate's mean (and spread,
 with several seeds). A run that diverged or failed counts as the worst value, so it never wins.
-Numbers come from `<run>/results.json` (the final evaluation on every held-out batch). A run or
-sweep file that cannot be read is a `RunFileError` naming it (see `hybrid.training.run_dir`).
+Numbers come from `<run>/results.json` (the final evaluation on every held-out batch). A sweep file
+that cannot be read is a `RunFileError` naming it (see `hybrid.training.run_dir`); a run's damaged
+status, results or metrics file is logged and that run listed as unreadable, the others reported.
 """
 from __future__ import annotations
 
 import csv
 import io
+import logging
 import math
 import statistics
 from dataclasses import dataclass, field
@@ -21,7 +23,9 @@ from hybrid.errors import RunFileError
 from hybrid.training.logging import METRICS, read_metrics
 from hybrid.training.run_dir import CONFIG, FINAL_STATES, STATUS, RunDir, read_json
 
+log = logging.getLogger(__name__)
 SWEEP_PLAN = "sweep.json"
+UNREADABLE = "unreadable"  # the state of a run whose status.json or results.json cannot be read
 
 
 @dataclass
@@ -37,7 +41,11 @@ class RunRecord:
     @property
     def metrics(self) -> list[dict[str, Any]]:
         if self._metrics is None:
-            self._metrics = read_metrics(self.path / METRICS)
+            try:
+                self._metrics = read_metrics(self.path / METRICS)
+            except RunFileError as err:  # one damaged log leaves the others' curves and tables
+                log.warning("%s; the report leaves out this run's curves", err)
+                self._metrics = []
         return self._metrics
 
     def final(self, metric: str) -> float | None:
@@ -125,11 +133,15 @@ def collect(root: Path | str, metric: str | None = None, mode: str | None = None
              and not _in_another_sweep(c.parent, root)]
     for folder in sorted(found, key=lambda c: (order.get(c.name, len(order)), str(c))):
         rd = RunDir(folder)
-        status = rd.status()
         name = folder.name
         axes = planned.get(name, {}).get("axes") or {"run": name}
+        try:
+            status, results = rd.status(), rd.results()
+        except RunFileError as err:  # one damaged file must not hide every other run: listed as unreadable
+            log.warning("%s; the report lists this run as unreadable", err)
+            status, results = {"state": UNREADABLE, "error": str(err)}, {}
         runs.append(RunRecord(name, folder, {str(k): str(v) for k, v in axes.items()},
-                              status.get("state", "unknown"), rd.results(), str(status.get("error", ""))))
+                              status.get("state", "unknown"), results, str(status.get("error", ""))))
     if plan.get("runs"):
         axes = list(plan["runs"][0]["axes"])
     else:

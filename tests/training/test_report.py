@@ -305,3 +305,24 @@ def test_a_planned_run_that_failed_before_its_config_was_written_is_listed_faile
     assert main(["report", str(tmp_path), "--no-plots"]) == 0
     report = (tmp_path / "report" / "report.md").read_text()
     assert "device=cuda (failed: ConfigError: no CUDA)" in report and "Not started" not in report
+
+
+def test_a_damaged_run_file_leaves_the_other_runs_reported(tmp_path, caplog):
+    """One torn status.json (or metrics.jsonl) among many runs: the report still covers the others, lists
+    that run as unreadable with the file's error, and the log names the file."""
+    _fixture(tmp_path)
+    torn = tmp_path / "runs" / "arch=attention,d_model=32,lr=0.001"
+    (torn / "status.json").write_text('{"state": "compl')
+    cut = tmp_path / "runs" / "arch=attention,d_model=64,lr=0.001"
+    lines = (cut / "metrics.jsonl").read_text().splitlines(keepends=True)
+    (cut / "metrics.jsonl").write_text("".join(lines[:2] + ['{"step": 3, "tra\n'] + lines[2:]))
+    with caplog.at_level("WARNING"):
+        assert main(["report", str(tmp_path)]) == 0
+    assert f"{torn / 'status.json'}: cannot be read as JSON" in caplog.text
+    assert f"{cut / 'metrics.jsonl'}: line 3 is not a metrics record" in caplog.text
+    sweep = collect(tmp_path)
+    assert {r.name: r.state for r in sweep.runs}[torn.name] == "unreadable"
+    rows = {r.label: r for r in best_rows(sweep)}
+    assert rows["arch=attention,model.d_model=32"].chosen == {"train.lr": "0.003"}  # the readable lr still wins
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert f"{torn.name} (unreadable: " in report
